@@ -1,0 +1,72 @@
+"""The connector contract and the registry that picks a connector by name.
+
+A connector module defines an `Options` model (a `ConnectorOptions` subclass: its fields
+are the keys allowed under a source's `options:` in the config) and a function
+`read(path, options) -> Iterator[Event]` that yields one event per input record:
+`Message` (staged), `Skipped` (deliberately left out, with a reason), or `Quarantined`
+(unreadable, with file, position and reason). Connectors never write files; raising
+`InputError` is for inputs that cannot be read at all.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.errors import ConfigError
+from pipeline.models import Event
+
+
+class ConnectorOptions(BaseModel):
+    """Options every connector accepts; subclasses add their own (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: str | None = None
+    """Memory owner for every message, unless the connector takes it from the data."""
+
+
+ReadFn = Callable[[Path, Any], Iterator[Event]]
+
+
+@dataclass(frozen=True)
+class Connector:
+    """A registered source kind: its name, options model and reader."""
+
+    name: str
+    options_model: type[ConnectorOptions]
+    read: ReadFn
+
+
+_REGISTRY: dict[str, str] = {
+    "csv": "connectors.csv_export",
+    "slack": "connectors.slack_zip",
+    "chatgpt": "connectors.chatgpt",
+    "claude": "connectors.claude",
+}
+
+
+def known_sources() -> list[str]:
+    """Names accepted by `--source`."""
+    return sorted(_REGISTRY)
+
+
+def get_connector(name: str) -> Connector:
+    """Look up a connector by source name; unknown names are a `ConfigError`."""
+    module_name = _REGISTRY.get(name)
+    if module_name is None:
+        raise ConfigError(
+            f"unknown source {name!r}; choose one of: {', '.join(known_sources())}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise ConfigError(f"source {name!r} is not available in this build") from exc
+    return Connector(name=name, options_model=module.Options, read=module.read)

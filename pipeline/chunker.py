@@ -1,0 +1,238 @@
+"""Chunk stage: staged rows -> per-conversation addMessage batches within the API limits.
+
+Batches never mix conversations, keep each conversation's messages in (created_at, seq)
+order, and hold at most `max_messages` messages and `max_tokens` tokens. A message larger
+than the budget is cut into ordered parts (never truncated); ids longer than the API's
+100 characters get a deterministic short form, the original kept in `info`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.batches import Batch, manifest_path, write_batches, write_json_atomic
+from pipeline.models import stable_id
+from pipeline.staging import read_staging
+from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+
+MAX_ID_CHARS = 100
+_SHORT_PREFIX = 80
+
+CHUNK_COLUMNS = [
+    "source", "message_id", "conversation_id", "user_id", "role", "content", "created_at", "seq",
+]
+
+
+@dataclass(frozen=True)
+class ChunkLimits:
+    """Per-request limits: the API's token limit (4,000 on older accounts) and a message cap."""
+
+    max_tokens: int = 4000
+    max_messages: int = 50
+
+
+@dataclass
+class ChunkStats:
+    """What a chunk run produced; `messages == batched + excluded`."""
+
+    messages: int = 0
+    batched: int = 0
+    excluded: int = 0
+    batches: int = 0
+    conversations: int = 0
+    users: int = 0
+    tokens: int = 0
+    split_messages: int = 0
+    shortened_ids: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form printed by `chunk --json` and kept in the manifest."""
+        return {
+            "messages": self.messages,
+            "batched": self.batched,
+            "excluded": self.excluded,
+            "batches": self.batches,
+            "conversations": self.conversations,
+            "users": self.users,
+            "tokens": self.tokens,
+            "split_messages": self.split_messages,
+            "shortened_ids": len(self.shortened_ids),
+        }
+
+
+def api_id(value: str) -> str:
+    """`value` if it fits the API's 100 characters, else a deterministic short form."""
+    if len(value) <= MAX_ID_CHARS:
+        return value
+    return f"{value[:_SHORT_PREFIX]}~{stable_id(value, length=16)}"
+
+
+def chat_time(ts: datetime | None) -> str | None:
+    """ISO 8601 UTC text for the API's `chat_time` (None when the time is unknown)."""
+    if ts is None:
+        return None
+    ts = ts.astimezone(timezone.utc)
+    spec = "microseconds" if ts.microsecond else "seconds"
+    return ts.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    source: str
+    message_id: str
+    role: str
+    content: str
+    created_at: datetime | None
+    seq: int
+
+
+def _ordered(rows: list[_Row]) -> list[_Row]:
+    """Sort by (created_at, seq); a row without a time keeps its place by seq."""
+    rows.sort(key=lambda r: r.seq)
+    filled: list[datetime | None] = []
+    last: datetime | None = next((r.created_at for r in rows if r.created_at), None)
+    for row in rows:
+        if row.created_at is not None:
+            last = row.created_at
+        filled.append(last)
+    if last is None:
+        return rows
+    order = sorted(range(len(rows)), key=lambda i: filled[i])  # type: ignore[arg-type,return-value]
+    return [rows[i] for i in order]
+
+
+def chunk_conversation(
+    user_id: str,
+    conversation_id: str,
+    rows: Sequence[_Row],
+    limits: ChunkLimits,
+    stats: ChunkStats,
+) -> Iterator[Batch]:
+    """Cut one conversation's ordered rows into batches (pure, apart from `stats`)."""
+    api_user, api_conv = api_id(user_id), api_id(conversation_id)
+    for original, short in ((user_id, api_user), (conversation_id, api_conv)):
+        if original != short:
+            stats.shortened_ids[original] = short
+    budget = limits.max_tokens - MESSAGE_OVERHEAD
+    index = 0
+    pending: list[tuple[_Row, dict[str, Any], int]] = []
+    pending_tokens = 0
+
+    def make(items: list[tuple[_Row, dict[str, Any], int]], part: tuple[int, int] | None) -> Batch:
+        nonlocal index
+        ids = tuple(r.message_id for r, _, _ in items)
+        hashes = tuple(stable_id(r.content, length=16) for r, _, _ in items)
+        part_key = f"{part[0]}/{part[1]}" if part else ""
+        batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes)
+        sources = sorted({r.source for r, _, _ in items})
+        info: dict[str, Any] = {
+            "source": sources[0] if len(sources) == 1 else sources,
+            "source_conversation_id": conversation_id[:1000],
+            "batch_index": index,
+            "batch_id": batch_id,
+            "first_message_id": ids[0][:1000],
+        }
+        if api_user != user_id:
+            info["source_user_id"] = user_id[:1000]
+        if part:
+            info.update(split_message_id=ids[0][:1000], part=part[0], parts=part[1])
+        body = {
+            "user_id": api_user,
+            "conversation_id": api_conv,
+            "messages": [m for _, m, _ in items],
+            "info": info,
+        }
+        batch = Batch(
+            batch_id=batch_id, user_id=api_user, conversation_id=api_conv, index=index,
+            message_ids=ids, content_hashes=hashes, tokens=sum(t for _, _, t in items),
+            body=body, part=part,
+        )
+        index += 1
+        stats.batches += 1
+        stats.tokens += batch.tokens
+        return batch
+
+    for row in rows:
+        tokens = count_tokens(row.content) + MESSAGE_OVERHEAD
+        message: dict[str, Any] = {"role": row.role, "content": row.content}
+        when = chat_time(row.created_at)
+        if when is not None:
+            message["chat_time"] = when
+        if tokens > limits.max_tokens:
+            if pending:
+                yield make(pending, None)
+                pending, pending_tokens = [], 0
+            pieces = split_by_tokens(row.content, budget)
+            stats.split_messages += 1
+            for k, piece in enumerate(pieces, start=1):
+                piece_msg = {**message, "content": piece}
+                piece_tokens = count_tokens(piece) + MESSAGE_OVERHEAD
+                yield make([(row, piece_msg, piece_tokens)], (k, len(pieces)))
+            continue
+        if pending and (
+            pending_tokens + tokens > limits.max_tokens or len(pending) >= limits.max_messages
+        ):
+            yield make(pending, None)
+            pending, pending_tokens = [], 0
+        pending.append((row, message, tokens))
+        pending_tokens += tokens
+    if pending:
+        yield make(pending, None)
+
+
+def chunk_table(
+    table: pa.Table,
+    limits: ChunkLimits,
+    stats: ChunkStats,
+    exclude_ids: Container[str] | None = None,
+) -> Iterator[Batch]:
+    """Group staged rows by (user_id, conversation_id) and yield their batches in order.
+
+    Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted.
+    """
+    table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
+    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
+    users: set[str] = set()
+    n = table.num_rows
+    stats.messages += n
+    start = 0
+    while start < n:
+        user, conv = cols["user_id"][start], cols["conversation_id"][start]
+        end = start
+        while end < n and cols["user_id"][end] == user and cols["conversation_id"][end] == conv:
+            end += 1
+        rows = [
+            _Row(cols["source"][i], cols["message_id"][i], cols["role"][i],
+                 cols["content"][i], cols["created_at"][i], cols["seq"][i])
+            for i in range(start, end)
+            if exclude_ids is None or cols["message_id"][i] not in exclude_ids
+        ]
+        stats.excluded += (end - start) - len(rows)
+        start = end
+        if not rows:
+            continue
+        stats.batched += len(rows)
+        stats.conversations += 1
+        users.add(user)
+        yield from chunk_conversation(user, conv, _ordered(rows), limits, stats)
+    stats.users = len(users)
+
+
+def chunk_workdir(
+    workdir: Path,
+    limits: ChunkLimits,
+    exclude_ids: Container[str] | None = None,
+) -> ChunkStats:
+    """Read the staging table, write `<workdir>/batches/`, and return the counts."""
+    stats = ChunkStats()
+    table = read_staging(workdir, columns=CHUNK_COLUMNS)
+    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids))
+    manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
+    write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
+    return stats

@@ -1,0 +1,195 @@
+"""Pipeline configuration: one YAML file per pipeline, validated into a frozen `Config`.
+
+Precedence is flag > environment > file > default. Relative paths in a config file are
+resolved against the file's own folder, so a scheduled run works from any directory.
+Secrets never live here: the API key comes only from `MEMOS_API_KEY`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_WORKDIR = Path(".memos-etl")
+API_KEY_ENV = "MEMOS_API_KEY"
+BASE_URL_ENV = "MEMOS_BASE_URL"
+CLOUD_BASE_URL = "https://memos.memtensor.cn/api/openmem/v1"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """One input export: which connector reads it, where it is, and the connector's options."""
+
+    kind: str
+    path: Path
+    name: str | None = None
+    """Label of this source in the staging folder and reports; defaults to `kind`."""
+    user_id: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """The source's unique name inside one pipeline."""
+        return self.name or self.kind
+
+
+class ChunkConfig(_Section):
+    """Batch limits per addMessage request."""
+
+    max_tokens: int = Field(default=4000, ge=64, le=20000)
+    max_messages: int = Field(default=50, ge=1, le=1000)
+
+
+class LoadConfig(_Section):
+    """Where and how fast batches are delivered."""
+
+    target: Literal["local", "memos"] = "local"
+    base_url: str | None = None
+    rate: float = Field(default=10.0, gt=0, le=1000)
+    max_in_flight: int = Field(default=16, ge=1, le=512)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+    resend_changed: bool = False
+    async_mode: bool = False
+    agent_id: str | None = None
+    app_id: str | None = None
+    local_db: Path | None = None
+    """SQLite file of the embedded local target; default `<workdir>/local-memos.sqlite`."""
+
+
+class Config(_Section):
+    """A whole pipeline: sources, chunking and loading settings."""
+
+    workdir: Path = DEFAULT_WORKDIR
+    user_id: str | None = None
+    sources: list[SourceConfig] = Field(default_factory=list)
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    load: LoadConfig = Field(default_factory=LoadConfig)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> Config:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.label in seen:
+                raise ValueError(f"two sources are named {source.label!r}; give each a `name`")
+            seen.add(source.label)
+        return self
+
+
+def describe_validation_error(exc: ValidationError, where: str) -> str:
+    """One line naming the first bad key, what is wrong with it, and where it came from."""
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        text = f"unknown key {key!r}"
+    elif first["type"] == "missing":
+        text = f"missing required key {key!r}"
+    else:
+        value = first.get("input")
+        shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+        text = f"key {key!r}: {first['msg']}{shown}"
+    more = len(exc.errors()) - 1
+    suffix = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {text}{suffix}"
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    out = dict(raw)
+    if "workdir" in out:
+        out["workdir"] = resolve(out["workdir"])
+    if isinstance(out.get("sources"), list):
+        out["sources"] = [
+            {**s, "path": resolve(s.get("path"))} if isinstance(s, dict) else s
+            for s in out["sources"]
+        ]
+    if isinstance(out.get("load"), dict) and "local_db" in out["load"]:
+        out["load"] = {**out["load"], "local_db": resolve(out["load"]["local_db"])}
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML config file into a dict with paths resolved against its folder."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{place}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not a list or text")
+    return _resolve_paths(raw, path.resolve().parent)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a `Config` from file, then `MEMOS_ETL_*` environment, then flag overrides.
+
+    `overrides` uses the file's shape (e.g. `{"chunk": {"max_tokens": 8000}}`); `None`
+    values are ignored so unset flags never mask the file.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = read_config_file(path) if path is not None else {}
+    where = str(path) if path is not None else "settings"
+    from_env: dict[str, Any] = {}
+    if env.get("MEMOS_ETL_WORKDIR"):
+        from_env["workdir"] = env["MEMOS_ETL_WORKDIR"]
+    if env.get("MEMOS_ETL_USER_ID"):
+        from_env["user_id"] = env["MEMOS_ETL_USER_ID"]
+    raw = _deep_merge(raw, from_env)
+    raw = _deep_merge(raw, _drop_none(overrides or {}))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, where)) from None
+
+
+def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

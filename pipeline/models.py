@@ -1,0 +1,119 @@
+"""Plain records that flow between stages, and the staging table's Arrow schema.
+
+A connector yields `Message`, `Skipped` and `Quarantined` events (or a `MessageTable`
+for bulk producers); `pipeline.extract` counts them so that
+read == staged + sum(skipped) + quarantined always holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pyarrow as pa
+
+ROLES = ("user", "assistant", "system", "tool")
+
+STAGING_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_position", pa.string(), nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("conversation_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("author_id", pa.string()),
+        pa.field("author_name", pa.string()),
+        pa.field("content", pa.large_string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("metadata", pa.string()),
+    ],
+    metadata={b"memos_etl_schema_version": b"1"},
+)
+"""Staging table schema (version 1). Every column is documented in README.md."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One normalized chat message, ready for the staging table.
+
+    `created_at` is timezone-aware UTC or None; `metadata` is JSON text (or None).
+    """
+
+    source: str
+    source_file: str
+    source_position: str
+    message_id: str
+    conversation_id: str
+    user_id: str
+    role: str
+    content: str
+    seq: int
+    created_at: datetime | None = None
+    author_id: str | None = None
+    author_name: str | None = None
+    metadata: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """`count` input records deliberately not staged, under a specific reason."""
+
+    reason: str
+    count: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """One input record that could not be read; kept with its place and reason."""
+
+    source_file: str
+    position: str
+    reason: str
+    excerpt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MessageTable:
+    """Bulk form of `Message` events: a table in `STAGING_SCHEMA` (each row counts as read)."""
+
+    table: pa.Table
+
+
+Event = Message | Skipped | Quarantined | MessageTable
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractStats:
+    """Counts of one extract; `read == staged + sum(skipped.values()) + quarantined`."""
+
+    source: str
+    read: int
+    staged: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    conversations: int = 0
+    users: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        """True when every read record is accounted for."""
+        return self.read == self.staged + sum(self.skipped.values()) + self.quarantined
+
+
+def stable_id(*parts: str, length: int = 24) -> str:
+    """A deterministic hex id from `parts` (same parts, same id, across runs and machines)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return digest[:length]
+
+
+EXCERPT_CHARS = 200
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """A short, single-line excerpt of raw input for quarantine entries and reports."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

@@ -1,0 +1,148 @@
+"""Write and read the Parquet staging table under `<workdir>/staging/<source name>/`.
+
+The writer streams: rows are buffered per column and flushed as row groups, so memory
+stays bounded however large the export. A source's files are written to a hidden
+temporary folder and swapped in only when the extract finished, so a crash never leaves
+a half-written source behind. pandas, pyarrow and DuckDB read the result as-is, e.g.
+`duckdb.sql("select * from '<workdir>/staging/*/*.parquet'")`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipeline.models import STAGING_SCHEMA, Message
+
+ROW_GROUP_ROWS = 65_536
+ROW_GROUP_CHARS = 64 * 1024 * 1024
+_COLUMNS = STAGING_SCHEMA.names
+
+
+def staging_dir(workdir: Path) -> Path:
+    """The folder holding one sub-folder of Parquet files per extracted source."""
+    return workdir / "staging"
+
+
+def _clean_text(value: Any) -> Any:
+    """Replace lone surrogates (from broken JSON escapes) that Arrow cannot store as UTF-8."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
+class StagingWriter:
+    """Streams messages of one source into `staging/<name>/part-NNNNN.parquet`.
+
+    Use as a context manager: on a clean exit the new files replace the source's old
+    ones atomically (per folder); on an exception they are discarded.
+    """
+
+    def __init__(self, workdir: Path, name: str, *, row_group_rows: int = ROW_GROUP_ROWS):
+        self.final_dir = staging_dir(workdir) / name
+        self.tmp_dir = staging_dir(workdir) / f".{name}.tmp"
+        self.row_group_rows = row_group_rows
+        self.rows_written = 0
+        self._buffer: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+        self._buffered_chars = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> StagingWriter:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True)
+        return self
+
+    def write(self, message: Message) -> None:
+        """Buffer one message; flushes a row group when the buffer is full."""
+        buf = self._buffer
+        for column in _COLUMNS:
+            buf[column].append(getattr(message, column))
+        self._buffered_chars += len(message.content)
+        if (
+            len(buf["message_id"]) >= self.row_group_rows
+            or self._buffered_chars >= ROW_GROUP_CHARS
+        ):
+            self.flush()
+
+    def write_table(self, table: pa.Table) -> None:
+        """Write a ready table in (or castable to) `STAGING_SCHEMA`."""
+        self.flush()
+        self._write(table.select(_COLUMNS).cast(STAGING_SCHEMA))
+
+    def flush(self) -> None:
+        """Write buffered rows as one row group."""
+        if not self._buffer["message_id"]:
+            return
+        try:
+            table = pa.Table.from_pydict(self._buffer, schema=STAGING_SCHEMA)
+        except UnicodeEncodeError:
+            cleaned = {c: [_clean_text(v) for v in vals] for c, vals in self._buffer.items()}
+            table = pa.Table.from_pydict(cleaned, schema=STAGING_SCHEMA)
+        self._buffer = {c: [] for c in _COLUMNS}
+        self._buffered_chars = 0
+        self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(
+                self.tmp_dir / "part-00000.parquet", STAGING_SCHEMA, compression="zstd"
+            )
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.rows_written += table.num_rows
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.flush()
+        if self._writer is not None:
+            self._writer.close()
+        if exc_type is not None:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            return
+        if self._writer is None:  # nothing staged: still write an empty, readable file
+            pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / "part-00000.parquet")
+        old = self.final_dir.with_name(f".{self.final_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.final_dir.exists():
+            os.replace(self.final_dir, old)
+        os.replace(self.tmp_dir, self.final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def staged_sources(workdir: Path) -> list[str]:
+    """Names of the sources currently staged in `workdir`, sorted."""
+    root = staging_dir(workdir)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+
+
+def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read every staged source into one table in `STAGING_SCHEMA` (optionally some columns)."""
+    files = [
+        str(f)
+        for name in staged_sources(workdir)
+        for f in sorted((staging_dir(workdir) / name).glob("*.parquet"))
+    ]
+    schema = STAGING_SCHEMA if columns is None else pa.schema(
+        [STAGING_SCHEMA.field(c) for c in columns]
+    )
+    if not files:
+        return schema.empty_table()
+    dataset = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet")
+    return dataset.to_table(columns=columns).cast(schema)

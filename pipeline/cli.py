@@ -233,3 +233,34 @@ def run(
     lines = [_extract_line(r) for r in results]
     lines.append(f"chunk: {stats.batches} batches from {stats.batched} messages")
     emit(result, as_json, "\n".join(lines))
+
+
+@main.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--workdir", type=click.Path(path_type=Path), help="Override the config's workdir.")
+@click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def validate(
+    config_file: Path, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Dry run: extract and chunk CONFIG_FILE's sources, check everything, send nothing.
+
+    Prints a summary (or the report as JSON with --json) and writes report.json and a
+    self-contained report.html into the workdir. Exits 3 when the API would reject
+    something (see docs/report.md), 0 otherwise.
+
+    Example: memos-etl validate configs/quickstart.yaml
+    """
+    from pipeline.report import summary_text
+    from pipeline.report_html import report_paths
+    from pipeline.validate import validate as run_validation
+
+    progress = setup(verbose, quiet, no_progress)
+    cfg = _config(config_file, {"workdir": workdir})
+    report = run_validation(cfg, progress)
+    emit(report.data, as_json, summary_text(report, report_paths(cfg.workdir)))
+    if report.exit_code:
+        click.get_current_context().exit(report.exit_code)

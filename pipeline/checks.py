@@ -1,0 +1,633 @@
+"""Pure checks over staged rows and built batches, for the dry-run validation report.
+
+Every check returns a `Finding`: how many items it flags (messages, batches, ids, users),
+how severe that is, and a few examples naming source file and position. Row checks work on
+whole `pyarrow` columns (Arrow compute kernels; RE2 regexes for the content scan) so a
+million staged messages take seconds. `BatchChecker` sees each batch once as the chunker
+yields it: it validates the request body against `AddMessageRequest` of the official spec
+and keeps the figures the report needs.
+
+Severity: `error` means the API would reject something (the run must not start as is);
+`warning` means the data loses something or looks wrong; `info` is worth knowing.
+Content that looks like a secret or personal data is never copied into a finding: examples
+carry `mask()`ed forms only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.batches import Batch
+from pipeline.chunker import MAX_ID_CHARS
+from pipeline.config import LoadConfig
+from pipeline.models import ROLES, excerpt
+
+Severity = Literal["error", "warning", "info"]
+SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+MAX_EXAMPLES = 20
+API_TOKEN_LIMIT = 8000
+"""The spec's documented token limit of one request's `messages` array ("8k")."""
+USER_VOLUME_FACTOR = 10
+"""A user is flagged when their message count is below median/10 or above median*10."""
+USER_VOLUME_MIN_USERS = 3
+"""Volume outliers are only meaningful with at least this many users."""
+
+EXAMPLE_COLUMNS = [
+    "source",
+    "source_file",
+    "source_position",
+    "message_id",
+    "conversation_id",
+    "user_id",
+]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """The result of one check: `count` flagged `unit`s and up to `MAX_EXAMPLES` examples."""
+
+    id: str
+    title: str
+    severity: Severity
+    count: int
+    unit: str
+    description: str
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form under `checks.<id>` in report.json."""
+        return {
+            "title": self.title,
+            "severity": self.severity,
+            "count": self.count,
+            "unit": self.unit,
+            "description": self.description,
+            "examples": self.examples,
+        }
+
+
+# --- secrets and personal data -------------------------------------------------------
+
+SECRET_PATTERNS: dict[str, str] = {
+    "private_key": r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----",
+    "aws_access_key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
+    "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+    "slack_token": r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
+    "api_key": r"\b(?:sk|rk|pk)[-_](?:live_|test_|proj-|ant-)?[A-Za-z0-9_-]{20,}",
+    "google_api_key": r"\bAIza[0-9A-Za-z_-]{35}",
+    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+    "bearer_token": r"(?i:\bbearer\s+[A-Za-z0-9._~+/=-]{20,})",
+    "password": r"(?i:\b(?:password|passwd|pwd|passcode)\s*[:=]\s*[^\s,;]{3,})",
+}
+"""Kinds of credentials we look for; each regex is valid in both RE2 (Arrow) and `re`."""
+
+PERSONAL_PATTERNS: dict[str, str] = {
+    "email": r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+    "phone": r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}\d\b|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
+}
+"""Personal data we look for: e-mail addresses and phone numbers with separators."""
+
+
+@functools.cache
+def _compiled(kinds: tuple[tuple[str, str], ...]) -> tuple[str, list[tuple[str, re.Pattern[str]]]]:
+    combined = "|".join(f"(?:{p})" for _, p in kinds)
+    return combined, [(k, re.compile(p, re.ASCII)) for k, p in kinds]
+
+
+def mask(value: str, kind: str) -> str:
+    """A safe stand-in for a sensitive `value`: a few leading characters and its kind.
+
+    At most 4 characters and at most a quarter of the value are kept, e.g.
+    `mask("jane.doe@example.com", "email") == "jane…[email]"`.
+    """
+    keep = min(4, len(value) // 4)
+    return f"{value[:keep]}…[{kind}]"
+
+
+def mask_text(text: str) -> str:
+    """`text` with every secret and personal-data match replaced by its `mask()`."""
+    _, patterns = _compiled(tuple({**SECRET_PATTERNS, **PERSONAL_PATTERNS}.items()))
+    for kind, regex in patterns:
+        text = regex.sub(lambda m, k=kind: mask(m.group(0), k), text)  # type: ignore[misc]
+    return text
+
+
+def masked_excerpt(text: str) -> str:
+    """A one-line excerpt of raw input with sensitive matches masked (for reports)."""
+    return excerpt(mask_text(text))
+
+
+def _scan(
+    table: pa.Table,
+    patterns: Mapping[str, str],
+    finding_id: str,
+    title: str,
+    severity: Severity,
+    description: str,
+) -> Finding:
+    """Flag messages whose content matches any pattern; count per kind, keep masked samples."""
+    combined, compiled = _compiled(tuple(patterns.items()))
+    if table.num_rows == 0:
+        hits = table
+    else:
+        hits = table.filter(pc.match_substring_regex(table.column("content"), pattern=combined))
+    per_kind: dict[str, int] = dict.fromkeys(patterns, 0)
+    examples: list[dict[str, Any]] = []
+    count = 0
+    contents = hits.column("content").to_pylist()
+    for i, text in enumerate(contents):
+        found: list[tuple[str, str]] = []
+        for kind, regex in compiled:
+            for m in regex.finditer(text):
+                found.append((kind, mask(m.group(0), kind)))
+        if not found:
+            continue
+        count += 1
+        for kind in {k for k, _ in found}:
+            per_kind[kind] += 1
+        if len(examples) < MAX_EXAMPLES:
+            row = {c: hits.column(c)[i].as_py() for c in EXAMPLE_COLUMNS}
+            row["kinds"] = sorted({k for k, _ in found})
+            row["masked"] = [s for _, s in found[:5]]
+            examples.append(row)
+    by_kind = ", ".join(f"{k}: {n}" for k, n in per_kind.items() if n)
+    full = f"{description} By kind: {by_kind}." if by_kind else description
+    finding = Finding(finding_id, title, severity, count, "messages", full, examples)
+    return finding
+
+
+def secrets(table: pa.Table) -> Finding:
+    """Messages whose content looks like a credential (API key, token, password, key)."""
+    return _scan(
+        table,
+        SECRET_PATTERNS,
+        "secrets",
+        "Content that looks like secrets",
+        "warning",
+        "These messages would be stored in memory as they are; rotate the credentials or "
+        "remove the messages before loading.",
+    )
+
+
+def personal_data(table: pa.Table) -> Finding:
+    """Messages whose content contains e-mail addresses or phone numbers."""
+    return _scan(
+        table,
+        PERSONAL_PATTERNS,
+        "personal_data",
+        "Content with personal data",
+        "info",
+        "E-mail addresses and phone numbers found in message text.",
+    )
+
+
+# --- row checks ---------------------------------------------------------------------
+
+
+def _examples(table: pa.Table, mask_array: pa.ChunkedArray | pa.Array) -> list[dict[str, Any]]:
+    rows = table.filter(mask_array).slice(0, MAX_EXAMPLES)
+    return rows.select(EXAMPLE_COLUMNS).to_pylist()  # type: ignore[no-any-return]
+
+
+def _true_count(mask_array: pa.ChunkedArray | pa.Array) -> int:
+    return int(pc.sum(pc.cast(mask_array, pa.int64())).as_py() or 0)
+
+
+def empty_content(table: pa.Table) -> Finding:
+    """Messages whose content is empty or only whitespace (Unicode whitespace included)."""
+    trimmed = pc.utf8_trim_whitespace(table.column("content"))
+    flags = pc.equal(pc.utf8_length(trimmed), 0)
+    return Finding(
+        "empty_content",
+        "Empty or whitespace-only messages",
+        "warning",
+        _true_count(flags),
+        "messages",
+        "Sent as they are; they add calls and tokens but no memory.",
+        _examples(table, flags),
+    )
+
+
+def unknown_roles(table: pa.Table) -> Finding:
+    """Messages whose role is not one the API accepts (`user`, `assistant`, `system`, `tool`)."""
+    flags = pc.invert(pc.is_in(table.column("role"), value_set=pa.array(ROLES)))
+    examples = _examples(table, flags)
+    roles = table.filter(flags).slice(0, MAX_EXAMPLES).column("role").to_pylist()
+    for row, role in zip(examples, roles, strict=True):
+        row["role"] = role
+    return Finding(
+        "unknown_role",
+        "Messages with a role the API rejects",
+        "error",
+        _true_count(flags),
+        "messages",
+        f"The API accepts only the roles {', '.join(ROLES)}; a batch carrying any "
+        "other role is rejected whole.",
+        examples,
+    )
+
+
+def missing_timestamps(table: pa.Table) -> Finding:
+    """Messages without `created_at`: sent without `chat_time`, so memory has no time."""
+    flags = pc.is_null(table.column("created_at"))
+    return Finding(
+        "missing_timestamp",
+        "Messages without a timestamp",
+        "warning",
+        _true_count(flags),
+        "messages",
+        "Sent without chat_time; ordered by their position in the export.",
+        _examples(table, flags),
+    )
+
+
+def duplicate_ids(table: pa.Table) -> Finding:
+    """message_id values staged more than once; `count` is the number of such ids."""
+    grouped = (
+        table.select(["message_id"]).group_by("message_id").aggregate([("message_id", "count")])
+    )
+    dup = grouped.filter(pc.greater(grouped.column("message_id_count"), 1))
+    ids = dup.column("message_id")
+    rows = table.filter(pc.is_in(table.column("message_id"), value_set=ids.combine_chunks()))
+    examples: list[dict[str, Any]] = []
+    counts = dict(zip(ids.to_pylist(), dup.column("message_id_count").to_pylist(), strict=True))
+    seen: set[str] = set()
+    for row in rows.select(EXAMPLE_COLUMNS).slice(0, 10 * MAX_EXAMPLES).to_pylist():
+        if row["message_id"] in seen or len(examples) >= MAX_EXAMPLES:
+            continue
+        seen.add(row["message_id"])
+        row["occurrences"] = counts[row["message_id"]]
+        examples.append(row)
+    return Finding(
+        "duplicate_id",
+        "Duplicate message ids",
+        "warning",
+        dup.num_rows,
+        "ids",
+        "The same message_id is staged more than once; every copy is sent, but the ledger "
+        "keeps one delivery per id.",
+        examples,
+    )
+
+
+def out_of_order(table: pa.Table) -> Finding:
+    """Messages whose time is earlier than the previous timed message of their conversation.
+
+    Conversations are (user_id, conversation_id) in staged `seq` order; rows without a
+    time are ignored. The chunker sends by time, so these messages are reordered.
+    """
+    cols = ["user_id", "conversation_id", "seq", "created_at", *EXAMPLE_COLUMNS]
+    timed = table.select(list(dict.fromkeys(cols))).filter(pc.is_valid(table.column("created_at")))
+    n = timed.num_rows
+    if n < 2:
+        return _order_finding(0, 0, [])
+    timed = timed.sort_by(
+        [("user_id", "ascending"), ("conversation_id", "ascending"), ("seq", "ascending")]
+    )
+    user = timed.column("user_id").combine_chunks()
+    conv = timed.column("conversation_id").combine_chunks()
+    when = timed.column("created_at").combine_chunks()
+    same = pc.and_(
+        pc.equal(user.slice(1), user.slice(0, n - 1)),
+        pc.equal(conv.slice(1), conv.slice(0, n - 1)),
+    )
+    earlier = pc.and_(same, pc.less(when.slice(1), when.slice(0, n - 1)))
+    flags = pa.concat_arrays([pa.array([False]), earlier])
+    flagged = timed.filter(flags)
+    conversations = (
+        flagged.select(["user_id", "conversation_id"])
+        .group_by(["user_id", "conversation_id"])
+        .aggregate([])
+        .num_rows
+    )
+    examples = flagged.select(EXAMPLE_COLUMNS).slice(0, MAX_EXAMPLES).to_pylist()
+    return _order_finding(flagged.num_rows, conversations, examples)
+
+
+def _order_finding(count: int, conversations: int, examples: list[dict[str, Any]]) -> Finding:
+    return Finding(
+        "out_of_order",
+        "Messages out of time order",
+        "warning",
+        count,
+        "messages",
+        f"In {conversations} conversation(s) a message is older than the one staged before "
+        "it; batches are sent in time order, so these are reordered.",
+        examples,
+    )
+
+
+def long_ids(shortened: Mapping[str, str]) -> Finding:
+    """user_id / conversation_id values over the API's 100 characters, and their short form."""
+    examples = [
+        {"original": excerpt(original, 120), "length": len(original), "sent_as": short}
+        for original, short in list(shortened.items())[:MAX_EXAMPLES]
+    ]
+    return Finding(
+        "long_id",
+        f"Ids over {MAX_ID_CHARS} characters",
+        "info",
+        len(shortened),
+        "ids",
+        "Shortened deterministically (80 leading characters + '~' + hash); the original is "
+        "kept in the batch info.",
+        examples,
+    )
+
+
+def user_volumes(user_counts: Mapping[str, int]) -> Finding:
+    """Users with suspiciously few or many messages relative to the median user.
+
+    With at least `USER_VOLUME_MIN_USERS` users, a user is flagged when their count is
+    below median / `USER_VOLUME_FACTOR` ("few") or above median * `USER_VOLUME_FACTOR`
+    ("many"); a bulk bot or a mis-mapped user id usually shows up this way.
+    """
+    examples: list[dict[str, Any]] = []
+    count = 0
+    median = _median(list(user_counts.values()))
+    if len(user_counts) >= USER_VOLUME_MIN_USERS:
+        for user, n in sorted(user_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            kind = (
+                "many"
+                if n > median * USER_VOLUME_FACTOR
+                else "few"
+                if n * USER_VOLUME_FACTOR < median
+                else None
+            )
+            if kind is None:
+                continue
+            count += 1
+            if len(examples) < MAX_EXAMPLES:
+                examples.append({"user_id": user, "messages": n, "kind": kind})
+    return Finding(
+        "user_volume",
+        "Users with unusually few or many messages",
+        "warning",
+        count,
+        "users",
+        f"Flagged when below median/{USER_VOLUME_FACTOR} or above median*{USER_VOLUME_FACTOR} "
+        f"messages (median {median:g}; needs {USER_VOLUME_MIN_USERS}+ users).",
+        examples,
+    )
+
+
+def _median(values: list[int]) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2:
+        return float(ordered[mid])
+    return (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def quarantined(entries: Iterable[Mapping[str, Any]], total: int) -> Finding:
+    """Input records that could not be read (from quarantine.jsonl), masked excerpts."""
+    examples = [
+        {
+            "source": e.get("source"),
+            "source_file": e.get("source_file"),
+            "position": e.get("position"),
+            "reason": e.get("reason"),
+            "excerpt": masked_excerpt(str(e.get("excerpt", ""))),
+        }
+        for e in entries
+    ]
+    return Finding(
+        "quarantined",
+        "Unreadable input records (quarantined)",
+        "warning",
+        total,
+        "records",
+        "Not staged and not sent; listed in quarantine.jsonl with file, position and reason.",
+        examples,
+    )
+
+
+# --- batch checks -------------------------------------------------------------------
+
+
+@functools.cache
+def _spec() -> dict[str, Any]:
+    text = importlib.resources.files("pipeline").joinpath("spec/memos-openapi.json").read_bytes()
+    return orjson.loads(text)  # type: ignore[no-any-return]
+
+
+_VALUE_KEYWORDS = {"enum", "const", "pattern", "format", "minLength", "maxLength"}
+_ARRAY_KEYWORDS = {"minItems", "maxItems", "uniqueItems", "contains", "prefixItems"}
+
+
+def _constrained_keys(schema: Any, found: set[str]) -> bool:
+    """Collect property names whose string values the schema constrains.
+
+    Returns False when the schema uses an array keyword that makes validity depend on
+    more than each item's shape; then shape caching is not sound.
+    """
+    if isinstance(schema, list):
+        return all(_constrained_keys(s, found) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if _ARRAY_KEYWORDS & schema.keys():
+        return False
+    ok = True
+    for name, sub in schema.get("properties", {}).items():
+        if isinstance(sub, dict) and _mentions(sub, _VALUE_KEYWORDS):
+            found.add(name)
+        ok = _constrained_keys(sub, found) and ok
+    for key, sub in schema.items():
+        if key != "properties" and isinstance(sub, (dict, list)):
+            ok = _constrained_keys(sub, found) and ok
+    return ok
+
+
+def _mentions(schema: Any, keywords: set[str]) -> bool:
+    """True when `schema` or its oneOf/anyOf/allOf branches use any of `keywords` directly."""
+    if not isinstance(schema, dict):
+        return False
+    if keywords & schema.keys():
+        return True
+    return any(
+        _mentions(branch, keywords)
+        for key in ("oneOf", "anyOf", "allOf")
+        for branch in schema.get(key, [])
+    )
+
+
+def _inline_refs(schema: Any, components: Mapping[str, Any], depth: int = 0) -> Any:
+    """`schema` with local `#/components/schemas/...` refs replaced by their target."""
+    if depth > 32:
+        raise ValueError("spec $ref nesting too deep")
+    if isinstance(schema, list):
+        return [_inline_refs(s, components, depth) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+        return _inline_refs(components[ref.rsplit("/", 1)[1]], components, depth + 1)
+    return {k: _inline_refs(v, components, depth) for k, v in schema.items()}
+
+
+class RequestValidator:
+    """`AddMessageRequest` of the vendored OpenAPI spec, compiled once.
+
+    Validating a large body with jsonschema costs milliseconds, so results are memoized
+    by the body's *shape*: the same structure with every string replaced by a marker,
+    except strings under property names the schema constrains by value (`role`, ...).
+    That is exact because the schema has no length, pattern or item-count rules (checked
+    when the validator is built; otherwise every body is validated in full).
+    """
+
+    def __init__(self) -> None:
+        from jsonschema.validators import validator_for
+
+        components = _spec()["components"]["schemas"]
+        schema = _inline_refs(components["AddMessageRequest"], components)
+        cls = validator_for({"$schema": "https://json-schema.org/draft/2020-12/schema"})
+        cls.check_schema(schema)
+        self._validator = cls(schema)
+        self._keys: set[str] = set()
+        self._cacheable = _constrained_keys(schema, self._keys)
+        self._cache: dict[Any, bool] = {}
+
+    def _shape(self, value: Any, key: str | None = None) -> Any:
+        if isinstance(value, str):
+            return ("s", value) if key in self._keys else "s"
+        if isinstance(value, dict):
+            return tuple(sorted((k, self._shape(v, k)) for k, v in value.items()))
+        if isinstance(value, list):
+            return ("l", frozenset(self._shape(v, key) for v in value))
+        if isinstance(value, bool):
+            return "b"
+        if isinstance(value, (int, float)):
+            return "n"
+        return type(value).__name__
+
+    def is_valid(self, body: Mapping[str, Any]) -> bool:
+        """True when `body` validates against `AddMessageRequest`."""
+        if not self._cacheable:
+            return bool(self._validator.is_valid(body))
+        shape = self._shape(body)
+        result = self._cache.get(shape)
+        if result is None:
+            result = bool(self._validator.is_valid(body))
+            self._cache[shape] = result
+        return result
+
+    def errors(self, body: Mapping[str, Any], limit: int = 3) -> list[str]:
+        """Up to `limit` one-line schema errors, each with its JSON path."""
+        out = []
+        for err in self._validator.iter_errors(body):
+            path = "/".join(str(p) for p in err.absolute_path) or "(body)"
+            out.append(f"{path}: {excerpt(mask_text(err.message), 160)}")
+            if len(out) >= limit:
+                break
+        return out
+
+
+def request_body(batch: Batch, load: LoadConfig) -> dict[str, Any]:
+    """The exact body the loader would POST for `batch` (load-time fields added)."""
+    body = {**batch.body, "async_mode": load.async_mode}
+    if load.agent_id:
+        body["agent_id"] = load.agent_id
+    if load.app_id:
+        body["app_id"] = load.app_id
+    return body
+
+
+def masked_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a request body with message content masked (safe to show in a report)."""
+    out = dict(body)
+    out["messages"] = [
+        {**m, "content": mask_text(m["content"])} if isinstance(m.get("content"), str) else m
+        for m in body.get("messages", [])
+    ]
+    return out
+
+
+@dataclass
+class BatchChecker:
+    """Sees every batch once; validates bodies and keeps the per-batch figures."""
+
+    load: LoadConfig
+    max_tokens: int
+    samples: int = 3
+    validator: RequestValidator = field(default_factory=RequestValidator)
+    tokens: list[int] = field(default_factory=list)
+    messages: list[int] = field(default_factory=list)
+    invalid: int = 0
+    invalid_examples: list[dict[str, Any]] = field(default_factory=list)
+    over_api_limit: int = 0
+    over_api_examples: list[dict[str, Any]] = field(default_factory=list)
+    split_examples: list[dict[str, Any]] = field(default_factory=list)
+    sample_bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def check(self, batch: Batch) -> None:
+        """Validate one batch and record its figures."""
+        body = request_body(batch, self.load)
+        self.tokens.append(batch.tokens)
+        self.messages.append(batch.message_count)
+        ident = {
+            "batch_id": batch.batch_id,
+            "user_id": batch.user_id,
+            "conversation_id": batch.conversation_id,
+            "first_message_id": batch.message_ids[0] if batch.message_ids else None,
+        }
+        if not self.validator.is_valid(body):
+            self.invalid += 1
+            if len(self.invalid_examples) < MAX_EXAMPLES:
+                self.invalid_examples.append({**ident, "errors": self.validator.errors(body)})
+        if batch.tokens > API_TOKEN_LIMIT:
+            self.over_api_limit += 1
+            if len(self.over_api_examples) < MAX_EXAMPLES:
+                self.over_api_examples.append({**ident, "tokens": batch.tokens})
+        if batch.part and batch.part[0] == 1 and len(self.split_examples) < MAX_EXAMPLES:
+            self.split_examples.append(
+                {**ident, "message_id": batch.message_ids[0], "parts": batch.part[1]}
+            )
+        if len(self.sample_bodies) < self.samples:
+            self.sample_bodies.append(masked_body(body))
+
+    def findings(self, split_messages: int) -> list[Finding]:
+        """The batch-level findings, once every batch was checked."""
+        return [
+            Finding(
+                "schema",
+                "Request bodies failing the API schema",
+                "error",
+                self.invalid,
+                "batches",
+                "Validated against AddMessageRequest in the official OpenAPI spec; "
+                "the API would reject these calls.",
+                self.invalid_examples,
+            ),
+            Finding(
+                "over_api_token_limit",
+                f"Batches over the API's {API_TOKEN_LIMIT} tokens",
+                "warning",
+                self.over_api_limit,
+                "batches",
+                f"chunk.max_tokens is {self.max_tokens}; the spec documents an 8k limit per "
+                "request. The loader splits any batch the API calls too long (extra calls).",
+                self.over_api_examples,
+            ),
+            Finding(
+                "split_message",
+                "Oversized messages split into parts",
+                "info",
+                split_messages,
+                "messages",
+                f"Messages over the {self.max_tokens}-token budget are sent as "
+                "ordered parts, one call each (never truncated).",
+                self.split_examples,
+            ),
+        ]

@@ -1,0 +1,259 @@
+"""Dry-run validation: extract and chunk every source, check everything, send nothing.
+
+`validate(cfg)` answers before a migration: what will be sent, for which users, how many
+addMessage calls of quota, how long at the configured rate, what was dropped and why, and
+whether the API will accept it. It writes the staging table and quarantine file (as
+`extract` does) and `<workdir>/report.json` + `report.html`; it never writes
+`batches/`, never sends, and only reads the delivery ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from pipeline import checks
+from pipeline.chunker import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
+from pipeline.config import Config
+from pipeline.errors import ConfigError
+from pipeline.extract import extract_source
+from pipeline.ledger import delivered_message_hashes
+from pipeline.models import STAGING_SCHEMA, ExtractStats, stable_id
+from pipeline.progress import NullProgress, Progress
+from pipeline.quarantine import read_quarantine
+from pipeline.report import Report, ReportInputs, build_report
+from pipeline.report_html import write_reports
+from pipeline.staging import staging_dir
+
+log = logging.getLogger(__name__)
+
+TOP_N = 10
+TIMELINE_MAX_DAYS = 120
+TIMELINE_MAX_WEEKS = 104
+
+
+def validate(cfg: Config, progress: Progress | None = None, *, write: bool = True) -> Report:
+    """Extract + chunk every configured source without sending; return the full report.
+
+    With `write` (the default) the report is also written to `<workdir>/report.json` and
+    `<workdir>/report.html`. Counts add up: read = staged + skipped + quarantined, and
+    staged = messages in batches + messages excluded as already delivered.
+    """
+    if not cfg.sources:
+        raise ConfigError("no sources configured; add at least one under `sources:`")
+    progress = progress or NullProgress()
+    workdir = cfg.workdir
+    extracted: list[ExtractStats] = [
+        extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress)
+        for s in cfg.sources
+    ]
+    labels = [s.label for s in cfg.sources]
+    table = read_sources(workdir, labels)
+    log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
+
+    ledger = ledger_figures(table, delivered_message_hashes(workdir), cfg.load.resend_changed)
+    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+    chunk_stats = ChunkStats()
+    checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
+    progress.start("validate", total=table.num_rows, unit="msg")
+    for batch in chunk_table(table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude):
+        checker.check(batch)
+        if batch.part is None or batch.part[0] == 1:
+            progress.advance(len(batch.message_ids))
+    progress.close()
+
+    entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
+    findings = [
+        checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
+        checks.unknown_roles(table),
+        *checker.findings(chunk_stats.split_messages),
+        checks.long_ids(chunk_stats.shortened_ids),
+        checks.empty_content(table),
+        checks.missing_timestamps(table),
+        checks.duplicate_ids(table),
+        checks.out_of_order(table),
+        checks.secrets(table),
+        checks.personal_data(table),
+    ]
+    aggregates = aggregate(table)
+    findings.append(checks.user_volumes(aggregates.user_counts))
+    findings.append(ledger.finding())
+    report = build_report(
+        ReportInputs(
+            workdir=workdir,
+            config=cfg,
+            extracted=extracted,
+            users=len(aggregates.user_counts),
+            conversations=len(aggregates.conversation_sizes),
+            conversation_sizes=aggregates.conversation_sizes,
+            largest_conversations=aggregates.largest_conversations,
+            user_counts=aggregates.user_counts,
+            user_conversations=aggregates.user_conversations,
+            timeline_unit=aggregates.timeline_unit,
+            timeline=aggregates.timeline,
+            chunk=chunk_stats,
+            batch_tokens=checker.tokens,
+            batch_messages=checker.messages,
+            samples=checker.sample_bodies,
+            ledger_present=ledger.present,
+            ledger_delivered=ledger.delivered_total,
+            ledger_staged_delivered=ledger.staged_delivered,
+            ledger_changed=ledger.changed,
+            findings=findings,
+        )
+    )
+    if write:
+        write_reports(report, workdir)
+    return report
+
+
+def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:
+    """The staged rows of the named sources only (other staged sources are ignored)."""
+    files = [
+        str(f) for label in labels for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))
+    ]
+    if not files:
+        return STAGING_SCHEMA.empty_table()
+    return ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table()
+
+
+@dataclass
+class LedgerFigures:
+    """What the delivery ledger says about the staged rows."""
+
+    present: bool
+    delivered_total: int
+    staged_delivered: int
+    changed: int
+    exclude: set[str]
+    changed_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def finding(self) -> checks.Finding:
+        """Delivered messages whose content changed since they were sent."""
+        return checks.Finding(
+            "changed_since_delivery",
+            "Delivered messages whose content changed",
+            "info",
+            self.changed,
+            "messages",
+            "Already in MemOS with older content; sent again only with load.resend_changed.",
+            self.changed_examples,
+        )
+
+
+def ledger_figures(
+    table: pa.Table, delivered: dict[str, str], resend_changed: bool
+) -> LedgerFigures:
+    """Which staged rows are already delivered, and which of those changed since.
+
+    `exclude` holds the ids an incremental run leaves out: every delivered id, or only the
+    unchanged ones when `resend_changed`.
+    """
+    if not delivered or table.num_rows == 0:
+        return LedgerFigures(bool(delivered), len(delivered), 0, 0, set())
+    flags = pc.is_in(table.column("message_id"), value_set=pa.array(list(delivered)))
+    hit = table.filter(flags).select([*checks.EXAMPLE_COLUMNS, "content"])
+    exclude: set[str] = set()
+    changed = 0
+    examples: list[dict[str, Any]] = []
+    ids = hit.column("message_id").to_pylist()
+    contents = hit.column("content").to_pylist()
+    for i, (mid, content) in enumerate(zip(ids, contents, strict=True)):
+        if stable_id(content, length=16) != delivered[mid]:
+            changed += 1
+            if len(examples) < checks.MAX_EXAMPLES:
+                examples.append({c: hit.column(c)[i].as_py() for c in checks.EXAMPLE_COLUMNS})
+            if resend_changed:
+                continue
+        exclude.add(mid)
+    return LedgerFigures(True, len(delivered), hit.num_rows, changed, exclude, examples)
+
+
+@dataclass
+class Aggregates:
+    """Per-conversation, per-user and per-time figures of the staged rows."""
+
+    conversation_sizes: list[int]
+    largest_conversations: list[dict[str, Any]]
+    user_counts: dict[str, int]
+    user_conversations: dict[str, int]
+    timeline_unit: str
+    timeline: dict[str, list[tuple[str, int]]]
+
+
+def aggregate(table: pa.Table) -> Aggregates:
+    """Group the staged rows by conversation, user and time bucket (Arrow hash aggregates)."""
+    convs = table.group_by(["user_id", "conversation_id"]).aggregate(
+        [("seq", "count"), ("source", "min"), ("created_at", "min"), ("created_at", "max")]
+    )
+    convs = convs.sort_by(
+        [("seq_count", "descending"), ("user_id", "ascending"), ("conversation_id", "ascending")]
+    )
+    largest = [
+        {
+            "source": r["source_min"],
+            "user_id": r["user_id"],
+            "conversation_id": r["conversation_id"],
+            "messages": r["seq_count"],
+            "first": _iso(r["created_at_min"]),
+            "last": _iso(r["created_at_max"]),
+        }
+        for r in convs.slice(0, TOP_N).to_pylist()
+    ]
+    users = table.group_by("user_id").aggregate(
+        [("seq", "count"), ("conversation_id", "count_distinct")]
+    )
+    user_ids = users.column("user_id").to_pylist()
+    user_counts = dict(zip(user_ids, users.column("seq_count").to_pylist(), strict=True))
+    user_convs = dict(
+        zip(user_ids, users.column("conversation_id_count_distinct").to_pylist(), strict=True)
+    )
+    unit, timeline = _timeline(table)
+    return Aggregates(
+        conversation_sizes=convs.column("seq_count").to_pylist(),
+        largest_conversations=largest,
+        user_counts=user_counts,
+        user_conversations=user_convs,
+        timeline_unit=unit,
+        timeline=timeline,
+    )
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
+
+
+def _timeline(table: pa.Table) -> tuple[str, dict[str, list[tuple[str, int]]]]:
+    """Timed messages per source per day, week or month (the finest that fits the span)."""
+    timed = table.select(["source", "created_at"]).filter(pc.is_valid(table.column("created_at")))
+    if timed.num_rows == 0:
+        return "day", {}
+    bounds = pc.min_max(timed.column("created_at")).as_py()
+    days = (bounds["max"] - bounds["min"]).days
+    unit = (
+        "day"
+        if days <= TIMELINE_MAX_DAYS
+        else "week"
+        if days <= TIMELINE_MAX_WEEKS * 7
+        else ("month")
+    )
+    bucket = pc.floor_temporal(timed.column("created_at"), unit=unit)
+    grouped = (
+        pa.table({"source": timed.column("source"), "bucket": bucket})
+        .group_by(["source", "bucket"])
+        .aggregate([("bucket", "count")])
+        .sort_by([("source", "ascending"), ("bucket", "ascending")])
+    )
+    series: dict[str, list[tuple[str, int]]] = {}
+    for r in grouped.to_pylist():
+        series.setdefault(r["source"], []).append(
+            (r["bucket"].date().isoformat(), r["bucket_count"])
+        )
+    return unit, series

@@ -53,11 +53,18 @@ def _fail(ctx: click.Context, message: str, code: int, *, bug: bool = False) -> 
 def common_options(func: F) -> F:
     """Options every command shares, identical everywhere."""
     options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path),
-                     help="Pipeline YAML file (see configs/)."),
-        click.option("--workdir", type=click.Path(path_type=Path),
-                     help="Folder for staging, batches, ledger and reports "
-                          "[env MEMOS_ETL_WORKDIR; default .memos-etl]."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="Pipeline YAML file (see configs/).",
+        ),
+        click.option(
+            "--workdir",
+            type=click.Path(path_type=Path),
+            help="Folder for staging, batches, ledger and reports "
+            "[env MEMOS_ETL_WORKDIR; default .memos-etl].",
+        ),
         click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
@@ -71,10 +78,14 @@ def common_options(func: F) -> F:
 def setup(verbose: int, quiet: bool, no_progress: bool) -> Progress:
     """Configure logging for this process and choose the progress reporter."""
     click.get_current_context().meta["memos_etl.verbose"] = verbose
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else
-                                         logging.INFO if verbose == 1 else logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s",
-                        force=True)
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(message)s", force=True
+    )
     if quiet or no_progress:
         return NullProgress()
     return TqdmProgress(disable=None)
@@ -104,11 +115,24 @@ def main() -> None:
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--source", "kind", help="Connector: csv, slack, chatgpt, claude.")
+@click.option(
+    "--name",
+    help="Label of this source in the workdir (default: the source kind). "
+    "Re-extracting a name replaces what it staged before.",
+)
 @click.option("--user-id", help="Memory owner (user_id) for sources that do not carry one.")
 @common_options
 def extract(
-    path: Path | None, kind: str | None, user_id: str | None, config_path: Path | None,
-    workdir: Path | None, verbose: int, quiet: bool, as_json: bool, no_progress: bool,
+    path: Path | None,
+    kind: str | None,
+    name: str | None,
+    user_id: str | None,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Read an export into the Parquet staging table.
 
@@ -118,7 +142,7 @@ def extract(
 
     progress = setup(verbose, quiet, no_progress)
     cfg = _config(config_path, {"workdir": workdir, "user_id": user_id})
-    sources = _pick_sources(cfg, kind, path)
+    sources = _pick_sources(cfg, kind, path, name)
     results = [
         stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
         for s in sources
@@ -132,14 +156,23 @@ def extract(
     emit(totals, as_json, "\n".join(lines))
 
 
-def _pick_sources(cfg: Config, kind: str | None, path: Path | None) -> list[SourceConfig]:
+def _pick_sources(
+    cfg: Config, kind: str | None, path: Path | None, name: str | None
+) -> list[SourceConfig]:
     if path is not None:
         if kind is None:
             raise click.UsageError("--source is required with an input PATH")
         template = next((s for s in cfg.sources if s.kind == kind), None)
-        base = template.model_dump() if template else {"kind": kind}
-        return [SourceConfig.model_validate({**base, "kind": kind, "path": path})]
-    chosen = [s for s in cfg.sources if kind is None or s.kind == kind]
+        base: dict[str, Any] = template.model_dump() if template else {"kind": kind}
+        base.update(kind=kind, path=path)
+        if name is not None:
+            base["name"] = name
+        return [SourceConfig.model_validate(base)]
+    chosen = [
+        s
+        for s in cfg.sources
+        if (kind is None or s.kind == kind) and (name is None or s.label == name)
+    ]
     if not chosen:
         raise click.UsageError("give an input PATH with --source, or a --config with sources")
     return chosen
@@ -173,8 +206,14 @@ def _extract_line(r: dict[str, Any]) -> str:
 @click.option("--max-messages", type=int, help="Messages per request (default 50).")
 @common_options
 def chunk(
-    max_tokens: int | None, max_messages: int | None, config_path: Path | None,
-    workdir: Path | None, verbose: int, quiet: bool, as_json: bool, no_progress: bool,
+    max_tokens: int | None,
+    max_messages: int | None,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Group staged messages into API-sized batches per conversation.
 
@@ -183,14 +222,19 @@ def chunk(
     from pipeline.chunker import ChunkLimits, chunk_workdir
 
     setup(verbose, quiet, no_progress)
-    cfg = _config(config_path, {"workdir": workdir,
-                                "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}})
+    cfg = _config(
+        config_path,
+        {"workdir": workdir, "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}},
+    )
     _require_staging(cfg.workdir)
     stats = chunk_workdir(cfg.workdir, ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages))
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
-    emit(result, as_json,
-         f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
-         f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split)")
+    emit(
+        result,
+        as_json,
+        f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
+        f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split)",
+    )
 
 
 def _require_staging(workdir: Path) -> None:
@@ -208,7 +252,11 @@ def _require_staging(workdir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(
-    config_file: Path, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
+    config_file: Path,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
     no_progress: bool,
 ) -> None:
     """Run extract -> chunk for every source in CONFIG_FILE.
@@ -228,8 +276,11 @@ def run(
     ]
     stats = chunk_workdir(cfg.workdir, ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages))
     extract_totals = _sum_counts(results)
-    result = {"extract": {**extract_totals, "sources": results}, "chunk": stats.to_json(),
-              "workdir": str(cfg.workdir)}
+    result = {
+        "extract": {**extract_totals, "sources": results},
+        "chunk": stats.to_json(),
+        "workdir": str(cfg.workdir),
+    }
     lines = [_extract_line(r) for r in results]
     lines.append(f"chunk: {stats.batches} batches from {stats.batched} messages")
     emit(result, as_json, "\n".join(lines))

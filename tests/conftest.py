@@ -1,75 +1,35 @@
-"""Shared fixtures: a tiny JSONL test connector registered for the duration of a test.
-
-Each input line is one record: a JSON object becomes a `Message` (fields: message_id,
-conversation_id, user_id, role, content, created_at ISO 8601 or null, seq defaults to
-the line number), `{"skip": "reason"}` a `Skipped`, and a line that is not JSON a
-`Quarantined` record at "line N". Counts in tests can so be made by hand.
-"""
+"""Shared fixtures: CLI runner, sample paths, the official MemOS API spec."""
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Iterator
-from datetime import datetime
+import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
+from click.testing import CliRunner
 
-from connectors import base
-from connectors.base import ConnectorOptions
-from pipeline.models import Event, Message, Quarantined, Skipped
-
-MODULE = "memos_etl_test_jsonl"
-
-
-class Options(ConnectorOptions):
-    """No options beyond user_id."""
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data" / "samples"
+VENDORED_SPEC = REPO / "pipeline" / "spec" / "memos-openapi.json"
+SHARED_SPEC = REPO.parent / "shared" / "memos-openapi.json"
 
 
-def read(path: Path, options: Options) -> Iterator[Event]:
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj: dict[str, Any] = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                yield Quarantined(str(path), f"line {n}", "invalid JSON", line)
-                continue
-            if "skip" in obj:
-                yield Skipped(obj["skip"])
-                continue
-            created = obj.get("created_at")
-            yield Message(
-                source="jsonl",
-                source_file=path.name,
-                source_position=f"line {n}",
-                message_id=obj.get("message_id", f"{path.name}:{n}"),
-                conversation_id=obj.get("conversation_id", "c1"),
-                user_id=obj.get("user_id") or options.user_id or "u1",
-                role=obj.get("role", "user"),
-                content=obj["content"],
-                seq=obj.get("seq", n),
-                created_at=datetime.fromisoformat(created) if created else None,
-            )
+@cache
+def openapi_spec() -> dict[str, Any]:
+    """The official MemOS OpenAPI spec (../shared when present, else the vendored copy)."""
+    path = SHARED_SPEC if SHARED_SPEC.exists() else VENDORED_SPEC
+    spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return spec
+
+
+def schema_for(name: str) -> dict[str, Any]:
+    """A component schema of the spec, with the spec's components available for $ref."""
+    spec = openapi_spec()
+    return {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
 
 
 @pytest.fixture
-def jsonl_source(monkeypatch: pytest.MonkeyPatch) -> str:
-    """Register the JSONL test connector as source kind "jsonl"."""
-    module = types.ModuleType(MODULE)
-    module.Options = Options  # type: ignore[attr-defined]
-    module.read = read  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, MODULE, module)
-    monkeypatch.setitem(base._REGISTRY, "jsonl", MODULE)
-    return "jsonl"
-
-
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    """Write records (dicts, or raw str lines) as a JSONL file."""
-    lines = [r if isinstance(r, str) else orjson.dumps(r).decode() for r in records]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+def runner() -> CliRunner:
+    return CliRunner()

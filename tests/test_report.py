@@ -12,13 +12,18 @@ import jsonschema
 import orjson
 import pytest
 from click.testing import CliRunner
-from conftest import write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.checks import RequestValidator, mask, mask_text
 from pipeline.cli import main
 from pipeline.report import histogram, summary
+from tests.jsonl_connector import register, write_jsonl
+
+
+@pytest.fixture
+def jsonl_source(monkeypatch: pytest.MonkeyPatch) -> str:
+    return register(monkeypatch)
 
 
 def _write_config(tmp_path: Path, path: Path, rate: float = 2.0) -> Path:

@@ -8,13 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_jsonl
 
 from pipeline.config import Config
 from pipeline.models import stable_id
 from pipeline.validate import validate
+from tests.jsonl_connector import register, write_jsonl
 
 T = "2024-03-0{}T10:00:00+00:00"
+
+
+@pytest.fixture
+def jsonl_source(monkeypatch: pytest.MonkeyPatch) -> str:
+    return register(monkeypatch)
 
 
 def _config(tmp_path: Path, inputs: dict[str, Path], **extra: Any) -> Config:

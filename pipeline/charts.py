@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 _STYLE: dict[str, Any] = {
@@ -103,6 +104,7 @@ def _bars(fig: Figure, hist: dict[str, Any], xlabel: str, log_x: bool) -> Any:
     )
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     return ax

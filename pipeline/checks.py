@@ -156,7 +156,7 @@ def _scan(
         for kind in {k for k, _ in found}:
             per_kind[kind] += 1
         if len(examples) < MAX_EXAMPLES:
-            row = {c: hits.column(c)[i].as_py() for c in EXAMPLE_COLUMNS}
+            row = example_rows(hits.slice(i, 1))[0]
             row["kinds"] = sorted({k for k, _ in found})
             row["masked"] = [s for _, s in found[:5]]
             examples.append(row)
@@ -194,9 +194,20 @@ def personal_data(table: pa.Table) -> Finding:
 # --- row checks ---------------------------------------------------------------------
 
 
+def example_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as report examples: source, file, position and ids.
+
+    `source` is the configured source name when the table has a `label` column (as
+    `pipeline.validate.read_sources` adds), else the connector's `source` value.
+    """
+    first = "label" if "label" in table.column_names else "source"
+    rest = EXAMPLE_COLUMNS[1:]
+    rows = table.select([first, *rest]).to_pylist()
+    return [{"source": r[first], **{c: r[c] for c in rest}} for r in rows]
+
+
 def _examples(table: pa.Table, mask_array: pa.ChunkedArray | pa.Array) -> list[dict[str, Any]]:
-    rows = table.filter(mask_array).slice(0, MAX_EXAMPLES)
-    return rows.select(EXAMPLE_COLUMNS).to_pylist()  # type: ignore[no-any-return]
+    return example_rows(table.filter(mask_array).slice(0, MAX_EXAMPLES))
 
 
 def _true_count(mask_array: pa.ChunkedArray | pa.Array) -> int:
@@ -262,7 +273,7 @@ def duplicate_ids(table: pa.Table) -> Finding:
     examples: list[dict[str, Any]] = []
     counts = dict(zip(ids.to_pylist(), dup.column("message_id_count").to_pylist(), strict=True))
     seen: set[str] = set()
-    for row in rows.select(EXAMPLE_COLUMNS).slice(0, 10 * MAX_EXAMPLES).to_pylist():
+    for row in example_rows(rows.slice(0, 10 * MAX_EXAMPLES)):
         if row["message_id"] in seen or len(examples) >= MAX_EXAMPLES:
             continue
         seen.add(row["message_id"])
@@ -286,7 +297,8 @@ def out_of_order(table: pa.Table) -> Finding:
     Conversations are (user_id, conversation_id) in staged `seq` order; rows without a
     time are ignored. The chunker sends by time, so these messages are reordered.
     """
-    cols = ["user_id", "conversation_id", "seq", "created_at", *EXAMPLE_COLUMNS]
+    label = ["label"] if "label" in table.column_names else []
+    cols = ["user_id", "conversation_id", "seq", "created_at", *EXAMPLE_COLUMNS, *label]
     timed = table.select(list(dict.fromkeys(cols))).filter(pc.is_valid(table.column("created_at")))
     n = timed.num_rows
     if n < 2:
@@ -310,7 +322,7 @@ def out_of_order(table: pa.Table) -> Finding:
         .aggregate([])
         .num_rows
     )
-    examples = flagged.select(EXAMPLE_COLUMNS).slice(0, MAX_EXAMPLES).to_pylist()
+    examples = example_rows(flagged.slice(0, MAX_EXAMPLES))
     return _order_finding(flagged.num_rows, conversations, examples)
 
 

@@ -294,7 +294,11 @@ def run(
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def validate(
-    config_file: Path, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
+    config_file: Path,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
     no_progress: bool,
 ) -> None:
     """Dry run: extract and chunk CONFIG_FILE's sources, check everything, send nothing.

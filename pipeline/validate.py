@@ -115,13 +115,22 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
 
 
 def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:
-    """The staged rows of the named sources only (other staged sources are ignored)."""
-    files = [
-        str(f) for label in labels for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))
-    ]
-    if not files:
-        return STAGING_SCHEMA.empty_table()
-    return ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table()
+    """The staged rows of the named sources only, plus a `label` column naming the source.
+
+    `label` is the configured source name (a row's `source` is what its connector wrote);
+    other sources staged earlier in the same workdir are ignored.
+    """
+    schema = STAGING_SCHEMA.append(pa.field("label", pa.string()))
+    parts = []
+    for label in labels:
+        files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
+        if not files:
+            continue
+        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table()
+        parts.append(part.append_column("label", pa.repeat(label, part.num_rows)))
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts)
 
 
 @dataclass
@@ -159,7 +168,7 @@ def ledger_figures(
     if not delivered or table.num_rows == 0:
         return LedgerFigures(bool(delivered), len(delivered), 0, 0, set())
     flags = pc.is_in(table.column("message_id"), value_set=pa.array(list(delivered)))
-    hit = table.filter(flags).select([*checks.EXAMPLE_COLUMNS, "content"])
+    hit = table.filter(flags)
     exclude: set[str] = set()
     changed = 0
     examples: list[dict[str, Any]] = []
@@ -169,7 +178,7 @@ def ledger_figures(
         if stable_id(content, length=16) != delivered[mid]:
             changed += 1
             if len(examples) < checks.MAX_EXAMPLES:
-                examples.append({c: hit.column(c)[i].as_py() for c in checks.EXAMPLE_COLUMNS})
+                examples.append(checks.example_rows(hit.slice(i, 1))[0])
             if resend_changed:
                 continue
         exclude.add(mid)
@@ -191,14 +200,14 @@ class Aggregates:
 def aggregate(table: pa.Table) -> Aggregates:
     """Group the staged rows by conversation, user and time bucket (Arrow hash aggregates)."""
     convs = table.group_by(["user_id", "conversation_id"]).aggregate(
-        [("seq", "count"), ("source", "min"), ("created_at", "min"), ("created_at", "max")]
+        [("seq", "count"), ("label", "min"), ("created_at", "min"), ("created_at", "max")]
     )
     convs = convs.sort_by(
         [("seq_count", "descending"), ("user_id", "ascending"), ("conversation_id", "ascending")]
     )
     largest = [
         {
-            "source": r["source_min"],
+            "source": r["label_min"],
             "user_id": r["user_id"],
             "conversation_id": r["conversation_id"],
             "messages": r["seq_count"],
@@ -232,7 +241,7 @@ def _iso(value: Any) -> str | None:
 
 def _timeline(table: pa.Table) -> tuple[str, dict[str, list[tuple[str, int]]]]:
     """Timed messages per source per day, week or month (the finest that fits the span)."""
-    timed = table.select(["source", "created_at"]).filter(pc.is_valid(table.column("created_at")))
+    timed = table.select(["label", "created_at"]).filter(pc.is_valid(table.column("created_at")))
     if timed.num_rows == 0:
         return "day", {}
     bounds = pc.min_max(timed.column("created_at")).as_py()
@@ -246,7 +255,7 @@ def _timeline(table: pa.Table) -> tuple[str, dict[str, list[tuple[str, int]]]]:
     )
     bucket = pc.floor_temporal(timed.column("created_at"), unit=unit)
     grouped = (
-        pa.table({"source": timed.column("source"), "bucket": bucket})
+        pa.table({"source": timed.column("label"), "bucket": bucket})
         .group_by(["source", "bucket"])
         .aggregate([("bucket", "count")])
         .sort_by([("source", "ascending"), ("bucket", "ascending")])

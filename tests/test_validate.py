@@ -89,7 +89,7 @@ def test_counts_add_up_on_hand_counted_input(tmp_path: Path, jsonl_source: str) 
     assert sum(d["conversations"]["size_histogram"]["counts"]) == 2
     assert sum(d["batches"]["token_histogram"]["counts"]) == 3
     assert d["timeline"]["unit"] == "day"
-    assert [n for _, n in d["timeline"]["series"]["jsonl"]] == [1, 1, 1, 1, 1]
+    assert [n for _, n in d["timeline"]["series"]["chats"]] == [1, 1, 1, 1, 1]
     on_disk = json.loads((tmp_path / "work" / "report.json").read_text())
     assert on_disk == d
     assert (tmp_path / "work" / "report.html").exists()

@@ -1,0 +1,134 @@
+"""validate vs extract + chunk alone, side by side on the same export.
+
+    python tests/bench/bench_validate.py --generate 1000000            # synthetic CSV
+    python tests/bench/bench_validate.py --kind slack --path export.zip # any connector
+
+Each round runs extract + chunk (what `run` does before loading) and `validate` (extract +
+chunk + every check + report.json + report.html) in fresh workdirs, alternating which
+goes first; prints each time, the per-stage split of validate and the ratio
+validate / (extract + chunk) of the medians. The machine is noisy: use --rounds 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline.chunker import ChunkLimits, chunk_workdir
+from pipeline.config import Config
+from pipeline.extract import extract_source
+from pipeline.validate import validate
+
+WORDS = (
+    "the release we shipped today fixes login bugs and deploy config yaml parser timeout "
+    "retry customer invoice refund thanks please check order tracking 性能 提升 😀"
+).split()
+
+
+def generate_csv(path: Path, n: int, seed: int = 7) -> None:
+    """A synthetic CSV export of `n` rows: ~n/20 conversations, ~n/500 users, 1% e-mails."""
+    rng = random.Random(seed)
+    start = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    users = max(1, n // 500)
+    convs = max(1, n // 20)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(["conversation_id", "user_id", "role", "content", "timestamp"])
+        for i in range(n):
+            conv = rng.randrange(convs)
+            words = rng.choices(WORDS, k=rng.randrange(3, 60))
+            if rng.random() < 0.01:
+                words.append(f"user{i}@example.com")
+            ts = start + timedelta(seconds=i * 30 + rng.randrange(60))
+            out.writerow([
+                f"conv-{conv}",
+                f"user-{conv % users}",
+                rng.choice(("customer", "agent")),
+                " ".join(words),
+                ts.isoformat(),
+            ])
+
+
+def _config(kind: str, path: Path, workdir: Path) -> Config:
+    options: dict[str, Any] = {}
+    return Config.model_validate({
+        "workdir": str(workdir),
+        "user_id": "bench",
+        "sources": [{"kind": kind, "name": "bench", "path": str(path), "options": options}],
+    })
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def baseline(cfg: Config) -> dict[str, float]:
+    """extract + chunk, as `memos-etl run` does before loading."""
+    t_extract, _ = _timed(lambda: [
+        extract_source(s, cfg.workdir, default_user_id=cfg.user_id) for s in cfg.sources
+    ])
+    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+    t_chunk, _ = _timed(lambda: chunk_workdir(cfg.workdir, limits))
+    return {"extract": t_extract, "chunk": t_chunk, "total": t_extract + t_chunk}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kind", default="csv", help="connector of --path (csv, slack, ...)")
+    parser.add_argument("--path", type=Path, help="the export to read")
+    parser.add_argument("--generate", type=int, metavar="N",
+                        help="write a synthetic CSV of N rows and use it (--kind csv)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-validate-"))
+    try:
+        path = args.path
+        if args.generate:
+            path = tmp / "synthetic.csv"
+            t, _ = _timed(lambda: generate_csv(path, args.generate))
+            print(f"generated {args.generate:,} rows in {t:.1f}s ({path.stat().st_size / 1e6:.0f} MB)")
+        if path is None:
+            parser.error("give --path or --generate")
+        base_times: list[float] = []
+        val_times: list[float] = []
+        for r in range(args.rounds):
+            order = ["baseline", "validate"] if r % 2 == 0 else ["validate", "baseline"]
+            for which in order:
+                workdir = tmp / f"{which}-{r}"
+                cfg = _config(args.kind, path, workdir)
+                if which == "baseline":
+                    parts = baseline(cfg)
+                    base_times.append(parts["total"])
+                    print(f"round {r}: extract+chunk {parts['total']:.1f}s "
+                          f"(extract {parts['extract']:.1f}s, chunk {parts['chunk']:.1f}s)")
+                else:
+                    t, report = _timed(lambda cfg=cfg: validate(cfg))
+                    val_times.append(t)
+                    totals = report.data["totals"]
+                    print(f"round {r}: validate {t:.1f}s ({totals['staged']:,} staged, "
+                          f"{totals['batches']:,} batches, exit {report.exit_code})")
+                shutil.rmtree(workdir / "staging", ignore_errors=True)
+        b, v = statistics.median(base_times), statistics.median(val_times)
+        print(f"median extract+chunk {b:.1f}s, validate {v:.1f}s, ratio {v / b:.2f}x "
+              f"(target <= 1.5x)")
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,9 @@ whether the API will accept it. It writes the staging table and quarantine file 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +52,11 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
         raise ConfigError("no sources configured; add at least one under `sources:`")
     progress = progress or NullProgress()
     workdir = cfg.workdir
-    extracted: list[ExtractStats] = [
-        extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress)
-        for s in cfg.sources
-    ]
+    with _stage("extract"):
+        extracted: list[ExtractStats] = [
+            extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress)
+            for s in cfg.sources
+        ]
     labels = [s.label for s in cfg.sources]
     table = read_sources(workdir, labels)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
@@ -63,28 +66,31 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
     chunk_stats = ChunkStats()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
     progress.start("validate", total=table.num_rows, unit="msg")
-    for batch in chunk_table(table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude):
-        checker.check(batch)
-        if batch.part is None or batch.part[0] == 1:
-            progress.advance(len(batch.message_ids))
+    with _stage("chunk + batch checks"):
+        batches = chunk_table(table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude)
+        for batch in batches:
+            checker.check(batch)
+            if batch.part is None or batch.part[0] == 1:
+                progress.advance(len(batch.message_ids))
     progress.close()
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
-    findings = [
-        checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
-        checks.unknown_roles(table),
-        *checker.findings(chunk_stats.split_messages),
-        checks.long_ids(chunk_stats.shortened_ids),
-        checks.empty_content(table),
-        checks.missing_timestamps(table),
-        checks.duplicate_ids(table),
-        checks.out_of_order(table),
-        checks.secrets(table),
-        checks.personal_data(table),
-    ]
-    aggregates = aggregate(table)
-    findings.append(checks.user_volumes(aggregates.user_counts))
-    findings.append(ledger.finding())
+    with _stage("row checks"):
+        aggregates = aggregate(table)
+        findings = [
+            checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
+            checks.unknown_roles(table),
+            *checker.findings(chunk_stats.split_messages),
+            checks.long_ids(chunk_stats.shortened_ids),
+            checks.empty_content(table),
+            checks.missing_timestamps(table),
+            checks.duplicate_ids(table),
+            checks.out_of_order(table),
+            checks.secrets(table),
+            checks.personal_data(table),
+            checks.user_volumes(aggregates.user_counts),
+            ledger.finding(),
+        ]
     report = build_report(
         ReportInputs(
             workdir=workdir,
@@ -110,8 +116,17 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
         )
     )
     if write:
-        write_reports(report, workdir)
+        with _stage("report files"):
+            write_reports(report, workdir)
     return report
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Log how long one stage of a validation took (INFO, shown with -v)."""
+    start = time.perf_counter()
+    yield
+    log.info("validate: %s took %.2fs", name, time.perf_counter() - start)
 
 
 def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:

@@ -265,3 +265,30 @@ def test_nothing_staged_still_reports(tmp_path: Path, jsonl_source: str) -> None
     assert (t["read"], t["staged"], t["skipped"], t["batches"]) == (1, 0, 1, 0)
     assert report.exit_code == 0
     assert "<svg" in (tmp_path / "work" / "report.html").read_text()
+
+
+def test_real_csv_connector(tmp_path: Path) -> None:
+    """The lead's CSV connector: 5 data rows, 2 of them unreadable, 1 multi-line."""
+    path = tmp_path / "chats.csv"
+    path.write_text(
+        "conversation_id,user_id,role,content,timestamp\n"
+        "c1,ann,customer,where is my parcel?,2025-01-02T10:00:00Z\n"
+        'c1,ann,agent,"on its way,\nsorry",2025-01-02T10:01:00Z\n'
+        "c1,ann,wizard,not a role,2025-01-02T10:02:00Z\n"
+        "c2,ben,customer,,2025-01-03T08:00:00Z\n"
+        "c2,ben,customer,hello?,2025-01-03T08:05:00Z\n",
+        encoding="utf-8",
+    )
+    cfg = Config.model_validate(
+        {
+            "workdir": str(tmp_path / "work"),
+            "sources": [{"kind": "csv", "name": "support", "path": str(path)}],
+        }
+    )
+    d = validate(cfg).data
+    t = d["totals"]
+    assert (t["read"], t["staged"], t["skipped"], t["quarantined"]) == (5, 3, 0, 2)
+    assert (t["users"], t["conversations"], t["batches"]) == (2, 2, 2)
+    assert {e["position"] for e in d["checks"]["quarantined"]["examples"]} == {"line 5", "line 6"}
+    assert d["timeline"]["series"] == {"support": [["2025-01-02", 2], ["2025-01-03", 1]]}
+    assert d["sources"][0]["kind"] == "csv"

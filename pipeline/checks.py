@@ -214,10 +214,13 @@ def _true_count(mask_array: pa.ChunkedArray | pa.Array) -> int:
     return int(pc.sum(pc.cast(mask_array, pa.int64())).as_py() or 0)
 
 
+_BLANK = r"^[\s\p{Z}\x{85}\x{1c}-\x{1f}\x{0b}]*$"
+"""RE2: empty or only characters Python's `str.isspace()` accepts."""
+
+
 def empty_content(table: pa.Table) -> Finding:
     """Messages whose content is empty or only whitespace (Unicode whitespace included)."""
-    trimmed = pc.utf8_trim_whitespace(table.column("content"))
-    flags = pc.equal(pc.utf8_length(trimmed), 0)
+    flags = pc.match_substring_regex(table.column("content"), pattern=_BLANK)
     return Finding(
         "empty_content",
         "Empty or whitespace-only messages",

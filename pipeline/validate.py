@@ -37,6 +37,8 @@ from pipeline.staging import staging_dir
 log = logging.getLogger(__name__)
 
 TOP_N = 10
+READ_COLUMNS = list(dict.fromkeys([*CHUNK_COLUMNS, *checks.EXAMPLE_COLUMNS]))
+"""Staged columns the checks and the chunker need (metadata and author columns are not)."""
 TIMELINE_MAX_DAYS = 120
 TIMELINE_MAX_WEEKS = 104
 
@@ -135,13 +137,16 @@ def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:
     `label` is the configured source name (a row's `source` is what its connector wrote);
     other sources staged earlier in the same workdir are ignored.
     """
-    schema = STAGING_SCHEMA.append(pa.field("label", pa.string()))
+    schema = pa.schema([STAGING_SCHEMA.field(c) for c in READ_COLUMNS]).append(
+        pa.field("label", pa.string())
+    )
     parts = []
     for label in labels:
         files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
         if not files:
             continue
-        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table()
+        dataset = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet")
+        part = dataset.to_table(columns=READ_COLUMNS)
         parts.append(part.append_column("label", pa.repeat(label, part.num_rows)))
     if not parts:
         return schema.empty_table()

@@ -82,10 +82,14 @@ def timeline(data: dict[str, Any]) -> str:
                 label=source,
             )
         ax.set_ylabel(f"messages per {data['timeline']['unit']}")
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        days = {p[0] for pts in series.values() for p in pts}
+        if data["timeline"]["unit"] == "day" and len(days) < 8:
+            ax.xaxis.set_major_locator(mdates.DayLocator())  # type: ignore[no-untyped-call]
         locator = ax.xaxis.get_major_locator()
         formatter = mdates.ConciseDateFormatter(locator)  # type: ignore[no-untyped-call]
         ax.xaxis.set_major_formatter(formatter)
-        ax.legend(loc="upper left", frameon=False)
+        ax.legend(loc="best", frameon=False)
         return _svg(fig)
 
 
@@ -93,20 +97,21 @@ def _bars(fig: Figure, hist: dict[str, Any], xlabel: str, log_x: bool) -> Any:
     ax = fig.add_subplot()
     edges, counts = hist["edges"], hist["counts"]
     widths = [edges[i + 1] - edges[i] for i in range(len(counts))]
-    ax.bar(
-        edges[:-1],
-        counts,
-        width=widths,
-        align="edge",
-        color=_BLUE,
-        edgecolor="white",
-        linewidth=0.5,
-    )
-    if log_x:
+    if all(w == 1 for w in widths):  # one bin per integer: a bar centred on each value
+        ax.bar(edges[:-1], counts, width=0.8, color=_BLUE)
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        log_x = False
+    else:
+        ax.bar(
+            edges[:-1], counts, width=widths, align="edge", color=_BLUE, edgecolor="white",
+            linewidth=0.5,
+        )  # fmt: skip
+    if log_x and edges[-1] > 30 * max(edges[0], 1):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     return ax
 
 
@@ -151,6 +156,7 @@ def user_volumes(data: dict[str, Any]) -> str:
         ax.axvline(median, color=_RED, linestyle="--", linewidth=1.0)
         ax.text(median, -0.5, f" median {median:g}", color=_RED, va="bottom")
         ax.set_xlabel("messages")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(axis="y", visible=False)
         return _svg(fig)
 

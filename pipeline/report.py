@@ -91,14 +91,19 @@ def summary(values: Sequence[int]) -> dict[str, float | int]:
 def histogram(values: Sequence[int], *, log: bool, upper: int | None = None) -> dict[str, Any]:
     """Bin edges and counts of `values` (log-spaced integer edges when `log`).
 
+    `upper` stretches the range to include a limit (e.g. the token budget). When the
+    range spans fewer than `HISTOGRAM_BINS` integers, every integer gets its own bin.
+
     Edges are ascending integers; bin i holds values with edges[i] <= v < edges[i+1], the
     last bin also holding v == edges[-1]. Counts sum to len(values).
     """
     if not values:
         return {"edges": [], "counts": []}
     low, high = min(values), max(max(values), upper or 0)
-    if log:
-        top = max(high, 2)
+    if high - low < HISTOGRAM_BINS:  # few distinct values: one bin per integer
+        edges = list(range(low, high + 2))
+    elif log:
+        top = high + 1
         step = math.log(top) / HISTOGRAM_BINS
         raw = [round(math.exp(step * i)) for i in range(HISTOGRAM_BINS + 1)]
         edges = sorted({max(1, min(low, 1)), *[e for e in raw if e >= 1], top})

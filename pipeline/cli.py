@@ -7,11 +7,13 @@ logs, progress and errors (`error: ...` on one line; tracebacks only with `-vv`)
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
@@ -20,6 +22,9 @@ from pipeline import __version__
 from pipeline.config import Config, SourceConfig, load_config
 from pipeline.errors import ConfigError, MemosError
 from pipeline.progress import NullProgress, Progress, TqdmProgress
+
+if TYPE_CHECKING:
+    from pipeline.loader import LoadStats as LoadStatsT
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("memos_etl")
@@ -203,33 +208,175 @@ def _require_staging(workdir: Path) -> None:
 @main.command()
 @click.argument("config_file", type=click.Path(path_type=Path))
 @click.option("--workdir", type=click.Path(path_type=Path), help="Override the config's workdir.")
+@click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
 @click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(
-    config_file: Path, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
-    no_progress: bool,
+    config_file: Path, workdir: Path | None, since: datetime | None, verbose: int, quiet: bool,
+    as_json: bool, no_progress: bool,
 ) -> None:
-    """Run extract -> chunk for every source in CONFIG_FILE.
+    """Run extract -> chunk -> load for every source in CONFIG_FILE, incrementally.
+
+    Messages already delivered are skipped, so a scheduled re-run sends only what is new.
 
     Example: memos-etl run configs/quickstart.yaml
     """
-    from pipeline.chunker import ChunkLimits, chunk_workdir
-    from pipeline.extract import extract_source, stats_dict
+    from pipeline.loader import run_pipeline
 
     progress = setup(verbose, quiet, no_progress)
     cfg = _config(config_file, {"workdir": workdir})
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
-    results = [
-        stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
-        for s in cfg.sources
+    when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    result = run_pipeline(cfg, since=when, progress=progress, handle_signals=True,
+                          heartbeat=_heartbeat(quiet))
+    extract_totals = _sum_counts(result.extract)
+    out: dict[str, Any] = {
+        "extract": {**extract_totals, "sources": result.extract},
+        "chunk": result.chunk,
+        "changed": {"count": len(result.changed), "message_ids": result.changed[:20]},
+        "load": result.load.to_json(),
+        "resumed": result.resumed.to_json() if result.resumed else None,
+        "workdir": str(cfg.workdir),
+    }
+    lines = [_extract_line(r) for r in result.extract]
+    if result.resumed and (result.resumed.sent_batches or result.resumed.stopped):
+        lines.append("finished a previous run: " + _load_line(result.resumed))
+    if result.chunk:
+        lines.append(f"chunk: {result.chunk['batches']} batches from {result.chunk['batched']} "
+                     f"new messages ({result.chunk['excluded']} already delivered or excluded)")
+    if result.changed:
+        lines.append(f"{len(result.changed)} delivered messages changed since; not resent "
+                     "(set load.resend_changed: true to send the new version)"
+                     if not cfg.load.resend_changed else
+                     f"{len(result.changed)} changed messages resent")
+    if result.resumed is None or not result.resumed.stopped:
+        lines.append(_load_summary(result.load))
+    if result.local_db and result.user_ids and result.load.complete:
+        search = (f"memos-etl search --db {shlex.quote(str(result.local_db))} "
+                  f"--user-id {shlex.quote(result.user_ids[0])} \"your question\"")
+        out["search_command"] = search
+        lines.append(f"try: {search}")
+    emit(out, as_json, "\n".join(lines))
+    _finish_load(result.load, f"memos-etl run {shlex.quote(str(config_file))}")
+
+
+def _heartbeat(quiet: bool) -> float | None:
+    """A periodic progress log line when stderr is not a terminal (tqdm hides itself there)."""
+    if quiet or sys.stderr.isatty():
+        return None
+    logging.getLogger("memos_etl.progress").setLevel(logging.INFO)
+    return 10.0
+
+
+def _load_line(stats: LoadStatsT) -> str:
+    return (f"sent {stats.sent_batches} batches ({stats.sent_messages} messages), "
+            f"already delivered {stats.already_batches}, failed {stats.failed}, "
+            f"pending {stats.pending}")
+
+
+def _load_summary(stats: LoadStatsT) -> str:
+    data = stats.to_json()
+    retries = ", ".join(f"{k} {v}" for k, v in data["retries"].items()) or "none"
+    lines = [
+        f"load: {_load_line(stats)} (blocked behind a failure {stats.blocked}); "
+        f"split {stats.split}; verified already landed {stats.verified_landed}",
+        f"retries: {retries}",
+        f"requests: {stats.requests} in {data['duration_s']:.1f} s "
+        f"({data['requests_per_s']:.1f}/s)",
     ]
-    stats = chunk_workdir(cfg.workdir, ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages))
-    extract_totals = _sum_counts(results)
-    result = {"extract": {**extract_totals, "sources": results}, "chunk": stats.to_json(),
-              "workdir": str(cfg.workdir)}
-    lines = [_extract_line(r) for r in results]
-    lines.append(f"chunk: {stats.batches} batches from {stats.batched} messages")
-    emit(result, as_json, "\n".join(lines))
+    for failure in data["failures"][:5]:
+        lines.append(f"failed: conversation {failure['conversation_id']} batch "
+                     f"{failure['batch_id']}: {failure['error']}")
+    return "\n".join(lines)
+
+
+def _finish_load(stats: LoadStatsT, command: str) -> None:
+    """Map a load's end state to the exit code (0, 4, 6 or 130) with one stderr line."""
+    from pipeline.errors import AuthError, LoadError, QuotaExhaustedError
+
+    if stats.stopped == "interrupted":
+        click.echo(f"interrupted; resume with: {command}", err=True)
+        click.get_current_context().exit(130)
+    if stats.stopped == "auth":
+        raise AuthError(stats.stop_message or "API key rejected")
+    if stats.stopped == "quota":
+        raise QuotaExhaustedError(f"{stats.stop_message}; resume with: {command}")
+    if not stats.complete:
+        raise LoadError(
+            f"load incomplete: {stats.failed} batches failed, {stats.pending} pending "
+            f"({stats.blocked} blocked behind a failure); fix the cause, then: "
+            f"{command} --retry-failed"
+        )
+
+
+@main.command()
+@click.option("--target", type=click.Choice(["memos", "local"]),
+              help="memos (MEMOS_BASE_URL / MEMOS_API_KEY) or local (embedded server).")
+@click.option("--base-url", help="API base URL (a running server for --target local).")
+@click.option("--rate", type=float, help="Request ceiling per second (default 10; MemOS ≤ 50).")
+@click.option("--max-in-flight", type=int, help="Concurrent requests (default 16).")
+@click.option("--retry-failed", is_flag=True, help="Re-queue failed batches (after a fix).")
+@common_options
+def load(
+    target: str | None, base_url: str | None, rate: float | None, max_in_flight: int | None,
+    retry_failed: bool, config_path: Path | None, workdir: Path | None, verbose: int,
+    quiet: bool, as_json: bool, no_progress: bool,
+) -> None:
+    """Deliver the batches to MemOS, exactly once, resuming from the ledger.
+
+    Exit 0 when everything is delivered, 4 when batches remain failed or pending,
+    6 when the API key is rejected, 130 on Ctrl-C.
+
+    Example: memos-etl load --workdir w --target local
+    """
+    from pipeline.loader import load_command
+
+    progress = setup(verbose, quiet, no_progress)
+    cfg = _config(config_path, {"workdir": workdir, "load": {
+        "target": target, "base_url": base_url, "rate": rate, "max_in_flight": max_in_flight}})
+    stats = load_command(cfg, retry_failed=retry_failed, progress=progress,
+                         handle_signals=True, heartbeat=_heartbeat(quiet))
+    emit({**stats.to_json(), "workdir": str(cfg.workdir)}, as_json, _load_summary(stats))
+    parts = ["memos-etl load"]
+    if config_path:
+        parts.append(f"--config {shlex.quote(str(config_path))}")
+    parts.append(f"--workdir {shlex.quote(str(cfg.workdir))} --target {cfg.load.target}")
+    if base_url:
+        parts.append(f"--base-url {shlex.quote(base_url)}")
+    _finish_load(stats, " ".join(parts))
+
+
+@main.command()
+@common_options
+def status(
+    config_path: Path | None, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Show the delivery ledger: batches by status, delivered messages, failures.
+
+    Example: memos-etl status --workdir w
+    """
+    from pipeline.ledger import ledger_status
+
+    setup(verbose, quiet, no_progress)
+    cfg = _config(config_path, {"workdir": workdir})
+    info = ledger_status(cfg.workdir)
+    if not info["exists"]:
+        emit(info, as_json, f"no ledger in {cfg.workdir} yet; nothing was loaded")
+        return
+    counts = info["batches"]
+    lines = [f"ledger: {info['ledger']}"]
+    lines += [f"{name:>8}: {c['batches']} batches, {c['messages']} messages"
+              for name, c in counts.items() if c["batches"]]
+    lines.append(f"delivered messages: {info['delivered_messages']}")
+    if info["uncertain"]:
+        lines.append(f"uncertain (checked before resending): {info['uncertain']} batches")
+    lines += [f"failed: conversation {f['conversation_id']} batch {f['batch_id']}: {f['error']}"
+              for f in info["failures"]]
+    if info["failures"]:
+        lines.append("after fixing the cause: memos-etl load --retry-failed "
+                     f"--workdir {shlex.quote(str(cfg.workdir))}")
+    emit(info, as_json, "\n".join(lines))

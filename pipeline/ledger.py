@@ -418,3 +418,43 @@ class _Transaction:
             self.conn.execute("commit")
         else:
             self.conn.execute("rollback")
+
+
+def ledger_status(workdir: Path) -> dict[str, Any]:
+    """What the ledger knows (read-only): batch counts by status, delivered messages, the
+    batches a crash left uncertain, and the first failures with their errors."""
+    path = ledger_path(workdir)
+    if not path.exists():
+        return {
+            "ledger": str(path),
+            "exists": False,
+            "batches": {},
+            "delivered_messages": 0,
+            "uncertain": 0,
+            "failures": [],
+        }
+    with Ledger(path) as ledger:
+        counts = ledger.status_counts()
+        uncertain = ledger.conn.execute(
+            "select count(*) from batches where uncertain = 1 and status != 'done'"
+        ).fetchone()[0]
+        failures = [
+            {
+                "batch_id": r.batch_id,
+                "user_id": r.user_id,
+                "conversation_id": r.conversation_id,
+                "attempts": r.attempts,
+                "code": r.error_code,
+                "error": r.error_message,
+            }
+            for r in ledger.failed()
+        ]
+        return {
+            "ledger": str(path),
+            "exists": True,
+            "schema_version": SCHEMA_VERSION,
+            "batches": counts,
+            "delivered_messages": ledger.delivered_count(),
+            "uncertain": int(uncertain),
+            "failures": failures,
+        }

@@ -24,8 +24,9 @@ import random
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from tenacity import (
 )
 
 from pipeline.batches import Batch, batches_path, read_batches
-from pipeline.config import LoadConfig
+from pipeline.config import Config, LoadConfig
 from pipeline.errors import (
     AuthError,
     ConfigError,
@@ -50,15 +51,18 @@ from pipeline.errors import (
     TooLargeError,
     TransientLoadError,
 )
-from pipeline.ledger import Ledger, Row
+from pipeline.ledger import Ledger, Row, delivered_message_hashes, ledger_path
+from pipeline.lock import workdir_lock
+from pipeline.models import stable_id
 from pipeline.policy import (
     AmbiguousDeliveryError,
     error_from_exception,
     error_from_response,
-    redact,
 )
 from pipeline.progress import NullProgress, Progress
 from pipeline.ratelimit import AdaptiveRateLimiter, Clock, Sleep
+from pipeline.staging import read_staging
+from pipeline.targets import Endpoint, local_db_path, open_target
 from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 
 log = logging.getLogger("memos_etl.loader")
@@ -66,19 +70,10 @@ progress_log = logging.getLogger("memos_etl.progress")
 
 GET_MESSAGE_LIMIT = 50
 """The API's maximum `message_limit_number` for `/get/message`."""
+VISIBLE_ROLES = ("user", "assistant")
+"""Roles `/get/message` returns."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish after the first Ctrl-C."""
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send: API base URL and the key (never logged; redacted from errors)."""
-
-    base_url: str
-    api_key: str | None = None
-
-    def __repr__(self) -> str:
-        return f"Endpoint(base_url={self.base_url!r}, api_key={'***' if self.api_key else None})"
 
 
 @dataclass
@@ -264,9 +259,15 @@ class _Loader:
         raise error
 
     async def _landed(self, unit: _Unit) -> bool:
-        """Whether the unit's messages are already the newest of its conversation."""
-        messages = unit.body["messages"]
-        k = min(len(messages), GET_MESSAGE_LIMIT)
+        """Whether the unit's messages are already the newest of its conversation.
+
+        `/get/message` lists only user and assistant messages, so only those are compared;
+        a batch holding neither cannot be checked and counts as not landed.
+        """
+        visible = [m for m in unit.body["messages"] if m.get("role") in VISIBLE_ROLES]
+        k = min(len(visible), GET_MESSAGE_LIMIT)
+        if k == 0:
+            return False
         query = {
             "user_id": unit.row.user_id,
             "conversation_id": unit.row.conversation_id,
@@ -277,10 +278,10 @@ class _Loader:
         except PermanentLoadError as exc:
             log.warning("cannot check batch %s (%s); sending it", unit.row.batch_id, exc)
             return False
-        data = answer.get("data") or {}
-        found = data.get("message_detail_list") or [] if isinstance(data, dict) else []
-        got = [str(m.get("content")) for m in found if isinstance(m, dict)]
-        want = [str(m.get("content")) for m in messages[-k:]]
+        data = answer.get("data")
+        found = data.get("message_detail_list") if isinstance(data, dict) else None
+        got = [str(m.get("content")) for m in found or [] if isinstance(m, dict)]
+        want = [str(m.get("content")) for m in visible[-k:]]
         return got[-k:] == want or list(reversed(got))[-k:] == want
 
     # --- retries --------------------------------------------------------------------
@@ -594,9 +595,124 @@ def load_workdir(
         )
 
 
-def safe_text(text: str, endpoint: Endpoint) -> str:
-    """`text` with the endpoint's key redacted (for anything shown to a user)."""
-    return redact(text, endpoint.api_key)
+def load_command(
+    cfg: Config,
+    *,
+    base_url: str | None = None,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LoadStats:
+    """`memos-etl load`: lock the workdir, open the target, load the batch file."""
+    if not batches_path(cfg.workdir).exists():
+        raise ConfigError(f"no batches in {cfg.workdir}; run `memos-etl chunk` first")
+    with (
+        workdir_lock(cfg.workdir),
+        open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint,
+    ):
+        return load_workdir(
+            cfg.workdir,
+            endpoint,
+            cfg.load,
+            progress=progress,
+            retry_failed=retry_failed,
+            handle_signals=handle_signals,
+            heartbeat=heartbeat,
+        )
+
+
+def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
+    """Ids of delivered messages whose staged content differs from what was sent."""
+    if not delivered:
+        return []
+    table = read_staging(workdir, columns=["message_id", "content"])
+    ids = table.column("message_id").to_pylist()
+    contents = table.column("content").to_pylist()
+    return [
+        mid
+        for mid, text in zip(ids, contents, strict=True)
+        if mid in delivered and delivered[mid] != stable_id(text, length=16)
+    ]
+
+
+@dataclass
+class RunResult:
+    """What `memos-etl run` did: extract per source, chunk, and load (after finishing any
+    batches a previous run left unfinished)."""
+
+    extract: list[dict[str, Any]]
+    chunk: dict[str, Any]
+    changed: list[str]
+    load: LoadStats
+    resumed: LoadStats | None = None
+    local_db: Path | None = None
+    user_ids: list[str] = field(default_factory=list)
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    since: datetime | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunResult:
+    """extract -> chunk -> load for every source, incrementally.
+
+    Only messages never delivered are chunked (`exclude_ids`), so a conversation that grew
+    gets just its new tail as further batches; messages whose content changed since
+    delivery are reported and resent only with `load.resend_changed`. Batches a previous
+    run left pending are finished first, so nothing in flight is ever chunked twice.
+    """
+    from pipeline.chunker import ChunkLimits, chunk_workdir
+    from pipeline.extract import extract_source, stats_dict
+
+    progress = progress or NullProgress()
+    workdir = cfg.workdir
+    with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
+        resumed = None
+        if batches_path(workdir).exists() and ledger_path(workdir).exists():
+            resumed = load_workdir(
+                workdir,
+                endpoint,
+                cfg.load,
+                progress=progress,
+                handle_signals=handle_signals,
+                heartbeat=heartbeat,
+            )
+            if resumed.stopped:
+                return RunResult([], {}, [], resumed, None)
+        extracted = [
+            stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
+            for s in cfg.sources
+        ]
+        delivered = delivered_message_hashes(workdir)
+        changed = changed_messages(workdir, delivered)
+        exclude = set(delivered)
+        if cfg.load.resend_changed:
+            exclude.difference_update(changed)
+        elif changed:
+            log.warning(
+                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
+                len(changed),
+            )
+        limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+        chunked = chunk_workdir(workdir, limits, exclude_ids=exclude, since=since)
+        users = sorted({b.user_id for b in read_batches(workdir)})
+        stats = load_workdir(
+            workdir,
+            endpoint,
+            cfg.load,
+            progress=progress,
+            handle_signals=handle_signals,
+            heartbeat=heartbeat,
+        )
+    is_local = cfg.load.target == "local" and not cfg.load.base_url
+    local = local_db_path(cfg.load, workdir) if is_local else None
+    return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
 
 
 __all__ = [
@@ -605,6 +721,7 @@ __all__ = [
     "load_batches",
     "load_workdir",
     "request_body",
-    "safe_text",
+    "load_command",
+    "run_pipeline",
     "split_body",
 ]

@@ -25,7 +25,14 @@ MAX_ID_CHARS = 100
 _SHORT_PREFIX = 80
 
 CHUNK_COLUMNS = [
-    "source", "message_id", "conversation_id", "user_id", "role", "content", "created_at", "seq",
+    "source",
+    "message_id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "content",
+    "created_at",
+    "seq",
 ]
 
 
@@ -149,9 +156,15 @@ def chunk_conversation(
             "info": info,
         }
         batch = Batch(
-            batch_id=batch_id, user_id=api_user, conversation_id=api_conv, index=index,
-            message_ids=ids, content_hashes=hashes, tokens=sum(t for _, _, t in items),
-            body=body, part=part,
+            batch_id=batch_id,
+            user_id=api_user,
+            conversation_id=api_conv,
+            index=index,
+            message_ids=ids,
+            content_hashes=hashes,
+            tokens=sum(t for _, _, t in items),
+            body=body,
+            part=part,
         )
         index += 1
         stats.batches += 1
@@ -211,8 +224,14 @@ def chunk_table(
         while end < n and cols["user_id"][end] == user and cols["conversation_id"][end] == conv:
             end += 1
         rows = [
-            _Row(cols["source"][i], cols["message_id"][i], cols["role"][i],
-                 cols["content"][i], cols["created_at"][i], cols["seq"][i])
+            _Row(
+                cols["source"][i],
+                cols["message_id"][i],
+                cols["role"][i],
+                cols["content"][i],
+                cols["created_at"][i],
+                cols["seq"][i],
+            )
             for i in range(start, end)
             if (exclude_ids is None or cols["message_id"][i] not in exclude_ids)
             and (since is None or cols["created_at"][i] is None or cols["created_at"][i] >= since)

@@ -58,11 +58,18 @@ def _fail(ctx: click.Context, message: str, code: int, *, bug: bool = False) -> 
 def common_options(func: F) -> F:
     """Options every command shares, identical everywhere."""
     options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path),
-                     help="Pipeline YAML file (see configs/)."),
-        click.option("--workdir", type=click.Path(path_type=Path),
-                     help="Folder for staging, batches, ledger and reports "
-                          "[env MEMOS_ETL_WORKDIR; default .memos-etl]."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="Pipeline YAML file (see configs/).",
+        ),
+        click.option(
+            "--workdir",
+            type=click.Path(path_type=Path),
+            help="Folder for staging, batches, ledger and reports "
+            "[env MEMOS_ETL_WORKDIR; default .memos-etl].",
+        ),
         click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks."),
         click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout."),
@@ -76,10 +83,14 @@ def common_options(func: F) -> F:
 def setup(verbose: int, quiet: bool, no_progress: bool) -> Progress:
     """Configure logging for this process and choose the progress reporter."""
     click.get_current_context().meta["memos_etl.verbose"] = verbose
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else
-                                         logging.INFO if verbose == 1 else logging.WARNING)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(message)s",
-                        force=True)
+    level = (
+        logging.ERROR
+        if quiet
+        else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
+    )
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(message)s", force=True
+    )
     if quiet or no_progress:
         return NullProgress()
     return TqdmProgress(disable=None)
@@ -109,11 +120,24 @@ def main() -> None:
 @main.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--source", "kind", help="Connector: csv, slack, chatgpt, claude.")
+@click.option(
+    "--name",
+    help="Label of this source in the workdir (default: the source kind). "
+    "Re-extracting a name replaces what it staged before.",
+)
 @click.option("--user-id", help="Memory owner (user_id) for sources that do not carry one.")
 @common_options
 def extract(
-    path: Path | None, kind: str | None, user_id: str | None, config_path: Path | None,
-    workdir: Path | None, verbose: int, quiet: bool, as_json: bool, no_progress: bool,
+    path: Path | None,
+    kind: str | None,
+    name: str | None,
+    user_id: str | None,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Read an export into the Parquet staging table.
 
@@ -123,7 +147,7 @@ def extract(
 
     progress = setup(verbose, quiet, no_progress)
     cfg = _config(config_path, {"workdir": workdir, "user_id": user_id})
-    sources = _pick_sources(cfg, kind, path)
+    sources = _pick_sources(cfg, kind, path, name)
     results = [
         stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
         for s in sources
@@ -137,14 +161,23 @@ def extract(
     emit(totals, as_json, "\n".join(lines))
 
 
-def _pick_sources(cfg: Config, kind: str | None, path: Path | None) -> list[SourceConfig]:
+def _pick_sources(
+    cfg: Config, kind: str | None, path: Path | None, name: str | None
+) -> list[SourceConfig]:
     if path is not None:
         if kind is None:
             raise click.UsageError("--source is required with an input PATH")
         template = next((s for s in cfg.sources if s.kind == kind), None)
-        base = template.model_dump() if template else {"kind": kind}
-        return [SourceConfig.model_validate({**base, "kind": kind, "path": path})]
-    chosen = [s for s in cfg.sources if kind is None or s.kind == kind]
+        base: dict[str, Any] = template.model_dump() if template else {"kind": kind}
+        base.update(kind=kind, path=path)
+        if name is not None:
+            base["name"] = name
+        return [SourceConfig.model_validate(base)]
+    chosen = [
+        s
+        for s in cfg.sources
+        if (kind is None or s.kind == kind) and (name is None or s.label == name)
+    ]
     if not chosen:
         raise click.UsageError("give an input PATH with --source, or a --config with sources")
     return chosen
@@ -178,8 +211,14 @@ def _extract_line(r: dict[str, Any]) -> str:
 @click.option("--max-messages", type=int, help="Messages per request (default 50).")
 @common_options
 def chunk(
-    max_tokens: int | None, max_messages: int | None, config_path: Path | None,
-    workdir: Path | None, verbose: int, quiet: bool, as_json: bool, no_progress: bool,
+    max_tokens: int | None,
+    max_messages: int | None,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Group staged messages into API-sized batches per conversation.
 
@@ -188,14 +227,19 @@ def chunk(
     from pipeline.chunker import ChunkLimits, chunk_workdir
 
     setup(verbose, quiet, no_progress)
-    cfg = _config(config_path, {"workdir": workdir,
-                                "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}})
+    cfg = _config(
+        config_path,
+        {"workdir": workdir, "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}},
+    )
     _require_staging(cfg.workdir)
     stats = chunk_workdir(cfg.workdir, ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages))
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
-    emit(result, as_json,
-         f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
-         f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split)")
+    emit(
+        result,
+        as_json,
+        f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
+        f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split)",
+    )
 
 
 def _require_staging(workdir: Path) -> None:
@@ -214,8 +258,13 @@ def _require_staging(workdir: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 def run(
-    config_file: Path, workdir: Path | None, since: datetime | None, verbose: int, quiet: bool,
-    as_json: bool, no_progress: bool,
+    config_file: Path,
+    workdir: Path | None,
+    since: datetime | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Run extract -> chunk -> load for every source in CONFIG_FILE, incrementally.
 
@@ -230,8 +279,9 @@ def run(
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
-    result = run_pipeline(cfg, since=when, progress=progress, handle_signals=True,
-                          heartbeat=_heartbeat(quiet))
+    result = run_pipeline(
+        cfg, since=when, progress=progress, handle_signals=True, heartbeat=_heartbeat(quiet)
+    )
     extract_totals = _sum_counts(result.extract)
     out: dict[str, Any] = {
         "extract": {**extract_totals, "sources": result.extract},
@@ -245,18 +295,24 @@ def run(
     if result.resumed and (result.resumed.sent_batches or result.resumed.stopped):
         lines.append("finished a previous run: " + _load_line(result.resumed))
     if result.chunk:
-        lines.append(f"chunk: {result.chunk['batches']} batches from {result.chunk['batched']} "
-                     f"new messages ({result.chunk['excluded']} already delivered or excluded)")
+        lines.append(
+            f"chunk: {result.chunk['batches']} batches from {result.chunk['batched']} "
+            f"new messages ({result.chunk['excluded']} already delivered or excluded)"
+        )
     if result.changed:
-        lines.append(f"{len(result.changed)} delivered messages changed since; not resent "
-                     "(set load.resend_changed: true to send the new version)"
-                     if not cfg.load.resend_changed else
-                     f"{len(result.changed)} changed messages resent")
+        lines.append(
+            f"{len(result.changed)} delivered messages changed since; not resent "
+            "(set load.resend_changed: true to send the new version)"
+            if not cfg.load.resend_changed
+            else f"{len(result.changed)} changed messages resent"
+        )
     if result.resumed is None or not result.resumed.stopped:
         lines.append(_load_summary(result.load))
     if result.local_db and result.user_ids and result.load.complete:
-        search = (f"memos-etl search --db {shlex.quote(str(result.local_db))} "
-                  f"--user-id {shlex.quote(result.user_ids[0])} \"your question\"")
+        search = (
+            f"memos-etl search --db {shlex.quote(str(result.local_db))} "
+            f'--user-id {shlex.quote(result.user_ids[0])} "your question"'
+        )
         out["search_command"] = search
         lines.append(f"try: {search}")
     emit(out, as_json, "\n".join(lines))
@@ -272,9 +328,11 @@ def _heartbeat(quiet: bool) -> float | None:
 
 
 def _load_line(stats: LoadStatsT) -> str:
-    return (f"sent {stats.sent_batches} batches ({stats.sent_messages} messages), "
-            f"already delivered {stats.already_batches}, failed {stats.failed}, "
-            f"pending {stats.pending}")
+    return (
+        f"sent {stats.sent_batches} batches ({stats.sent_messages} messages), "
+        f"already delivered {stats.already_batches}, failed {stats.failed}, "
+        f"pending {stats.pending}"
+    )
 
 
 def _load_summary(stats: LoadStatsT) -> str:
@@ -288,8 +346,10 @@ def _load_summary(stats: LoadStatsT) -> str:
         f"({data['requests_per_s']:.1f}/s)",
     ]
     for failure in data["failures"][:5]:
-        lines.append(f"failed: conversation {failure['conversation_id']} batch "
-                     f"{failure['batch_id']}: {failure['error']}")
+        lines.append(
+            f"failed: conversation {failure['conversation_id']} batch "
+            f"{failure['batch_id']}: {failure['error']}"
+        )
     return "\n".join(lines)
 
 
@@ -313,17 +373,28 @@ def _finish_load(stats: LoadStatsT, command: str) -> None:
 
 
 @main.command()
-@click.option("--target", type=click.Choice(["memos", "local"]),
-              help="memos (MEMOS_BASE_URL / MEMOS_API_KEY) or local (embedded server).")
+@click.option(
+    "--target",
+    type=click.Choice(["memos", "local"]),
+    help="memos (MEMOS_BASE_URL / MEMOS_API_KEY) or local (embedded server).",
+)
 @click.option("--base-url", help="API base URL (a running server for --target local).")
 @click.option("--rate", type=float, help="Request ceiling per second (default 10; MemOS ≤ 50).")
 @click.option("--max-in-flight", type=int, help="Concurrent requests (default 16).")
 @click.option("--retry-failed", is_flag=True, help="Re-queue failed batches (after a fix).")
 @common_options
 def load(
-    target: str | None, base_url: str | None, rate: float | None, max_in_flight: int | None,
-    retry_failed: bool, config_path: Path | None, workdir: Path | None, verbose: int,
-    quiet: bool, as_json: bool, no_progress: bool,
+    target: str | None,
+    base_url: str | None,
+    rate: float | None,
+    max_in_flight: int | None,
+    retry_failed: bool,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Deliver the batches to MemOS, exactly once, resuming from the ledger.
 
@@ -335,10 +406,25 @@ def load(
     from pipeline.loader import load_command
 
     progress = setup(verbose, quiet, no_progress)
-    cfg = _config(config_path, {"workdir": workdir, "load": {
-        "target": target, "base_url": base_url, "rate": rate, "max_in_flight": max_in_flight}})
-    stats = load_command(cfg, retry_failed=retry_failed, progress=progress,
-                         handle_signals=True, heartbeat=_heartbeat(quiet))
+    cfg = _config(
+        config_path,
+        {
+            "workdir": workdir,
+            "load": {
+                "target": target,
+                "base_url": base_url,
+                "rate": rate,
+                "max_in_flight": max_in_flight,
+            },
+        },
+    )
+    stats = load_command(
+        cfg,
+        retry_failed=retry_failed,
+        progress=progress,
+        handle_signals=True,
+        heartbeat=_heartbeat(quiet),
+    )
     emit({**stats.to_json(), "workdir": str(cfg.workdir)}, as_json, _load_summary(stats))
     parts = ["memos-etl load"]
     if config_path:
@@ -352,7 +438,11 @@ def load(
 @main.command()
 @common_options
 def status(
-    config_path: Path | None, workdir: Path | None, verbose: int, quiet: bool, as_json: bool,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
     no_progress: bool,
 ) -> None:
     """Show the delivery ledger: batches by status, delivered messages, failures.
@@ -369,14 +459,21 @@ def status(
         return
     counts = info["batches"]
     lines = [f"ledger: {info['ledger']}"]
-    lines += [f"{name:>8}: {c['batches']} batches, {c['messages']} messages"
-              for name, c in counts.items() if c["batches"]]
+    lines += [
+        f"{name:>8}: {c['batches']} batches, {c['messages']} messages"
+        for name, c in counts.items()
+        if c["batches"]
+    ]
     lines.append(f"delivered messages: {info['delivered_messages']}")
     if info["uncertain"]:
         lines.append(f"uncertain (checked before resending): {info['uncertain']} batches")
-    lines += [f"failed: conversation {f['conversation_id']} batch {f['batch_id']}: {f['error']}"
-              for f in info["failures"]]
+    lines += [
+        f"failed: conversation {f['conversation_id']} batch {f['batch_id']}: {f['error']}"
+        for f in info["failures"]
+    ]
     if info["failures"]:
-        lines.append("after fixing the cause: memos-etl load --retry-failed "
-                     f"--workdir {shlex.quote(str(cfg.workdir))}")
+        lines.append(
+            "after fixing the cause: memos-etl load --retry-failed "
+            f"--workdir {shlex.quote(str(cfg.workdir))}"
+        )
     emit(info, as_json, "\n".join(lines))

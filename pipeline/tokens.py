@@ -50,14 +50,10 @@ def split_by_tokens(text: str, max_tokens: int) -> list[str]:
             parts.append(rest)
             break
         size = max(1, int(len(rest) * max_tokens / total * 0.95))
-        while True:
+        cut = _soft_cut(rest, size)
+        while cut > 1 and count_tokens(rest[:cut]) > max_tokens:
+            size = max(1, int(size * 0.9))
             cut = _soft_cut(rest, size)
-            if count_tokens(rest[:cut]) <= max_tokens:
-                break
-            size = max(1, int(size * 0.9)) if size > 1 else 1
-            if size == 1:
-                cut = 1
-                break
         parts.append(rest[:cut])
         rest = rest[cut:]
     return parts
@@ -71,6 +67,4 @@ def _soft_cut(text: str, size: int) -> int:
     for pos in range(size, max(window_start, 0), -1):
         if _BREAK.match(text, pos - 1):
             return pos
-    if 0xDC00 <= ord(text[size]) <= 0xDFFF:  # never split a surrogate pair
-        return size - 1 if size > 1 else size + 1
     return size

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from loader_fakes import make_batches
 
 from pipeline.chunker import ChunkLimits, ChunkStats, chunk_table
 from pipeline.errors import ConfigError, LockError
@@ -23,6 +22,7 @@ from pipeline.ledger import (
     ledger_status,
 )
 from pipeline.lock import workdir_lock
+from tests.loader_fakes import make_batches
 
 
 def test_new_ledger_is_wal_and_versioned(tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ from collections import deque
 from pathlib import Path
 
 import pytest
-from loader_fakes import Fake, FakeTime, make_batches
 
 from pipeline.batches import Batch
 from pipeline.config import LoadConfig
 from pipeline.ledger import Ledger, delivered_message_hashes
 from pipeline.loader import Endpoint, LoadStats, load_batches, split_body
+from tests.loader_fakes import Fake, FakeTime, make_batches
 
 KEY = "sk-secret-key-123"
 

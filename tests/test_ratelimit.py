@@ -8,7 +8,6 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
-from loader_fakes import FakeTime
 
 from pipeline.errors import (
     AuthError,
@@ -27,6 +26,7 @@ from pipeline.policy import (
     redact,
 )
 from pipeline.ratelimit import AdaptiveRateLimiter
+from tests.loader_fakes import FakeTime
 
 
 def starts(limiter: AdaptiveRateLimiter, ft: FakeTime, n: int) -> list[float]:

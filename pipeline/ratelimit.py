@@ -29,6 +29,7 @@ class AdaptiveRateLimiter:
         increase: float | None = None,
         increase_every: float = 1.0,
         floor: float = 0.2,
+        decrease_every: float = 1.0,
     ) -> None:
         if ceiling <= 0:
             raise ValueError("rate ceiling must be positive")
@@ -38,6 +39,8 @@ class AdaptiveRateLimiter:
         self.decrease = decrease
         self.increase = increase if increase is not None else max(ceiling * 0.05, 0.5)
         self.increase_every = increase_every
+        self.decrease_every = decrease_every
+        self._last_decrease = float("-inf")
         self._clock = clock
         self._sleep = sleep
         self._next = 0.0
@@ -63,10 +66,16 @@ class AdaptiveRateLimiter:
             self._last_change = now
 
     def on_rate_limited(self, retry_after: float | None) -> None:
-        """Cut the rate and, when the server said how long, pause every slot until then."""
+        """Cut the rate and, when the server said how long, pause every slot until then.
+
+        The rate is cut at most once per `decrease_every` seconds: the answers of requests
+        already in flight when the first came are one congestion event, not many.
+        """
         now = self._clock()
         self.rate_limited += 1
-        self.rate = max(self.floor, self.rate * self.decrease)
+        if now - self._last_decrease >= self.decrease_every:
+            self.rate = max(self.floor, self.rate * self.decrease)
+            self._last_decrease = now
         self._last_change = now
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)

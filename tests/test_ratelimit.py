@@ -71,10 +71,11 @@ def test_rate_limited_cuts_rate_pauses_and_recovers_to_ceiling() -> None:
     limiter = AdaptiveRateLimiter(40.0, clock=ft.clock, sleep=ft.sleep)
     limiter.on_rate_limited(3.0)
     assert limiter.rate == pytest.approx(30.0)
+    limiter.on_rate_limited(None)
+    assert limiter.rate == pytest.approx(30.0)  # same congestion event: one cut only
     before = ft.now
     starts(limiter, ft, 1)
     assert ft.now - before >= 3.0  # honoured the Retry-After pause
-    limiter.on_rate_limited(None)
     limiter.on_rate_limited(None)
     low = limiter.rate
     assert low < 30.0
@@ -83,6 +84,7 @@ def test_rate_limited_cuts_rate_pauses_and_recovers_to_ceiling() -> None:
         limiter.on_success()
     assert limiter.rate == pytest.approx(40.0)
     rates = []
+    ft.now += 1.0
     limiter.on_rate_limited(None)
     for _ in range(8):
         ft.now += 1.0
@@ -96,6 +98,7 @@ def test_rate_never_drops_below_floor() -> None:
     ft = FakeTime()
     limiter = AdaptiveRateLimiter(5.0, clock=ft.clock, sleep=ft.sleep, floor=0.5)
     for _ in range(50):
+        ft.now += 1.0
         limiter.on_rate_limited(None)
     assert limiter.rate == pytest.approx(0.5)
 

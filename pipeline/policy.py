@@ -13,8 +13,10 @@
                                                                           conversation blocked
 
 A known `code` in the body wins over the HTTP status; an unknown non-zero code is never
-success. `error_from_response` and `error_from_exception` are the only places where HTTP
-answers and httpx exceptions become `pipeline.errors` types.
+success. A 2xx answer without a readable code (cut or garbled body) counts as a lost
+answer: the loader checks whether the batch landed before resending it.
+`error_from_response` and `error_from_exception` are the only places where HTTP answers
+and httpx exceptions become `pipeline.errors` types.
 """
 
 from __future__ import annotations
@@ -154,6 +156,9 @@ def error_from_response(
     label = f"code {code}" if code is not None else f"HTTP {response.status_code}"
     message = redact(f"{label}: {server_text}".strip().rstrip(":"), secret)
     status = response.status_code
+    if response.is_success and code is None:
+        # a 2xx whose body is cut or unreadable: the request may well have been stored
+        return AmbiguousDeliveryError(f"{message} (unreadable answer)", status=status)
     if response.is_success and code == 0:
         return PermanentLoadError(f"{message} (success=false)", code=code, status=status)
     rule = classify(status, code)
@@ -177,8 +182,6 @@ def error_from_response(
             code=code,
             status=status,
         )
-    if code is None and response.is_success:
-        message = f"{message} (no API code in the answer)"
     return PermanentLoadError(message, code=code, status=status)
 
 

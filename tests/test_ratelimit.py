@@ -182,7 +182,9 @@ def test_response_mapping_types() -> None:
     bad = error_from_response(answer(200, 40001))
     assert isinstance(bad, PermanentLoadError) and "40001" in str(bad)
     no_code = error_from_response(httpx.Response(200, text="<html>ok</html>"))
-    assert isinstance(no_code, PermanentLoadError)  # never success without code 0
+    assert isinstance(no_code, AmbiguousDeliveryError)  # never success without code 0
+    empty = error_from_response(httpx.Response(200, content=b""))
+    assert isinstance(empty, AmbiguousDeliveryError)
     not_success = httpx.Response(200, json={"code": 0, "message": "ok", "data": {"success": False}})
     assert isinstance(error_from_response(not_success), PermanentLoadError)
 

@@ -563,13 +563,10 @@ class RequestValidator:
 
 
 def request_body(batch: Batch, load: LoadConfig) -> dict[str, Any]:
-    """The exact body the loader would POST for `batch` (load-time fields added)."""
-    body = {**batch.body, "async_mode": load.async_mode}
-    if load.agent_id:
-        body["agent_id"] = load.agent_id
-    if load.app_id:
-        body["app_id"] = load.app_id
-    return body
+    """The exact body the loader would POST for `batch` (the loader's own function)."""
+    from pipeline.loader import request_body as loader_body
+
+    return loader_body(batch.body, load)
 
 
 def masked_body(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,8 @@ class ReportInputs:
     ledger_staged_delivered: int
     ledger_changed: int
     findings: list[Finding]
+    since: datetime | None = None
+    before_since: int = 0
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ def build_report(inp: ReportInputs) -> Report:
             "rate_per_second": cfg.load.rate,
             "async_mode": cfg.load.async_mode,
             "resend_changed": cfg.load.resend_changed,
+            "since": inp.since.isoformat() if inp.since else None,
         },
         "totals": {
             "sources": len(sources),
@@ -189,7 +193,8 @@ def build_report(inp: ReportInputs) -> Report:
             "quarantined": sum(s["quarantined"] for s in sources),
             "users": inp.users,
             "conversations": inp.conversations,
-            "already_delivered": chunk.excluded,
+            "already_delivered": chunk.excluded - inp.before_since,
+            "before_since": inp.before_since,
             "messages_to_send": chunk.batched,
             "users_to_send": chunk.users,
             "conversations_to_send": chunk.conversations,
@@ -210,7 +215,7 @@ def build_report(inp: ReportInputs) -> Report:
             "delivered_total": inp.ledger_delivered,
             "staged_already_delivered": inp.ledger_staged_delivered,
             "changed": inp.ledger_changed,
-            "excluded": chunk.excluded,
+            "excluded": chunk.excluded - inp.before_since,
             "to_send": chunk.batched,
         },
         "batches": {
@@ -260,6 +265,8 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
         f"skipped {t['skipped']:,}, quarantined {t['quarantined']:,}",
         f"users {t['users']:,}, conversations {t['conversations']:,}",
     ]
+    if s["since"]:
+        lines.append(f"before {s['since']} (left out): {t['before_since']:,}")
     if d["ledger"]["present"]:
         lines.append(
             f"already delivered {t['already_delivered']:,} "

@@ -14,12 +14,14 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from pipeline import checks
 from pipeline.chunker import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
@@ -32,7 +34,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.quarantine import read_quarantine
 from pipeline.report import Report, ReportInputs, build_report
 from pipeline.report_html import write_reports
-from pipeline.staging import staging_dir
+from pipeline.staging import staged_sources, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,20 @@ TIMELINE_MAX_DAYS = 120
 TIMELINE_MAX_WEEKS = 104
 
 
-def validate(cfg: Config, progress: Progress | None = None, *, write: bool = True) -> Report:
+def validate(
+    cfg: Config,
+    progress: Progress | None = None,
+    *,
+    since: datetime | None = None,
+    write: bool = True,
+) -> Report:
     """Extract + chunk every configured source without sending; return the full report.
 
+    Mirrors `run`: messages the ledger has are left out (changed ones too, unless
+    `load.resend_changed`), and so are messages created before `since` (timezone-aware).
     With `write` (the default) the report is also written to `<workdir>/report.json` and
     `<workdir>/report.html`. Counts add up: read = staged + skipped + quarantined, and
-    staged = messages in batches + messages excluded as already delivered.
+    staged = messages to send + already delivered + before `since`.
     """
     if not cfg.sources:
         raise ConfigError("no sources configured; add at least one under `sources:`")
@@ -69,7 +79,9 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
     progress.start("validate", total=table.num_rows, unit="msg")
     with _stage("chunk + batch checks"):
-        batches = chunk_table(table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude)
+        batches = chunk_table(
+            table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude, since=since
+        )
         for batch in batches:
             checker.check(batch)
             if batch.part is None or batch.part[0] == 1:
@@ -77,6 +89,7 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
     progress.close()
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
+    before_since = _before_since(table, since, ledger.exclude)
     with _stage("row checks"):
         aggregates = aggregate(table)
         findings = [
@@ -92,6 +105,7 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
             checks.personal_data(table),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
+            other_staged_sources(workdir, labels),
         ]
     report = build_report(
         ReportInputs(
@@ -114,6 +128,8 @@ def validate(cfg: Config, progress: Progress | None = None, *, write: bool = Tru
             ledger_delivered=ledger.delivered_total,
             ledger_staged_delivered=ledger.staged_delivered,
             ledger_changed=ledger.changed,
+            since=since,
+            before_since=before_since,
             findings=findings,
         )
     )
@@ -129,6 +145,50 @@ def _stage(name: str) -> Iterator[None]:
     start = time.perf_counter()
     yield
     log.info("validate: %s took %.2fs", name, time.perf_counter() - start)
+
+
+def _before_since(table: pa.Table, since: datetime | None, exclude: set[str]) -> int:
+    """Staged rows the `since` filter leaves out (rows already delivered not counted)."""
+    if since is None or table.num_rows == 0:
+        return 0
+    old = pc.fill_null(
+        pc.less(
+            table.column("created_at"), pa.scalar(since, STAGING_SCHEMA.field("created_at").type)
+        ),
+        False,
+    )
+    if exclude:
+        delivered = pc.is_in(table.column("message_id"), value_set=pa.array(list(exclude)))
+        old = pc.and_(old, pc.invert(delivered))
+    return int(pc.sum(pc.cast(old, pa.int64())).as_py() or 0)
+
+
+def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding:
+    """Sources staged in the workdir by earlier runs but not in this config.
+
+    `run` chunks everything staged, so their messages would be sent too; they are not in
+    this report's other figures. Remove `<workdir>/staging/<name>/` to drop them.
+    """
+    configured = set(labels)
+    examples = []
+    for name in staged_sources(workdir):
+        if name in configured:
+            continue
+        files = sorted((staging_dir(workdir) / name).glob("*.parquet"))
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        examples.append(
+            {"source": name, "messages": rows, "folder": str(staging_dir(workdir) / name)}
+        )
+    return checks.Finding(
+        "other_staged_sources",
+        "Staged sources not in this config",
+        "warning",
+        sum(e["messages"] for e in examples),
+        "messages",
+        "Staged by an earlier extract; `run` would chunk and send them too. They are not "
+        "counted elsewhere in this report; delete their staging folder to leave them out.",
+        examples,
+    )
 
 
 def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:

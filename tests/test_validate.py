@@ -292,3 +292,36 @@ def test_real_csv_connector(tmp_path: Path) -> None:
     assert {e["position"] for e in d["checks"]["quarantined"]["examples"]} == {"line 5", "line 6"}
     assert d["timeline"]["series"] == {"support": [["2025-01-02", 2], ["2025-01-03", 1]]}
     assert d["sources"][0]["kind"] == "csv"
+
+
+def test_since_leaves_older_messages_out(tmp_path: Path, jsonl_source: str) -> None:
+    from datetime import datetime, timezone
+
+    path = write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {"message_id": "old", "content": "a", "created_at": T.format(1)},
+            {"message_id": "new", "content": "b", "created_at": T.format(5)},
+            {"message_id": "undated", "content": "c"},
+            {"message_id": "sent", "content": "d", "created_at": T.format(2)},
+        ],
+    )
+    _ledger(tmp_path / "work", {"sent": stable_id("d", length=16)})
+    since = datetime(2024, 3, 3, tzinfo=timezone.utc)
+    d = validate(_config(tmp_path, {"s": path}), since=since).data
+    t = d["totals"]
+    # old: before since; sent: already delivered (and also old, counted once there).
+    assert (t["before_since"], t["already_delivered"], t["messages_to_send"]) == (1, 1, 2)
+    assert t["staged"] == t["messages_to_send"] + t["already_delivered"] + t["before_since"]
+    assert d["settings"]["since"] == "2024-03-03T00:00:00+00:00"
+
+
+def test_other_staged_sources_are_flagged(tmp_path: Path, jsonl_source: str) -> None:
+    first = write_jsonl(tmp_path / "a.jsonl", [{"content": "x"}, {"content": "y"}])
+    validate(_config(tmp_path, {"old": first}))
+    second = write_jsonl(tmp_path / "b.jsonl", [{"content": "z"}])
+    d = validate(_config(tmp_path, {"new": second})).data
+    finding = d["checks"]["other_staged_sources"]
+    assert finding["count"] == 2
+    assert finding["examples"][0]["source"] == "old"
+    assert d["totals"]["staged"] == 1

@@ -1,8 +1,10 @@
-"""Report charts: matplotlib (Agg) figures rendered to inline SVG text.
+"""Report charts: matplotlib figures rendered to inline SVG text.
 
 Each function takes the report dict's own figures, so a chart shows exactly what
-report.json says. Glyphs are embedded as paths (`svg.fonttype: path`) so the SVG needs no
-fonts, and ids are salted per chart so several SVGs can share one HTML page.
+report.json says. Figures are plain `matplotlib.figure.Figure` objects saved with the SVG
+backend: no pyplot, no GUI backend, no global figure registry. Glyphs are embedded as
+paths (`svg.fonttype: path`) so the SVG needs no fonts, and ids are salted per chart so
+several SVGs can share one HTML page.
 """
 
 from __future__ import annotations
@@ -15,13 +17,9 @@ from datetime import date
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker as ticker  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.ticker as ticker
+from matplotlib.figure import Figure
 
 _STYLE: dict[str, Any] = {
     "svg.fonttype": "path",
@@ -40,11 +38,7 @@ _RED = "#cc0000"
 def _figure(name: str, width: float = 7.0, height: float = 3.0) -> Iterator[Figure]:
     rc: Any = {**_STYLE, "svg.hashsalt": name}
     with matplotlib.rc_context(rc):
-        fig = plt.figure(figsize=(width, height))
-        try:
-            yield fig
-        finally:
-            plt.close(fig)
+        yield Figure(figsize=(width, height))
 
 
 def _svg(fig: Figure) -> str:

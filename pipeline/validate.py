@@ -9,6 +9,7 @@ whether the API will accept it. It writes the staging table and quarantine file 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.extract import extract_source
 from pipeline.ledger import delivered_message_hashes
+from pipeline.lock import workdir_lock
 from pipeline.models import STAGING_SCHEMA, ExtractStats, stable_id
 from pipeline.progress import NullProgress, Progress
 from pipeline.quarantine import read_quarantine
@@ -51,6 +53,7 @@ def validate(
     *,
     since: datetime | None = None,
     write: bool = True,
+    lock: bool = True,
 ) -> Report:
     """Extract + chunk every configured source without sending; return the full report.
 
@@ -58,10 +61,18 @@ def validate(
     `load.resend_changed`), and so are messages created before `since` (timezone-aware).
     With `write` (the default) the report is also written to `<workdir>/report.json` and
     `<workdir>/report.html`. Counts add up: read = staged + skipped + quarantined, and
-    staged = messages to send + already delivered + before `since`.
+    staged = messages to send + already delivered + before `since`. Holds the workdir lock
+    (`LockError` if a run is using the workdir) unless `lock=False` (the caller holds it).
     """
     if not cfg.sources:
         raise ConfigError("no sources configured; add at least one under `sources:`")
+    with workdir_lock(cfg.workdir) if lock else contextlib.nullcontext():
+        return _validate(cfg, progress, since, write)
+
+
+def _validate(
+    cfg: Config, progress: Progress | None, since: datetime | None, write: bool
+) -> Report:
     progress = progress or NullProgress()
     workdir = cfg.workdir
     with _stage("extract"):

@@ -325,3 +325,14 @@ def test_other_staged_sources_are_flagged(tmp_path: Path, jsonl_source: str) -> 
     assert finding["count"] == 2
     assert finding["examples"][0]["source"] == "old"
     assert d["totals"]["staged"] == 1
+
+
+def test_refuses_a_workdir_in_use(tmp_path: Path, jsonl_source: str) -> None:
+    from pipeline.errors import LockError
+    from pipeline.lock import workdir_lock
+
+    cfg = _config(tmp_path, {"chats": _basic(tmp_path)})
+    with workdir_lock(cfg.workdir), pytest.raises(LockError):
+        validate(cfg)
+    with workdir_lock(cfg.workdir):
+        assert validate(cfg, lock=False).data["totals"]["read"] == 10

@@ -6,8 +6,9 @@
 Each round runs extract + chunk (what `run` does before loading) and `validate` (extract +
 chunk + every check + report.json + report.html) in fresh workdirs, alternating which
 goes first; prints wall and CPU time of each, the per-stage split of validate, and the
-ratios validate / (extract + chunk) of the medians. CPU time (all threads of this
-process) is the steadier figure on a shared machine; use --rounds 3 for wall time.
+ratios validate / (extract + chunk) of the medians. CPU time (all threads of this process
+plus its finished worker processes) is the steadier figure on a shared machine; use
+--rounds 3 for wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import csv
 import logging
 import random
+import resource
 import shutil
 import statistics
 import tempfile
@@ -74,11 +76,18 @@ def _config(kind: str, path: Path, workdir: Path) -> Config:
     )
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and of its finished child processes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """Wall and CPU seconds of `fn()` (CPU of this process, all threads)."""
-    c0, t0 = time.process_time(), time.perf_counter()
+    """Wall and CPU seconds of `fn()` (CPU includes worker processes a connector used)."""
+    c0, t0 = _cpu_seconds(), time.perf_counter()
     result = fn()
-    return time.perf_counter() - t0, time.process_time() - c0, result
+    return time.perf_counter() - t0, _cpu_seconds() - c0, result
 
 
 def baseline(cfg: Config) -> dict[str, float]:

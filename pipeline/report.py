@@ -109,7 +109,8 @@ def histogram(values: Sequence[int], *, log: bool, upper: int | None = None) -> 
         top = high + 1
         step = math.log(top) / HISTOGRAM_BINS
         raw = [round(math.exp(step * i)) for i in range(HISTOGRAM_BINS + 1)]
-        edges = sorted({max(1, min(low, 1)), *[e for e in raw if e >= 1], top})
+        start = max(low, 1)
+        edges = sorted({start, *[e for e in raw if e > start], top})
     else:
         width = max(1, math.ceil((high - low + 1) / HISTOGRAM_BINS))
         edges = list(range(low, high + width + 1, width))

@@ -40,7 +40,8 @@ WORDS = [
 
 
 def generate_csv(path: Path, n: int, seed: int = 7) -> None:
-    """A synthetic CSV export of `n` rows: ~n/20 conversations, ~n/500 users, 1% e-mails."""
+    """A synthetic CSV export of `n` rows over one year: ~n/20 conversations, ~n/500 users,
+    1% of messages with an e-mail address."""
     rng = random.Random(seed)
     start = datetime(2024, 1, 1, tzinfo=timezone.utc)
     users = max(1, n // 500)
@@ -53,7 +54,7 @@ def generate_csv(path: Path, n: int, seed: int = 7) -> None:
             words = rng.choices(WORDS, k=rng.randrange(3, 60))
             if rng.random() < 0.01:
                 words.append(f"user{i}@example.com")
-            ts = start + timedelta(seconds=i * 30 + rng.randrange(60))
+            ts = start + timedelta(seconds=i * 365 * 86400 // n + rng.randrange(60))
             out.writerow(
                 [
                     f"conv-{conv}",

@@ -68,6 +68,8 @@ from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
 
+POOL_SHARD = 8
+"""Connections per httpx client; more in flight are spread over several clients."""
 GET_MESSAGE_LIMIT = 50
 """The API's maximum `message_limit_number` for `/get/message`."""
 VISIBLE_ROLES = ("user", "assistant")
@@ -89,6 +91,7 @@ class LoadStats:
     verified_landed: int = 0
     split: int = 0
     requests: int = 0
+    peak_in_flight: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     done: int = 0
     failed: int = 0
@@ -122,6 +125,7 @@ class LoadStats:
             "blocked": self.blocked,
             "split": self.split,
             "requests": self.requests,
+            "peak_in_flight": self.peak_in_flight,
             "retries": dict(sorted(self.retries.items())),
             "requests_per_s": round(rps, 2),
             "duration_s": round(self.duration, 3),
@@ -144,6 +148,7 @@ class _Unit:
 
     row: Row
     body: dict[str, Any]
+    client: httpx.AsyncClient
 
 
 def request_body(batch_body: dict[str, Any], cfg: LoadConfig) -> dict[str, Any]:
@@ -198,7 +203,7 @@ class _Loader:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        clients: Sequence[httpx.AsyncClient],
         ledger: Ledger,
         cfg: LoadConfig,
         *,
@@ -209,7 +214,7 @@ class _Loader:
         progress: Progress,
         heartbeat: float | None,
     ) -> None:
-        self.client = client
+        self.clients = clients
         self.ledger = ledger
         self.cfg = cfg
         self.secret = secret
@@ -224,6 +229,7 @@ class _Loader:
         self.workers: list[asyncio.Task[None]] = []
         self._last_beat = clock()
         self._messages_todo = 0
+        self._in_flight = 0
 
     # --- stopping -------------------------------------------------------------------
 
@@ -239,16 +245,22 @@ class _Loader:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         """One rate-limited request; returns the JSON answer or raises a LoadError."""
         await self.limiter.acquire()
         self.stats.requests += 1
+        self._in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
         try:
-            response = await self.client.post(
+            response = await client.post(
                 path, content=orjson.dumps(body), headers={"content-type": "application/json"}
             )
         except httpx.HTTPError as exc:
             raise error_from_exception(exc, secret=self.secret) from None
+        finally:
+            self._in_flight -= 1
         error = error_from_response(response, secret=self.secret)
         if error is None:
             self.limiter.on_success()
@@ -274,7 +286,7 @@ class _Loader:
             "message_limit_number": k,
         }
         try:
-            answer = await self._post("/get/message", query)
+            answer = await self._post(unit.client, "/get/message", query)
         except PermanentLoadError as exc:
             log.warning("cannot check batch %s (%s); sending it", unit.row.batch_id, exc)
             return False
@@ -326,7 +338,7 @@ class _Loader:
                 self.ledger.mark_sending(batch_id)
                 uncertain[0] = True
                 try:
-                    answer = await self._post("/add/message", unit.body)
+                    answer = await self._post(unit.client, "/add/message", unit.body)
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
                     raise
@@ -349,7 +361,7 @@ class _Loader:
         if row.status == "split":
             for child in self.ledger.children(row.batch_id):
                 assert child.body is not None
-                outcome = await self.deliver(_Unit(child, child.body))
+                outcome = await self.deliver(_Unit(child, child.body, unit.client))
                 if outcome is not _Outcome.DONE:
                     return outcome
             self.ledger.mark_done(row.batch_id, None, row.completes)
@@ -369,7 +381,7 @@ class _Loader:
             self.ledger.mark_split(row, pieces)
             split_row = self.ledger.get(row.batch_id)
             assert split_row is not None
-            return await self.deliver(_Unit(split_row, unit.body))
+            return await self.deliver(_Unit(split_row, unit.body, unit.client))
         except (AuthError, QuotaExhaustedError) as exc:
             self.ledger.mark_pending(row.batch_id, exc.code, str(exc), uncertain=uncertain[0])
             reason = "auth" if isinstance(exc, AuthError) else "quota"
@@ -389,7 +401,7 @@ class _Loader:
         )
         return _Outcome.FAILED
 
-    async def deliver_lane(self, lane: list[tuple[Batch, Row]]) -> None:
+    async def deliver_lane(self, lane: list[tuple[Batch, Row]], client: httpx.AsyncClient) -> None:
         """One conversation's batches in order; stops at the first that does not finish."""
         for batch, row in lane:
             if self.stopping.is_set():
@@ -397,7 +409,7 @@ class _Loader:
             if row.status == "failed":
                 return
             was_done = row.status == "done"
-            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg)))
+            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
             if outcome is not _Outcome.DONE:
                 return
             if not was_done:
@@ -435,15 +447,30 @@ class _Loader:
         queue = deque(lanes.values())
         self.progress.start("load", total=self._messages_todo, unit="msg")
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             while queue and not self.stopping.is_set():
-                await self.deliver_lane(queue.popleft())
+                await self.deliver_lane(queue.popleft(), client)
 
+        n = min(self.cfg.max_in_flight, len(queue))
         self.workers = [
-            asyncio.create_task(worker()) for _ in range(min(self.cfg.max_in_flight, len(queue)))
+            asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         await asyncio.gather(*self.workers, return_exceptions=True)
         self.progress.close()
+
+
+def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
+    """Connection pools of at most `POOL_SHARD` connections, `max_in_flight` in all.
+
+    httpcore's pool does work proportional to requests x connections on every request
+    event, so one pool of 50 connections costs several ms of CPU per request; shards of 8
+    keep it well under one. An injected transport (tests) gets a single client.
+    """
+    if shared:
+        return [max_in_flight]
+    n = math.ceil(max_in_flight / POOL_SHARD)
+    base, extra = divmod(max_in_flight, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> None:
@@ -502,19 +529,25 @@ async def load_batches(
     headers = {"user-agent": "memos-etl"}
     if endpoint.api_key:
         headers["authorization"] = f"Token {endpoint.api_key}"
-    limits = httpx.Limits(
-        max_connections=cfg.max_in_flight, max_keepalive_connections=cfg.max_in_flight
-    )
+    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
+    tls = httpx.create_ssl_context()
     started = clock()
-    async with httpx.AsyncClient(
-        base_url=endpoint.base_url,
-        headers=headers,
-        timeout=cfg.timeout,
-        limits=limits,
-        transport=transport,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=endpoint.base_url,
+                    headers=headers,
+                    timeout=cfg.timeout,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    transport=transport,
+                    verify=tls,
+                )
+            )
+            for size in _pool_sizes(cfg.max_in_flight, shared=transport is not None)
+        ]
         loader = _Loader(
-            client,
+            clients,
             ledger,
             cfg,
             secret=endpoint.api_key,

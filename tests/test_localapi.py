@@ -407,3 +407,15 @@ def test_stats_count_what_was_answered(api: Api, server: LocalServer) -> None:
     stats = server.stats
     assert stats.requests == 2 and stats.ok == 1 and stats.codes == {0: 1, 40000: 1}
     assert stats.messages_stored == 2 and stats.http_status == {200: 2}
+
+
+def test_search_ranks_by_share_of_query_terms_on_a_tiny_store(api: Api) -> None:
+    api.add(
+        "u", "c", "We want a family trip to Beijing in October", "The Forbidden City suits all ages"
+    )
+    out = api.post("/search/memory", {"user_id": "u", "query": "where should the family travel?"})
+    hits = out["data"]["memory_detail_list"]
+    assert hits[0]["memory_value"] == "We want a family trip to Beijing in October"
+    assert hits[0]["relativity"] > hits[-1]["relativity"] > 0
+    exact = api.post("/search/memory", {"user_id": "u", "query": "Forbidden city"})
+    assert exact["data"]["memory_detail_list"][0]["relativity"] == 1.0

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import Any
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -239,6 +240,13 @@ def schema_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Va
     return Draft202012Validator(inline(schemas[schema_name]))
 
 
+def fast_check(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A compiled yes/no check of an inlined request schema (fastjsonschema: about four times
+    faster than jsonschema on a 4 KB addMessage body). The request schemas use only keywords
+    that mean the same in draft 7 and 2020-12; any rejection is re-checked by jsonschema."""
+    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
+
+
 def response_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Validator:
     """A validator for any spec schema, $refs resolved through a registry (for tests)."""
     resource = Resource.from_contents(dict(spec), default_specification=DRAFT202012)
@@ -349,6 +357,7 @@ class _Api:
         self.counters = counters
         spec = load_spec()
         self.validators = {path: schema_validator(spec, name) for path, name in ENDPOINTS.items()}
+        self.fast_checks = {path: fast_check(v.schema) for path, v in self.validators.items()}
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/add/message": self.add_message,
             "/get/message": self.get_message,
@@ -394,7 +403,7 @@ class _Api:
             return self._injected(decision)
         if decision.kind == "drop_before":
             self.counters.add("drop_before")
-            return _Answer.dropped(b"", "dropped before storing")
+            return _Answer.dropped_before()
         try:
             data = self._handle(path, payload)
         except ApiError as exc:
@@ -402,7 +411,7 @@ class _Api:
         out = orjson.dumps({"code": 0, "data": data, "message": "ok"})
         if decision.kind == "drop_after":
             self.counters.add("drop_after")
-            return _Answer.dropped(out, "dropped after storing")
+            return _Answer.dropped_after(out)
         self.counters.answered(200, 0)
         return _Answer(out, 200, "code=0")
 
@@ -434,9 +443,13 @@ class _Api:
             raise ApiError(40000, "request body is not valid JSON")
         if not isinstance(payload, dict):
             raise ApiError(40000, "request body must be a JSON object")
-        error = best_match(self.validators[path].iter_errors(payload))
-        if error is not None:
-            raise _schema_error(error)
+        try:
+            self.fast_checks[path](payload)
+        except fastjsonschema.JsonSchemaValueException:
+            # jsonschema is the authority, and names the field precisely
+            error = best_match(self.validators[path].iter_errors(payload))
+            if error is not None:
+                raise _schema_error(error) from None
         _check_ids(payload)
         return self.handlers[path](payload)
 
@@ -513,11 +526,11 @@ def _memory_detail(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _Answer(Response):
-    """A JSON response; or, when `drop` is set, a deliberately broken one.
+    """A JSON response; or, when `sent` is set, a deliberately broken one.
 
-    A dropped answer sends its headers with the full Content-Length, then part of the body
-    (none for "before storing"), and returns: the server closes the connection and the client
-    sees a protocol/read error, as when a network drops an acknowledgement.
+    A broken answer declares the full body's Content-Length, sends only its first `sent`
+    bytes and returns: the server then closes the connection and the client sees a
+    protocol/read error, as when a network drops the answer.
     """
 
     def __init__(
@@ -527,30 +540,38 @@ class _Answer(Response):
         describe: str,
         headers: Mapping[str, str] | None = None,
         *,
-        drop: bool = False,
+        sent: int | None = None,
     ) -> None:
         super().__init__(body, status, dict(headers or {}), "application/json")
         self.describe = describe
-        self.drop = drop
+        self.sent = sent
 
     @classmethod
-    def dropped(cls, full_body: bytes, describe: str) -> _Answer:
-        return cls(full_body, 200, describe, drop=True)
+    def dropped_before(cls) -> _Answer:
+        """Nothing of the body arrives (the request was not handled)."""
+        return cls(_DROPPED_PLACEHOLDER, 200, "dropped before storing", sent=0)
+
+    @classmethod
+    def dropped_after(cls, body: bytes) -> _Answer:
+        """Half of the real success body arrives (the request was handled and committed)."""
+        return cls(body, 200, "dropped after storing", sent=len(body) // 2)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.drop:
+        if self.sent is None:
             await super().__call__(scope, receive, send)
             return
+        start = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+        await send(start)
         await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+            {"type": "http.response.body", "body": self.body[: self.sent], "more_body": True}
         )
-        await send(
-            {
-                "type": "http.response.body",
-                "body": self.body[: len(self.body) // 2],
-                "more_body": True,
-            }
-        )
+
+
+_DROPPED_PLACEHOLDER = orjson.dumps({"code": 0, "data": {}, "message": "ok"})
 
 
 class _QuietDrops(logging.Filter):
@@ -589,7 +610,8 @@ class LocalServer:
         self._counters = _Counters()
         app = create_app(config, self._store, self._injector, self._counters)
         family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((config.host, config.port))

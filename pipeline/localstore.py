@@ -85,12 +85,8 @@ def fts_text(text: str) -> str:
     return _CJK_CHAR.sub(r" \g<0> ", text)
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression: any query word, or any adjacent CJK pair, may match.
-
-    Terms are quoted so user text can never be read as FTS5 syntax. None when the query has
-    no searchable characters.
-    """
+def query_terms(query: str) -> list[str]:
+    """Search terms of a query: its words, and each adjacent pair of a CJK run ("北 京")."""
     terms: list[str] = []
     for i, part in enumerate(_CJK_RUN.split(query)):
         if i % 2:  # a CJK run
@@ -99,10 +95,27 @@ def fts_query(query: str) -> str | None:
             terms.extend(f"{a} {b}" for a, b in zip(part, part[1:], strict=False))
         else:
             terms.extend(_WORD.findall(part))
-    unique = list(dict.fromkeys(terms))
-    if not unique:
-        return None
-    return " OR ".join(f'"{t}"' for t in unique)
+    return list(dict.fromkeys(t.casefold() for t in terms))
+
+
+def fts_query(query: str) -> str | None:
+    """An FTS5 MATCH expression: any query term may match.
+
+    Terms are quoted so user text can never be read as FTS5 syntax. None when the query has
+    no searchable characters.
+    """
+    terms = query_terms(query)
+    return " OR ".join(f'"{t}"' for t in terms) if terms else None
+
+
+def term_share(content: str, terms: Sequence[str]) -> float:
+    """Share of `terms` (from `query_terms`) found in `content`, in [0, 1]."""
+    if not terms:
+        return 0.0
+    folded = content.casefold()
+    words = set(_WORD.findall(fts_text(folded)))
+    found = sum((t in words) if " " not in t else (t.replace(" ", "") in folded) for t in terms)
+    return found / len(terms)
 
 
 def _utc_now() -> str:
@@ -263,14 +276,18 @@ def search_rows(
     limit: int,
     conversation_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Rank `user_id`'s messages for `query` with BM25; `conversation_id` ones come first.
+    """Rank `user_id`'s messages for `query`; `conversation_id` ones come first.
 
-    Each row carries the stored columns plus `relativity` in [0, 1): s / (1 + s) for the
-    BM25 score s (higher is more relevant).
+    FTS5 finds candidates (any term matches) ordered by BM25; they are then ranked by the
+    share of query terms each contains, BM25 breaking ties. BM25 alone is degenerate on a
+    small store (a term in half the messages has an inverse document frequency of zero),
+    which is exactly where a new user looks first. Each row carries the stored columns plus
+    `relativity`: that share of query terms found, in [0, 1].
     """
-    match = fts_query(query)
-    if match is None or limit < 1:
+    terms = query_terms(query)
+    if not terms or limit < 1:
         return []
+    match = " OR ".join(f'"{t}"' for t in terms)
     conn.row_factory = sqlite3.Row
     try:
         rows = conn.execute(
@@ -279,17 +296,19 @@ def search_rows(
             " FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid"
             " WHERE messages_fts MATCH ? AND m.user_id = ?"
             " ORDER BY (m.conversation_id = ?) DESC, score DESC, m.seq LIMIT ?",
-            (match, user_id, conversation_id, limit),
+            (match, user_id, conversation_id, max(limit * 20, 200)),
         ).fetchall()
     finally:
         conn.row_factory = None
-    out = []
+    ranked = []
     for r in rows:
         d = _row_dict(r)
-        score = max(0.0, float(d.pop("score")))
-        d["relativity"] = score / (1.0 + score)
-        out.append(d)
-    return out
+        score = float(d.pop("score"))
+        d["relativity"] = term_share(d["content"], terms)
+        key = (d["conversation_id"] == conversation_id, d["relativity"], score, -d["seq"])
+        ranked.append((key, d))
+    ranked.sort(key=lambda kd: kd[0], reverse=True)
+    return [d for _, d in ranked[:limit]]
 
 
 @contextmanager

@@ -734,7 +734,6 @@ def run_pipeline(
             )
         limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
         chunked = chunk_workdir(workdir, limits, exclude_ids=exclude, since=since)
-        users = sorted({b.user_id for b in read_batches(workdir)})
         stats = load_workdir(
             workdir,
             endpoint,
@@ -743,6 +742,9 @@ def run_pipeline(
             handle_signals=handle_signals,
             heartbeat=heartbeat,
         )
+        with Ledger.open(workdir) as ledger:
+            query = "select distinct user_id from batches order by user_id"
+            users = [u for (u,) in ledger.conn.execute(query)]
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None
     return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)

@@ -277,3 +277,28 @@ def test_api_key_never_in_ledger_or_summary(tmp_path: Path) -> None:
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite*"))
     assert KEY.encode() not in raw
     assert "sk-" not in repr(Endpoint("http://x", KEY))
+
+
+def test_heartbeat_logs_progress_when_not_a_tty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = Fake()
+    batches = make_batches({"a": 6, "b": 6})
+    ft = FakeTime()
+    caplog.set_level("INFO", logger="memos_etl.progress")
+    with Ledger.open(tmp_path) as ledger:
+        asyncio.run(
+            load_batches(
+                batches,
+                ledger,
+                Endpoint("http://memos.test", None),
+                LoadConfig(rate=2.0),
+                transport=fake.transport(),
+                clock=ft.clock,
+                sleep=ft.sleep,
+                heartbeat=0.5,
+            )
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "memos_etl.progress"]
+    assert lines and all(line.startswith("sent ") for line in lines)
+    assert "/12 messages" in lines[-1]

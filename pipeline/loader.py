@@ -480,6 +480,8 @@ def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> No
     for batch in batches:
         row = rows[batch.batch_id]
         key = (batch.user_id, batch.conversation_id)
+        if row.status == "split":
+            row = _failed_piece(ledger, row) or row
         if row.status == "done":
             stats.done += 1
         elif row.status == "failed":
@@ -498,6 +500,18 @@ def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> No
             stats.pending += 1
             if by_conv.get(key):
                 stats.blocked += 1
+
+
+def _failed_piece(ledger: Ledger, row: Row) -> Row | None:
+    """The failed piece of a split batch, if one failed (its error is the batch's error)."""
+    for child in ledger.children(row.batch_id):
+        if child.status == "failed":
+            return child
+        if child.status == "split":
+            found = _failed_piece(ledger, child)
+            if found is not None:
+                return found
+    return None
 
 
 async def load_batches(

@@ -302,3 +302,19 @@ def test_heartbeat_logs_progress_when_not_a_tty(
     lines = [r.getMessage() for r in caplog.records if r.name == "memos_etl.progress"]
     assert lines and all(line.startswith("sent ") for line in lines)
     assert "/12 messages" in lines[-1]
+
+
+def test_failed_piece_of_a_split_batch_fails_the_batch(tmp_path: Path) -> None:
+    fake = Fake(max_messages=2)
+    batches = make_batches({"a": 4, "b": 2}, per_batch=4)
+    # the first half of a's split goes through, the second half is rejected
+    fake.script["a"] = deque([("answer", 200, 40305, None), None, ("answer", 400, 40001, None)])
+    stats, _ = run_load(tmp_path, fake, batches)
+    assert stats.failed == 1 and stats.split == 1 and not stats.complete
+    assert stats.failures[0]["code"] == 40001
+    assert fake.store[("u1", "a")] == expected_store(batches)[("u1", "a")][:2]
+    assert set(delivered_message_hashes(tmp_path)) >= {"a-m0", "a-m1"}
+    fake.script["a"].clear()
+    again, _ = run_load(tmp_path, fake, batches, retry_failed=True)
+    assert again.complete
+    assert dict(fake.store) == expected_store(batches)

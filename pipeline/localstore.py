@@ -68,6 +68,72 @@ _CJK = "\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u31a0-\u31ff\u3400-\u4dbf\u4e00-
 _CJK_CHAR = re.compile(f"[{_CJK}]")
 _CJK_RUN = re.compile(f"([{_CJK}]+)")
 _WORD = re.compile(r"[^\W_]+")
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "how",
+        "i",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "should",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "to",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+"""English function words left out of a query (unless it has nothing else)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +152,8 @@ def fts_text(text: str) -> str:
 
 
 def query_terms(query: str) -> list[str]:
-    """Search terms of a query: its words, and each adjacent pair of a CJK run ("北 京")."""
+    """Search terms of a query: its words but stopwords, and each adjacent pair of a CJK run
+    ("北 京"), case-folded."""
     terms: list[str] = []
     for i, part in enumerate(_CJK_RUN.split(query)):
         if i % 2:  # a CJK run
@@ -95,7 +162,9 @@ def query_terms(query: str) -> list[str]:
             terms.extend(f"{a} {b}" for a, b in zip(part, part[1:], strict=False))
         else:
             terms.extend(_WORD.findall(part))
-    return list(dict.fromkeys(t.casefold() for t in terms))
+    unique = list(dict.fromkeys(t.casefold() for t in terms))
+    content_terms = [t for t in unique if t not in STOPWORDS]
+    return content_terms or unique
 
 
 def fts_query(query: str) -> str | None:

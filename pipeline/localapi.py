@@ -29,6 +29,7 @@ import json
 import logging
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -408,6 +409,11 @@ class _Api:
             data = self._handle(path, payload)
         except ApiError as exc:
             return self._error(exc)
+        except sqlite3.Error as exc:
+            # the store failed (disk full, locked, I/O): nothing was committed; say so like
+            # the cloud's transient errors so a client retries
+            log.error("store error on %s: %s", path, exc)
+            return self._error(ApiError(50000, f"store error: {exc}", http_status=500))
         out = orjson.dumps({"code": 0, "data": data, "message": "ok"})
         if decision.kind == "drop_after":
             self.counters.add("drop_after")

@@ -424,3 +424,17 @@ def test_search_ranks_by_share_of_query_terms_on_a_tiny_store(api: Api) -> None:
     assert len(only["data"]["memory_detail_list"]) == 1  # stopwords do not match "The ..."
     exact = api.post("/search/memory", {"user_id": "u", "query": "Forbidden city"})
     assert exact["data"]["memory_detail_list"][0]["relativity"] == 1.0
+
+
+def test_a_store_failure_is_a_transient_50000(
+    db: Path, response_validators: dict[str, Draft202012Validator]
+) -> None:
+    with start_server(ServerConfig(db_path=db)) as server, Api(server, response_validators) as api:
+        api.add("u", "c", "stored")
+        server._store.close()  # the store's connection fails from now on
+        r = api.http.post("/add/message", json=GOOD_ADD)
+        assert r.status_code == 500
+        body = r.json()
+        response_validators["/add/message"].validate(body)
+        assert body["code"] == 50000 and "store error" in body["message"]
+    assert message_counts(db) == {("u", "c"): 1}

@@ -23,6 +23,7 @@ uvicorn in a background thread on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -33,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -587,13 +588,43 @@ class _QuietDrops(logging.Filter):
         return "without completing response" not in record.getMessage()
 
 
+INDEX_INTERVAL_S = 0.2
+INDEX_BATCH_ROWS = 1000
+"""The search index catches up every 0.2 s, at most 1000 messages (~30 ms) at a time."""
+
+
+async def _index_forever(store: Store) -> None:
+    """Keep the search index close behind the committed messages (searches catch up fully)."""
+    while True:
+        await asyncio.sleep(INDEX_INTERVAL_S)
+        try:
+            while store.index_pending(INDEX_BATCH_ROWS) == INDEX_BATCH_ROWS:
+                await asyncio.sleep(0)  # let requests in between batches
+        except sqlite3.Error as exc:
+            log.error("search indexing failed (retrying): %s", exc)
+
+
 def create_app(
     config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
 ) -> Starlette:
-    """The ASGI app for one server (used by `LocalServer`; exposed for embedding)."""
+    """The ASGI app for one server (used by `LocalServer`; exposed for embedding).
+
+    Its lifespan runs the background indexer; the store stays the caller's to close.
+    """
     api = _Api(config, store, injector, counters)
     routes = [Route(path, api.handle, methods=["POST"]) for path in ENDPOINTS]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        indexer = asyncio.create_task(_index_forever(store))
+        try:
+            yield
+        finally:
+            indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await indexer
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 class LocalServer:
@@ -634,7 +665,7 @@ class LocalServer:
             app,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             server_header=False,
             timeout_graceful_shutdown=5,
         )
@@ -681,6 +712,10 @@ class LocalServer:
         if self._thread.is_alive():
             self._thread.join(timeout=15)
         self._sock.close()
+        try:
+            self._store.index_pending()  # leave a complete search index behind
+        except sqlite3.Error as exc:
+            log.warning("could not finish the search index (next start will): %s", exc)
         self._store.close()
         logging.getLogger("uvicorn.error").removeFilter(self._filter)
 

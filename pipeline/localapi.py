@@ -678,6 +678,7 @@ class LocalServer:
         )
         self._filter = _QuietDrops()
         self._started = False
+        self._stopped = False
 
     def start(self, timeout: float = 10.0) -> LocalServer:
         """Start serving; returns once the server accepts connections."""
@@ -708,6 +709,9 @@ class LocalServer:
 
     def stop(self) -> None:
         """Finish in-flight requests, stop, close the store. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout=15)

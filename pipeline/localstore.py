@@ -205,25 +205,38 @@ def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _connect(db_path: Path, synchronous: Synchronous, *, threaded: bool) -> sqlite3.Connection:
+def _connect(
+    db_path: Path, synchronous: Synchronous, *, threaded: bool, create: bool
+) -> sqlite3.Connection:
+    """Open (and create or migrate) a store; refuse SQLite files that are something else."""
     try:
         conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=not threaded)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open local store {db_path}: {exc}") from None
+    try:
         conn.execute("PRAGMA busy_timeout=5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            conn.close()
             raise ConfigError(
                 f"{db_path}: store schema version {version} is newer than this "
                 f"memos-etl ({SCHEMA_VERSION}); upgrade memos-etl"
             )
+        if version == 0:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables or not create:
+                raise InputError(f"{db_path} is not a memos-etl local store")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         if version < SCHEMA_VERSION:
             conn.executescript(
                 f"BEGIN; {_SCHEMA} {_MIGRATE_TO_2} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
             )
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise ConfigError(f"cannot open local store {db_path}: {exc}") from None
+    except (ConfigError, InputError):
+        conn.close()
+        raise
     return conn
 
 
@@ -237,7 +250,7 @@ class Store:
     def __init__(self, db_path: Path, synchronous: Synchronous = "NORMAL") -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         self.db_path = db_path
-        self._conn = _connect(db_path, synchronous, threaded=True)
+        self._conn = _connect(db_path, synchronous, threaded=True, create=True)
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -432,7 +445,7 @@ def _reader(db_path: Path) -> Iterator[sqlite3.Connection]:
             f"no local store at {db_path}; start `memos-etl serve --db {db_path}` "
             "and load into it first"
         )
-    conn = _connect(db_path, "NORMAL", threaded=False)
+    conn = _connect(db_path, "NORMAL", threaded=False, create=False)
     try:
         yield conn
     finally:

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from pipeline.faults import FaultConfig, FaultInjector, ForcedAnswer, parse_forced
-from pipeline.localapi import LocalServer, ServerConfig, start_server
+from pipeline.localapi import (
+    LocalServer,
+    ServerConfig,
+    load_spec,
+    response_validator,
+    start_server,
+)
 from pipeline.localstore import message_counts
 
 
@@ -33,12 +39,19 @@ def _body(conversation_id: str = "c", content: str = "hello") -> dict[str, objec
     }
 
 
+ADD_RESPONSE = response_validator(load_spec(), "AddMessageResponse")
+
+
 def _outcome(http: httpx.Client, body: dict[str, object] | None = None) -> str:
-    """One addMessage, summarized as 'http<status>/code<code>' or the transport error."""
+    """One addMessage, summarized as 'http<status>/code<code>' or the transport error.
+
+    Every answer, injected or not, must still match the spec's response schema.
+    """
     try:
         r = http.post("/add/message", json=body or _body())
     except httpx.TransportError as exc:
         return type(exc).__name__
+    ADD_RESPONSE.validate(r.json())
     return f"http{r.status_code}/code{r.json()['code']}"
 
 

@@ -434,7 +434,7 @@ class _Loader:
             )
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
-        """Deliver every lane with `max_in_flight` workers."""
+        """Deliver every conversation's lane with `max_in_flight` workers, longest first."""
         lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
         for batch in batches:
             row = rows[batch.batch_id]
@@ -444,7 +444,9 @@ class _Loader:
                 continue
             self._messages_todo += batch.message_count
             lanes.setdefault((batch.user_id, batch.conversation_id), []).append((batch, row))
-        queue = deque(lanes.values())
+        # longest conversations first: a conversation goes one batch at a time, so the
+        # longest one bounds the run; starting it early keeps the end from draining slowly
+        queue = deque(sorted(lanes.values(), key=len, reverse=True))
         self.progress.start("load", total=self._messages_todo, unit="msg")
 
         async def worker(client: httpx.AsyncClient) -> None:

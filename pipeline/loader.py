@@ -189,9 +189,11 @@ def split_body(
     message = messages[0]
     content = str(message.get("content", ""))
     tokens = count_tokens(content)
-    if tokens <= 1:
-        raise PermanentLoadError("API says a single-token message is too large")
-    parts = split_by_tokens(content, math.ceil(tokens / 2))
+    parts = split_by_tokens(content, math.ceil(tokens / 2)) if tokens > 1 else [content]
+    if len(parts) < 2:
+        raise PermanentLoadError(
+            f"the API says a message of {tokens} tokens is too large, and it cannot be cut"
+        )
     return [
         piece([{**message, "content": text}], done_ids if k == len(parts) - 1 else [])
         for k, text in enumerate(parts)

@@ -8,9 +8,12 @@ from collections import deque
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.batches import Batch
 from pipeline.config import LoadConfig
+from pipeline.errors import PermanentLoadError
 from pipeline.ledger import Ledger, delivered_message_hashes
 from pipeline.loader import Endpoint, LoadStats, load_batches, split_body
 from tests.loader_fakes import Fake, FakeTime, make_batches
@@ -318,3 +321,27 @@ def test_failed_piece_of_a_split_batch_fails_the_batch(tmp_path: Path) -> None:
     again, _ = run_load(tmp_path, fake, batches, retry_failed=True)
     assert again.complete
     assert dict(fake.store) == expected_store(batches)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=9),
+)
+def test_split_body_keeps_every_message_in_order(contents: list[str]) -> None:
+    body = {
+        "user_id": "u",
+        "conversation_id": "c",
+        "messages": [{"role": "user", "content": c} for c in contents],
+    }
+    completes = [(f"m{i}", f"h{i}") for i in range(len(contents))]
+    try:
+        pieces = split_body(body, completes)
+    except PermanentLoadError:
+        assert len(contents) == 1  # a lone message of at most one token cannot be cut
+        return
+    assert len(pieces) >= 2
+    texts = [m["content"] for p in pieces for m in p[0]["messages"]]
+    assert "".join(texts) == "".join(contents)
+    assert [c for p in pieces for c in p[2]] == completes  # each recorded once, in order
+    if len(contents) > 1:
+        assert [m["content"] for p in pieces for m in p[0]["messages"]] == contents

@@ -53,7 +53,6 @@ from pipeline.errors import (
 )
 from pipeline.ledger import Ledger, Row, delivered_message_hashes, ledger_path
 from pipeline.lock import workdir_lock
-from pipeline.models import stable_id
 from pipeline.policy import (
     AmbiguousDeliveryError,
     error_from_exception,
@@ -61,7 +60,6 @@ from pipeline.policy import (
 )
 from pipeline.progress import NullProgress, Progress
 from pipeline.ratelimit import AdaptiveRateLimiter, Clock, Sleep
-from pipeline.staging import read_staging
 from pipeline.targets import Endpoint, local_db_path, open_target
 from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 
@@ -678,6 +676,9 @@ def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
     """Ids of delivered messages whose staged content differs from what was sent."""
     if not delivered:
         return []
+    from pipeline.models import stable_id
+    from pipeline.staging import read_staging
+
     table = read_staging(workdir, columns=["message_id", "content"])
     ids = table.column("message_id").to_pylist()
     contents = table.column("content").to_pylist()

@@ -447,7 +447,12 @@ class _Loader:
         # longest conversations first: a conversation goes one batch at a time, so the
         # longest one bounds the run; starting it early keeps the end from draining slowly
         queue = deque(sorted(lanes.values(), key=len, reverse=True))
-        self.progress.start("load", total=self._messages_todo, unit="msg")
+        n_batches = sum(len(lane) for lane in queue)
+        self.progress.start(
+            f"load {n_batches} batches of {len(queue)} conversations",
+            total=self._messages_todo,
+            unit="msg",
+        )
 
         async def worker(client: httpx.AsyncClient) -> None:
             while queue and not self.stopping.is_set():

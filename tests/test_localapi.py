@@ -285,6 +285,8 @@ INVALID = [
     ),
     ("/add/message", _with(tags=["ok", 3]), 40003, "'tags[1]'"),
     ("/add/message", _with(user_id=""), 40003, "'user_id'"),
+    ("/add/message", _with(info={"ok": True}), 40003, "'info.ok'"),
+    ("/add/message", _with(info={"n": None}), 40003, "'info.n'"),
     (
         "/get/message",
         {"user_id": "u", "conversation_id": "c", "message_limit_number": 51},

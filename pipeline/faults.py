@@ -156,7 +156,7 @@ class FaultInjector:
     def decide(self, path: str, conversation_id: str | None) -> Decision:
         """The fate of one request to `path` (for `conversation_id`, when the body has one)."""
         cfg = self.config
-        if not cfg.active:
+        if not cfg.active and not self._rules:
             return PASS
         with self._lock:
             draws = [self._rng.random() for _ in range(5)]

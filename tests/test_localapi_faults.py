@@ -288,3 +288,14 @@ def test_parse_forced_rejects_nonsense(spec: str) -> None:
 def test_fault_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         FaultConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_forcing_at_run_time_works_on_a_server_started_without_faults(
+    db: Path, client: MakeClient
+) -> None:
+    with _serve(db, FaultConfig()) as server:
+        http = client(server)
+        before = _outcome(http)
+        server.force(ForcedAnswer(code=40304, times=1))
+        outcomes = [before, _outcome(http), _outcome(http)]
+    assert outcomes == ["http200/code0", "http200/code40304", "http200/code0"]

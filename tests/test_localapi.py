@@ -314,10 +314,22 @@ INVALID = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory,
+    response_validators: dict[str, Draft202012Validator],
+) -> Iterator[tuple[Api, Path]]:
+    """One server for the many rejected-request cases (each start/stop costs ~0.25 s)."""
+    db = tmp_path_factory.mktemp("shared") / "store.sqlite"
+    with start_server(ServerConfig(db_path=db)) as server, Api(server, response_validators) as api:
+        yield api, db
+
+
 @pytest.mark.parametrize(("path", "body", "code", "text"), INVALID)
 def test_invalid_requests_get_the_right_code(
-    api: Api, db: Path, path: str, body: Any, code: int, text: str
+    shared: tuple[Api, Path], path: str, body: Any, code: int, text: str
 ) -> None:
+    api, db = shared
     raw = body if isinstance(body, bytes) else None
     out = api.post(path, None if raw is not None else body, raw=raw)
     assert out["code"] == code, out

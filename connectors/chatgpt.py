@@ -1,0 +1,660 @@
+"""ChatGPT data export -> the conversations the user actually saw, one message per event.
+
+Input: the export ZIP, its unpacked folder, or a bare `conversations.json` /
+`conversations-NNN.json`. Both layouts are read: the classic single `conversations.json`
+and the 2026 shards (`conversations-000.json`, ... listed in `export_manifest.json`, whose
+nodes have no `children` key). Files are streamed conversation by conversation
+(`connectors.json_stream`), so a 700 MB export never sits in memory whole.
+
+Contract, per conversation (see docs/chatgpt-claude.md):
+- The thread is the path from `current_node` up the `parent` links to the root, reversed.
+  `children` is never read. A tree with a cycle or a parent that does not exist is
+  quarantined whole (one `Quarantined` entry; its other nodes are counted as skipped under
+  `chatgpt:quarantined_conversation`).
+- Every node of `mapping` yields exactly one count: a staged `Message` or a `Skipped` under
+  a specific reason (`chatgpt:other_branch`, `chatgpt:hidden_system`, `chatgpt:thoughts`...).
+- `seq` follows the thread and `created_at` never decreases along it: a message stamped
+  before its parent gets its parent's time (raw value kept as `create_time_raw` in
+  metadata); a message without a time takes its nearest timed ancestor's, else the
+  conversation's start.
+- `message_id` is `chatgpt:<conversation id>:<node id>`; `conversation_id` is the
+  ChatGPT conversation id (`<id>:<leaf node id>` for extra branches with `branches: all`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from connectors.base import ConnectorOptions
+from connectors.export_files import ExportFiles
+from connectors.json_stream import JSONStreamError, iter_array
+from connectors.row_buffer import RowBuffer
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import Event, Quarantined, Skipped
+
+SOURCE = "chatgpt"
+log = logging.getLogger(__name__)
+
+_SHARD = re.compile(r"conversations-(\d+)\.json")
+_CLASSIC_FILE = re.compile(r"file-([A-Za-z0-9]+)-(.+)")
+_CITE_SPAN = re.compile("\ue200[^\ue201]*\ue201")  # \ue200cite\ue202turn0search0\ue201
+_OLD_CITE = re.compile("【\\d+(?::\\d+)?†[^】\n]{0,200}】")  # 2023 browsing: 【12†source】
+_PUA_MARKS = tuple(chr(c) for c in range(0xE200, 0xE210))
+_CONTEXT_TYPES = frozenset({"user_editable_context", "model_editable_context"})
+_TOOL_INTERNAL_TYPES = frozenset(
+    {
+        "tether_browsing_display",
+        "tether_browsing_code",
+        "sonic_webpage",
+        "system_error",
+        "computer_output",
+    }
+)
+_INTERNAL_CHANNELS = frozenset({"commentary", "analysis"})
+
+
+class Options(ConnectorOptions):
+    """Keys allowed under a `chatgpt` source's `options:`."""
+
+    branches: Literal["current", "all"] = "current"
+    """`current`: only the thread ending at `current_node`. `all`: also every other branch,
+    each as its own conversation `<id>:<leaf node id>` holding the nodes after its fork."""
+    include_tool_messages: bool = False
+    """Stage tool outputs (role `tool`) and assistant tool calls instead of skipping them."""
+
+
+@dataclass
+class _Context:
+    """What every conversation of one export shares."""
+
+    user_id: str
+    options: Options
+    asset_names: dict[str, str]
+    rows: RowBuffer = field(default_factory=RowBuffer)
+    seen: set[str] = field(default_factory=set)
+
+
+def read(path: Path, options: Options) -> Iterator[Event]:
+    """Yield events covering every node of every conversation in the export at `path`.
+
+    Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
+    """
+    with ExportFiles(path) as export:
+        files = conversation_files(export)
+        ctx = _Context(
+            user_id=_owner(export, options),
+            options=options,
+            asset_names=_asset_names(export),
+        )
+        for name in files:
+            if name not in export.names:
+                yield Quarantined(
+                    source_file=export.label(name),
+                    position="(whole file)",
+                    reason="chatgpt:missing_file: listed in export_manifest.json but absent "
+                    "from the export; its conversations were not read",
+                )
+                continue
+            yield from _read_file(export, name, ctx)
+        table = ctx.rows.take()
+        if table is not None:
+            yield table
+
+
+def conversation_files(export: ExportFiles) -> list[str]:
+    """The conversation files to read, in order: the single file, else the shards."""
+    if export.single_file is not None:
+        return [export.single_file]
+    if "conversations.json" in export.names:
+        return ["conversations.json"]
+    numbered = {n: m for n in export.names if (m := _SHARD.fullmatch(n))}
+    shards = sorted(numbered, key=lambda n: int(numbered[n].group(1)))
+    if "export_manifest.json" in export.names:
+        listed = _manifest_files(export)
+        shards = listed + [s for s in shards if s not in listed]
+    if not shards:
+        raise InputError(
+            f"{export.path}: not a ChatGPT export (no conversations.json or "
+            "conversations-NNN.json found)"
+        )
+    return shards
+
+
+def _manifest_files(export: ExportFiles) -> list[str]:
+    manifest = export.read_json("export_manifest.json")
+    try:
+        files = manifest["logical_files"]["conversations.json"]["files"]
+    except (KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _owner(export: ExportFiles, options: Options) -> str:
+    """The configured user_id, else the `id` in user.json; neither is a `ConfigError`."""
+    if options.user_id:
+        return options.user_id
+    if "user.json" in export.names:
+        user = export.read_json("user.json")
+        if isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]:
+            return str(user["id"])
+    raise ConfigError(
+        f"{export.path}: no user.json with an `id` in this ChatGPT export; set `user_id` "
+        "for this source in the config (or pass --user-id)"
+    )
+
+
+def _asset_names(export: ExportFiles) -> dict[str, str]:
+    """File id -> original file name, from the 2026 map file and classic upload names."""
+    names: dict[str, str] = {}
+    for member in export.names:
+        match = _CLASSIC_FILE.fullmatch(member)
+        if match:
+            names[f"file-{match.group(1)}"] = match.group(2)
+    if "conversation_asset_file_names.json" in export.names:
+        mapping = export.read_json("conversation_asset_file_names.json")
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                if isinstance(value, str):
+                    names[key.removesuffix(".dat")] = value
+    return names
+
+
+def _read_file(export: ExportFiles, name: str, ctx: _Context) -> Iterator[Event]:
+    label = export.label(name)
+    index = 0
+    try:
+        with export.open(name) as fh:
+            for element in iter_array(fh):
+                index = element.index
+                yield from conversation_events(element.value, ctx, label, index)
+                if ctx.rows.full:
+                    yield ctx.rows.take()  # type: ignore[misc]
+    except JSONStreamError as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"byte {exc.offset} (conversation #{exc.index})",
+            reason=f"chatgpt:malformed_json: {exc}; conversations from here to the end "
+            "of this file were not read",
+        )
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"after conversation #{index}",
+            reason=f"chatgpt:unreadable_file: {exc}; the rest of this file was not read",
+        )
+
+
+def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:
+    """Events for one conversation object: one count per node of its mapping.
+
+    Staged messages are appended to `ctx.rows`; the caller turns them into tables.
+    """
+    where = f"conversations[{index}]"
+    if not isinstance(conv, dict):
+        yield Quarantined(
+            source_file,
+            where,
+            "chatgpt:not_a_conversation: not a JSON object",
+            orjson.dumps(conv)[:200].decode("utf-8", "replace"),
+        )
+        return
+    conv_id = conv.get("id") or conv.get("conversation_id")
+    mapping = conv.get("mapping")
+    if not isinstance(conv_id, str) or not isinstance(mapping, dict):
+        yield Quarantined(
+            source_file,
+            where,
+            "chatgpt:not_a_conversation: no string `id` or no `mapping` object",
+            f"keys: {', '.join(sorted(map(str, conv)))}",
+        )
+        return
+    where = f"{where} (id {conv_id})"
+    if not mapping:
+        yield Skipped("chatgpt:empty_conversation")
+        return
+    if conv_id in ctx.seen:
+        yield Skipped("chatgpt:duplicate_conversation", len(mapping))
+        return
+    ctx.seen.add(conv_id)
+    tree = _Tree.build(mapping)
+    if tree.problem is not None:
+        yield Quarantined(
+            source_file,
+            where,
+            f"chatgpt:broken_tree: {tree.problem}; conversation not loaded",
+            f"{len(mapping)} nodes",
+        )
+        if len(mapping) > 1:
+            yield Skipped("chatgpt:quarantined_conversation", len(mapping) - 1)
+        return
+    yield from _Thread(conv, conv_id, tree, ctx, source_file, index).events()
+
+
+@dataclass
+class _Tree:
+    """Parent links of one mapping, checked: every parent exists and there is no cycle."""
+
+    nodes: dict[str, dict[str, Any]]
+    parent: dict[str, str | None]
+    children: dict[str, list[str]]
+    problem: str | None = None
+
+    @classmethod
+    def build(cls, mapping: dict[str, Any]) -> _Tree:
+        nodes: dict[str, dict[str, Any]] = {}
+        parent: dict[str, str | None] = {}
+        children: dict[str, list[str]] = {}
+        roots: list[str] = []
+        for nid, node in mapping.items():
+            if not isinstance(node, dict):
+                return cls(nodes, parent, children, f"node {nid} is not a JSON object")
+            nodes[nid] = node
+            p = node.get("parent")
+            if p is None:
+                parent[nid] = None
+                roots.append(nid)
+            elif not isinstance(p, str) or p not in mapping:
+                return cls(
+                    nodes,
+                    parent,
+                    children,
+                    f"node {nid} has parent {p!r}, which is not in the mapping",
+                )
+            else:
+                parent[nid] = p
+                children.setdefault(p, []).append(nid)
+        reached = len(roots)
+        stack = list(roots)
+        while stack:
+            kids = children.get(stack.pop())
+            if kids:
+                reached += len(kids)
+                stack.extend(kids)
+        if reached != len(nodes):
+            stuck = next(n for n in nodes if not _reaches_root(n, parent, len(nodes)))
+            return cls(nodes, parent, children, f"parent links form a cycle through node {stuck}")
+        return cls(nodes, parent, children)
+
+    def path_to(self, leaf: str, stop: set[str] | None = None) -> list[str]:
+        """Nodes from the root (or just below the first node in `stop`) down to `leaf`."""
+        path: list[str] = []
+        cur: str | None = leaf
+        while cur is not None and (stop is None or cur not in stop):
+            path.append(cur)
+            cur = self.parent[cur]
+        path.reverse()
+        return path
+
+
+def _reaches_root(nid: str, parent: dict[str, str | None], limit: int) -> bool:
+    cur: str | None = nid
+    for _ in range(limit + 1):
+        if cur is None:
+            return True
+        cur = parent.get(cur)
+    return False
+
+
+def _number(value: Any) -> float | None:
+    """A usable epoch-seconds value, or None (bools, NaN and absurd values are not times)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
+        return float(value)
+    return None
+
+
+def _micros(ts: float | None) -> int | None:
+    return None if ts is None else round(ts * 1_000_000)
+
+
+class _Thread:
+    """Turns one checked conversation tree into events (canonical thread, then branches)."""
+
+    def __init__(
+        self,
+        conv: dict[str, Any],
+        conv_id: str,
+        tree: _Tree,
+        ctx: _Context,
+        source_file: str,
+        index: int,
+    ) -> None:
+        self.conv = conv
+        self.conv_id = conv_id
+        self.tree = tree
+        self.ctx = ctx
+        self.source_file = source_file
+        self.index = index
+        self.skipped: Counter[str] = Counter()
+        self.times: dict[str, float | None] = {}
+        title = conv.get("title")
+        self.title = title if isinstance(title, str) and title.strip() else None
+        slug = conv.get("default_model_slug")
+        self.default_model = slug if isinstance(slug, str) else None
+        gizmo = conv.get("gizmo_id")
+        self.gizmo_id = gizmo if isinstance(gizmo, str) else None
+        self.start_time = self._start_time()
+
+    def _start_time(self) -> float | None:
+        """The conversation's start: the earlier of its create_time and its first message.
+
+        Conversation-level times can be years after the messages (bulk restores), so a
+        message without any timed ancestor never gets a time later than real messages.
+        """
+        times = [_number(self.conv.get("create_time"))]
+        for node in self.tree.nodes.values():
+            msg = node.get("message")
+            if isinstance(msg, dict):
+                times.append(_number(msg.get("create_time")))
+        known = [t for t in times if t is not None]
+        if known:
+            return min(known)
+        return _number(self.conv.get("update_time"))
+
+    def _leaf(self) -> str:
+        current = self.conv.get("current_node")
+        if isinstance(current, str) and current in self.tree.nodes:
+            return current
+        leaves = [n for n in self.tree.nodes if n not in self.tree.children]
+
+        def key(nid: str) -> tuple[float, str]:
+            msg = self.tree.nodes[nid].get("message")
+            t = _number(msg.get("create_time")) if isinstance(msg, dict) else None
+            return (t if t is not None else float("-inf"), nid)
+
+        return max(leaves, key=key)
+
+    def events(self) -> Iterator[Event]:
+        leaf = self._leaf()
+        path = self.tree.path_to(leaf)
+        self._segment(path, self.conv_id, branch_of=None)
+        done = set(path)
+        if self.ctx.options.branches == "all":
+            for other in self._leaves_in_order():
+                if other in done:
+                    continue
+                segment = self.tree.path_to(other, stop=done)
+                done.update(segment)
+                self._segment(
+                    segment, f"{self.conv_id}:{other}", branch_of=self.tree.parent[segment[0]]
+                )
+        else:
+            off = len(self.tree.nodes) - len(done)
+            if off:
+                self.skipped["chatgpt:other_branch"] += off
+        for reason, count in self.skipped.items():
+            yield Skipped(reason, count)
+
+    def _leaves_in_order(self) -> list[str]:
+        """Leaves in depth-first order, siblings by (create_time, id): deterministic."""
+
+        def key(nid: str) -> tuple[float, str]:
+            msg = self.tree.nodes[nid].get("message")
+            t = _number(msg.get("create_time")) if isinstance(msg, dict) else None
+            return (t if t is not None else float("-inf"), nid)
+
+        roots = sorted((n for n, p in self.tree.parent.items() if p is None), key=key)
+        leaves: list[str] = []
+        stack = list(reversed(roots))
+        while stack:
+            nid = stack.pop()
+            kids = self.tree.children.get(nid)
+            if kids:
+                stack.extend(sorted(kids, key=key, reverse=True))
+            else:
+                leaves.append(nid)
+        return leaves
+
+    def _time(self, nid: str) -> tuple[float | None, dict[str, Any]]:
+        """Effective time of a node (never before its parent's) and metadata explaining it."""
+        parent = self.tree.parent[nid]
+        before = self.times.get(parent) if parent is not None else None
+        if parent is not None and parent not in self.times:
+            before = self._time(parent)[0]
+        msg = self.tree.nodes[nid].get("message")
+        raw = _number(msg.get("create_time")) if isinstance(msg, dict) else None
+        note: dict[str, Any] = {}
+        if raw is None:
+            if before is not None:
+                eff: float | None = before
+                note["time_source"] = "ancestor"
+            else:
+                eff = self.start_time
+                note["time_source"] = "conversation"
+        elif before is not None and raw < before:
+            eff = before
+            note["create_time_raw"] = raw
+        else:
+            eff = raw
+        self.times[nid] = eff
+        return eff, note
+
+    def _segment(self, path: list[str], conversation_id: str, branch_of: str | None) -> None:
+        """Append the visible messages of `path` to the row buffer; count the rest."""
+        seq = 0
+        rows = self.ctx.rows
+        for nid in path:
+            eff, time_note = self._time(nid)
+            node = self.tree.nodes[nid]
+            msg = node.get("message")
+            if not isinstance(msg, dict):
+                self.skipped[
+                    "chatgpt:root" if self.tree.parent[nid] is None else "chatgpt:no_message"
+                ] += 1
+                continue
+            shaped = _shape(msg, self.ctx)
+            if isinstance(shaped, str):
+                self.skipped[shaped] += 1
+                continue
+            role, text, extra = shaped
+            meta: dict[str, Any] = {"node_id": nid}
+            if self.title is not None:
+                meta["title"] = self.title
+            model = (msg.get("metadata") or {}).get("model_slug") or (
+                self.default_model if role == "assistant" else None
+            )
+            if isinstance(model, str):
+                meta["model"] = model
+            if self.gizmo_id is not None:
+                meta["gizmo_id"] = self.gizmo_id
+            if branch_of is not None:
+                meta["branch_of"] = self.conv_id
+                if seq == 0:
+                    meta["fork_parent"] = branch_of
+            meta.update(extra)
+            meta.update(time_note)
+            author = msg.get("author") or {}
+            name = author.get("name") if isinstance(author, dict) else None
+            rows.append(
+                source=SOURCE,
+                source_file=self.source_file,
+                source_position=f"conversations[{self.index}].mapping[{nid}]",
+                message_id=f"{SOURCE}:{self.conv_id}:{nid}",
+                conversation_id=conversation_id,
+                user_id=self.ctx.user_id,
+                role=role,
+                content=text,
+                seq=seq,
+                created_us=_micros(eff),
+                author_name=name if isinstance(name, str) and name else None,
+                metadata=orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+            )
+            seq += 1
+
+
+def _shape(msg: dict[str, Any], ctx: _Context) -> tuple[str, str, dict[str, Any]] | str:
+    """(role, text, metadata) of a visible message, or the reason it is skipped."""
+    author = msg.get("author")
+    role = author.get("role") if isinstance(author, dict) else None
+    content = msg.get("content")
+    if not isinstance(content, dict):
+        content = {}
+    ctype = content.get("content_type")
+    meta = msg.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    if ctype in _CONTEXT_TYPES or meta.get("is_user_system_message"):
+        return "chatgpt:user_context"
+    if role == "system":
+        return "chatgpt:hidden_system"
+    if meta.get("is_visually_hidden_from_conversation"):
+        return "chatgpt:visually_hidden"
+    if ctype == "thoughts":
+        return "chatgpt:thoughts"
+    if ctype == "reasoning_recap":
+        return "chatgpt:reasoning_recap"
+    if msg.get("channel") in _INTERNAL_CHANNELS:
+        return "chatgpt:internal_channel"
+    recipient = msg.get("recipient")
+    tool_output = role in ("tool", "function")
+    tool_call = role == "assistant" and recipient not in (None, "all")
+    if tool_output or tool_call or ctype in _TOOL_INTERNAL_TYPES:
+        if not ctx.options.include_tool_messages:
+            return "chatgpt:tool_call" if role == "assistant" else "chatgpt:tool_output"
+    elif role not in ("user", "assistant"):
+        return "chatgpt:unknown_role"
+    text, extra = _content(content, meta, ctx.asset_names)
+    if not text:
+        return "chatgpt:empty"
+    if isinstance(ctype, str) and ctype != "text":
+        extra["content_type"] = ctype
+    if tool_call:
+        extra["recipient"] = recipient
+    return ("tool" if tool_output or role not in ("user", "assistant") else str(role), text, extra)
+
+
+def _content(
+    content: dict[str, Any], meta: dict[str, Any], asset_names: dict[str, str]
+) -> tuple[str, dict[str, Any]]:
+    """Visible text (citation markers stripped) and asset metadata of one message.
+
+    Text is taken from string parts and from parts with a `text` (voice transcripts),
+    else from `text`, `result` or string `content` (code, execution output, tool results).
+    A message with assets but no text gets a short placeholder such as `[image: a.png]`.
+    """
+    texts: list[str] = []
+    extra: dict[str, Any] = {}
+    parts = content.get("parts")
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict):
+                _part(part, texts, extra, asset_names)
+    else:
+        for key in ("text", "result", "content"):
+            value = content.get(key)
+            if isinstance(value, str):
+                texts.append(value)
+                break
+    if isinstance(content.get("language"), str) and content.get("language") != "unknown":
+        extra["language"] = content["language"]
+    attachments = meta.get("attachments")
+    if isinstance(attachments, list) and attachments:
+        extra["attachments"] = [
+            _attachment(a, asset_names) for a in attachments if isinstance(a, dict)
+        ]
+    text = "\n".join(t for t in texts if t)
+    if text:
+        text = strip_citations(text).strip()
+    if not text:
+        text = _placeholder(extra)
+    return text, extra
+
+
+def strip_citations(text: str) -> str:
+    """Remove ChatGPT citation markers: private-use spans like `\ue200cite…\ue201`, stray
+    private-use marks (`\ue203`, `\ue204`, `\ue206`...) and old `【12†source】` markers."""
+    if text.isascii():
+        return text
+    if "\ue200" in text:
+        text = _CITE_SPAN.sub("", text)
+    for mark in _PUA_MARKS:
+        if mark in text:
+            text = text.replace(mark, "")
+    if "【" in text:
+        text = _OLD_CITE.sub("", text)
+    return text
+
+
+def _part(
+    part: dict[str, Any], texts: list[str], extra: dict[str, Any], asset_names: dict[str, str]
+) -> None:
+    ptype = part.get("content_type")
+    if isinstance(part.get("text"), str):
+        texts.append(part["text"])
+        if ptype == "audio_transcription":
+            extra["voice_transcript"] = True
+        return
+    if ptype == "real_time_user_audio_video_asset_pointer":
+        audio = part.get("audio_asset_pointer")
+        if isinstance(audio, dict):
+            extra.setdefault("audio", []).append(_asset(audio, asset_names))
+        frames = part.get("frames_asset_pointers")
+        if isinstance(frames, list) and frames:
+            extra["video_frames"] = len(frames)
+        return
+    if isinstance(part.get("asset_pointer"), str):
+        kind = (
+            "images"
+            if ptype == "image_asset_pointer"
+            else "audio"
+            if ptype == "audio_asset_pointer"
+            else "files"
+        )
+        extra.setdefault(kind, []).append(_asset(part, asset_names))
+
+
+def _file_id(pointer: str) -> str:
+    return pointer.split("://", 1)[-1]
+
+
+def _asset(part: dict[str, Any], asset_names: dict[str, str]) -> dict[str, Any]:
+    pointer = str(part["asset_pointer"])
+    out: dict[str, Any] = {"asset_pointer": pointer}
+    name = asset_names.get(_file_id(pointer))
+    if name is not None:
+        out["name"] = name
+    for key in ("size_bytes", "width", "height", "format"):
+        if isinstance(part.get(key), (int, str)):
+            out[key] = part[key]
+    dalle = (
+        (part.get("metadata") or {}).get("dalle")
+        if isinstance(part.get("metadata"), dict)
+        else None
+    )
+    if isinstance(dalle, dict) and isinstance(dalle.get("prompt"), str):
+        out["dalle_prompt"] = dalle["prompt"]
+    return out
+
+
+def _attachment(att: dict[str, Any], asset_names: dict[str, str]) -> dict[str, Any]:
+    out = {
+        k: att[k] for k in ("id", "name", "mime_type", "size") if isinstance(att.get(k), (str, int))
+    }
+    if "name" not in out and isinstance(att.get("id"), str) and att["id"] in asset_names:
+        out["name"] = asset_names[att["id"]]
+    return out
+
+
+def _placeholder(extra: dict[str, Any]) -> str:
+    """`[image: a.png]`-style text for a message that only carries assets."""
+    labels: list[str] = []
+    for kind, label in (
+        ("images", "image"),
+        ("audio", "audio"),
+        ("files", "file"),
+        ("attachments", "file"),
+    ):
+        for item in extra.get(kind, []):
+            name = item.get("name")
+            labels.append(f"[{label}: {name}]" if name else f"[{label}]")
+    return " ".join(labels)

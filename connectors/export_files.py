@@ -1,0 +1,100 @@
+"""Uniform access to an export given as a ZIP, an unpacked folder, or a single file.
+
+Chat exports arrive zipped, unzipped, or as the one JSON file that matters. `ExportFiles`
+hides the difference: it lists member names relative to the export's top folder and opens
+them as binary streams, so connectors never extract a ZIP to disk.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import orjson
+
+from pipeline.errors import InputError
+
+
+class ExportFiles:
+    """The files of one export. `names` are POSIX paths relative to the export root.
+
+    For a ZIP whose entries all sit in one top folder, that folder is the root. For a single
+    file, the root is the file's folder but only its small JSON siblings are listed (plus the
+    file itself), so `user.json` next to a bare `conversations.json` is found.
+    """
+
+    def __init__(self, path: Path, *, sibling_globs: tuple[str, ...] = ("*.json",)) -> None:
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._prefix = ""
+        self.single_file: str | None = None
+        if path.is_dir():
+            self._root = path
+            self.names = sorted(
+                p.relative_to(path).as_posix() for p in path.iterdir() if p.is_file()
+            )
+        elif path.is_file() and zipfile.is_zipfile(path):
+            try:
+                self._zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise InputError(f"{path}: not a readable ZIP file ({exc})") from None
+            members = [i.filename for i in self._zip.infolist() if not i.is_dir()]
+            self._prefix = _common_folder(members)
+            self.names = sorted(m[len(self._prefix) :] for m in members)
+            self._root = path
+        elif path.is_file():
+            self._root = path.parent
+            self.single_file = path.name
+            siblings = {p.name for g in sibling_globs for p in path.parent.glob(g) if p.is_file()}
+            self.names = sorted(siblings | {path.name})
+        else:
+            raise InputError(f"input not found: {path}")
+
+    def label(self, name: str) -> str:
+        """How a member is named in errors and in the staging table's `source_file`."""
+        if self._zip is not None:
+            return f"{self.path}:{self._prefix}{name}"
+        return str(self._root / name)
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """Open a member for binary reading (a ZIP member is decompressed as it is read)."""
+        if self._zip is not None:
+            with self._zip.open(self._prefix + name) as fh:
+                yield fh
+        else:
+            with (self._root / name).open("rb") as fh:
+                yield fh
+
+    def read_json(self, name: str) -> Any:
+        """Parse a small member whole; an unreadable one is an `InputError` naming it."""
+        try:
+            with self.open(name) as fh:
+                data = fh.read()
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"{self.label(name)}: malformed JSON ({exc})") from None
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{self.label(name)}: cannot read ({exc})") from None
+
+    def close(self) -> None:
+        """Release the ZIP handle, if any."""
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> ExportFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _common_folder(members: list[str]) -> str:
+    """`"folder/"` when every member sits under that one top folder, else `""`."""
+    tops = {PurePosixPath(m).parts[0] for m in members if m}
+    if len(tops) == 1 and all("/" in m for m in members):
+        return f"{tops.pop()}/"
+    return ""

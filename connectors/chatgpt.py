@@ -38,6 +38,7 @@ from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles
 from connectors.json_stream import JSONStreamError, iter_array
 from connectors.row_buffer import RowBuffer
+from connectors.tree import ParentTree, running_times
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import Event, Quarantined, Skipped
 
@@ -225,7 +226,7 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         yield Skipped("chatgpt:duplicate_conversation", len(mapping))
         return
     ctx.seen.add(conv_id)
-    tree = _Tree.build(mapping)
+    tree = _tree(mapping)
     if tree.problem is not None:
         yield Quarantined(
             source_file,
@@ -236,72 +237,23 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         if len(mapping) > 1:
             yield Skipped("chatgpt:quarantined_conversation", len(mapping) - 1)
         return
-    yield from _Thread(conv, conv_id, tree, ctx, source_file, index).events()
+    skipped = _Thread(conv, conv_id, tree, ctx, source_file, index).stage()
+    for reason, count in skipped.items():
+        yield Skipped(reason, count)
 
 
-@dataclass
-class _Tree:
-    """Parent links of one mapping, checked: every parent exists and there is no cycle."""
-
-    nodes: dict[str, dict[str, Any]]
-    parent: dict[str, str | None]
-    children: dict[str, list[str]]
-    problem: str | None = None
-
-    @classmethod
-    def build(cls, mapping: dict[str, Any]) -> _Tree:
-        nodes: dict[str, dict[str, Any]] = {}
-        parent: dict[str, str | None] = {}
-        children: dict[str, list[str]] = {}
-        roots: list[str] = []
-        for nid, node in mapping.items():
-            if not isinstance(node, dict):
-                return cls(nodes, parent, children, f"node {nid} is not a JSON object")
-            nodes[nid] = node
-            p = node.get("parent")
-            if p is None:
-                parent[nid] = None
-                roots.append(nid)
-            elif not isinstance(p, str) or p not in mapping:
-                return cls(
-                    nodes,
-                    parent,
-                    children,
-                    f"node {nid} has parent {p!r}, which is not in the mapping",
-                )
-            else:
-                parent[nid] = p
-                children.setdefault(p, []).append(nid)
-        reached = len(roots)
-        stack = list(roots)
-        while stack:
-            kids = children.get(stack.pop())
-            if kids:
-                reached += len(kids)
-                stack.extend(kids)
-        if reached != len(nodes):
-            stuck = next(n for n in nodes if not _reaches_root(n, parent, len(nodes)))
-            return cls(nodes, parent, children, f"parent links form a cycle through node {stuck}")
-        return cls(nodes, parent, children)
-
-    def path_to(self, leaf: str, stop: set[str] | None = None) -> list[str]:
-        """Nodes from the root (or just below the first node in `stop`) down to `leaf`."""
-        path: list[str] = []
-        cur: str | None = leaf
-        while cur is not None and (stop is None or cur not in stop):
-            path.append(cur)
-            cur = self.parent[cur]
-        path.reverse()
-        return path
-
-
-def _reaches_root(nid: str, parent: dict[str, str | None], limit: int) -> bool:
-    cur: str | None = nid
-    for _ in range(limit + 1):
-        if cur is None:
-            return True
-        cur = parent.get(cur)
-    return False
+def _tree(mapping: dict[str, Any]) -> ParentTree:
+    """The mapping's tree from `parent` links; payloads are the nodes' messages (or None)."""
+    items: list[tuple[str, str | None, Any]] = []
+    for nid, node in mapping.items():
+        if not isinstance(node, dict):
+            return ParentTree(problem=f"node {nid} is not a JSON object")
+        parent = node.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            return ParentTree(problem=f"node {nid} has a parent that is not a string id")
+        msg = node.get("message")
+        items.append((nid, parent, msg if isinstance(msg, dict) else None))
+    return ParentTree.build(items)
 
 
 def _number(value: Any) -> float | None:
@@ -316,13 +268,13 @@ def _micros(ts: float | None) -> int | None:
 
 
 class _Thread:
-    """Turns one checked conversation tree into events (canonical thread, then branches)."""
+    """Stages one checked conversation tree: the canonical thread, then other branches."""
 
     def __init__(
         self,
         conv: dict[str, Any],
         conv_id: str,
-        tree: _Tree,
+        tree: ParentTree,
         ctx: _Context,
         source_file: str,
         index: int,
@@ -343,109 +295,59 @@ class _Thread:
         self.gizmo_id = gizmo if isinstance(gizmo, str) else None
         self.start_time = self._start_time()
 
+    def _raw_time(self, nid: str) -> float | None:
+        msg = self.tree.nodes[nid]
+        return None if msg is None else _number(msg.get("create_time"))
+
     def _start_time(self) -> float | None:
         """The conversation's start: the earlier of its create_time and its first message.
 
         Conversation-level times can be years after the messages (bulk restores), so a
         message without any timed ancestor never gets a time later than real messages.
         """
-        times = [_number(self.conv.get("create_time"))]
-        for node in self.tree.nodes.values():
-            msg = node.get("message")
-            if isinstance(msg, dict):
-                times.append(_number(msg.get("create_time")))
-        known = [t for t in times if t is not None]
-        if known:
-            return min(known)
-        return _number(self.conv.get("update_time"))
+        known = [t for t in map(self._raw_time, self.tree.nodes) if t is not None]
+        created = _number(self.conv.get("create_time"))
+        if created is not None:
+            known.append(created)
+        return min(known) if known else _number(self.conv.get("update_time"))
+
+    def _key(self, nid: str) -> tuple[float, str]:
+        t = self._raw_time(nid)
+        return (t if t is not None else float("-inf"), nid)
 
     def _leaf(self) -> str:
+        """`current_node` when it exists, else the newest leaf."""
         current = self.conv.get("current_node")
         if isinstance(current, str) and current in self.tree.nodes:
             return current
-        leaves = [n for n in self.tree.nodes if n not in self.tree.children]
+        return max(self.tree.leaves(), key=self._key)
 
-        def key(nid: str) -> tuple[float, str]:
-            msg = self.tree.nodes[nid].get("message")
-            t = _number(msg.get("create_time")) if isinstance(msg, dict) else None
-            return (t if t is not None else float("-inf"), nid)
-
-        return max(leaves, key=key)
-
-    def events(self) -> Iterator[Event]:
+    def stage(self) -> Counter[str]:
+        """Append visible messages to the row buffer; return the skip counts."""
         leaf = self._leaf()
-        path = self.tree.path_to(leaf)
-        self._segment(path, self.conv_id, branch_of=None)
-        done = set(path)
         if self.ctx.options.branches == "all":
-            for other in self._leaves_in_order():
-                if other in done:
-                    continue
-                segment = self.tree.path_to(other, stop=done)
-                done.update(segment)
-                self._segment(
-                    segment, f"{self.conv_id}:{other}", branch_of=self.tree.parent[segment[0]]
-                )
+            for i, (end, path) in enumerate(self.tree.branches(leaf, self._key)):
+                conversation_id = self.conv_id if i == 0 else f"{self.conv_id}:{end}"
+                self._segment(path, conversation_id, branched=i > 0)
         else:
-            off = len(self.tree.nodes) - len(done)
+            path = self.tree.path_to(leaf)
+            self._segment(path, self.conv_id, branched=False)
+            off = len(self.tree.nodes) - len(path)
             if off:
                 self.skipped["chatgpt:other_branch"] += off
-        for reason, count in self.skipped.items():
-            yield Skipped(reason, count)
+        return self.skipped
 
-    def _leaves_in_order(self) -> list[str]:
-        """Leaves in depth-first order, siblings by (create_time, id): deterministic."""
-
-        def key(nid: str) -> tuple[float, str]:
-            msg = self.tree.nodes[nid].get("message")
-            t = _number(msg.get("create_time")) if isinstance(msg, dict) else None
-            return (t if t is not None else float("-inf"), nid)
-
-        roots = sorted((n for n, p in self.tree.parent.items() if p is None), key=key)
-        leaves: list[str] = []
-        stack = list(reversed(roots))
-        while stack:
-            nid = stack.pop()
-            kids = self.tree.children.get(nid)
-            if kids:
-                stack.extend(sorted(kids, key=key, reverse=True))
-            else:
-                leaves.append(nid)
-        return leaves
-
-    def _time(self, nid: str) -> tuple[float | None, dict[str, Any]]:
-        """Effective time of a node (never before its parent's) and metadata explaining it."""
-        parent = self.tree.parent[nid]
-        before = self.times.get(parent) if parent is not None else None
-        if parent is not None and parent not in self.times:
-            before = self._time(parent)[0]
-        msg = self.tree.nodes[nid].get("message")
-        raw = _number(msg.get("create_time")) if isinstance(msg, dict) else None
-        note: dict[str, Any] = {}
-        if raw is None:
-            if before is not None:
-                eff: float | None = before
-                note["time_source"] = "ancestor"
-            else:
-                eff = self.start_time
-                note["time_source"] = "conversation"
-        elif before is not None and raw < before:
-            eff = before
-            note["create_time_raw"] = raw
-        else:
-            eff = raw
-        self.times[nid] = eff
-        return eff, note
-
-    def _segment(self, path: list[str], conversation_id: str, branch_of: str | None) -> None:
-        """Append the visible messages of `path` to the row buffer; count the rest."""
-        seq = 0
+    def _segment(self, path: list[str], conversation_id: str, branched: bool) -> None:
+        """Stage the visible messages of `path` (a thread or a branch); count the rest."""
+        fork = self.tree.parent[path[0]]
+        before = self.times.get(fork) if fork is not None else None
+        times = running_times(path, self._raw_time, before, self.start_time)
         rows = self.ctx.rows
-        for nid in path:
-            eff, time_note = self._time(nid)
-            node = self.tree.nodes[nid]
-            msg = node.get("message")
-            if not isinstance(msg, dict):
+        seq = 0
+        for nid, (eff, time_note) in zip(path, times, strict=True):
+            self.times[nid] = eff
+            msg = self.tree.nodes[nid]
+            if msg is None:
                 self.skipped[
                     "chatgpt:root" if self.tree.parent[nid] is None else "chatgpt:no_message"
                 ] += 1
@@ -458,20 +360,21 @@ class _Thread:
             meta: dict[str, Any] = {"node_id": nid}
             if self.title is not None:
                 meta["title"] = self.title
-            model = (msg.get("metadata") or {}).get("model_slug") or (
-                self.default_model if role == "assistant" else None
-            )
+            msg_meta = msg.get("metadata")
+            model = msg_meta.get("model_slug") if isinstance(msg_meta, dict) else None
+            if not isinstance(model, str) and role == "assistant":
+                model = self.default_model
             if isinstance(model, str):
                 meta["model"] = model
             if self.gizmo_id is not None:
                 meta["gizmo_id"] = self.gizmo_id
-            if branch_of is not None:
+            if branched:
                 meta["branch_of"] = self.conv_id
                 if seq == 0:
-                    meta["fork_parent"] = branch_of
+                    meta["fork_parent"] = fork
             meta.update(extra)
             meta.update(time_note)
-            author = msg.get("author") or {}
+            author = msg.get("author")
             name = author.get("name") if isinstance(author, dict) else None
             rows.append(
                 source=SOURCE,

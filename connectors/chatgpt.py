@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 
 _SHARD = re.compile(r"conversations-(\d+)\.json")
 _CLASSIC_FILE = re.compile(r"file-([A-Za-z0-9]+)-(.+)")
-_CITE_SPAN = re.compile("\ue200[^\ue201]*\ue201")  # \ue200cite\ue202turn0search0\ue201
-_OLD_CITE = re.compile("【\\d+(?::\\d+)?†[^】\n]{0,200}】")  # 2023 browsing: 【12†source】
+_OLD_CITE = re.compile("\\d+(?::\\d+)?†[^】\n]{0,200}")  # inside 【12†source】 (2023 browsing)
+_PUNCT_AFTER = frozenset(".,;:!?)]")
 _PUA_MARKS = tuple(chr(c) for c in range(0xE200, 0xE210))
 _CONTEXT_TYPES = frozenset({"user_editable_context", "model_editable_context"})
 _TOOL_INTERNAL_TYPES = frozenset(
@@ -345,7 +345,8 @@ class _Thread:
         rows = self.ctx.rows
         seq = 0
         for nid, (eff, time_note) in zip(path, times, strict=True):
-            self.times[nid] = eff
+            from_conversation = time_note.get("time_source") == "conversation"
+            self.times[nid] = None if from_conversation else eff
             msg = self.tree.nodes[nid]
             if msg is None:
                 self.skipped[
@@ -475,17 +476,42 @@ def _content(
 
 def strip_citations(text: str) -> str:
     """Remove ChatGPT citation markers: private-use spans like `\ue200cite…\ue201`, stray
-    private-use marks (`\ue203`, `\ue204`, `\ue206`...) and old `【12†source】` markers."""
+    private-use marks (`\ue203`, `\ue204`, `\ue206`...) and old `【12†source】` markers.
+
+    The space before a removed marker goes too when punctuation or a space follows it.
+    """
     if text.isascii():
         return text
     if "\ue200" in text:
-        text = _CITE_SPAN.sub("", text)
+        text = _cut_spans(text, "\ue200", "\ue201", None)
+    if "【" in text:
+        text = _cut_spans(text, "【", "】", _OLD_CITE)
     for mark in _PUA_MARKS:
         if mark in text:
             text = text.replace(mark, "")
-    if "【" in text:
-        text = _OLD_CITE.sub("", text)
     return text
+
+
+def _cut_spans(text: str, opening: str, closing: str, inner: re.Pattern[str] | None) -> str:
+    out: list[str] = []
+    done = 0
+    start = text.find(opening)
+    while start >= 0:
+        end = text.find(closing, start + 1)
+        if end < 0:
+            break
+        if inner is not None and not inner.fullmatch(text, start + 1, end):
+            start = text.find(opening, start + 1)
+            continue
+        left = text[done:start]
+        after = text[end + 1 : end + 2]
+        if not after or after.isspace() or after in _PUNCT_AFTER:
+            left = left.rstrip(" \t")
+        out.append(left)
+        done = end + 1
+        start = text.find(opening, done)
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _part(

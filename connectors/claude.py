@@ -259,7 +259,7 @@ class _Thread:
         times = running_times(path, self._raw_time, before, self.start_time)
         seq = 0
         for nid, (eff, note) in zip(path, times, strict=True):
-            self.times[nid] = eff
+            self.times[nid] = None if note.get("time_source") == "conversation" else eff
             pos, msg = self.tree.nodes[nid]
             role = _ROLES.get(msg.get("sender"))
             if role is None:

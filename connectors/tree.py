@@ -120,7 +120,9 @@ def running_times(
     A node's time is its own (`raw`), raised to the time before it when earlier (the raw
     value goes in the note as `create_time_raw`); a node without a time takes the time
     before it (`time_source: ancestor`), or `fallback` when there is none
-    (`time_source: conversation`). `before` is the effective time of the path's parent.
+    (`time_source: conversation`; the caller makes `fallback` no later than any node's own
+    time, so the result still never decreases). `before` is the effective time of the
+    path's parent, None when it had no timed ancestor.
     """
     out: list[tuple[float | None, dict[str, Any]]] = []
     for nid in path:
@@ -131,11 +133,12 @@ def running_times(
                 t = before
                 note["time_source"] = "ancestor"
             else:
-                t = fallback
+                t = fallback  # not carried on: later nodes see no timed ancestor yet
                 note["time_source"] = "conversation"
         elif before is not None and t < before:
             note["create_time_raw"] = t
             t = before
-        before = t if t is not None else before
+        if "time_source" not in note or note["time_source"] == "ancestor":
+            before = t
         out.append((t, note))
     return out

@@ -468,8 +468,8 @@ def _content(
         ]
     text = "\n".join(t for t in texts if t)
     if text:
-        text = strip_citations(text).strip()
-    if not text:
+        text = strip_citations(text)
+    if not text.strip():
         text = _placeholder(extra)
     return text, extra
 

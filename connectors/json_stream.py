@@ -12,6 +12,8 @@ Either way every element is fully validated JSON. The first malformed or truncat
 element raises `JSONStreamError` naming its index and byte offset; every element before
 it has already been yielded.
 
+Numbers follow orjson: integers beyond 64 bits come back as floats (chat exports hold none).
+
 A top-level object is also accepted when it wraps the array under a known key
 (`{"conversations": [...]}`); that rare form is read whole.
 """
@@ -32,6 +34,7 @@ MAX_ELEMENT_BYTES = 256 * 1024 * 1024
 MAX_GUESSES = 16
 """Wrong end guesses tolerated per element before the exact (slower) parser takes over."""
 SLOW_WINDOW_BYTES = 256 * 1024
+_NEAR_END = 16
 
 _CANDIDATE_END = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 _WS = b" \t\r\n"
@@ -182,33 +185,42 @@ def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, 
 
 
 def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:
-    """Parse one element exactly with the stdlib scanner, reading on while it is cut off."""
+    """Parse one element exactly with the stdlib scanner, reading on while it is cut off.
+
+    A value or an error that reaches the end of the text at hand may just be cut off by the
+    window or the buffer (a number or `true` split in two, an open string): then the window
+    grows, or more of the file is read, before the result counts.
+    """
     window = SLOW_WINDOW_BYTES
     while True:
         stop = pos + window
         text = buf.data[pos:stop].decode("utf-8", "surrogateescape")
+        more_exists = stop < len(buf.data) or not buf.eof
         try:
             value, end_char = _DECODER.raw_decode(text)
         except json.JSONDecodeError as exc:
-            cut_off = exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated")
-            if cut_off and stop < len(buf.data):
-                window *= 4
-                continue
-            if cut_off and not buf.eof:
-                if len(buf.data) - pos > MAX_ELEMENT_BYTES:
-                    raise JSONStreamError(
-                        f"element larger than {MAX_ELEMENT_BYTES // 2**20} MB or not closed",
-                        index=index,
-                        offset=buf.base + pos,
-                    ) from None
-                pos -= buf.more(pos)
-                window = max(window, len(buf.data) - pos)
-                continue
-            at = buf.base + pos + len(text[: exc.pos].encode("utf-8", "surrogateescape"))
-            what = "unexpected end of file" if cut_off else exc.msg
-            raise JSONStreamError(what, index=index, offset=at) from None
-        end = pos + len(text[:end_char].encode("utf-8", "surrogateescape"))
-        return _restore_surrogates(value), (pos, end)
+            unterminated = exc.msg.startswith("Unterminated")
+            maybe_cut = exc.pos >= len(text) - _NEAR_END or unterminated
+            if not (maybe_cut and more_exists):
+                at = buf.base + pos + len(text[: exc.pos].encode("utf-8", "surrogateescape"))
+                at_end = exc.pos >= len(text.rstrip()) or unterminated
+                what = "unexpected end of file" if at_end else exc.msg
+                raise JSONStreamError(what, index=index, offset=at) from None
+        else:
+            if end_char < len(text) - _NEAR_END or not more_exists:
+                end = pos + len(text[:end_char].encode("utf-8", "surrogateescape"))
+                return _restore_surrogates(value), (pos, end)
+        if stop < len(buf.data):
+            window *= 4
+            continue
+        if len(buf.data) - pos > MAX_ELEMENT_BYTES:
+            raise JSONStreamError(
+                f"element larger than {MAX_ELEMENT_BYTES // 2**20} MB or not closed",
+                index=index,
+                offset=buf.base + pos,
+            )
+        pos -= buf.more(pos)
+        window = max(window, len(buf.data) - pos)
 
 
 def _restore_surrogates(value: Any) -> Any:

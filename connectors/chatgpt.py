@@ -226,7 +226,7 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         yield Skipped("chatgpt:duplicate_conversation", len(mapping))
         return
     ctx.seen.add(conv_id)
-    tree = _tree(mapping)
+    tree, times = _tree(mapping)
     if tree.problem is not None:
         yield Quarantined(
             source_file,
@@ -237,23 +237,33 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         if len(mapping) > 1:
             yield Skipped("chatgpt:quarantined_conversation", len(mapping) - 1)
         return
-    skipped = _Thread(conv, conv_id, tree, ctx, source_file, index).stage()
+    skipped = _Thread(conv, conv_id, tree, times, ctx, source_file, index).stage()
     for reason, count in skipped.items():
         yield Skipped(reason, count)
 
 
-def _tree(mapping: dict[str, Any]) -> ParentTree:
-    """The mapping's tree from `parent` links; payloads are the nodes' messages (or None)."""
-    items: list[tuple[str, str | None, Any]] = []
+def _tree(mapping: dict[str, Any]) -> tuple[ParentTree, dict[str, float | None]]:
+    """The mapping's tree from `parent` links (payloads: the nodes' messages or None) and
+    each node's own message time."""
+    nodes: dict[str, Any] = {}
+    parents: dict[str, str | None] = {}
+    times: dict[str, float | None] = {}
     for nid, node in mapping.items():
-        if not isinstance(node, dict):
-            return ParentTree(problem=f"node {nid} is not a JSON object")
+        if node.__class__ is not dict:
+            return ParentTree(problem=f"node {nid} is not a JSON object"), times
         parent = node.get("parent")
-        if parent is not None and not isinstance(parent, str):
-            return ParentTree(problem=f"node {nid} has a parent that is not a string id")
+        if parent is not None and parent.__class__ is not str:
+            return ParentTree(problem=f"node {nid} has a parent that is not a string id"), times
         msg = node.get("message")
-        items.append((nid, parent, msg if isinstance(msg, dict) else None))
-    return ParentTree.build(items)
+        if msg.__class__ is dict:
+            t = msg.get("create_time")
+            times[nid] = t if t.__class__ is float and 0 < t < 1e11 else _number(t)
+        else:
+            msg = None
+            times[nid] = None
+        nodes[nid] = msg
+        parents[nid] = parent
+    return ParentTree.link(nodes, parents), times
 
 
 def _number(value: Any) -> float | None:
@@ -275,6 +285,7 @@ class _Thread:
         conv: dict[str, Any],
         conv_id: str,
         tree: ParentTree,
+        raw_times: dict[str, float | None],
         ctx: _Context,
         source_file: str,
         index: int,
@@ -282,6 +293,7 @@ class _Thread:
         self.conv = conv
         self.conv_id = conv_id
         self.tree = tree
+        self.raw_times = raw_times
         self.ctx = ctx
         self.source_file = source_file
         self.index = index
@@ -296,8 +308,7 @@ class _Thread:
         self.start_time = self._start_time()
 
     def _raw_time(self, nid: str) -> float | None:
-        msg = self.tree.nodes[nid]
-        return None if msg is None else _number(msg.get("create_time"))
+        return self.raw_times[nid]
 
     def _start_time(self) -> float | None:
         """The conversation's start: the earlier of its create_time and its first message.
@@ -305,7 +316,7 @@ class _Thread:
         Conversation-level times can be years after the messages (bulk restores), so a
         message without any timed ancestor never gets a time later than real messages.
         """
-        known = [t for t in map(self._raw_time, self.tree.nodes) if t is not None]
+        known = [t for t in self.raw_times.values() if t is not None]
         created = _number(self.conv.get("create_time"))
         if created is not None:
             known.append(created)
@@ -341,8 +352,9 @@ class _Thread:
         """Stage the visible messages of `path` (a thread or a branch); count the rest."""
         fork = self.tree.parent[path[0]]
         before = self.times.get(fork) if fork is not None else None
-        times = running_times(path, self._raw_time, before, self.start_time)
-        rows = self.ctx.rows
+        times = running_times(path, self.raw_times.__getitem__, before, self.start_time)
+        rows = self.ctx.rows.rows
+        user_id = self.ctx.user_id
         seq = 0
         for nid, (eff, time_note) in zip(path, times, strict=True):
             from_conversation = time_note.get("time_source") == "conversation"
@@ -378,18 +390,21 @@ class _Thread:
             author = msg.get("author")
             name = author.get("name") if isinstance(author, dict) else None
             rows.append(
-                source=SOURCE,
-                source_file=self.source_file,
-                source_position=f"conversations[{self.index}].mapping[{nid}]",
-                message_id=f"{SOURCE}:{self.conv_id}:{nid}",
-                conversation_id=conversation_id,
-                user_id=self.ctx.user_id,
-                role=role,
-                content=text,
-                seq=seq,
-                created_us=_micros(eff),
-                author_name=name if isinstance(name, str) and name else None,
-                metadata=orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+                (
+                    SOURCE,
+                    self.source_file,
+                    f"conversations[{self.index}].mapping[{nid}]",
+                    f"chatgpt:{self.conv_id}:{nid}",
+                    conversation_id,
+                    user_id,
+                    role,
+                    None,
+                    name if name.__class__ is str and name else None,
+                    text,
+                    None if eff is None else round(eff * 1_000_000),
+                    seq,
+                    orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+                )
             )
             seq += 1
 
@@ -444,9 +459,19 @@ def _content(
     else from `text`, `result` or string `content` (code, execution output, tool results).
     A message with assets but no text gets a short placeholder such as `[image: a.png]`.
     """
-    texts: list[str] = []
     extra: dict[str, Any] = {}
     parts = content.get("parts")
+    if (
+        parts.__class__ is list
+        and len(parts) == 1
+        and parts[0].__class__ is str
+        and not meta.get("attachments")
+    ):
+        text = parts[0]  # the common case: one plain text part, no attachments
+        if not text.isascii():
+            text = strip_citations(text)
+        return (text if text.strip() else ""), extra
+    texts: list[str] = []
     if isinstance(parts, list):
         for part in parts:
             if isinstance(part, str):

@@ -280,18 +280,22 @@ class _Thread:
             if "create_time_raw" in note:
                 note["create_time_raw"] = msg.get("created_at")
             meta.update(note)
-            self.ctx.rows.append(
-                source=SOURCE,
-                source_file=self.source_file,
-                source_position=f"conversations[{self.index}].chat_messages[{pos}]",
-                message_id=f"{SOURCE}:{self.conv_id}:{nid}",
-                conversation_id=conversation_id,
-                user_id=self.user_id,
-                role=role,
-                content=text,
-                seq=seq,
-                created_us=None if eff is None else round(eff * 1_000_000),
-                metadata=orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+            self.ctx.rows.rows.append(
+                (
+                    SOURCE,
+                    self.source_file,
+                    f"conversations[{self.index}].chat_messages[{pos}]",
+                    f"{SOURCE}:{self.conv_id}:{nid}",
+                    conversation_id,
+                    self.user_id,
+                    role,
+                    None,
+                    None,
+                    text,
+                    None if eff is None else round(eff * 1_000_000),
+                    seq,
+                    orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+                )
             )
             seq += 1
 

@@ -1,8 +1,8 @@
 """Collect staged rows column by column and hand them out as `MessageTable` events.
 
 Building one `Message` dataclass and one `datetime` per row costs more than parsing the
-JSON it came from; bulk connectors append plain values here instead (times as epoch
-microseconds) and yield a table every `ROWS_PER_TABLE` rows.
+JSON it came from; bulk connectors append plain tuples to `RowBuffer.rows` instead (times
+as epoch microseconds) and yield a table every `ROWS_PER_TABLE` rows.
 """
 
 from __future__ import annotations
@@ -24,59 +24,33 @@ def _clean(value: Any) -> Any:
     return value
 
 
+Row = tuple[
+    str, str, str, str, str, str, str, str | None, str | None, str, int | None, int, str | None
+]
+"""One row in `STAGING_SCHEMA` column order; `created_at` as epoch microseconds."""
+
+
 class RowBuffer:
-    """Column lists in `STAGING_SCHEMA` order; `created_at` holds epoch microseconds."""
+    """Rows as tuples in `STAGING_SCHEMA` order; `created_at` holds epoch microseconds."""
 
     def __init__(self, rows_per_table: int = ROWS_PER_TABLE) -> None:
         self.rows_per_table = rows_per_table
-        self._cols: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+        self.rows: list[Row] = []
 
     def __len__(self) -> int:
-        return len(self._cols["message_id"])
-
-    def append(
-        self,
-        *,
-        source: str,
-        source_file: str,
-        source_position: str,
-        message_id: str,
-        conversation_id: str,
-        user_id: str,
-        role: str,
-        content: str,
-        created_us: int | None,
-        seq: int,
-        metadata: str | None,
-        author_id: str | None = None,
-        author_name: str | None = None,
-    ) -> None:
-        """Add one row (same fields as `pipeline.models.Message`)."""
-        c = self._cols
-        c["source"].append(source)
-        c["source_file"].append(source_file)
-        c["source_position"].append(source_position)
-        c["message_id"].append(message_id)
-        c["conversation_id"].append(conversation_id)
-        c["user_id"].append(user_id)
-        c["role"].append(role)
-        c["author_id"].append(author_id)
-        c["author_name"].append(author_name)
-        c["content"].append(content)
-        c["created_at"].append(created_us)
-        c["seq"].append(seq)
-        c["metadata"].append(metadata)
+        return len(self.rows)
 
     @property
     def full(self) -> bool:
         """True when a table should be handed out now."""
-        return len(self) >= self.rows_per_table
+        return len(self.rows) >= self.rows_per_table
 
     def take(self) -> MessageTable | None:
         """The buffered rows as one table (None when empty); the buffer starts over."""
-        if not len(self):
+        if not self.rows:
             return None
-        cols, self._cols = self._cols, {c: [] for c in _COLUMNS}
+        rows, self.rows = self.rows, []
+        cols = dict(zip(_COLUMNS, zip(*rows, strict=True), strict=True))
         try:
             table = pa.Table.from_pydict(cols, schema=STAGING_SCHEMA)
         except UnicodeEncodeError:

@@ -42,18 +42,41 @@ class ParentTree:
                 tree.problem = f"node {nid} has parent {parent}, which does not exist"
                 return tree
             tree.children.setdefault(parent, []).append(nid)
-        roots = [n for n, p in tree.parent.items() if p is None]
+        tree._check_cycles([n for n, p in tree.parent.items() if p is None])
+        return tree
+
+    @classmethod
+    def link(cls, nodes: dict[str, Any], parent: dict[str, str | None]) -> ParentTree:
+        """A tree from ready `nodes` (id -> payload) and `parent` (id -> parent id or None)."""
+        tree = cls(nodes=nodes, parent=parent)
+        children = tree.children
+        roots: list[str] = []
+        for nid, p in parent.items():
+            if p is None:
+                roots.append(nid)
+            elif p in nodes:
+                if p in children:
+                    children[p].append(nid)
+                else:
+                    children[p] = [nid]
+            else:
+                tree.problem = f"node {nid} has parent {p}, which does not exist"
+                return tree
+        tree._check_cycles(roots)
+        return tree
+
+    def _check_cycles(self, roots: list[str]) -> None:
         reached = len(roots)
         stack = list(roots)
+        children = self.children
         while stack:
-            kids = tree.children.get(stack.pop())
+            kids = children.get(stack.pop())
             if kids:
                 reached += len(kids)
                 stack.extend(kids)
-        if reached != len(tree.nodes):
-            stuck = next(n for n in tree.nodes if not tree._reaches_root(n))
-            tree.problem = f"parent links form a cycle through node {stuck}"
-        return tree
+        if reached != len(self.nodes):
+            stuck = next(n for n in self.nodes if not self._reaches_root(n))
+            self.problem = f"parent links form a cycle through node {stuck}"
 
     def _reaches_root(self, nid: str) -> bool:
         cur: str | None = nid

@@ -24,6 +24,7 @@ Contract, per conversation (see docs/chatgpt-claude.md):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zipfile
 from collections import Counter
@@ -37,6 +38,7 @@ import orjson
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles
 from connectors.json_stream import JSONStreamError, iter_array
+from connectors.parallel import Handoff, read_in_two_processes
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
 from pipeline.errors import ConfigError, InputError
@@ -71,6 +73,8 @@ class Options(ConnectorOptions):
     each as its own conversation `<id>:<leaf node id>` holding the nodes after its fork."""
     include_tool_messages: bool = False
     """Stage tool outputs (role `tool`) and assistant tool calls instead of skipping them."""
+    parallel: Literal["auto", "on", "off"] = "auto"
+    """Read on two cores: `auto` does for exports of 64 MB and more on a multi-core machine."""
 
 
 @dataclass
@@ -88,27 +92,74 @@ def read(path: Path, options: Options) -> Iterator[Event]:
     """Yield events covering every node of every conversation in the export at `path`.
 
     Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
+    Big exports are read on two cores (`connectors.parallel`), unless `parallel: off`.
     """
     with ExportFiles(path) as export:
         files = conversation_files(export)
-        ctx = _Context(
-            user_id=_owner(export, options),
-            options=options,
-            asset_names=_asset_names(export),
-        )
-        for name in files:
-            if name not in export.names:
-                yield Quarantined(
-                    source_file=export.label(name),
-                    position="(whole file)",
-                    reason="chatgpt:missing_file: listed in export_manifest.json but absent "
-                    "from the export; its conversations were not read",
-                )
-                continue
-            yield from _read_file(export, name, ctx)
-        table = ctx.rows.take()
-        if table is not None:
-            yield table
+        user_id = _owner(export, options)
+        ctx = _Context(user_id=user_id, options=options, asset_names=_asset_names(export))
+        if not _two_processes(export, files, options):
+            yield from _events(export, files, ctx, handoff=None)
+            return
+    log.info("reading %s in two processes", path)
+    job = _Job(path=path, options=options.model_dump(), user_id=user_id)
+
+    def handle_raw(label: str, index: int, raw: bytes) -> Iterator[Event]:
+        yield from conversation_events(orjson.loads(raw), ctx, label, index)
+        if ctx.rows.full:
+            yield ctx.rows.take()  # type: ignore[misc]
+
+    yield from read_in_two_processes(_produce, job, handle_raw)
+    table = ctx.rows.take()
+    if table is not None:
+        yield table
+
+
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+"""With `parallel: auto`, exports whose conversation files are smaller stay in-process."""
+
+
+def _two_processes(export: ExportFiles, files: list[str], options: Options) -> bool:
+    if options.parallel != "auto":
+        return options.parallel == "on"
+    if (os.cpu_count() or 1) < 2:
+        return False
+    return sum(export.size(name) for name in files) >= PARALLEL_MIN_BYTES
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the helper process needs to read the same export (picklable)."""
+
+    path: Path
+    options: dict[str, Any]
+    user_id: str
+
+
+def _produce(job: _Job, handoff: Handoff) -> Iterator[Event]:
+    """Helper-process side: read every file, handing every other conversation over."""
+    options = Options.model_validate(job.options)
+    with ExportFiles(job.path) as export:
+        ctx = _Context(user_id=job.user_id, options=options, asset_names=_asset_names(export))
+        yield from _events(export, conversation_files(export), ctx, handoff)
+
+
+def _events(
+    export: ExportFiles, files: list[str], ctx: _Context, handoff: Handoff | None
+) -> Iterator[Event]:
+    for name in files:
+        if name not in export.names:
+            yield Quarantined(
+                source_file=export.label(name),
+                position="(whole file)",
+                reason="chatgpt:missing_file: listed in export_manifest.json but absent "
+                "from the export; its conversations were not read",
+            )
+            continue
+        yield from _read_file(export, name, ctx, handoff)
+    table = ctx.rows.take()
+    if table is not None:
+        yield table
 
 
 def conversation_files(export: ExportFiles) -> list[str]:
@@ -169,13 +220,23 @@ def _asset_names(export: ExportFiles) -> dict[str, str]:
     return names
 
 
-def _read_file(export: ExportFiles, name: str, ctx: _Context) -> Iterator[Event]:
+def _read_file(
+    export: ExportFiles, name: str, ctx: _Context, handoff: Handoff | None
+) -> Iterator[Event]:
+    """Events of one conversations file; with `handoff`, every other conversation (fresh
+    id, parsed as-is by orjson) is handed to the other process instead."""
     label = export.label(name)
     index = 0
     try:
         with export.open(name) as fh:
-            for element in iter_array(fh):
+            for element in iter_array(fh, keep_raw=handoff is not None):
                 index = element.index
+                if handoff is not None and element.raw is not None and index % 2:
+                    conv_id = _conversation_id(element.value)
+                    if conv_id is not None and conv_id not in ctx.seen:
+                        ctx.seen.add(conv_id)
+                        handoff(label, index, element.raw)
+                        continue
                 yield from conversation_events(element.value, ctx, label, index)
                 if ctx.rows.full:
                     yield ctx.rows.take()  # type: ignore[misc]
@@ -208,7 +269,7 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
             orjson.dumps(conv)[:200].decode("utf-8", "replace"),
         )
         return
-    conv_id = conv.get("id") or conv.get("conversation_id")
+    conv_id = _conversation_id(conv)
     mapping = conv.get("mapping")
     if not isinstance(conv_id, str) or not isinstance(mapping, dict):
         yield Quarantined(
@@ -240,6 +301,13 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
     skipped = _Thread(conv, conv_id, tree, times, ctx, source_file, index).stage()
     for reason, count in skipped.items():
         yield Skipped(reason, count)
+
+
+def _conversation_id(conv: Any) -> str | None:
+    if conv.__class__ is not dict:
+        return None
+    conv_id = conv.get("id") or conv.get("conversation_id")
+    return conv_id if isinstance(conv_id, str) else None
 
 
 def _tree(mapping: dict[str, Any]) -> tuple[ParentTree, dict[str, float | None]]:

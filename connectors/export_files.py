@@ -69,6 +69,15 @@ class ExportFiles:
             with (self._root / name).open("rb") as fh:
                 yield fh
 
+    def size(self, name: str) -> int:
+        """Uncompressed size of a member in bytes (0 when it does not exist)."""
+        try:
+            if self._zip is not None:
+                return self._zip.getinfo(self._prefix + name).file_size
+            return (self._root / name).stat().st_size
+        except (KeyError, OSError):
+            return 0
+
     def read_json(self, name: str) -> Any:
         """Parse a small member whole; an unreadable one is an `InputError` naming it."""
         try:

@@ -49,6 +49,8 @@ class StreamedElement:
     index: int
     offset: int
     value: Any
+    raw: bytes | None = None
+    """The element's exact bytes, when asked for (`keep_raw`) and orjson parsed them as-is."""
 
 
 class JSONStreamError(ValueError):
@@ -94,7 +96,11 @@ class _Buffer:
 
 
 def iter_array(
-    fh: IO[bytes], *, wrapper_keys: tuple[str, ...] = ("conversations",), chunk: int = CHUNK_BYTES
+    fh: IO[bytes],
+    *,
+    wrapper_keys: tuple[str, ...] = ("conversations",),
+    chunk: int = CHUNK_BYTES,
+    keep_raw: bool = False,
 ) -> Iterator[StreamedElement]:
     """Yield the elements of the JSON array in `fh` one by one (see module docstring).
 
@@ -134,8 +140,9 @@ def iter_array(
                 index=index,
                 offset=buf.base + pos,
             )
-        value, (start, pos) = _parse_element(buf, pos, index)
-        yield StreamedElement(index, buf.base + start, value)
+        value, (start, pos), exact = _parse_element(buf, pos, index)
+        raw = buf.data[start:pos] if keep_raw and not exact else None
+        yield StreamedElement(index, buf.base + start, value, raw)
         index += 1
         pos = buf.skip_ws(pos)
         sep = buf.data[pos : pos + 1]
@@ -158,8 +165,9 @@ def iter_array(
         )
 
 
-def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:
-    """Parse the element at `pos`; return it and (its start, its end) in current indexes."""
+def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int], bool]:
+    """Parse the element at `pos`: (value, (start, end) in current indexes, whether the
+    exact stdlib parser was needed)."""
     search_from = pos
     misses = 0
     if buf.data[pos : pos + 1] == b"{":
@@ -180,8 +188,9 @@ def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, 
                 misses += 1  # a nested `}, {` (or bad JSON): try the next one, then be exact
                 search_from = match.end()
                 continue
-            return value, (pos, end)
-    return _slow_parse(buf, pos, index)
+            return value, (pos, end), False
+    value, span = _slow_parse(buf, pos, index)
+    return value, span, True
 
 
 def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:

@@ -485,3 +485,35 @@ def test_cli_without_owner_exits_2_with_one_line(tmp_path: Path) -> None:
     )
     assert with_owner.exit_code == 0, with_owner.stderr
     assert json.loads(with_owner.stdout)["skipped"] == {"chatgpt:root": 1}
+
+
+# --- two processes (`parallel`) -------------------------------------------------------------
+
+
+def _truncated_export(folder: Path) -> Path:
+    data = (CLASSIC / "conversations.json").read_bytes()
+    folder.mkdir()
+    (folder / "conversations.json").write_bytes(data[: data.index(b'"Plot my expenses"')])
+    shutil.copy(CLASSIC / "user.json", folder / "user.json")
+    return folder
+
+
+def test_two_processes_stage_exactly_what_one_process_stages(tmp_path: Path) -> None:
+    duplicated = tmp_path / "dup"
+    shutil.copytree(SPLIT, duplicated)
+    shutil.copy(duplicated / "conversations-000.json", duplicated / "conversations-002.json")
+    inputs = [CLASSIC, SPLIT, duplicated, _truncated_export(tmp_path / "cut")]
+    for i, export in enumerate(inputs):
+        one, rows_one = extract(export, tmp_path / f"one{i}", parallel="off", branches="all")
+        two, rows_two = extract(export, tmp_path / f"two{i}", parallel="on", branches="all")
+        assert (two.read, two.staged, two.skipped, two.quarantined) == (
+            one.read,
+            one.staged,
+            one.skipped,
+            one.quarantined,
+        )
+        key = lambda r: r["message_id"]  # noqa: E731
+        assert sorted(rows_two, key=key) == sorted(rows_one, key=key)
+        assert list(read_quarantine(tmp_path / f"two{i}")) == list(
+            read_quarantine(tmp_path / f"one{i}")
+        )

@@ -16,11 +16,13 @@ job from stdin and writes length-prefixed frames to stdout, one tag byte each:
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -37,10 +39,62 @@ Producer = Callable[[Any, Handoff], Iterator[Event]]
 RawHandler = Callable[[str, int, bytes], Iterator[Event]]
 """Runs in the parent: turns one handed-over conversation into events."""
 
+_QUEUE_BYTES = 64 * 1024 * 1024
+"""Frames buffered on each side of the pipe, so neither process waits for the other."""
 _HEADER = struct.Struct("<QI")
 _FRAME = struct.Struct("<Q")
 _EVENTS_PER_MESSAGE = 512
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _FrameQueue:
+    """A FIFO of frames bounded by total bytes; `None` marks the end."""
+
+    def __init__(self, max_bytes: int = _QUEUE_BYTES) -> None:
+        self._items: collections.deque[bytes | None] = collections.deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._cond = threading.Condition()
+
+    def put(self, item: bytes | None) -> None:
+        size = len(item) if item is not None else 0
+        with self._cond:
+            while self._bytes and self._bytes + size > self._max:
+                self._cond.wait()
+            self._items.append(item)
+            self._bytes += size
+            self._cond.notify_all()
+
+    def get(self) -> bytes | None:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._bytes -= len(item) if item is not None else 0
+            self._cond.notify_all()
+            return item
+
+
+def _pump_frames(stream: IO[bytes], frames: _FrameQueue) -> None:
+    """Reader thread: move frames from the helper's pipe into the queue until it ends."""
+    try:
+        while (frame := _read_frame(stream)) is not None:
+            frames.put(frame)
+    except (OSError, ValueError):
+        pass  # the pipe was closed under us: treated as the end
+    finally:
+        frames.put(None)
+
+
+def _write_frames(out: IO[bytes], frames: _FrameQueue) -> None:
+    """Writer thread: move frames from the queue into the pipe until the end marker."""
+    try:
+        while (frame := frames.get()) is not None:
+            out.write(_FRAME.pack(len(frame)))
+            out.write(frame)
+        out.flush()
+    except (BrokenPipeError, ValueError):
+        pass  # the parent stopped reading
 
 
 def read_in_two_processes(
@@ -60,12 +114,17 @@ def read_in_two_processes(
         env=env,
     )
     assert helper.stdin is not None and helper.stdout is not None
+    frames = _FrameQueue()
+    pump = threading.Thread(target=_pump_frames, args=(helper.stdout, frames), daemon=True)
+    ended = False
     try:
         helper.stdin.write(pickle.dumps((producer, producer_args)))
         helper.stdin.close()
+        pump.start()
         while True:
-            message = _read_frame(helper.stdout)
+            message = frames.get()
             if message is None:
+                ended = True
                 code = helper.wait(10)
                 raise MemosError(
                     f"the helper process reading the export ended unexpectedly "
@@ -91,6 +150,9 @@ def read_in_two_processes(
         if helper.poll() is None:
             helper.kill()
             helper.wait(5)
+        if pump.is_alive() and not ended:
+            while frames.get() is not None:  # unblock the reader so it can see the end
+                pass
         helper.stdout.close()
 
 
@@ -106,11 +168,12 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
 def _helper_main(out: IO[bytes], producer: Producer, producer_args: Any) -> int:
     """The helper's work: run the producer, stream its results back as frames."""
     pending: list[tuple[Any, ...]] = []
+    frames = _FrameQueue()
+    writer_thread = threading.Thread(target=_write_frames, args=(out, frames), daemon=True)
+    writer_thread.start()
 
     def send(*parts: bytes) -> None:
-        out.write(_FRAME.pack(sum(map(len, parts))))
-        for part in parts:
-            out.write(part)
+        frames.put(b"".join(parts))
 
     def flush_events() -> None:
         if pending:
@@ -140,14 +203,13 @@ def _helper_main(out: IO[bytes], producer: Producer, producer_args: Any) -> int:
                 flush_events()
         flush_events()
         send(b"D")
-        out.flush()
         return 0
-    except BrokenPipeError:
-        return 1  # the parent stopped reading: nothing to report to
     except BaseException as exc:  # noqa: BLE001 - a process entry point reports everything
         send(b"X", f"{type(exc).__name__}: {exc}".encode())
-        out.flush()
         return 1
+    finally:
+        frames.put(None)
+        writer_thread.join()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ conversation, so 20,000 conversations are ~700 MB) into `--dir` (default: a temp
 folder, removed afterwards; never the repository), then runs each approach in its own
 child process so that each reports its own peak memory (ru_maxrss). Figures:
 - ours: `pipeline.extract.extract_source` end to end (stream, canonical thread, counts,
-  Parquet staging table), messages staged per second of wall time and of CPU time;
+  Parquet staging table), with `parallel: off` and `parallel: on` (a helper process
+  takes half the conversations); messages staged per second of wall time and of CPU time
+  (CPU of the main process only: with two processes, compare wall time);
 - naive: `json.load` of the whole file, every node into a pandas DataFrame, user and
   assistant text to Parquet (no thread reconstruction: it does less work, not more).
 The machine is shared and noisy: run it twice and compare within one run.
@@ -35,7 +37,7 @@ from pathlib import Path
 from pipeline.config import SourceConfig
 from pipeline.extract import extract_source
 import pyarrow.parquet, pandas  # imports are not part of the measured time
-src = SourceConfig(kind="chatgpt", path=Path(sys.argv[1]))
+src = SourceConfig(kind="chatgpt", path=Path(sys.argv[1]), options={"parallel": sys.argv[3]})
 wall, cpu = time.perf_counter(), time.process_time()
 stats = extract_source(src, Path(sys.argv[2]))
 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -91,19 +93,29 @@ def main() -> None:
         t = time.perf_counter()
         path = write_single(export, args.conversations)
         size = path.stat().st_size / 1e6
-        print(f"generated {args.conversations} conversations, {size:.0f} MB "
-              f"in {time.perf_counter() - t:.1f}s")
-        results = {"streamed extract (ours)": _child(OURS, str(export), str(root / "work"))}
+        print(
+            f"generated {args.conversations} conversations, {size:.0f} MB "
+            f"in {time.perf_counter() - t:.1f}s"
+        )
+        results = {
+            "ours, one process": _child(OURS, str(export), str(root / "work1"), "off"),
+            "ours, two processes": _child(OURS, str(export), str(root / "work2"), "on"),
+        }
         if not args.no_naive:
             results["json.load + pandas"] = _child(NAIVE, str(path), str(root / "naive.parquet"))
-        print(f"{'approach':<26}{'staged':>9}{'wall s':>8}{'msg/s wall':>12}"
-              f"{'msg/s cpu':>11}{'MB/s':>7}{'peak MB':>9}")
+        print(
+            f"{'approach':<26}{'staged':>9}{'wall s':>8}{'msg/s wall':>12}"
+            f"{'msg/s cpu':>11}{'MB/s':>7}{'peak MB':>9}"
+        )
         for name, r in results.items():
-            print(f"{name:<26}{int(r['staged']):>9}{r['wall']:>8.2f}"
-                  f"{r['staged'] / r['wall']:>12,.0f}{r['staged'] / r['cpu']:>11,.0f}"
-                  f"{size / r['wall']:>7.0f}{r['rss_mb']:>9.0f}")
-        ours = results["streamed extract (ours)"]
-        print(f"ours: read {int(ours['read'])} nodes, counts balanced: {ours['balanced']}")
+            print(
+                f"{name:<26}{int(r['staged']):>9}{r['wall']:>8.2f}"
+                f"{r['staged'] / r['wall']:>12,.0f}{r['staged'] / r['cpu']:>11,.0f}"
+                f"{size / r['wall']:>7.0f}{r['rss_mb']:>9.0f}"
+            )
+        for name in ("ours, one process", "ours, two processes"):
+            ours = results[name]
+            print(f"{name}: read {int(ours['read'])} nodes, counts balanced: {ours['balanced']}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.config import SourceConfig
@@ -517,3 +520,27 @@ def test_two_processes_stage_exactly_what_one_process_stages(tmp_path: Path) -> 
         assert list(read_quarantine(tmp_path / f"two{i}")) == list(
             read_quarantine(tmp_path / f"one{i}")
         )
+
+
+# --- any text survives --------------------------------------------------------------------
+
+_VISIBLE_TEXT = st.text(
+    alphabet=st.characters(
+        blacklist_categories=("Cs", "Co"),  # no surrogates; private use = citation marks
+        blacklist_characters="【",
+    ),
+    min_size=1,
+).filter(lambda s: s.strip() != "")
+
+
+@settings(max_examples=25, deadline=None)
+@given(texts=st.lists(_VISIBLE_TEXT, min_size=1, max_size=4))
+def test_any_text_survives_to_parquet(texts: list[str]) -> None:
+    nodes = [node("root", None)]
+    for i, text in enumerate(texts):
+        nodes.append(node(f"n{i}", nodes[-1]["id"], ("user", "assistant")[i % 2], text, 1.7e9))
+    with tempfile.TemporaryDirectory() as tmp:
+        export = write_export(Path(tmp) / "e", [conversation("c", nodes, nodes[-1]["id"])])
+        stats, rows = extract(export, Path(tmp) / "w")
+    assert [r["content"] for r in rows] == texts
+    assert stats.skipped == {"chatgpt:root": 1}

@@ -41,7 +41,7 @@ class _Gen:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.long = _paragraphs(self.rng, 64, 310)
+        self.long = _paragraphs(self.rng, 64, 326)
         self.short = _paragraphs(self.rng, 64, 25)
 
     def _id(self) -> str:

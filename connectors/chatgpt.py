@@ -137,10 +137,15 @@ class _Job:
 
 
 def _produce(job: _Job, handoff: Handoff) -> Iterator[Event]:
-    """Helper-process side: read every file, handing every other conversation over."""
+    """Helper-process side: read every file, handing conversations over while it can."""
     options = Options.model_validate(job.options)
     with ExportFiles(job.path) as export:
-        ctx = _Context(user_id=job.user_id, options=options, asset_names=_asset_names(export))
+        ctx = _Context(
+            user_id=job.user_id,
+            options=options,
+            asset_names=_asset_names(export),
+            rows=RowBuffer(rows_per_table=4096),  # small frames keep the backlog signal smooth
+        )
         yield from _events(export, conversation_files(export), ctx, handoff)
 
 
@@ -223,19 +228,22 @@ def _asset_names(export: ExportFiles) -> dict[str, str]:
 def _read_file(
     export: ExportFiles, name: str, ctx: _Context, handoff: Handoff | None
 ) -> Iterator[Event]:
-    """Events of one conversations file; with `handoff`, every other conversation (fresh
-    id, parsed as-is by orjson) is handed to the other process instead."""
+    """Events of one conversations file; with `handoff`, conversations (with a fresh id,
+    parsed as-is by orjson) are offered to the other process first."""
     label = export.label(name)
     index = 0
     try:
         with export.open(name) as fh:
             for element in iter_array(fh, keep_raw=handoff is not None):
                 index = element.index
-                if handoff is not None and element.raw is not None and index % 2:
-                    conv_id = _conversation_id(element.value)
-                    if conv_id is not None and conv_id not in ctx.seen:
-                        ctx.seen.add(conv_id)
-                        handoff(label, index, element.raw)
+                if handoff is not None and element.raw is not None:
+                    cid = _conversation_id(element.value)
+                    if (
+                        cid is not None
+                        and cid not in ctx.seen
+                        and handoff(label, index, element.raw)
+                    ):
+                        ctx.seen.add(cid)
                         continue
                 yield from conversation_events(element.value, ctx, label, index)
                 if ctx.rows.full:

@@ -1,10 +1,12 @@
-"""Read a big export on two CPU cores: a helper process streams the file, stages half of
-the conversations itself and hands the raw bytes of the other half to this process.
+"""Read a big export on two CPU cores: a helper process streams the file, stages some
+conversations itself and hands the raw bytes of the others to this process.
 
 Parsing and shaping conversations is pure-Python work bound to one core; Parquet writing
-runs in this process. Splitting the conversations between the two processes roughly
-doubles throughput on a 2-core machine, while the helper keeps the single reading pass
-(so streaming, byte offsets and "earlier conversations are kept" all still hold).
+runs in this process. The helper hands over a fixed share of the conversations
+(`HANDOFF_SHARE`, deterministic). It keeps the single reading pass, so streaming, byte
+offsets and "earlier conversations are kept" all still hold; which process stages a
+conversation never changes what is staged. Neither side uses threads (a reader thread
+would fight the busy main thread for the GIL); a 1 MB pipe lets the helper run ahead.
 
 The helper is `python -m connectors.parallel`, started with `subprocess` (not
 `multiprocessing`, which would re-import the caller's main module). It reads one pickled
@@ -16,13 +18,13 @@ job from stdin and writes length-prefixed frames to stdout, one tag byte each:
 
 from __future__ import annotations
 
-import collections
+import contextlib
+import fcntl
 import os
 import pickle
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -32,69 +34,28 @@ import pyarrow as pa
 from pipeline.errors import MemosError
 from pipeline.models import Event, Message, MessageTable, Quarantined, Skipped
 
-Handoff = Callable[[str, int, bytes], None]
-"""Give one conversation away: (source_file label, index in that file, its raw JSON)."""
+Handoff = Callable[[str, int, bytes], bool]
+"""Offer one conversation (source_file label, index in that file, its raw JSON) to the
+parent; False means the parent is busy and the helper should process it itself."""
 Producer = Callable[[Any, Handoff], Iterator[Event]]
 """Runs in the helper: yields events, and hands some conversations to the parent."""
 RawHandler = Callable[[str, int, bytes], Iterator[Event]]
 """Runs in the parent: turns one handed-over conversation into events."""
 
-_QUEUE_BYTES = 64 * 1024 * 1024
-"""Frames buffered on each side of the pipe, so neither process waits for the other."""
+_PIPE_BYTES = 1024 * 1024
+HANDOFF_SHARE = float(os.environ.get("MEMOS_ETL_HANDOFF_SHARE", "0.6"))
+"""Share of the conversations the helper hands to the parent: the parent also writes the
+Parquet table, the helper also parses every conversation once to find its end."""
 _HEADER = struct.Struct("<QI")
 _FRAME = struct.Struct("<Q")
 _EVENTS_PER_MESSAGE = 512
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class _FrameQueue:
-    """A FIFO of frames bounded by total bytes; `None` marks the end."""
-
-    def __init__(self, max_bytes: int = _QUEUE_BYTES) -> None:
-        self._items: collections.deque[bytes | None] = collections.deque()
-        self._bytes = 0
-        self._max = max_bytes
-        self._cond = threading.Condition()
-
-    def put(self, item: bytes | None) -> None:
-        size = len(item) if item is not None else 0
-        with self._cond:
-            while self._bytes and self._bytes + size > self._max:
-                self._cond.wait()
-            self._items.append(item)
-            self._bytes += size
-            self._cond.notify_all()
-
-    def get(self) -> bytes | None:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item = self._items.popleft()
-            self._bytes -= len(item) if item is not None else 0
-            self._cond.notify_all()
-            return item
-
-
-def _pump_frames(stream: IO[bytes], frames: _FrameQueue) -> None:
-    """Reader thread: move frames from the helper's pipe into the queue until it ends."""
-    try:
-        while (frame := _read_frame(stream)) is not None:
-            frames.put(frame)
-    except (OSError, ValueError):
-        pass  # the pipe was closed under us: treated as the end
-    finally:
-        frames.put(None)
-
-
-def _write_frames(out: IO[bytes], frames: _FrameQueue) -> None:
-    """Writer thread: move frames from the queue into the pipe until the end marker."""
-    try:
-        while (frame := frames.get()) is not None:
-            out.write(_FRAME.pack(len(frame)))
-            out.write(frame)
-        out.flush()
-    except (BrokenPipeError, ValueError):
-        pass  # the parent stopped reading
+def _widen_pipe(stream: IO[bytes]) -> None:
+    """Ask Linux for a 1 MB pipe buffer (default 64 KB), so the helper can run ahead."""
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
 
 
 def read_in_two_processes(
@@ -114,17 +75,13 @@ def read_in_two_processes(
         env=env,
     )
     assert helper.stdin is not None and helper.stdout is not None
-    frames = _FrameQueue()
-    pump = threading.Thread(target=_pump_frames, args=(helper.stdout, frames), daemon=True)
-    ended = False
+    _widen_pipe(helper.stdout)
     try:
         helper.stdin.write(pickle.dumps((producer, producer_args)))
         helper.stdin.close()
-        pump.start()
         while True:
-            message = frames.get()
+            message = _read_frame(helper.stdout)
             if message is None:
-                ended = True
                 code = helper.wait(10)
                 raise MemosError(
                     f"the helper process reading the export ended unexpectedly "
@@ -150,9 +107,6 @@ def read_in_two_processes(
         if helper.poll() is None:
             helper.kill()
             helper.wait(5)
-        if pump.is_alive() and not ended:
-            while frames.get() is not None:  # unblock the reader so it can see the end
-                pass
         helper.stdout.close()
 
 
@@ -168,21 +122,27 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
 def _helper_main(out: IO[bytes], producer: Producer, producer_args: Any) -> int:
     """The helper's work: run the producer, stream its results back as frames."""
     pending: list[tuple[Any, ...]] = []
-    frames = _FrameQueue()
-    writer_thread = threading.Thread(target=_write_frames, args=(out, frames), daemon=True)
-    writer_thread.start()
 
     def send(*parts: bytes) -> None:
-        frames.put(b"".join(parts))
+        out.write(_FRAME.pack(sum(map(len, parts))))
+        for part in parts:
+            out.write(part)
 
     def flush_events() -> None:
         if pending:
             send(b"E", pickle.dumps(pending, protocol=pickle.HIGHEST_PROTOCOL))
             pending.clear()
 
-    def handoff(label: str, index: int, raw: bytes) -> None:
+    offered = [0, 0]  # conversations offered, conversations handed over
+
+    def handoff(label: str, index: int, raw: bytes) -> bool:
+        offered[0] += 1
+        if offered[1] >= offered[0] * HANDOFF_SHARE:
+            return False
+        offered[1] += 1
         encoded = label.encode("utf-8")
         send(b"R", _HEADER.pack(index, len(encoded)), encoded, raw)
+        return True
 
     try:
         for event in producer(producer_args, handoff):
@@ -208,8 +168,8 @@ def _helper_main(out: IO[bytes], producer: Producer, producer_args: Any) -> int:
         send(b"X", f"{type(exc).__name__}: {exc}".encode())
         return 1
     finally:
-        frames.put(None)
-        writer_thread.join()
+        with contextlib.suppress(OSError):
+            out.flush()
 
 
 if __name__ == "__main__":

@@ -73,8 +73,10 @@ class Options(ConnectorOptions):
     each as its own conversation `<id>:<leaf node id>` holding the nodes after its fork."""
     include_tool_messages: bool = False
     """Stage tool outputs (role `tool`) and assistant tool calls instead of skipping them."""
-    parallel: Literal["auto", "on", "off"] = "auto"
-    """Read on two cores: `auto` does for exports of 64 MB and more on a multi-core machine."""
+    parallel: Literal["auto", "on", "off"] = "off"
+    """`on`: read in two processes (see connectors/parallel.py); `auto`: only for exports of
+    64 MB and more on a multi-core machine. Off by default: it costs about 50% more CPU in
+    total, so it only pays off when a second core is otherwise idle."""
 
 
 @dataclass
@@ -431,10 +433,24 @@ class _Thread:
         times = running_times(path, self.raw_times.__getitem__, before, self.start_time)
         rows = self.ctx.rows.rows
         user_id = self.ctx.user_id
+        source_file = self.source_file
+        position = f"conversations[{self.index}].mapping["
+        id_prefix = f"{SOURCE}:{self.conv_id}:"
+        track = self.ctx.options.branches == "all"
+        base: dict[str, Any] = {}
+        if self.title is not None:
+            base["title"] = self.title
+        if self.gizmo_id is not None:
+            base["gizmo_id"] = self.gizmo_id
+        if branched:
+            base["branch_of"] = self.conv_id
         seq = 0
         for nid, (eff, time_note) in zip(path, times, strict=True):
-            from_conversation = time_note.get("time_source") == "conversation"
-            self.times[nid] = None if from_conversation else eff
+            if track:  # fork times, for the branches after this one
+                from_start = (
+                    time_note is not None and time_note.get("time_source") == "conversation"
+                )
+                self.times[nid] = None if from_start else eff
             msg = self.tree.nodes[nid]
             if msg is None:
                 self.skipped[
@@ -445,37 +461,29 @@ class _Thread:
             if isinstance(shaped, str):
                 self.skipped[shaped] += 1
                 continue
-            role, text, extra = shaped
-            meta: dict[str, Any] = {"node_id": nid}
-            if self.title is not None:
-                meta["title"] = self.title
-            msg_meta = msg.get("metadata")
-            model = msg_meta.get("model_slug") if isinstance(msg_meta, dict) else None
-            if not isinstance(model, str) and role == "assistant":
+            role, text, extra, model, name = shaped
+            meta = {"node_id": nid, **base}
+            if model is None and role == "assistant":
                 model = self.default_model
-            if isinstance(model, str):
+            if model is not None:
                 meta["model"] = model
-            if self.gizmo_id is not None:
-                meta["gizmo_id"] = self.gizmo_id
-            if branched:
-                meta["branch_of"] = self.conv_id
-                if seq == 0:
-                    meta["fork_parent"] = fork
-            meta.update(extra)
-            meta.update(time_note)
-            author = msg.get("author")
-            name = author.get("name") if isinstance(author, dict) else None
+            if branched and seq == 0:
+                meta["fork_parent"] = fork
+            if extra:
+                meta.update(extra)
+            if time_note is not None:
+                meta.update(time_note)
             rows.append(
                 (
                     SOURCE,
-                    self.source_file,
-                    f"conversations[{self.index}].mapping[{nid}]",
-                    f"chatgpt:{self.conv_id}:{nid}",
+                    source_file,
+                    position + nid + "]",
+                    id_prefix + nid,
                     conversation_id,
                     user_id,
                     role,
                     None,
-                    name if name.__class__ is str and name else None,
+                    name,
                     text,
                     None if eff is None else round(eff * 1_000_000),
                     seq,
@@ -485,8 +493,13 @@ class _Thread:
             seq += 1
 
 
-def _shape(msg: dict[str, Any], ctx: _Context) -> tuple[str, str, dict[str, Any]] | str:
-    """(role, text, metadata) of a visible message, or the reason it is skipped."""
+_Shaped = tuple[str, str, dict[str, Any], str | None, str | None]
+"""role, text, extra metadata, model slug, author name."""
+
+
+def _shape(msg: dict[str, Any], ctx: _Context) -> _Shaped | str:
+    """(role, text, metadata, model, author name) of a visible message, or the reason it
+    is skipped."""
     author = msg.get("author")
     role = author.get("role") if isinstance(author, dict) else None
     content = msg.get("content")
@@ -523,7 +536,15 @@ def _shape(msg: dict[str, Any], ctx: _Context) -> tuple[str, str, dict[str, Any]
         extra["content_type"] = ctype
     if tool_call:
         extra["recipient"] = recipient
-    return ("tool" if tool_output or role not in ("user", "assistant") else str(role), text, extra)
+    model = meta.get("model_slug")
+    name = author.get("name") if isinstance(author, dict) else None
+    return (
+        "tool" if tool_output or role not in ("user", "assistant") else str(role),
+        text,
+        extra,
+        model if model.__class__ is str else None,
+        name if name.__class__ is str and name else None,
+    )
 
 
 def _content(

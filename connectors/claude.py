@@ -259,7 +259,8 @@ class _Thread:
         times = running_times(path, self._raw_time, before, self.start_time)
         seq = 0
         for nid, (eff, note) in zip(path, times, strict=True):
-            self.times[nid] = None if note.get("time_source") == "conversation" else eff
+            from_start = note is not None and note.get("time_source") == "conversation"
+            self.times[nid] = None if from_start else eff
             pos, msg = self.tree.nodes[nid]
             role = _ROLES.get(msg.get("sender"))
             if role is None:
@@ -277,9 +278,10 @@ class _Thread:
                 if seq == 0:
                     meta["fork_parent"] = fork
             meta.update(extra)
-            if "create_time_raw" in note:
-                note["create_time_raw"] = msg.get("created_at")
-            meta.update(note)
+            if note is not None:
+                if "create_time_raw" in note:
+                    note["create_time_raw"] = msg.get("created_at")
+                meta.update(note)
             self.ctx.rows.rows.append(
                 (
                     SOURCE,

@@ -137,7 +137,7 @@ def running_times(
     raw: Callable[[str], float | None],
     before: float | None,
     fallback: float | None,
-) -> list[tuple[float | None, dict[str, Any]]]:
+) -> list[tuple[float | None, dict[str, Any] | None]]:
     """Effective times along `path` that never decrease, with notes on adjusted ones.
 
     A node's time is its own (`raw`), raised to the time before it when earlier (the raw
@@ -145,23 +145,20 @@ def running_times(
     before it (`time_source: ancestor`), or `fallback` when there is none
     (`time_source: conversation`; the caller makes `fallback` no later than any node's own
     time, so the result still never decreases). `before` is the effective time of the
-    path's parent, None when it had no timed ancestor.
+    path's parent, None when it had no timed ancestor. The note is None when the node's own
+    time was used as-is.
     """
-    out: list[tuple[float | None, dict[str, Any]]] = []
+    out: list[tuple[float | None, dict[str, Any] | None]] = []
     for nid in path:
         t = raw(nid)
-        note: dict[str, Any] = {}
         if t is None:
             if before is not None:
-                t = before
-                note["time_source"] = "ancestor"
-            else:
-                t = fallback  # not carried on: later nodes see no timed ancestor yet
-                note["time_source"] = "conversation"
+                out.append((before, {"time_source": "ancestor"}))
+            else:  # not carried on: later nodes still have no timed ancestor
+                out.append((fallback, {"time_source": "conversation"}))
         elif before is not None and t < before:
-            note["create_time_raw"] = t
-            t = before
-        if "time_source" not in note or note["time_source"] == "ancestor":
+            out.append((before, {"create_time_raw": t}))
+        else:
+            out.append((t, None))
             before = t
-        out.append((t, note))
     return out

@@ -73,6 +73,9 @@ class Options(ConnectorOptions):
     each as its own conversation `<id>:<leaf node id>` holding the nodes after its fork."""
     include_tool_messages: bool = False
     """Stage tool outputs (role `tool`) and assistant tool calls instead of skipping them."""
+    owner_from_export: bool = True
+    """Memory owner: the id in user.json when present (the configured `user_id` is the
+    fallback); false: always the configured `user_id`."""
     parallel: Literal["auto", "on", "off"] = "off"
     """`on`: read in two processes (see connectors/parallel.py); `auto`: only for exports of
     64 MB and more on a multi-core machine. Off by default: it costs about 50% more CPU in
@@ -198,13 +201,20 @@ def _manifest_files(export: ExportFiles) -> list[str]:
 
 
 def _owner(export: ExportFiles, options: Options) -> str:
-    """The configured user_id, else the `id` in user.json; neither is a `ConfigError`."""
-    if options.user_id:
-        return options.user_id
-    if "user.json" in export.names:
+    """The `id` in user.json (unless `owner_from_export: false`), else the configured
+    user_id; neither is a `ConfigError`."""
+    if options.owner_from_export and "user.json" in export.names:
         user = export.read_json("user.json")
         if isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]:
+            if options.user_id and options.user_id != user["id"]:
+                log.info(
+                    "owner of %s: %s from user.json (not the configured user_id)",
+                    export.path,
+                    user["id"],
+                )
             return str(user["id"])
+    if options.user_id:
+        return options.user_id
     raise ConfigError(
         f"{export.path}: no user.json with an `id` in this ChatGPT export; set `user_id` "
         "for this source in the config (or pass --user-id)"

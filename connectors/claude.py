@@ -47,6 +47,9 @@ class Options(ConnectorOptions):
     branches: Literal["current", "all"] = "current"
     """`current`: only the branch ending at the newest message. `all`: also every other
     branch, each as its own conversation `<uuid>:<leaf message uuid>`."""
+    owner_from_export: bool = True
+    """Memory owner: each conversation's `account.uuid`, else the single user in users.json,
+    else the configured `user_id`; false: always the configured `user_id`."""
     include_attachment_text: bool = False
     """Append the text Claude extracted from attached files to the message content."""
 
@@ -97,10 +100,9 @@ def read(path: Path, options: Options) -> Iterator[Event]:
 
 
 def _default_user(export: ExportFiles, options: Options) -> str | None:
-    """The configured user_id, else the single account in users.json (None if unknown)."""
-    if options.user_id:
-        return options.user_id
-    if "users.json" in export.names:
+    """The single account in users.json (unless `owner_from_export: false`), else the
+    configured user_id; None if neither is known."""
+    if options.owner_from_export and "users.json" in export.names:
         users = export.read_json("users.json")
         if isinstance(users, dict):
             users = [users]
@@ -109,15 +111,15 @@ def _default_user(export: ExportFiles, options: Options) -> str | None:
             ids.discard(None)
             if len(ids) == 1:
                 return str(ids.pop())
-    return None
+    return options.user_id
 
 
 def _owner(conv: dict[str, Any], ctx: _Context, source_file: str) -> str:
-    if ctx.options.user_id:
-        return ctx.options.user_id
-    account = conv.get("account")
-    if isinstance(account, dict) and isinstance(account.get("uuid"), str) and account["uuid"]:
-        return str(account["uuid"])
+    """The conversation's `account.uuid`, else users.json, else the configured user_id."""
+    if ctx.options.owner_from_export:
+        account = conv.get("account")
+        if isinstance(account, dict) and isinstance(account.get("uuid"), str) and account["uuid"]:
+            return str(account["uuid"])
     if ctx.default_user is not None:
         return ctx.default_user
     raise ConfigError(

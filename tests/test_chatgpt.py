@@ -328,9 +328,14 @@ def test_duplicate_conversation_across_shards_is_loaded_once(tmp_path: Path) -> 
 # --- owner ----------------------------------------------------------------------------------
 
 
-def test_configured_user_id_overrides_user_json(tmp_path: Path) -> None:
-    _, rows = extract(CLASSIC, tmp_path, user_id="alice")
+def test_user_json_names_the_owner_and_config_is_the_fallback(tmp_path: Path) -> None:
+    _, rows = extract(CLASSIC, tmp_path / "a", user_id="alice")
+    assert {r["user_id"] for r in rows} == {"user-SampleOwner0000000001"}
+    _, rows = extract(CLASSIC, tmp_path / "b", user_id="alice", owner_from_export=False)
     assert {r["user_id"] for r in rows} == {"alice"}
+    export = write_export(tmp_path / "e", [conversation("x", [node("r", None)], "r")], None)
+    stats, _ = extract(export, tmp_path / "c", user_id="bob")
+    assert stats.skipped == {"chatgpt:root": 1}
 
 
 def test_no_owner_anywhere_is_a_config_error(tmp_path: Path) -> None:

@@ -158,6 +158,8 @@ def test_attachment_text_on_request(tmp_path: Path) -> None:
 
 def test_owner_precedence(tmp_path: Path) -> None:
     _, rows = extract(SAMPLE, tmp_path / "a", user_id="alice")
+    assert {r["user_id"] for r in rows} == {ACCOUNT}  # the export names its owner
+    _, rows = extract(SAMPLE, tmp_path / "o", user_id="alice", owner_from_export=False)
     assert {r["user_id"] for r in rows} == {"alice"}
     no_account = {
         "uuid": "k",
@@ -170,6 +172,8 @@ def test_owner_precedence(tmp_path: Path) -> None:
     (export / "users.json").unlink()
     with pytest.raises(ConfigError, match="user_id"):
         extract(export, tmp_path / "c")
+    _, rows = extract(export, tmp_path / "d", user_id="carol")
+    assert {r["user_id"] for r in rows} == {"carol"}
 
 
 def test_broken_tree_and_truncated_file(tmp_path: Path) -> None:

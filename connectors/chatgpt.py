@@ -1,4 +1,4 @@
-"""ChatGPT data export -> the conversations the user actually saw, one message per event.
+"""ChatGPT data export -> the conversations the user actually saw, as staging rows.
 
 Input: the export ZIP, its unpacked folder, or a bare `conversations.json` /
 `conversations-NNN.json`. Both layouts are read: the classic single `conversations.json`
@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,7 +98,8 @@ def read(path: Path, options: Options) -> Iterator[Event]:
     """Yield events covering every node of every conversation in the export at `path`.
 
     Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
-    Big exports are read on two cores (`connectors.parallel`), unless `parallel: off`.
+    With `parallel: on` (or `auto` and a big export) two processes share the work
+    (`connectors.parallel`); what is staged is the same either way.
     """
     with ExportFiles(path) as export:
         files = conversation_files(export)
@@ -111,8 +113,8 @@ def read(path: Path, options: Options) -> Iterator[Event]:
 
     def handle_raw(label: str, index: int, raw: bytes) -> Iterator[Event]:
         yield from conversation_events(orjson.loads(raw), ctx, label, index)
-        if ctx.rows.full:
-            yield ctx.rows.take()  # type: ignore[misc]
+        if ctx.rows.full and (table := ctx.rows.take()) is not None:
+            yield table
 
     yield from read_in_two_processes(_produce, job, handle_raw)
     table = ctx.rows.take()
@@ -142,14 +144,14 @@ class _Job:
 
 
 def _produce(job: _Job, handoff: Handoff) -> Iterator[Event]:
-    """Helper-process side: read every file, handing conversations over while it can."""
+    """Helper-process side: read every file, handing a share of the conversations over."""
     options = Options.model_validate(job.options)
     with ExportFiles(job.path) as export:
         ctx = _Context(
             user_id=job.user_id,
             options=options,
             asset_names=_asset_names(export),
-            rows=RowBuffer(rows_per_table=4096),  # small frames keep the backlog signal smooth
+            rows=RowBuffer(rows_per_table=4096),  # smaller frames keep the pipe flowing
         )
         yield from _events(export, conversation_files(export), ctx, handoff)
 
@@ -258,8 +260,8 @@ def _read_file(
                         ctx.seen.add(cid)
                         continue
                 yield from conversation_events(element.value, ctx, label, index)
-                if ctx.rows.full:
-                    yield ctx.rows.take()  # type: ignore[misc]
+                if ctx.rows.full and (table := ctx.rows.take()) is not None:
+                    yield table
     except JSONStreamError as exc:
         yield Quarantined(
             source_file=label,
@@ -267,7 +269,7 @@ def _read_file(
             reason=f"chatgpt:malformed_json: {exc}; conversations from here to the end "
             "of this file were not read",
         )
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         yield Quarantined(
             source_file=label,
             position=f"after conversation #{index}",
@@ -286,7 +288,7 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
             source_file,
             where,
             "chatgpt:not_a_conversation: not a JSON object",
-            orjson.dumps(conv)[:200].decode("utf-8", "replace"),
+            repr(conv)[:200],
         )
         return
     conv_id = _conversation_id(conv)

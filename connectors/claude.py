@@ -18,6 +18,7 @@ conversation. Contract (see docs/chatgpt-claude.md):
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,8 +80,8 @@ def read(path: Path, options: Options) -> Iterator[Event]:
                 for element in iter_array(fh):
                     index = element.index
                     yield from conversation_events(element.value, ctx, label, index)
-                    if ctx.rows.full:
-                        yield ctx.rows.take()  # type: ignore[misc]
+                    if ctx.rows.full and (table := ctx.rows.take()) is not None:
+                        yield table
         except JSONStreamError as exc:
             yield Quarantined(
                 source_file=label,
@@ -88,7 +89,7 @@ def read(path: Path, options: Options) -> Iterator[Event]:
                 reason=f"claude:malformed_json: {exc}; conversations from here to the end "
                 "of this file were not read",
             )
-        except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
             yield Quarantined(
                 source_file=label,
                 position=f"after conversation #{index}",
@@ -155,7 +156,7 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
             source_file,
             where,
             "claude:not_a_conversation: no string `uuid` or no `chat_messages` list",
-            orjson.dumps(conv)[:200].decode("utf-8", "replace"),
+            repr(conv)[:200],
         )
         return
     where = f"{where} (uuid {conv_id})"

@@ -45,6 +45,11 @@ class ExportFiles:
             self._prefix = _common_folder(members)
             self.names = sorted(m[len(self._prefix) :] for m in members)
             self._root = path
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            raise InputError(
+                f"{path}: not a readable ZIP file (truncated or corrupt?); download the "
+                "export again, or unpack it and pass the folder"
+            )
         elif path.is_file():
             self._root = path.parent
             self.single_file = path.name

@@ -433,6 +433,28 @@ def test_non_conversation_elements_are_quarantined(tmp_path: Path) -> None:
     assert stats.skipped == {"chatgpt:root": 1}
 
 
+def test_corrupt_zip_member_is_quarantined_and_cut_zip_is_an_input_error(
+    tmp_path: Path,
+) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in CLASSIC.iterdir():
+            zf.write(f, f.name)
+    data = archive.read_bytes()
+    at = data.index(b"conversations.json") + 200  # inside the member's compressed data
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(data[:at] + bytes(64) + data[at + 64 :])
+    stats, rows = extract(corrupt, tmp_path / "w")
+    [entry] = list(read_quarantine(tmp_path / "w"))
+    assert entry["source_file"] == f"{corrupt}:conversations.json"
+    assert entry["reason"].startswith("chatgpt:unreadable_file")
+    assert stats.quarantined == 1
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="not a readable ZIP"):
+        extract(cut, tmp_path / "w2")
+
+
 def test_odd_parts_and_unknown_content_types_do_not_crash(tmp_path: Path) -> None:
     r = node("r", None)
     u = node("u", "r", "user", "", 1.7e9)

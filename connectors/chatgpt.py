@@ -579,7 +579,7 @@ def _content(
         text = parts[0]  # the common case: one plain text part, no attachments
         if not text.isascii():
             text = strip_citations(text)
-        return (text if text.strip() else ""), extra
+        return ("" if not text or text.isspace() else text), extra
     texts: list[str] = []
     if isinstance(parts, list):
         for part in parts:
@@ -603,7 +603,7 @@ def _content(
     text = "\n".join(t for t in texts if t)
     if text:
         text = strip_citations(text)
-    if not text.strip():
+    if not text or text.isspace():
         text = _placeholder(extra)
     return text, extra
 
@@ -620,6 +620,8 @@ def strip_citations(text: str) -> str:
         text = _cut_spans(text, "\ue200", "\ue201", None)
     if "【" in text:
         text = _cut_spans(text, "【", "】", _OLD_CITE)
+    if text.isascii():  # cutting usually removed the only non-ASCII characters
+        return text
     for mark in _PUA_MARKS:
         if mark in text:
             text = text.replace(mark, "")

@@ -616,22 +616,29 @@ def strip_citations(text: str) -> str:
     """
     if text.isascii():
         return text
-    if "\ue200" in text:
-        text = _cut_spans(text, "\ue200", "\ue201", None)
-    if "【" in text:
-        text = _cut_spans(text, "【", "】", _OLD_CITE)
-    if text.isascii():  # cutting usually removed the only non-ASCII characters
-        return text
+    start = text.find("\ue200")
+    if start >= 0:
+        text = _cut_spans(text, "\ue200", "\ue201", None, start)
+        if text.isascii():  # cutting usually removed the only non-ASCII characters
+            return text
+    start = text.find("【")
+    if start >= 0:
+        text = _cut_spans(text, "【", "】", _OLD_CITE, start)
+        if text.isascii():
+            return text
     for mark in _PUA_MARKS:
         if mark in text:
             text = text.replace(mark, "")
     return text
 
 
-def _cut_spans(text: str, opening: str, closing: str, inner: re.Pattern[str] | None) -> str:
+def _cut_spans(
+    text: str, opening: str, closing: str, inner: re.Pattern[str] | None, start: int
+) -> str:
+    """`text` without the `opening`…`closing` spans (whose inside matches `inner`), the
+    first of which opens at `start`."""
     out: list[str] = []
     done = 0
-    start = text.find(opening)
     while start >= 0:
         end = text.find(closing, start + 1)
         if end < 0:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from pydantic import field_validator
 
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles
@@ -79,8 +80,16 @@ class Options(ConnectorOptions):
     fallback); false: always the configured `user_id`."""
     parallel: Literal["auto", "on", "off"] = "off"
     """`on`: read in two processes (see connectors/parallel.py); `auto`: only for exports of
-    64 MB and more on a multi-core machine. Off by default: it costs about 50% more CPU in
+    64 MB and more on a multi-core machine. Off by default: it costs about 60% more CPU in
     total, so it only pays off when a second core is otherwise idle."""
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare `on`/`off` as true/false: accept those as meant."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 @dataclass

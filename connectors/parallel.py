@@ -43,7 +43,7 @@ RawHandler = Callable[[str, int, bytes], Iterator[Event]]
 """Runs in the parent: turns one handed-over conversation into events."""
 
 _PIPE_BYTES = 1024 * 1024
-HANDOFF_SHARE = float(os.environ.get("MEMOS_ETL_HANDOFF_SHARE", "0.6"))
+HANDOFF_SHARE = 0.6
 """Share of the conversations the helper hands to the parent: the parent also writes the
 Parquet table, the helper also parses every conversation once to find its end."""
 _HEADER = struct.Struct("<QI")

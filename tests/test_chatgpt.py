@@ -528,6 +528,17 @@ def _truncated_export(folder: Path) -> Path:
     return folder
 
 
+def test_parallel_option_from_yaml_on_off(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"workdir: {tmp_path / 'w'}\nsources:\n"
+        f"  - kind: chatgpt\n    path: {SPLIT}\n    options: {{parallel: off}}\n"
+    )
+    result = CliRunner().invoke(main, ["extract", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["staged"] == 8
+
+
 def test_two_processes_stage_exactly_what_one_process_stages(tmp_path: Path) -> None:
     duplicated = tmp_path / "dup"
     shutil.copytree(SPLIT, duplicated)

@@ -21,7 +21,8 @@ from pipeline.errors import InputError
 class ExportFiles:
     """The files of one export. `names` are POSIX paths relative to the export root.
 
-    For a ZIP whose entries all sit in one top folder, that folder is the root. For a single
+    For a ZIP whose entries all sit in one top folder, and for a folder holding nothing but
+    one subfolder (and no JSON file), that inner folder is the root. For a single
     file, the root is the file's folder but only its small JSON siblings are listed (plus the
     file itself), so `user.json` next to a bare `conversations.json` is found.
     """
@@ -32,10 +33,8 @@ class ExportFiles:
         self._prefix = ""
         self.single_file: str | None = None
         if path.is_dir():
-            self._root = path
-            self.names = sorted(
-                p.relative_to(path).as_posix() for p in path.iterdir() if p.is_file()
-            )
+            self._root = _unwrap_folder(path)
+            self.names = sorted(p.name for p in self._root.iterdir() if p.is_file())
         elif path.is_file() and zipfile.is_zipfile(path):
             try:
                 self._zip = zipfile.ZipFile(path)
@@ -104,6 +103,16 @@ class ExportFiles:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unwrap_folder(path: Path) -> Path:
+    """`path`, or its only subfolder when `path` holds no JSON file (an export unzipped
+    into a folder of its own)."""
+    entries = list(path.iterdir())
+    folders = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    if len(folders) == 1 and not any(p.suffix == ".json" for p in entries if p.is_file()):
+        return folders[0]
+    return path
 
 
 def _common_folder(members: list[str]) -> str:

@@ -297,6 +297,15 @@ def test_zip_folder_and_bare_file_give_the_same_rows(tmp_path: Path) -> None:
     assert {r["user_id"] for r in bare} == {"user-SampleOwner0000000001"}  # sibling user.json
 
 
+def test_export_unzipped_into_its_own_subfolder(tmp_path: Path) -> None:
+    outer = tmp_path / "downloads"
+    shutil.copytree(SPLIT, outer / "chatgpt-export-2026")
+    (outer / "readme.txt").write_text("not part of the export")
+    stats, rows = extract(outer, tmp_path / "w")
+    assert stats.staged == 8
+    assert rows[0]["source_file"].startswith(str(outer / "chatgpt-export-2026"))
+
+
 def test_message_ids_are_stable_across_reruns(tmp_path: Path) -> None:
     _, first = extract(CLASSIC, tmp_path / "a")
     _, second = extract(CLASSIC, tmp_path / "b")

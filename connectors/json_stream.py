@@ -40,6 +40,7 @@ _CANDIDATE_END = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
 _DECODER = json.JSONDecoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -233,11 +234,12 @@ def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int
 
 
 def _restore_surrogates(value: Any) -> Any:
-    """Invalid UTF-8 bytes decoded with surrogateescape: turn them into U+FFFD."""
+    """Surrogates cannot be stored as UTF-8: invalid input bytes (decoded with
+    surrogateescape) and lone `\\ud83d`-style escapes both become U+FFFD."""
     if isinstance(value, str):
-        if any("\udc80" <= ch <= "\udcff" for ch in value):
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return value
+        if value.isascii() or _SURROGATE.search(value) is None:
+            return value
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, list):
         return [_restore_surrogates(v) for v in value]
     if isinstance(value, dict):

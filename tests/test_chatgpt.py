@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import tempfile
 import zipfile
@@ -591,3 +592,57 @@ def test_any_text_survives_to_parquet(texts: list[str]) -> None:
         stats, rows = extract(export, Path(tmp) / "w")
     assert [r["content"] for r in rows] == texts
     assert stats.skipped == {"chatgpt:root": 1}
+
+
+# --- damaged conversations never crash the extract ------------------------------------------
+
+_JUNK: list[Any] = [None, 0, -1, 1e300, True, "", "x", [], {}, [None], {"a": None}, "\ud800x"]
+
+
+def _mutate(obj: Any, rng: random.Random) -> None:
+    """Delete, replace with junk, or descend into one random key or item."""
+    if isinstance(obj, dict) and obj:
+        key = rng.choice(list(obj))
+        roll = rng.random()
+        if roll < 0.3:
+            del obj[key]
+        elif roll < 0.6:
+            obj[key] = rng.choice(_JUNK)
+        else:
+            _mutate(obj[key], rng)
+    elif isinstance(obj, list) and obj:
+        i = rng.randrange(len(obj))
+        roll = rng.random()
+        if roll < 0.3:
+            obj.pop(i)
+        elif roll < 0.5:
+            obj[i] = rng.choice(_JUNK)
+        else:
+            _mutate(obj[i], rng)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_randomly_damaged_exports_never_crash_and_counts_add_up(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    data = json.loads((CLASSIC / "conversations.json").read_text(encoding="utf-8"))
+    data += json.loads((SPLIT / "conversations-000.json").read_text(encoding="utf-8"))
+    for _ in range(rng.randint(1, 6)):
+        _mutate(data, rng)
+    export = write_export(tmp_path / "e", data)
+    stats, rows = extract(export, tmp_path / "w")  # asserts the counts balance
+    assert stats.read >= len(rows) == stats.staged
+    for row in rows:
+        json.loads(row["metadata"])
+
+
+def test_lone_surrogate_escapes_are_staged_as_replacement_characters(tmp_path: Path) -> None:
+    conv = conversation("s", [node("r", None), node("u", "r", "user", "PLACEHOLDER", 1.7e9)], "u")
+    conv["title"] = "TITLE"
+    text = json.dumps([conv]).replace("PLACEHOLDER", "half \\ud83d emoji")
+    export = tmp_path / "e"
+    export.mkdir()
+    (export / "conversations.json").write_text(text.replace('"TITLE"', '"\\udc00 t"'))
+    (export / "user.json").write_text('{"id": "u"}')
+    _, rows = extract(export, tmp_path / "w")
+    assert [r["content"] for r in rows] == ["half \ufffd emoji"]
+    assert rows[0]["meta"]["title"] == "\ufffd t"

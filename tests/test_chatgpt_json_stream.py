@@ -109,6 +109,11 @@ def test_wrapper_object_and_errors() -> None:
             read_all(data, 3)
 
 
-def test_invalid_utf8_becomes_replacement_character() -> None:
-    data = b'[{"a": "ok"}, {"b": "bad \xff byte"}]'
-    assert [e.value for e in read_all(data, 4)] == [{"a": "ok"}, {"b": "bad \ufffd byte"}]
+def test_invalid_utf8_and_lone_surrogates_become_replacement_characters() -> None:
+    data = b'[{"a": "ok"}, {"b": "bad \xff byte"}, {"c": "half \\ud83d emoji"}, {"\\udc00": 1}]'
+    assert [e.value for e in read_all(data, 4)] == [
+        {"a": "ok"},
+        {"b": "bad \ufffd byte"},
+        {"c": "half \ufffd emoji"},
+        {"\ufffd": 1},
+    ]

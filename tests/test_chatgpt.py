@@ -646,3 +646,20 @@ def test_lone_surrogate_escapes_are_staged_as_replacement_characters(tmp_path: P
     _, rows = extract(export, tmp_path / "w")
     assert [r["content"] for r in rows] == ["half \ufffd emoji"]
     assert rows[0]["meta"]["title"] == "\ufffd t"
+
+
+def test_chunked_batches_keep_every_thread_in_order(tmp_path: Path) -> None:
+    """The chunker orders by (created_at, seq): clamped times keep the thread order."""
+    from pipeline.batches import read_batches
+    from pipeline.chunker import ChunkLimits, chunk_workdir
+
+    _, rows = extract(CLASSIC, tmp_path, branches="all")
+    chunk_workdir(tmp_path, ChunkLimits(max_tokens=4000, max_messages=2))
+    batched: dict[str, list[str]] = {}
+    for batch in sorted(read_batches(tmp_path), key=lambda b: (b.conversation_id, b.index)):
+        batched.setdefault(batch.conversation_id, []).extend(batch.message_ids)
+    staged: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: (r["conversation_id"], r["seq"])):
+        staged.setdefault(row["conversation_id"], []).append(row["message_id"])
+    assert batched == staged
+    assert batched[C1][-1] == f"chatgpt:{C1}:c1-a2"  # stamped before its prompt, still last

@@ -198,11 +198,16 @@ def _sum_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _extract_line(r: dict[str, Any]) -> str:
     skipped = sum(r["skipped"].values())
     return (
         f"{r['source']}: read {r['read']}, staged {r['staged']}, skipped {skipped}, "
-        f"quarantined {r['quarantined']} ({r['conversations']} conversations, {r['users']} users)"
+        f"quarantined {r['quarantined']} ({_plural(r['conversations'], 'conversation')}, "
+        f"{_plural(r['users'], 'user')})"
     )
 
 

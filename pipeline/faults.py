@@ -46,6 +46,8 @@ class ForcedAnswer:
     http_status: int = 200
     action: ForcedAction = "answer"
     message: str | None = None
+    retry_after: float | None = None
+    """Seconds for a `Retry-After` header on the forced answer (None: no header)."""
 
     def __post_init__(self) -> None:
         if self.times is not None and self.times < 1:
@@ -156,7 +158,7 @@ class FaultInjector:
     def decide(self, path: str, conversation_id: str | None) -> Decision:
         """The fate of one request to `path` (for `conversation_id`, when the body has one)."""
         cfg = self.config
-        if not cfg.active:
+        if not cfg.active and not self._rules:
             return PASS
         with self._lock:
             draws = [self._rng.random() for _ in range(5)]
@@ -208,7 +210,9 @@ class FaultInjector:
 def _forced_decision(answer: ForcedAnswer, delay: float) -> Decision:
     if answer.action != "answer":
         return Decision(answer.action, delay)
-    return Decision("answer", delay, answer.http_status, answer.code, answer.message)
+    return Decision(
+        "answer", delay, answer.http_status, answer.code, answer.message, answer.retry_after
+    )
 
 
 def parse_forced(spec: str) -> ForcedAnswer:

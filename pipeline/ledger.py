@@ -266,12 +266,11 @@ class Ledger:
 
     def mark_sending(self, batch_id: str) -> None:
         """About to send: from now on the batch may have landed (uncertain)."""
-        with self._tx():
-            self.conn.execute(
-                "update batches set status = 'sending', uncertain = 1,"
-                " attempts = attempts + 1, updated_at = ? where batch_id = ?",
-                (_now(), batch_id),
-            )
+        self.conn.execute(  # one statement: atomic on its own in autocommit mode
+            "update batches set status = 'sending', uncertain = 1,"
+            " attempts = attempts + 1, updated_at = ? where batch_id = ?",
+            (_now(), batch_id),
+        )
 
     def note_error(self, batch_id: str, code: int | None, message: str, uncertain: bool) -> None:
         """Record an attempt's error while the batch is retried."""

@@ -53,7 +53,6 @@ from pipeline.errors import (
 )
 from pipeline.ledger import Ledger, Row, delivered_message_hashes, ledger_path
 from pipeline.lock import workdir_lock
-from pipeline.models import stable_id
 from pipeline.policy import (
     AmbiguousDeliveryError,
     error_from_exception,
@@ -61,13 +60,14 @@ from pipeline.policy import (
 )
 from pipeline.progress import NullProgress, Progress
 from pipeline.ratelimit import AdaptiveRateLimiter, Clock, Sleep
-from pipeline.staging import read_staging
 from pipeline.targets import Endpoint, local_db_path, open_target
 from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
 
+POOL_SHARD = 8
+"""Connections per httpx client; more in flight are spread over several clients."""
 GET_MESSAGE_LIMIT = 50
 """The API's maximum `message_limit_number` for `/get/message`."""
 VISIBLE_ROLES = ("user", "assistant")
@@ -89,6 +89,7 @@ class LoadStats:
     verified_landed: int = 0
     split: int = 0
     requests: int = 0
+    peak_in_flight: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     done: int = 0
     failed: int = 0
@@ -122,6 +123,7 @@ class LoadStats:
             "blocked": self.blocked,
             "split": self.split,
             "requests": self.requests,
+            "peak_in_flight": self.peak_in_flight,
             "retries": dict(sorted(self.retries.items())),
             "requests_per_s": round(rps, 2),
             "duration_s": round(self.duration, 3),
@@ -144,6 +146,7 @@ class _Unit:
 
     row: Row
     body: dict[str, Any]
+    client: httpx.AsyncClient
 
 
 def request_body(batch_body: dict[str, Any], cfg: LoadConfig) -> dict[str, Any]:
@@ -184,9 +187,11 @@ def split_body(
     message = messages[0]
     content = str(message.get("content", ""))
     tokens = count_tokens(content)
-    if tokens <= 1:
-        raise PermanentLoadError("API says a single-token message is too large")
-    parts = split_by_tokens(content, math.ceil(tokens / 2))
+    parts = split_by_tokens(content, math.ceil(tokens / 2)) if tokens > 1 else [content]
+    if len(parts) < 2:
+        raise PermanentLoadError(
+            f"the API says a message of {tokens} tokens is too large, and it cannot be cut"
+        )
     return [
         piece([{**message, "content": text}], done_ids if k == len(parts) - 1 else [])
         for k, text in enumerate(parts)
@@ -198,7 +203,7 @@ class _Loader:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        clients: Sequence[httpx.AsyncClient],
         ledger: Ledger,
         cfg: LoadConfig,
         *,
@@ -209,7 +214,7 @@ class _Loader:
         progress: Progress,
         heartbeat: float | None,
     ) -> None:
-        self.client = client
+        self.clients = clients
         self.ledger = ledger
         self.cfg = cfg
         self.secret = secret
@@ -224,6 +229,7 @@ class _Loader:
         self.workers: list[asyncio.Task[None]] = []
         self._last_beat = clock()
         self._messages_todo = 0
+        self._in_flight = 0
 
     # --- stopping -------------------------------------------------------------------
 
@@ -239,16 +245,22 @@ class _Loader:
 
     # --- HTTP -----------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         """One rate-limited request; returns the JSON answer or raises a LoadError."""
         await self.limiter.acquire()
         self.stats.requests += 1
+        self._in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
         try:
-            response = await self.client.post(
+            response = await client.post(
                 path, content=orjson.dumps(body), headers={"content-type": "application/json"}
             )
         except httpx.HTTPError as exc:
             raise error_from_exception(exc, secret=self.secret) from None
+        finally:
+            self._in_flight -= 1
         error = error_from_response(response, secret=self.secret)
         if error is None:
             self.limiter.on_success()
@@ -274,7 +286,7 @@ class _Loader:
             "message_limit_number": k,
         }
         try:
-            answer = await self._post("/get/message", query)
+            answer = await self._post(unit.client, "/get/message", query)
         except PermanentLoadError as exc:
             log.warning("cannot check batch %s (%s); sending it", unit.row.batch_id, exc)
             return False
@@ -326,7 +338,7 @@ class _Loader:
                 self.ledger.mark_sending(batch_id)
                 uncertain[0] = True
                 try:
-                    answer = await self._post("/add/message", unit.body)
+                    answer = await self._post(unit.client, "/add/message", unit.body)
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
                     raise
@@ -349,7 +361,7 @@ class _Loader:
         if row.status == "split":
             for child in self.ledger.children(row.batch_id):
                 assert child.body is not None
-                outcome = await self.deliver(_Unit(child, child.body))
+                outcome = await self.deliver(_Unit(child, child.body, unit.client))
                 if outcome is not _Outcome.DONE:
                     return outcome
             self.ledger.mark_done(row.batch_id, None, row.completes)
@@ -369,7 +381,7 @@ class _Loader:
             self.ledger.mark_split(row, pieces)
             split_row = self.ledger.get(row.batch_id)
             assert split_row is not None
-            return await self.deliver(_Unit(split_row, unit.body))
+            return await self.deliver(_Unit(split_row, unit.body, unit.client))
         except (AuthError, QuotaExhaustedError) as exc:
             self.ledger.mark_pending(row.batch_id, exc.code, str(exc), uncertain=uncertain[0])
             reason = "auth" if isinstance(exc, AuthError) else "quota"
@@ -389,7 +401,7 @@ class _Loader:
         )
         return _Outcome.FAILED
 
-    async def deliver_lane(self, lane: list[tuple[Batch, Row]]) -> None:
+    async def deliver_lane(self, lane: list[tuple[Batch, Row]], client: httpx.AsyncClient) -> None:
         """One conversation's batches in order; stops at the first that does not finish."""
         for batch, row in lane:
             if self.stopping.is_set():
@@ -397,7 +409,7 @@ class _Loader:
             if row.status == "failed":
                 return
             was_done = row.status == "done"
-            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg)))
+            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
             if outcome is not _Outcome.DONE:
                 return
             if not was_done:
@@ -422,7 +434,7 @@ class _Loader:
             )
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
-        """Deliver every lane with `max_in_flight` workers."""
+        """Deliver every conversation's lane with `max_in_flight` workers, longest first."""
         lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
         for batch in batches:
             row = rows[batch.batch_id]
@@ -432,18 +444,40 @@ class _Loader:
                 continue
             self._messages_todo += batch.message_count
             lanes.setdefault((batch.user_id, batch.conversation_id), []).append((batch, row))
-        queue = deque(lanes.values())
-        self.progress.start("load", total=self._messages_todo, unit="msg")
+        # longest conversations first: a conversation goes one batch at a time, so the
+        # longest one bounds the run; starting it early keeps the end from draining slowly
+        queue = deque(sorted(lanes.values(), key=len, reverse=True))
+        n_batches = sum(len(lane) for lane in queue)
+        self.progress.start(
+            f"load {n_batches} batches of {len(queue)} conversations",
+            total=self._messages_todo,
+            unit="msg",
+        )
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             while queue and not self.stopping.is_set():
-                await self.deliver_lane(queue.popleft())
+                await self.deliver_lane(queue.popleft(), client)
 
+        n = min(self.cfg.max_in_flight, len(queue))
         self.workers = [
-            asyncio.create_task(worker()) for _ in range(min(self.cfg.max_in_flight, len(queue)))
+            asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         await asyncio.gather(*self.workers, return_exceptions=True)
         self.progress.close()
+
+
+def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
+    """Connection pools of at most `POOL_SHARD` connections, `max_in_flight` in all.
+
+    httpcore's pool does work proportional to requests x connections on every request
+    event, so one pool of 50 connections costs several ms of CPU per request; shards of 8
+    keep it well under one. An injected transport (tests) gets a single client.
+    """
+    if shared:
+        return [max_in_flight]
+    n = math.ceil(max_in_flight / POOL_SHARD)
+    base, extra = divmod(max_in_flight, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
 
 
 def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> None:
@@ -453,6 +487,8 @@ def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> No
     for batch in batches:
         row = rows[batch.batch_id]
         key = (batch.user_id, batch.conversation_id)
+        if row.status == "split":
+            row = _failed_piece(ledger, row) or row
         if row.status == "done":
             stats.done += 1
         elif row.status == "failed":
@@ -471,6 +507,18 @@ def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> No
             stats.pending += 1
             if by_conv.get(key):
                 stats.blocked += 1
+
+
+def _failed_piece(ledger: Ledger, row: Row) -> Row | None:
+    """The failed piece of a split batch, if one failed (its error is the batch's error)."""
+    for child in ledger.children(row.batch_id):
+        if child.status == "failed":
+            return child
+        if child.status == "split":
+            found = _failed_piece(ledger, child)
+            if found is not None:
+                return found
+    return None
 
 
 async def load_batches(
@@ -502,19 +550,25 @@ async def load_batches(
     headers = {"user-agent": "memos-etl"}
     if endpoint.api_key:
         headers["authorization"] = f"Token {endpoint.api_key}"
-    limits = httpx.Limits(
-        max_connections=cfg.max_in_flight, max_keepalive_connections=cfg.max_in_flight
-    )
+    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
+    tls = httpx.create_ssl_context()
     started = clock()
-    async with httpx.AsyncClient(
-        base_url=endpoint.base_url,
-        headers=headers,
-        timeout=cfg.timeout,
-        limits=limits,
-        transport=transport,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=endpoint.base_url,
+                    headers=headers,
+                    timeout=cfg.timeout,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    transport=transport,
+                    verify=tls,
+                )
+            )
+            for size in _pool_sizes(cfg.max_in_flight, shared=transport is not None)
+        ]
         loader = _Loader(
-            client,
+            clients,
             ledger,
             cfg,
             secret=endpoint.api_key,
@@ -627,6 +681,9 @@ def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
     """Ids of delivered messages whose staged content differs from what was sent."""
     if not delivered:
         return []
+    from pipeline.models import stable_id
+    from pipeline.staging import read_staging
+
     table = read_staging(workdir, columns=["message_id", "content"])
     ids = table.column("message_id").to_pylist()
     contents = table.column("content").to_pylist()
@@ -701,7 +758,6 @@ def run_pipeline(
             )
         limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
         chunked = chunk_workdir(workdir, limits, exclude_ids=exclude, since=since)
-        users = sorted({b.user_id for b in read_batches(workdir)})
         stats = load_workdir(
             workdir,
             endpoint,
@@ -710,6 +766,9 @@ def run_pipeline(
             handle_signals=handle_signals,
             heartbeat=heartbeat,
         )
+        with Ledger.open(workdir) as ledger:
+            query = "select distinct user_id from batches order by user_id"
+            users = [u for (u,) in ledger.conn.execute(query)]
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None
     return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)

@@ -23,22 +23,25 @@ uvicorn in a background thread on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import FrameType, MappingProxyType
 from typing import Any
 
+import fastjsonschema
 import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
@@ -239,6 +242,13 @@ def schema_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Va
     return Draft202012Validator(inline(schemas[schema_name]))
 
 
+def fast_check(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A compiled yes/no check of an inlined request schema (fastjsonschema: about four times
+    faster than jsonschema on a 4 KB addMessage body). The request schemas use only keywords
+    that mean the same in draft 7 and 2020-12; any rejection is re-checked by jsonschema."""
+    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
+
+
 def response_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Validator:
     """A validator for any spec schema, $refs resolved through a registry (for tests)."""
     resource = Resource.from_contents(dict(spec), default_specification=DRAFT202012)
@@ -349,6 +359,7 @@ class _Api:
         self.counters = counters
         spec = load_spec()
         self.validators = {path: schema_validator(spec, name) for path, name in ENDPOINTS.items()}
+        self.fast_checks = {path: fast_check(v.schema) for path, v in self.validators.items()}
         self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/add/message": self.add_message,
             "/get/message": self.get_message,
@@ -399,6 +410,11 @@ class _Api:
             data = self._handle(path, payload)
         except ApiError as exc:
             return self._error(exc)
+        except sqlite3.Error as exc:
+            # the store failed (disk full, locked, I/O): nothing was committed; say so like
+            # the cloud's transient errors so a client retries
+            log.error("store error on %s: %s", path, exc)
+            return self._error(ApiError(50000, f"store error: {exc}", http_status=500))
         out = orjson.dumps({"code": 0, "data": data, "message": "ok"})
         if decision.kind == "drop_after":
             self.counters.add("drop_after")
@@ -434,9 +450,13 @@ class _Api:
             raise ApiError(40000, "request body is not valid JSON")
         if not isinstance(payload, dict):
             raise ApiError(40000, "request body must be a JSON object")
-        error = best_match(self.validators[path].iter_errors(payload))
-        if error is not None:
-            raise _schema_error(error)
+        try:
+            self.fast_checks[path](payload)
+        except fastjsonschema.JsonSchemaValueException:
+            # jsonschema is the authority, and names the field precisely
+            error = best_match(self.validators[path].iter_errors(payload))
+            if error is not None:
+                raise _schema_error(error) from None
         _check_ids(payload)
         return self.handlers[path](payload)
 
@@ -568,13 +588,43 @@ class _QuietDrops(logging.Filter):
         return "without completing response" not in record.getMessage()
 
 
+INDEX_INTERVAL_S = 0.2
+INDEX_BATCH_ROWS = 1000
+"""The search index catches up every 0.2 s, at most 1000 messages (~30 ms) at a time."""
+
+
+async def _index_forever(store: Store) -> None:
+    """Keep the search index close behind the committed messages (searches catch up fully)."""
+    while True:
+        await asyncio.sleep(INDEX_INTERVAL_S)
+        try:
+            while store.index_pending(INDEX_BATCH_ROWS) == INDEX_BATCH_ROWS:
+                await asyncio.sleep(0)  # let requests in between batches
+        except sqlite3.Error as exc:
+            log.error("search indexing failed (retrying): %s", exc)
+
+
 def create_app(
     config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
 ) -> Starlette:
-    """The ASGI app for one server (used by `LocalServer`; exposed for embedding)."""
+    """The ASGI app for one server (used by `LocalServer`; exposed for embedding).
+
+    Its lifespan runs the background indexer; the store stays the caller's to close.
+    """
     api = _Api(config, store, injector, counters)
     routes = [Route(path, api.handle, methods=["POST"]) for path in ENDPOINTS]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        indexer = asyncio.create_task(_index_forever(store))
+        try:
+            yield
+        finally:
+            indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await indexer
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 class LocalServer:
@@ -615,7 +665,7 @@ class LocalServer:
             app,
             log_config=None,
             access_log=False,
-            lifespan="off",
+            lifespan="on",
             server_header=False,
             timeout_graceful_shutdown=5,
         )
@@ -628,6 +678,7 @@ class LocalServer:
         )
         self._filter = _QuietDrops()
         self._started = False
+        self._stopped = False
 
     def start(self, timeout: float = 10.0) -> LocalServer:
         """Start serving; returns once the server accepts connections."""
@@ -658,10 +709,17 @@ class LocalServer:
 
     def stop(self) -> None:
         """Finish in-flight requests, stop, close the store. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout=15)
         self._sock.close()
+        try:
+            self._store.index_pending()  # leave a complete search index behind
+        except sqlite3.Error as exc:
+            log.warning("could not finish the search index (next start will): %s", exc)
         self._store.close()
         logging.getLogger("uvicorn.error").removeFilter(self._filter)
 

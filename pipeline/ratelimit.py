@@ -1,7 +1,11 @@
 """Adaptive client-side rate limit: evenly spaced request slots, AIMD on rate-limit answers.
 
-Requests start at most `rate` per second, spaced `1/rate` apart (a token bucket of depth
-one), so a server limit equal to our ceiling is never exceeded by a burst. When the service
+Requests start at most `rate` per second, spaced `1/rate` apart (GCRA, the "virtual
+scheduling" form of a token bucket). Slots missed while every worker was busy or the
+process was descheduled may be caught up within `catch_up` seconds (at 50/s and 0.1 s:
+five back-to-back requests at most), so any window of W seconds holds at most
+`rate * (W + catch_up) + 1` starts — never a large burst — and no catch-up at all right
+after a rate-limit answer. When the service
 says "too many requests" the rate is cut multiplicatively and every slot waits out the
 Retry-After; after `increase_every` seconds without a rate-limit answer it climbs back
 additively toward the configured ceiling — the shape of TCP congestion control and of
@@ -30,6 +34,7 @@ class AdaptiveRateLimiter:
         increase_every: float = 1.0,
         floor: float = 0.2,
         decrease_every: float = 1.0,
+        catch_up: float = 0.1,
     ) -> None:
         if ceiling <= 0:
             raise ValueError("rate ceiling must be positive")
@@ -40,6 +45,7 @@ class AdaptiveRateLimiter:
         self.increase = increase if increase is not None else max(ceiling * 0.05, 0.5)
         self.increase_every = increase_every
         self.decrease_every = decrease_every
+        self.catch_up = catch_up
         self._last_decrease = float("-inf")
         self._clock = clock
         self._sleep = sleep
@@ -51,8 +57,10 @@ class AdaptiveRateLimiter:
     async def acquire(self) -> None:
         """Wait for the next free slot (reserved before sleeping, so callers queue fairly)."""
         now = self._clock()
-        start = max(now, self._next, self._paused_until)
-        self._next = start + 1.0 / self.rate
+        calm = now - self._last_decrease > 5 * self.decrease_every
+        early = self.catch_up if calm else 0.0
+        start = max(now, self._next - early, self._paused_until)
+        self._next = max(self._next, start) + 1.0 / self.rate
         if start > now:
             await self._sleep(start - now)
 

@@ -8,9 +8,12 @@ from collections import deque
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.batches import Batch
 from pipeline.config import LoadConfig
+from pipeline.errors import PermanentLoadError
 from pipeline.ledger import Ledger, delivered_message_hashes
 from pipeline.loader import Endpoint, LoadStats, load_batches, split_body
 from tests.loader_fakes import Fake, FakeTime, make_batches
@@ -277,3 +280,68 @@ def test_api_key_never_in_ledger_or_summary(tmp_path: Path) -> None:
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite*"))
     assert KEY.encode() not in raw
     assert "sk-" not in repr(Endpoint("http://x", KEY))
+
+
+def test_heartbeat_logs_progress_when_not_a_tty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = Fake()
+    batches = make_batches({"a": 6, "b": 6})
+    ft = FakeTime()
+    caplog.set_level("INFO", logger="memos_etl.progress")
+    with Ledger.open(tmp_path) as ledger:
+        asyncio.run(
+            load_batches(
+                batches,
+                ledger,
+                Endpoint("http://memos.test", None),
+                LoadConfig(rate=2.0),
+                transport=fake.transport(),
+                clock=ft.clock,
+                sleep=ft.sleep,
+                heartbeat=0.5,
+            )
+        )
+    lines = [r.getMessage() for r in caplog.records if r.name == "memos_etl.progress"]
+    assert lines and all(line.startswith("sent ") for line in lines)
+    assert "/12 messages" in lines[-1]
+
+
+def test_failed_piece_of_a_split_batch_fails_the_batch(tmp_path: Path) -> None:
+    fake = Fake(max_messages=2)
+    batches = make_batches({"a": 4, "b": 2}, per_batch=4)
+    # the first half of a's split goes through, the second half is rejected
+    fake.script["a"] = deque([("answer", 200, 40305, None), None, ("answer", 400, 40001, None)])
+    stats, _ = run_load(tmp_path, fake, batches)
+    assert stats.failed == 1 and stats.split == 1 and not stats.complete
+    assert stats.failures[0]["code"] == 40001
+    assert fake.store[("u1", "a")] == expected_store(batches)[("u1", "a")][:2]
+    assert set(delivered_message_hashes(tmp_path)) >= {"a-m0", "a-m1"}
+    fake.script["a"].clear()
+    again, _ = run_load(tmp_path, fake, batches, retry_failed=True)
+    assert again.complete
+    assert dict(fake.store) == expected_store(batches)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=9),
+)
+def test_split_body_keeps_every_message_in_order(contents: list[str]) -> None:
+    body = {
+        "user_id": "u",
+        "conversation_id": "c",
+        "messages": [{"role": "user", "content": c} for c in contents],
+    }
+    completes = [(f"m{i}", f"h{i}") for i in range(len(contents))]
+    try:
+        pieces = split_body(body, completes)
+    except PermanentLoadError:
+        assert len(contents) == 1  # a lone message of at most one token cannot be cut
+        return
+    assert len(pieces) >= 2
+    texts = [m["content"] for p in pieces for m in p[0]["messages"]]
+    assert "".join(texts) == "".join(contents)
+    assert [c for p in pieces for c in p[2]] == completes  # each recorded once, in order
+    if len(contents) > 1:
+        assert [m["content"] for p in pieces for m in p[0]["messages"]] == contents

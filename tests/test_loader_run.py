@@ -111,3 +111,39 @@ def test_load_and_status_have_help() -> None:
     for command in ("load", "status", "run"):
         result = CliRunner().invoke(main, [command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.stdout
+
+
+def test_run_finishes_what_a_stopped_run_left_before_new_data(tmp_path: Path) -> None:
+    from pipeline.faults import FaultConfig, ForcedAnswer
+    from pipeline.localapi import ServerConfig, start_server
+
+    export = tmp_path / "export.csv"
+    write_export(export, FIRST)
+    db = tmp_path / "server.sqlite"
+    quota = ForcedAnswer(code=40304, conversation_id="B", path="/add/message")
+    with start_server(ServerConfig(db_path=db, faults=FaultConfig(forced=(quota,)))) as server:
+        config = tmp_path / "pipeline.yaml"
+        config.write_text(
+            "workdir: work\nsources:\n  - kind: csv\n    path: export.csv\n"
+            f"load:\n  target: local\n  base_url: {server.url}\n  max_in_flight: 1\n",
+            encoding="utf-8",
+        )
+        first = CliRunner().invoke(main, ["run", str(config), "--json"])
+        assert first.exit_code == 4 and "quota exhausted" in first.stderr
+        server.clear_forced()
+        write_export(
+            export, [*FIRST, ("b3", "B", "user", "And on Monday?", "2025-01-04T09:00:00Z")]
+        )
+        second = CliRunner().invoke(main, ["run", str(config), "--json"])
+        assert second.exit_code == 0, second.stderr
+        out = json.loads(second.stdout)
+        assert out["resumed"]["sent"]["messages"] == 2  # B's pending batch, first
+        assert out["load"]["sent"]["messages"] == 1  # then only the new message
+    got = {
+        conv: [m["content"] for m in conversation_messages(db, user, conv)]
+        for user, conv in message_counts(db)
+    }
+    assert got == {
+        "A": [r[3] for r in FIRST[:3]],
+        "B": [r[3] for r in FIRST[3:]] + ["And on Monday?"],
+    }

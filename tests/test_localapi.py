@@ -5,6 +5,7 @@ Every response body is validated against the official spec's response schema.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,13 @@ from pipeline.localapi import (
     response_validator,
     start_server,
 )
-from pipeline.localstore import conversation_messages, message_counts
+from pipeline.localstore import (
+    NewMessage,
+    Store,
+    conversation_messages,
+    message_counts,
+    search_store,
+)
 from pipeline.tokens import count_tokens
 
 RESPONSE_SCHEMAS = {
@@ -278,6 +285,8 @@ INVALID = [
     ),
     ("/add/message", _with(tags=["ok", 3]), 40003, "'tags[1]'"),
     ("/add/message", _with(user_id=""), 40003, "'user_id'"),
+    ("/add/message", _with(info={"ok": True}), 40003, "'info.ok'"),
+    ("/add/message", _with(info={"n": None}), 40003, "'info.n'"),
     (
         "/get/message",
         {"user_id": "u", "conversation_id": "c", "message_limit_number": 51},
@@ -305,10 +314,22 @@ INVALID = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shared(
+    tmp_path_factory: pytest.TempPathFactory,
+    response_validators: dict[str, Draft202012Validator],
+) -> Iterator[tuple[Api, Path]]:
+    """One server for the many rejected-request cases (each start/stop costs ~0.25 s)."""
+    db = tmp_path_factory.mktemp("shared") / "store.sqlite"
+    with start_server(ServerConfig(db_path=db)) as server, Api(server, response_validators) as api:
+        yield api, db
+
+
 @pytest.mark.parametrize(("path", "body", "code", "text"), INVALID)
 def test_invalid_requests_get_the_right_code(
-    api: Api, db: Path, path: str, body: Any, code: int, text: str
+    shared: tuple[Api, Path], path: str, body: Any, code: int, text: str
 ) -> None:
+    api, db = shared
     raw = body if isinstance(body, bytes) else None
     out = api.post(path, None if raw is not None else body, raw=raw)
     assert out["code"] == code, out
@@ -407,3 +428,91 @@ def test_stats_count_what_was_answered(api: Api, server: LocalServer) -> None:
     stats = server.stats
     assert stats.requests == 2 and stats.ok == 1 and stats.codes == {0: 1, 40000: 1}
     assert stats.messages_stored == 2 and stats.http_status == {200: 2}
+
+
+def test_search_ranks_by_share_of_query_terms_on_a_tiny_store(api: Api) -> None:
+    api.add(
+        "u", "c", "We want a family trip to Beijing in October", "The Forbidden City suits all ages"
+    )
+    out = api.post("/search/memory", {"user_id": "u", "query": "a family trip to the city?"})
+    hits = out["data"]["memory_detail_list"]
+    assert [h["memory_value"] for h in hits] == [
+        "We want a family trip to Beijing in October",
+        "The Forbidden City suits all ages",
+    ]
+    assert hits[0]["relativity"] > hits[1]["relativity"] > 0
+    only = api.post("/search/memory", {"user_id": "u", "query": "where should the family go?"})
+    assert len(only["data"]["memory_detail_list"]) == 1  # stopwords do not match "The ..."
+    exact = api.post("/search/memory", {"user_id": "u", "query": "Forbidden city"})
+    assert exact["data"]["memory_detail_list"][0]["relativity"] == 1.0
+
+
+def test_a_store_failure_is_a_transient_50000(
+    db: Path, response_validators: dict[str, Draft202012Validator]
+) -> None:
+    with start_server(ServerConfig(db_path=db)) as server, Api(server, response_validators) as api:
+        api.add("u", "c", "stored")
+        server._store.close()  # the store's connection fails from now on
+        r = api.http.post("/add/message", json=GOOD_ADD)
+        assert r.status_code == 500
+        body = r.json()
+        response_validators["/add/message"].validate(body)
+        assert body["code"] == 50000 and "store error" in body["message"]
+    assert message_counts(db) == {("u", "c"): 1}
+
+
+def _indexed_seq(db: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(db)
+    try:
+        (done,) = conn.execute("SELECT indexed_seq FROM fts_state").fetchone()
+        (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM messages").fetchone()
+    finally:
+        conn.close()
+    return done, last
+
+
+def test_search_sees_every_committed_message_and_stop_completes_the_index(
+    db: Path, response_validators: dict[str, Draft202012Validator]
+) -> None:
+    with start_server(ServerConfig(db_path=db)) as server, Api(server, response_validators) as api:
+        for i in range(30):
+            api.add("u", "c", f"note {i} about zebras")
+        # no waiting for the background indexer: a search catches up first
+        hits = api.post(
+            "/search/memory", {"user_id": "u", "query": "zebras", "memory_limit_number": 25}
+        )
+        assert len(hits["data"]["memory_detail_list"]) == 25
+        api.add("u", "c", "one more zebra note")
+    done, last = _indexed_seq(db)
+    assert done == last == 31
+
+
+def test_messages_left_unindexed_by_a_crash_are_found_later(db: Path) -> None:
+    store = Store(db)
+    store.add_messages("u", "c", [NewMessage("user", "giraffes are tall")])
+    store.close()  # as after a crash: committed, never indexed
+    assert _indexed_seq(db) == (0, 1)
+    assert [r["content"] for r in search_store(db, "u", "giraffes")] == ["giraffes are tall"]
+    assert _indexed_seq(db) == (1, 1)
+
+
+def test_a_version_1_store_is_migrated(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        "CREATE TABLE messages (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, task_id TEXT NOT NULL,"
+        " user_id TEXT NOT NULL, conversation_id TEXT NOT NULL, role TEXT NOT NULL,"
+        " content TEXT NOT NULL, chat_time TEXT, tags TEXT NOT NULL, info TEXT NOT NULL,"
+        " agent_id TEXT, app_id TEXT, extra TEXT, created_at TEXT NOT NULL);"
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='',"
+        " tokenize='unicode61 remove_diacritics 2');"
+        "INSERT INTO messages VALUES (1, 't-0', 't', 'u', 'c', 'user', 'old okapi', NULL, '[]',"
+        " '{}', NULL, NULL, NULL, '2026-01-01T00:00:00.000+00:00');"
+        "INSERT INTO messages_fts (rowid, body) VALUES (1, 'old okapi');"
+        "PRAGMA user_version = 1;"
+    )
+    conn.close()
+    store = Store(db)
+    store.add_messages("u", "c", [NewMessage("user", "new okapi")])
+    assert [r["content"] for r in store.search("u", "okapi", 10)] == ["old okapi", "new okapi"]
+    store.close()
+    assert _indexed_seq(db) == (2, 2)

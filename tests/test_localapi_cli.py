@@ -226,3 +226,20 @@ WORDY = st.text(
 def test_a_text_finds_itself(text: str) -> None:
     assert _matches(text, text) in (None, 1)
     assert _matches(f"before {text} after", text) in (None, 1)
+
+
+def test_other_sqlite_files_are_refused_untouched(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "ledger.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE delivered (id TEXT)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    runner = CliRunner()
+    searched = runner.invoke(main, ["search", "--db", str(other), "--user-id", "u", "q"])
+    assert searched.exit_code == 3 and "not a memos-etl local store" in searched.stderr
+    served = runner.invoke(main, ["serve", "--db", str(other), "--port", "0"])
+    assert served.exit_code == 3 and "not a memos-etl local store" in served.stderr
+    assert other.read_bytes() == before

@@ -11,7 +11,13 @@ import httpx
 import pytest
 
 from pipeline.faults import FaultConfig, FaultInjector, ForcedAnswer, parse_forced
-from pipeline.localapi import LocalServer, ServerConfig, start_server
+from pipeline.localapi import (
+    LocalServer,
+    ServerConfig,
+    load_spec,
+    response_validator,
+    start_server,
+)
 from pipeline.localstore import message_counts
 
 
@@ -33,12 +39,19 @@ def _body(conversation_id: str = "c", content: str = "hello") -> dict[str, objec
     }
 
 
+ADD_RESPONSE = response_validator(load_spec(), "AddMessageResponse")
+
+
 def _outcome(http: httpx.Client, body: dict[str, object] | None = None) -> str:
-    """One addMessage, summarized as 'http<status>/code<code>' or the transport error."""
+    """One addMessage, summarized as 'http<status>/code<code>' or the transport error.
+
+    Every answer, injected or not, must still match the spec's response schema.
+    """
     try:
         r = http.post("/add/message", json=body or _body())
     except httpx.TransportError as exc:
         return type(exc).__name__
+    ADD_RESPONSE.validate(r.json())
     return f"http{r.status_code}/code{r.json()['code']}"
 
 
@@ -275,3 +288,25 @@ def test_parse_forced_rejects_nonsense(spec: str) -> None:
 def test_fault_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         FaultConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_forcing_at_run_time_works_on_a_server_started_without_faults(
+    db: Path, client: MakeClient
+) -> None:
+    with _serve(db, FaultConfig()) as server:
+        http = client(server)
+        before = _outcome(http)
+        server.force(ForcedAnswer(code=40304, times=1))
+        outcomes = [before, _outcome(http), _outcome(http)]
+    assert outcomes == ["http200/code0", "http200/code40304", "http200/code0"]
+
+
+def test_a_forced_answer_can_carry_retry_after(db: Path, client: MakeClient) -> None:
+    forced = (ForcedAnswer(code=40300, http_status=429, retry_after=0.25, times=1),)
+    with _serve(db, FaultConfig(forced=forced)) as server:
+        http = client(server)
+        limited = http.post("/add/message", json=_body())
+        ok = http.post("/add/message", json=_body())
+    assert (limited.status_code, limited.json()["code"]) == (429, 40300)
+    assert limited.headers["retry-after"] == "0.25"
+    assert ok.json()["code"] == 0 and "retry-after" not in ok.headers

@@ -42,7 +42,7 @@ def starts(limiter: AdaptiveRateLimiter, ft: FakeTime, n: int) -> list[float]:
 
 def test_slots_are_spaced_at_the_rate() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(20.0, clock=ft.clock, sleep=ft.sleep)
+    limiter = AdaptiveRateLimiter(20.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.0)
     times = starts(limiter, ft, 41)
     assert times[-1] - times[0] == pytest.approx(2.0)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
@@ -51,7 +51,7 @@ def test_slots_are_spaced_at_the_rate() -> None:
 
 def test_concurrent_acquirers_share_the_rate() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(10.0, clock=ft.clock, sleep=ft.sleep)
+    limiter = AdaptiveRateLimiter(10.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.0)
     got: list[float] = []
 
     async def one() -> None:
@@ -64,6 +64,22 @@ def test_concurrent_acquirers_share_the_rate() -> None:
     asyncio.run(main())
     assert max(got) - min(got) <= 0.9 + 1e-9
     assert len(ft.sleeps) == 9  # every caller but the first waited for its own slot
+
+
+def test_catch_up_is_bounded_in_every_window() -> None:
+    ft = FakeTime()
+    limiter = AdaptiveRateLimiter(50.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.1)
+    times = starts(limiter, ft, 20)
+    ft.now += 3.0  # idle (every worker busy, or the process descheduled)
+    times += starts(limiter, ft, 200)
+    for i, t in enumerate(times):
+        in_window = sum(1 for u in times[i:] if u < t + 1.0)
+        assert in_window <= 50 * (1.0 + 0.1) + 1
+    assert sum(1 for u in times if u == times[20]) == 6  # caught up: 1 + 0.1 s * 50/s
+    limiter.on_rate_limited(None)
+    ft.now += 3.0
+    after = starts(limiter, ft, 5)
+    assert min(b - a for a, b in zip(after, after[1:], strict=False)) > 0  # no catch-up now
 
 
 def test_rate_limited_cuts_rate_pauses_and_recovers_to_ceiling() -> None:

@@ -1,0 +1,741 @@
+"""ChatGPT data export -> the conversations the user actually saw, as staging rows.
+
+Input: the export ZIP, its unpacked folder, or a bare `conversations.json` /
+`conversations-NNN.json`. Both layouts are read: the classic single `conversations.json`
+and the 2026 shards (`conversations-000.json`, ... listed in `export_manifest.json`, whose
+nodes have no `children` key). Files are streamed conversation by conversation
+(`connectors.json_stream`), so a 700 MB export never sits in memory whole.
+
+Contract, per conversation (see docs/chatgpt-claude.md):
+- The thread is the path from `current_node` up the `parent` links to the root, reversed.
+  `children` is never read. A tree with a cycle or a parent that does not exist is
+  quarantined whole (one `Quarantined` entry; its other nodes are counted as skipped under
+  `chatgpt:quarantined_conversation`).
+- Every node of `mapping` yields exactly one count: a staged `Message` or a `Skipped` under
+  a specific reason (`chatgpt:other_branch`, `chatgpt:hidden_system`, `chatgpt:thoughts`...).
+- `seq` follows the thread and `created_at` never decreases along it: a message stamped
+  before its parent gets its parent's time (raw value kept as `create_time_raw` in
+  metadata); a message without a time takes its nearest timed ancestor's, else the
+  conversation's start.
+- `message_id` is `chatgpt:<conversation id>:<node id>`; `conversation_id` is the
+  ChatGPT conversation id (`<id>:<leaf node id>` for extra branches with `branches: all`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import field_validator
+
+from connectors.base import ConnectorOptions
+from connectors.export_files import ExportFiles
+from connectors.json_stream import JSONStreamError, iter_array
+from connectors.parallel import Handoff, read_in_two_processes
+from connectors.row_buffer import RowBuffer
+from connectors.tree import ParentTree, running_times
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import Event, Quarantined, Skipped
+
+SOURCE = "chatgpt"
+log = logging.getLogger(__name__)
+
+_SHARD = re.compile(r"conversations-(\d+)\.json")
+_CLASSIC_FILE = re.compile(r"file-([A-Za-z0-9]+)-(.+)")
+_OLD_CITE = re.compile("\\d+(?::\\d+)?†[^】\n]{0,200}")  # inside 【12†source】 (2023 browsing)
+_PUNCT_AFTER = frozenset(".,;:!?)]")
+_PUA_MARKS = tuple(chr(c) for c in range(0xE200, 0xE210))
+_CONTEXT_TYPES = frozenset({"user_editable_context", "model_editable_context"})
+_TOOL_INTERNAL_TYPES = frozenset(
+    {
+        "tether_browsing_display",
+        "tether_browsing_code",
+        "sonic_webpage",
+        "system_error",
+        "computer_output",
+    }
+)
+_INTERNAL_CHANNELS = frozenset({"commentary", "analysis"})
+
+
+class Options(ConnectorOptions):
+    """Keys allowed under a `chatgpt` source's `options:`."""
+
+    branches: Literal["current", "all"] = "current"
+    """`current`: only the thread ending at `current_node`. `all`: also every other branch,
+    each as its own conversation `<id>:<leaf node id>` holding the nodes after its fork."""
+    include_tool_messages: bool = False
+    """Stage tool outputs (role `tool`) and assistant tool calls instead of skipping them."""
+    owner_from_export: bool = True
+    """Memory owner: the id in user.json when present (the configured `user_id` is the
+    fallback); false: always the configured `user_id`."""
+    parallel: Literal["auto", "on", "off"] = "off"
+    """`on`: read in two processes (see connectors/parallel.py); `auto`: only for exports of
+    64 MB and more on a multi-core machine. Off by default: it costs about 60% more CPU in
+    total, so it only pays off when a second core is otherwise idle."""
+
+    @field_validator("parallel", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare `on`/`off` as true/false: accept those as meant."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
+
+@dataclass
+class _Context:
+    """What every conversation of one export shares."""
+
+    user_id: str
+    options: Options
+    asset_names: dict[str, str]
+    rows: RowBuffer = field(default_factory=RowBuffer)
+    seen: set[str] = field(default_factory=set)
+
+
+def read(path: Path, options: Options) -> Iterator[Event]:
+    """Yield events covering every node of every conversation in the export at `path`.
+
+    Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
+    With `parallel: on` (or `auto` and a big export) two processes share the work
+    (`connectors.parallel`); what is staged is the same either way.
+    """
+    with ExportFiles(path) as export:
+        files = conversation_files(export)
+        user_id = _owner(export, options)
+        ctx = _Context(user_id=user_id, options=options, asset_names=_asset_names(export))
+        if not _two_processes(export, files, options):
+            yield from _events(export, files, ctx, handoff=None)
+            return
+    log.info("reading %s in two processes", path)
+    job = _Job(path=path, options=options.model_dump(), user_id=user_id)
+
+    def handle_raw(label: str, index: int, raw: bytes) -> Iterator[Event]:
+        yield from conversation_events(orjson.loads(raw), ctx, label, index)
+        if ctx.rows.full and (table := ctx.rows.take()) is not None:
+            yield table
+
+    yield from read_in_two_processes(_produce, job, handle_raw)
+    table = ctx.rows.take()
+    if table is not None:
+        yield table
+
+
+PARALLEL_MIN_BYTES = 64 * 1024 * 1024
+"""With `parallel: auto`, exports whose conversation files are smaller stay in-process."""
+
+
+def _two_processes(export: ExportFiles, files: list[str], options: Options) -> bool:
+    if options.parallel != "auto":
+        return options.parallel == "on"
+    if (os.cpu_count() or 1) < 2:
+        return False
+    return sum(export.size(name) for name in files) >= PARALLEL_MIN_BYTES
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the helper process needs to read the same export (picklable)."""
+
+    path: Path
+    options: dict[str, Any]
+    user_id: str
+
+
+def _produce(job: _Job, handoff: Handoff) -> Iterator[Event]:
+    """Helper-process side: read every file, handing a share of the conversations over."""
+    options = Options.model_validate(job.options)
+    with ExportFiles(job.path) as export:
+        ctx = _Context(
+            user_id=job.user_id,
+            options=options,
+            asset_names=_asset_names(export),
+            rows=RowBuffer(rows_per_table=4096),  # smaller frames keep the pipe flowing
+        )
+        yield from _events(export, conversation_files(export), ctx, handoff)
+
+
+def _events(
+    export: ExportFiles, files: list[str], ctx: _Context, handoff: Handoff | None
+) -> Iterator[Event]:
+    for name in files:
+        if name not in export.names:
+            yield Quarantined(
+                source_file=export.label(name),
+                position="(whole file)",
+                reason="chatgpt:missing_file: listed in export_manifest.json but absent "
+                "from the export; its conversations were not read",
+            )
+            continue
+        yield from _read_file(export, name, ctx, handoff)
+    table = ctx.rows.take()
+    if table is not None:
+        yield table
+
+
+def conversation_files(export: ExportFiles) -> list[str]:
+    """The conversation files to read, in order: the single file, else the shards."""
+    if export.single_file is not None:
+        return [export.single_file]
+    if "conversations.json" in export.names:
+        return ["conversations.json"]
+    numbered = {n: m for n in export.names if (m := _SHARD.fullmatch(n))}
+    shards = sorted(numbered, key=lambda n: int(numbered[n].group(1)))
+    if "export_manifest.json" in export.names:
+        listed = _manifest_files(export)
+        shards = listed + [s for s in shards if s not in listed]
+    if not shards:
+        raise InputError(
+            f"{export.path}: not a ChatGPT export (no conversations.json or "
+            "conversations-NNN.json found)"
+        )
+    return shards
+
+
+def _manifest_files(export: ExportFiles) -> list[str]:
+    manifest = export.read_json("export_manifest.json")
+    try:
+        files = manifest["logical_files"]["conversations.json"]["files"]
+    except (KeyError, TypeError):
+        return []
+    return [f for f in files if isinstance(f, str)] if isinstance(files, list) else []
+
+
+def _owner(export: ExportFiles, options: Options) -> str:
+    """The `id` in user.json (unless `owner_from_export: false`), else the configured
+    user_id; neither is a `ConfigError`."""
+    if options.owner_from_export and "user.json" in export.names:
+        user = export.read_json("user.json")
+        if isinstance(user, dict) and isinstance(user.get("id"), str) and user["id"]:
+            if options.user_id and options.user_id != user["id"]:
+                log.info(
+                    "owner of %s: %s from user.json (not the configured user_id)",
+                    export.path,
+                    user["id"],
+                )
+            return str(user["id"])
+    if options.user_id:
+        return options.user_id
+    raise ConfigError(
+        f"{export.path}: no user.json with an `id` in this ChatGPT export; set `user_id` "
+        "for this source in the config (or pass --user-id)"
+    )
+
+
+def _asset_names(export: ExportFiles) -> dict[str, str]:
+    """File id -> original file name, from the 2026 map file and classic upload names."""
+    names: dict[str, str] = {}
+    for member in export.names:
+        match = _CLASSIC_FILE.fullmatch(member)
+        if match:
+            names[f"file-{match.group(1)}"] = match.group(2)
+    if "conversation_asset_file_names.json" in export.names:
+        mapping = export.read_json("conversation_asset_file_names.json")
+        if isinstance(mapping, dict):
+            for key, value in mapping.items():
+                if isinstance(value, str):
+                    names[key.removesuffix(".dat")] = value
+    return names
+
+
+def _read_file(
+    export: ExportFiles, name: str, ctx: _Context, handoff: Handoff | None
+) -> Iterator[Event]:
+    """Events of one conversations file; with `handoff`, conversations (with a fresh id,
+    parsed as-is by orjson) are offered to the other process first."""
+    label = export.label(name)
+    index = 0
+    try:
+        with export.open(name) as fh:
+            for element in iter_array(fh, keep_raw=handoff is not None):
+                index = element.index
+                if handoff is not None and element.raw is not None:
+                    cid = _conversation_id(element.value)
+                    if (
+                        cid is not None
+                        and cid not in ctx.seen
+                        and handoff(label, index, element.raw)
+                    ):
+                        ctx.seen.add(cid)
+                        continue
+                yield from conversation_events(element.value, ctx, label, index)
+                if ctx.rows.full and (table := ctx.rows.take()) is not None:
+                    yield table
+    except JSONStreamError as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"byte {exc.offset} (conversation #{exc.index})",
+            reason=f"chatgpt:malformed_json: {exc}; conversations from here to the end "
+            "of this file were not read",
+        )
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"after conversation #{index}",
+            reason=f"chatgpt:unreadable_file: {exc}; the rest of this file was not read",
+        )
+
+
+def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:
+    """Events for one conversation object: one count per node of its mapping.
+
+    Staged messages are appended to `ctx.rows`; the caller turns them into tables.
+    """
+    where = f"conversations[{index}]"
+    if not isinstance(conv, dict):
+        yield Quarantined(
+            source_file,
+            where,
+            "chatgpt:not_a_conversation: not a JSON object",
+            repr(conv)[:200],
+        )
+        return
+    conv_id = _conversation_id(conv)
+    mapping = conv.get("mapping")
+    if not isinstance(conv_id, str) or not isinstance(mapping, dict):
+        yield Quarantined(
+            source_file,
+            where,
+            "chatgpt:not_a_conversation: no string `id` or no `mapping` object",
+            f"keys: {', '.join(sorted(map(str, conv)))}",
+        )
+        return
+    where = f"{where} (id {conv_id})"
+    if not mapping:
+        yield Skipped("chatgpt:empty_conversation")
+        return
+    if conv_id in ctx.seen:
+        yield Skipped("chatgpt:duplicate_conversation", len(mapping))
+        return
+    ctx.seen.add(conv_id)
+    tree, times = _tree(mapping)
+    if tree.problem is not None:
+        yield Quarantined(
+            source_file,
+            where,
+            f"chatgpt:broken_tree: {tree.problem}; conversation not loaded",
+            f"{len(mapping)} nodes",
+        )
+        if len(mapping) > 1:
+            yield Skipped("chatgpt:quarantined_conversation", len(mapping) - 1)
+        return
+    skipped = _Thread(conv, conv_id, tree, times, ctx, source_file, index).stage()
+    for reason, count in skipped.items():
+        yield Skipped(reason, count)
+
+
+def _conversation_id(conv: Any) -> str | None:
+    if conv.__class__ is not dict:
+        return None
+    conv_id = conv.get("id") or conv.get("conversation_id")
+    return conv_id if isinstance(conv_id, str) else None
+
+
+def _tree(mapping: dict[str, Any]) -> tuple[ParentTree, dict[str, float | None]]:
+    """The mapping's tree from `parent` links (payloads: the nodes' messages or None) and
+    each node's own message time."""
+    nodes: dict[str, Any] = {}
+    parents: dict[str, str | None] = {}
+    times: dict[str, float | None] = {}
+    for nid, node in mapping.items():
+        if node.__class__ is not dict:
+            return ParentTree(problem=f"node {nid} is not a JSON object"), times
+        parent = node.get("parent")
+        if parent is not None and parent.__class__ is not str:
+            return ParentTree(problem=f"node {nid} has a parent that is not a string id"), times
+        msg = node.get("message")
+        if msg.__class__ is dict:
+            t = msg.get("create_time")
+            times[nid] = t if t.__class__ is float and 0 < t < 1e11 else _number(t)
+        else:
+            msg = None
+            times[nid] = None
+        nodes[nid] = msg
+        parents[nid] = parent
+    return ParentTree.link(nodes, parents), times
+
+
+def _number(value: Any) -> float | None:
+    """A usable epoch-seconds value, or None (bools, NaN and absurd values are not times)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1e11:
+        return float(value)
+    return None
+
+
+def _micros(ts: float | None) -> int | None:
+    return None if ts is None else round(ts * 1_000_000)
+
+
+class _Thread:
+    """Stages one checked conversation tree: the canonical thread, then other branches."""
+
+    def __init__(
+        self,
+        conv: dict[str, Any],
+        conv_id: str,
+        tree: ParentTree,
+        raw_times: dict[str, float | None],
+        ctx: _Context,
+        source_file: str,
+        index: int,
+    ) -> None:
+        self.conv = conv
+        self.conv_id = conv_id
+        self.tree = tree
+        self.raw_times = raw_times
+        self.ctx = ctx
+        self.source_file = source_file
+        self.index = index
+        self.skipped: Counter[str] = Counter()
+        self.times: dict[str, float | None] = {}
+        title = conv.get("title")
+        self.title = title if isinstance(title, str) and title.strip() else None
+        slug = conv.get("default_model_slug")
+        self.default_model = slug if isinstance(slug, str) else None
+        gizmo = conv.get("gizmo_id")
+        self.gizmo_id = gizmo if isinstance(gizmo, str) else None
+        self.start_time = self._start_time()
+
+    def _raw_time(self, nid: str) -> float | None:
+        return self.raw_times[nid]
+
+    def _start_time(self) -> float | None:
+        """The conversation's start: the earlier of its create_time and its first message.
+
+        Conversation-level times can be years after the messages (bulk restores), so a
+        message without any timed ancestor never gets a time later than real messages.
+        """
+        known = [t for t in self.raw_times.values() if t is not None]
+        created = _number(self.conv.get("create_time"))
+        if created is not None:
+            known.append(created)
+        return min(known) if known else _number(self.conv.get("update_time"))
+
+    def _key(self, nid: str) -> tuple[float, str]:
+        t = self._raw_time(nid)
+        return (t if t is not None else float("-inf"), nid)
+
+    def _leaf(self) -> str:
+        """`current_node` when it exists, else the newest leaf."""
+        current = self.conv.get("current_node")
+        if isinstance(current, str) and current in self.tree.nodes:
+            return current
+        return max(self.tree.leaves(), key=self._key)
+
+    def stage(self) -> Counter[str]:
+        """Append visible messages to the row buffer; return the skip counts."""
+        leaf = self._leaf()
+        if self.ctx.options.branches == "all":
+            for i, (end, path) in enumerate(self.tree.branches(leaf, self._key)):
+                conversation_id = self.conv_id if i == 0 else f"{self.conv_id}:{end}"
+                self._segment(path, conversation_id, branched=i > 0)
+        else:
+            path = self.tree.path_to(leaf)
+            self._segment(path, self.conv_id, branched=False)
+            off = len(self.tree.nodes) - len(path)
+            if off:
+                self.skipped["chatgpt:other_branch"] += off
+        return self.skipped
+
+    def _segment(self, path: list[str], conversation_id: str, branched: bool) -> None:
+        """Stage the visible messages of `path` (a thread or a branch); count the rest."""
+        fork = self.tree.parent[path[0]]
+        before = self.times.get(fork) if fork is not None else None
+        times = running_times(path, self.raw_times.__getitem__, before, self.start_time)
+        rows = self.ctx.rows.rows
+        user_id = self.ctx.user_id
+        source_file = self.source_file
+        position = f"conversations[{self.index}].mapping["
+        id_prefix = f"{SOURCE}:{self.conv_id}:"
+        track = self.ctx.options.branches == "all"
+        base: dict[str, Any] = {}
+        if self.title is not None:
+            base["title"] = self.title
+        if self.gizmo_id is not None:
+            base["gizmo_id"] = self.gizmo_id
+        if branched:
+            base["branch_of"] = self.conv_id
+        seq = 0
+        for nid, (eff, time_note) in zip(path, times, strict=True):
+            if track:  # fork times, for the branches after this one
+                from_start = (
+                    time_note is not None and time_note.get("time_source") == "conversation"
+                )
+                self.times[nid] = None if from_start else eff
+            msg = self.tree.nodes[nid]
+            if msg is None:
+                self.skipped[
+                    "chatgpt:root" if self.tree.parent[nid] is None else "chatgpt:no_message"
+                ] += 1
+                continue
+            shaped = _shape(msg, self.ctx)
+            if isinstance(shaped, str):
+                self.skipped[shaped] += 1
+                continue
+            role, text, extra, model, name = shaped
+            meta = {"node_id": nid, **base}
+            if model is None and role == "assistant":
+                model = self.default_model
+            if model is not None:
+                meta["model"] = model
+            if branched and seq == 0:
+                meta["fork_parent"] = fork
+            if extra:
+                meta.update(extra)
+            if time_note is not None:
+                meta.update(time_note)
+            rows.append(
+                (
+                    SOURCE,
+                    source_file,
+                    position + nid + "]",
+                    id_prefix + nid,
+                    conversation_id,
+                    user_id,
+                    role,
+                    None,
+                    name,
+                    text,
+                    None if eff is None else round(eff * 1_000_000),
+                    seq,
+                    orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
+                )
+            )
+            seq += 1
+
+
+_Shaped = tuple[str, str, dict[str, Any], str | None, str | None]
+"""role, text, extra metadata, model slug, author name."""
+
+
+def _shape(msg: dict[str, Any], ctx: _Context) -> _Shaped | str:
+    """(role, text, metadata, model, author name) of a visible message, or the reason it
+    is skipped."""
+    author = msg.get("author")
+    role = author.get("role") if isinstance(author, dict) else None
+    content = msg.get("content")
+    if not isinstance(content, dict):
+        content = {}
+    ctype = content.get("content_type")
+    meta = msg.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    if ctype in _CONTEXT_TYPES or meta.get("is_user_system_message"):
+        return "chatgpt:user_context"
+    if role == "system":
+        return "chatgpt:hidden_system"
+    if meta.get("is_visually_hidden_from_conversation"):
+        return "chatgpt:visually_hidden"
+    if ctype == "thoughts":
+        return "chatgpt:thoughts"
+    if ctype == "reasoning_recap":
+        return "chatgpt:reasoning_recap"
+    if msg.get("channel") in _INTERNAL_CHANNELS:
+        return "chatgpt:internal_channel"
+    recipient = msg.get("recipient")
+    tool_output = role in ("tool", "function")
+    tool_call = role == "assistant" and recipient not in (None, "all")
+    if tool_output or tool_call or ctype in _TOOL_INTERNAL_TYPES:
+        if not ctx.options.include_tool_messages:
+            return "chatgpt:tool_call" if role == "assistant" else "chatgpt:tool_output"
+    elif role not in ("user", "assistant"):
+        return "chatgpt:unknown_role"
+    text, extra = _content(content, meta, ctx.asset_names)
+    if not text:
+        return "chatgpt:empty"
+    if isinstance(ctype, str) and ctype != "text":
+        extra["content_type"] = ctype
+    if tool_call:
+        extra["recipient"] = recipient
+    model = meta.get("model_slug")
+    name = author.get("name") if isinstance(author, dict) else None
+    return (
+        "tool" if tool_output or role not in ("user", "assistant") else str(role),
+        text,
+        extra,
+        model if model.__class__ is str else None,
+        name if name.__class__ is str and name else None,
+    )
+
+
+def _content(
+    content: dict[str, Any], meta: dict[str, Any], asset_names: dict[str, str]
+) -> tuple[str, dict[str, Any]]:
+    """Visible text (citation markers stripped) and asset metadata of one message.
+
+    Text is taken from string parts and from parts with a `text` (voice transcripts),
+    else from `text`, `result` or string `content` (code, execution output, tool results).
+    A message with assets but no text gets a short placeholder such as `[image: a.png]`.
+    """
+    extra: dict[str, Any] = {}
+    parts = content.get("parts")
+    if (
+        parts.__class__ is list
+        and len(parts) == 1
+        and parts[0].__class__ is str
+        and not meta.get("attachments")
+    ):
+        text = parts[0]  # the common case: one plain text part, no attachments
+        if not text.isascii():
+            text = strip_citations(text)
+        return ("" if not text or text.isspace() else text), extra
+    texts: list[str] = []
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict):
+                _part(part, texts, extra, asset_names)
+    else:
+        for key in ("text", "result", "content"):
+            value = content.get(key)
+            if isinstance(value, str):
+                texts.append(value)
+                break
+    if isinstance(content.get("language"), str) and content.get("language") != "unknown":
+        extra["language"] = content["language"]
+    attachments = meta.get("attachments")
+    if isinstance(attachments, list) and attachments:
+        extra["attachments"] = [
+            _attachment(a, asset_names) for a in attachments if isinstance(a, dict)
+        ]
+    text = "\n".join(t for t in texts if t)
+    if text:
+        text = strip_citations(text)
+    if not text or text.isspace():
+        text = _placeholder(extra)
+    return text, extra
+
+
+def strip_citations(text: str) -> str:
+    """Remove ChatGPT citation markers: private-use spans like `\ue200cite…\ue201`, stray
+    private-use marks (`\ue203`, `\ue204`, `\ue206`...) and old `【12†source】` markers.
+
+    The space before a removed marker goes too when punctuation or a space follows it.
+    """
+    if text.isascii():
+        return text
+    start = text.find("\ue200")
+    if start >= 0:
+        text = _cut_spans(text, "\ue200", "\ue201", None, start)
+        if text.isascii():  # cutting usually removed the only non-ASCII characters
+            return text
+    start = text.find("【")
+    if start >= 0:
+        text = _cut_spans(text, "【", "】", _OLD_CITE, start)
+        if text.isascii():
+            return text
+    for mark in _PUA_MARKS:
+        if mark in text:
+            text = text.replace(mark, "")
+    return text
+
+
+def _cut_spans(
+    text: str, opening: str, closing: str, inner: re.Pattern[str] | None, start: int
+) -> str:
+    """`text` without the `opening`…`closing` spans (whose inside matches `inner`), the
+    first of which opens at `start`."""
+    out: list[str] = []
+    done = 0
+    while start >= 0:
+        end = text.find(closing, start + 1)
+        if end < 0:
+            break
+        if inner is not None and not inner.fullmatch(text, start + 1, end):
+            start = text.find(opening, start + 1)
+            continue
+        left = text[done:start]
+        after = text[end + 1 : end + 2]
+        if not after or after.isspace() or after in _PUNCT_AFTER:
+            left = left.rstrip(" \t")
+        out.append(left)
+        done = end + 1
+        start = text.find(opening, done)
+    out.append(text[done:])
+    return "".join(out)
+
+
+def _part(
+    part: dict[str, Any], texts: list[str], extra: dict[str, Any], asset_names: dict[str, str]
+) -> None:
+    ptype = part.get("content_type")
+    if isinstance(part.get("text"), str):
+        texts.append(part["text"])
+        if ptype == "audio_transcription":
+            extra["voice_transcript"] = True
+        return
+    if ptype == "real_time_user_audio_video_asset_pointer":
+        audio = part.get("audio_asset_pointer")
+        if isinstance(audio, dict):
+            extra.setdefault("audio", []).append(_asset(audio, asset_names))
+        frames = part.get("frames_asset_pointers")
+        if isinstance(frames, list) and frames:
+            extra["video_frames"] = len(frames)
+        return
+    if isinstance(part.get("asset_pointer"), str):
+        kind = (
+            "images"
+            if ptype == "image_asset_pointer"
+            else "audio"
+            if ptype == "audio_asset_pointer"
+            else "files"
+        )
+        extra.setdefault(kind, []).append(_asset(part, asset_names))
+
+
+def _file_id(pointer: str) -> str:
+    return pointer.split("://", 1)[-1]
+
+
+def _asset(part: dict[str, Any], asset_names: dict[str, str]) -> dict[str, Any]:
+    pointer = str(part["asset_pointer"])
+    out: dict[str, Any] = {"asset_pointer": pointer}
+    name = asset_names.get(_file_id(pointer))
+    if name is not None:
+        out["name"] = name
+    for key in ("size_bytes", "width", "height", "format"):
+        if isinstance(part.get(key), (int, str)):
+            out[key] = part[key]
+    dalle = (
+        (part.get("metadata") or {}).get("dalle")
+        if isinstance(part.get("metadata"), dict)
+        else None
+    )
+    if isinstance(dalle, dict) and isinstance(dalle.get("prompt"), str):
+        out["dalle_prompt"] = dalle["prompt"]
+    return out
+
+
+def _attachment(att: dict[str, Any], asset_names: dict[str, str]) -> dict[str, Any]:
+    out = {
+        k: att[k] for k in ("id", "name", "mime_type", "size") if isinstance(att.get(k), (str, int))
+    }
+    if "name" not in out and isinstance(att.get("id"), str) and att["id"] in asset_names:
+        out["name"] = asset_names[att["id"]]
+    return out
+
+
+def _placeholder(extra: dict[str, Any]) -> str:
+    """`[image: a.png]`-style text for a message that only carries assets."""
+    labels: list[str] = []
+    for kind, label in (
+        ("images", "image"),
+        ("audio", "audio"),
+        ("files", "file"),
+        ("attachments", "file"),
+    ):
+        for item in extra.get(kind, []):
+            name = item.get("name")
+            labels.append(f"[{label}: {name}]" if name else f"[{label}]")
+    return " ".join(labels)

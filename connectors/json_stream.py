@@ -1,0 +1,276 @@
+"""Stream the elements of a top-level JSON array without loading the whole file.
+
+Chat exports are one huge array (`[conv, conv, ...]`, 700 MB and more). `iter_array`
+reads it in chunks and yields one parsed element at a time, so memory holds one chunk
+plus the element being parsed.
+
+How elements are cut out: the fast path guesses an element's end at the next
+`}` `,` `{` sequence and lets orjson confirm it (one C call per element). When the guess
+is wrong (that sequence also occurs inside nested arrays of objects), the element is
+parsed with the standard library's incremental `raw_decode`, which finds the real end.
+Either way every element is fully validated JSON. The first malformed or truncated
+element raises `JSONStreamError` naming its index and byte offset; every element before
+it has already been yielded.
+
+Numbers follow orjson: integers beyond 64 bits come back as floats (chat exports hold none).
+
+A top-level object is also accepted when it wraps the array under a known key
+(`{"conversations": [...]}`); that rare form is read whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+
+CHUNK_BYTES = 8 * 1024 * 1024
+MAX_ELEMENT_BYTES = 256 * 1024 * 1024
+"""A single array element larger than this is reported as an error, not buffered on."""
+MAX_GUESSES = 16
+"""Wrong end guesses tolerated per element before the exact (slower) parser takes over."""
+SLOW_WINDOW_BYTES = 256 * 1024
+_NEAR_END = 16
+
+_CANDIDATE_END = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
+_WS = b" \t\r\n"
+_BOM = b"\xef\xbb\xbf"
+_DECODER = json.JSONDecoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class StreamedElement:
+    """One array element: its 0-based `index`, the byte `offset` it starts at, its value."""
+
+    index: int
+    offset: int
+    value: Any
+    raw: bytes | None = None
+    """The element's exact bytes, when asked for (`keep_raw`) and orjson parsed them as-is."""
+
+
+class JSONStreamError(ValueError):
+    """The stream stopped being valid JSON at element `index`, byte `offset`."""
+
+    def __init__(self, message: str, *, index: int, offset: int) -> None:
+        super().__init__(message)
+        self.index = index
+        self.offset = offset
+
+
+class _Buffer:
+    """A sliding window over a binary stream; `base` is the file offset of `data[0]`."""
+
+    def __init__(self, fh: IO[bytes], chunk: int) -> None:
+        self.fh = fh
+        self.chunk = chunk
+        self.data = b""
+        self.base = 0
+        self.eof = False
+
+    def more(self, keep_from: int) -> int:
+        """Drop bytes before `keep_from`, append a chunk; return the shift applied to indexes."""
+        if self.eof:
+            return 0
+        block = self.fh.read(self.chunk)
+        if not block:
+            self.eof = True
+        self.data = self.data[keep_from:] + block
+        self.base += keep_from
+        return keep_from
+
+    def skip_ws(self, pos: int) -> int:
+        """Index of the next non-whitespace byte at or after `pos` (reads on as needed)."""
+        while True:
+            data = self.data
+            n = len(data)
+            while pos < n and data[pos] in _WS:
+                pos += 1
+            if pos < n or self.eof:
+                return pos
+            pos -= self.more(pos)
+
+
+def iter_array(
+    fh: IO[bytes],
+    *,
+    wrapper_keys: tuple[str, ...] = ("conversations",),
+    chunk: int = CHUNK_BYTES,
+    keep_raw: bool = False,
+) -> Iterator[StreamedElement]:
+    """Yield the elements of the JSON array in `fh` one by one (see module docstring).
+
+    Raises `JSONStreamError` at the first element that is malformed or cut off (after
+    yielding all earlier ones), or when the top level is neither an array nor an object
+    wrapping one under `wrapper_keys`.
+    """
+    buf = _Buffer(fh, chunk)
+    buf.more(0)
+    if buf.data.startswith(_BOM):
+        buf.data = buf.data[len(_BOM) :]
+        buf.base = len(_BOM)
+    pos = buf.skip_ws(0)
+    if pos >= len(buf.data):
+        raise JSONStreamError(
+            "the file is empty (expected a JSON array)", index=0, offset=buf.base + pos
+        )
+    first = buf.data[pos : pos + 1]
+    if first == b"{":
+        yield from _wrapped(buf, pos, wrapper_keys)
+        return
+    if first != b"[":
+        raise JSONStreamError(
+            f"expected a JSON array, found {first.decode('latin-1')!r}",
+            index=0,
+            offset=buf.base + pos,
+        )
+    pos = buf.skip_ws(pos + 1)
+    index = 0
+    if pos < len(buf.data) and buf.data[pos : pos + 1] == b"]":
+        _expect_end(buf, pos + 1, index)
+        return
+    while True:
+        if pos >= len(buf.data):
+            raise JSONStreamError(
+                "unexpected end of file (the array is not closed)",
+                index=index,
+                offset=buf.base + pos,
+            )
+        value, (start, pos), exact = _parse_element(buf, pos, index)
+        raw = buf.data[start:pos] if keep_raw and not exact else None
+        yield StreamedElement(index, buf.base + start, value, raw)
+        index += 1
+        pos = buf.skip_ws(pos)
+        sep = buf.data[pos : pos + 1]
+        if sep == b",":
+            pos = buf.skip_ws(pos + 1)
+            continue
+        if sep == b"]":
+            _expect_end(buf, pos + 1, index)
+            return
+        if not sep:
+            raise JSONStreamError(
+                "unexpected end of file (the array is not closed)",
+                index=index,
+                offset=buf.base + pos,
+            )
+        raise JSONStreamError(
+            f"expected ',' or ']' after element, found {sep.decode('latin-1')!r}",
+            index=index,
+            offset=buf.base + pos,
+        )
+
+
+def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int], bool]:
+    """Parse the element at `pos`: (value, (start, end) in current indexes, whether the
+    exact stdlib parser was needed)."""
+    search_from = pos
+    misses = 0
+    if buf.data[pos : pos + 1] == b"{":
+        while misses < MAX_GUESSES:
+            match = _CANDIDATE_END.search(buf.data, search_from)
+            if match is None:
+                if buf.eof:
+                    break
+                searched = len(buf.data)
+                shift = buf.more(pos)
+                pos -= shift
+                search_from = max(pos, searched - shift - 1024)
+                continue
+            end = match.start() + 1
+            try:
+                value = orjson.loads(memoryview(buf.data)[pos:end])
+            except orjson.JSONDecodeError:
+                misses += 1  # a nested `}, {` (or bad JSON): try the next one, then be exact
+                search_from = match.end()
+                continue
+            return value, (pos, end), False
+    value, span = _slow_parse(buf, pos, index)
+    return value, span, True
+
+
+def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:
+    """Parse one element exactly with the stdlib scanner, reading on while it is cut off.
+
+    A value or an error that reaches the end of the text at hand may just be cut off by the
+    window or the buffer (a number or `true` split in two, an open string): then the window
+    grows, or more of the file is read, before the result counts.
+    """
+    window = SLOW_WINDOW_BYTES
+    while True:
+        stop = pos + window
+        text = buf.data[pos:stop].decode("utf-8", "surrogateescape")
+        more_exists = stop < len(buf.data) or not buf.eof
+        try:
+            value, end_char = _DECODER.raw_decode(text)
+        except json.JSONDecodeError as exc:
+            unterminated = exc.msg.startswith("Unterminated")
+            maybe_cut = exc.pos >= len(text) - _NEAR_END or unterminated
+            if not (maybe_cut and more_exists):
+                at = buf.base + pos + len(text[: exc.pos].encode("utf-8", "surrogateescape"))
+                at_end = exc.pos >= len(text.rstrip()) or unterminated
+                what = "unexpected end of file" if at_end else exc.msg
+                raise JSONStreamError(what, index=index, offset=at) from None
+        else:
+            if end_char < len(text) - _NEAR_END or not more_exists:
+                end = pos + len(text[:end_char].encode("utf-8", "surrogateescape"))
+                return _restore_surrogates(value), (pos, end)
+        if stop < len(buf.data):
+            window *= 4
+            continue
+        if len(buf.data) - pos > MAX_ELEMENT_BYTES:
+            raise JSONStreamError(
+                f"element larger than {MAX_ELEMENT_BYTES // 2**20} MB or not closed",
+                index=index,
+                offset=buf.base + pos,
+            )
+        pos -= buf.more(pos)
+        window = max(window, len(buf.data) - pos)
+
+
+def _restore_surrogates(value: Any) -> Any:
+    """Surrogates cannot be stored as UTF-8: invalid input bytes (decoded with
+    surrogateescape) and lone `\\ud83d`-style escapes both become U+FFFD."""
+    if isinstance(value, str):
+        if value.isascii() or _SURROGATE.search(value) is None:
+            return value
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_restore_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_restore_surrogates(k): _restore_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _expect_end(buf: _Buffer, pos: int, index: int) -> None:
+    pos = buf.skip_ws(pos)
+    if pos < len(buf.data):
+        raise JSONStreamError(
+            "unexpected data after the closing ']'", index=index, offset=buf.base + pos
+        )
+
+
+def _wrapped(buf: _Buffer, pos: int, keys: tuple[str, ...]) -> Iterator[StreamedElement]:
+    """The rare `{"conversations": [...]}` form: read whole, then yield its array."""
+    while not buf.eof:
+        buf.more(0)
+    try:
+        doc = orjson.loads(buf.data[pos:])
+    except orjson.JSONDecodeError as exc:
+        raise JSONStreamError(f"malformed JSON: {exc}", index=0, offset=buf.base + pos) from None
+    for key in keys:
+        items = doc.get(key)
+        if isinstance(items, list):
+            for i, item in enumerate(items):
+                yield StreamedElement(i, buf.base + pos, item)
+            return
+    raise JSONStreamError(
+        f"expected a JSON array (or an object with {', '.join(map(repr, keys))})",
+        index=0,
+        offset=buf.base + pos,
+    )

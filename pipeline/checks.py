@@ -63,6 +63,8 @@ class Finding:
     unit: str
     description: str
     examples: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Further figures of the check (e.g. counts per kind, thresholds), machine-readable."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form under `checks.<id>` in report.json."""
@@ -72,6 +74,7 @@ class Finding:
             "count": self.count,
             "unit": self.unit,
             "description": self.description,
+            "details": self.details,
             "examples": self.examples,
         }
 
@@ -162,8 +165,8 @@ def _scan(
             examples.append(row)
     by_kind = ", ".join(f"{k}: {n}" for k, n in per_kind.items() if n)
     full = f"{description} By kind: {by_kind}." if by_kind else description
-    finding = Finding(finding_id, title, severity, count, "messages", full, examples)
-    return finding
+    details = {"by_kind": per_kind}
+    return Finding(finding_id, title, severity, count, "messages", full, examples, details)
 
 
 def secrets(table: pa.Table) -> Finding:
@@ -339,6 +342,7 @@ def _order_finding(count: int, conversations: int, examples: list[dict[str, Any]
         f"In {conversations} conversation(s) a message is older than the one staged before "
         "it; batches are sent in time order, so these are reordered.",
         examples,
+        {"conversations": conversations},
     )
 
 
@@ -368,7 +372,7 @@ def user_volumes(user_counts: Mapping[str, int]) -> Finding:
     ("many"); a bulk bot or a mis-mapped user id usually shows up this way.
     """
     examples: list[dict[str, Any]] = []
-    count = 0
+    kinds = {"few": 0, "many": 0}
     median = _median(list(user_counts.values()))
     if len(user_counts) >= USER_VOLUME_MIN_USERS:
         for user, n in sorted(user_counts.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -381,18 +385,24 @@ def user_volumes(user_counts: Mapping[str, int]) -> Finding:
             )
             if kind is None:
                 continue
-            count += 1
+            kinds[kind] += 1
             if len(examples) < MAX_EXAMPLES:
                 examples.append({"user_id": user, "messages": n, "kind": kind})
     return Finding(
         "user_volume",
         "Users with unusually few or many messages",
         "warning",
-        count,
+        kinds["few"] + kinds["many"],
         "users",
         f"Flagged when below median/{USER_VOLUME_FACTOR} or above median*{USER_VOLUME_FACTOR} "
         f"messages (median {median:g}; needs {USER_VOLUME_MIN_USERS}+ users).",
         examples,
+        {
+            "median": median,
+            "factor": USER_VOLUME_FACTOR,
+            "min_users": USER_VOLUME_MIN_USERS,
+            **kinds,
+        },
     )
 
 

@@ -77,6 +77,7 @@ def test_counts_add_up_on_hand_counted_input(tmp_path: Path, jsonl_source: str) 
     assert t["estimated_seconds"] == 6.0  # 3 calls at 0.5 calls/s
     assert t["already_delivered"] == 0 and d["ledger"]["present"] is False
     assert d["checks"]["out_of_order"]["count"] == 1
+    assert d["checks"]["out_of_order"]["details"] == {"conversations": 1}
     assert d["checks"]["out_of_order"]["examples"][0]["source_position"] == "line 8"
     assert d["checks"]["quarantined"]["count"] == 2
     positions = [e["position"] for e in d["checks"]["quarantined"]["examples"]]
@@ -181,6 +182,7 @@ def test_user_volume_outliers(tmp_path: Path, jsonl_source: str) -> None:
         ("many", "many"),
     }
     assert report.data["users"]["messages"]["median"] == 20
+    assert finding["details"] == {"median": 20, "factor": 10, "min_users": 3, "few": 1, "many": 1}
 
 
 SECRET = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
@@ -206,6 +208,13 @@ def test_secrets_and_personal_data_are_reported_masked(tmp_path: Path, jsonl_sou
     assert checks["personal_data"]["count"] == 1
     kinds = sorted(k for e in checks["secrets"]["examples"] for k in e["kinds"])
     assert kinds == ["api_key", "aws_access_key", "password"]
+    by_kind = checks["secrets"]["details"]["by_kind"]
+    assert {k: n for k, n in by_kind.items() if n} == {
+        "api_key": 1,
+        "aws_access_key": 1,
+        "password": 1,
+    }
+    assert checks["personal_data"]["details"]["by_kind"] == {"email": 1, "phone": 1}
     assert sorted(checks["personal_data"]["examples"][0]["kinds"]) == ["email", "phone"]
     work = tmp_path / "work"
     for text in [(work / "report.json").read_text(), (work / "report.html").read_text()]:

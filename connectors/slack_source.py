@@ -16,7 +16,7 @@ import re
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pipeline.errors import InputError
 
@@ -111,18 +111,20 @@ def open_export(path: Path, limits: Limits) -> ExportFiles:
 
 
 def _list_folder(root: Path) -> ExportFiles:
+    """Every file under `root` by relative POSIX name (size -1: not needed, not stat'ed)."""
     files: dict[str, tuple[str, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel = Path(dirpath).relative_to(root).as_posix()
-        prefix = "" if rel == "." else rel + "/"
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            try:
-                size = os.path.getsize(full)
-            except OSError:
-                continue
-            files[prefix + name] = (full, size)
+    stack = [(str(root), "")]
+    while stack:
+        path, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
+        for entry in entries:
+            if entry.is_dir():
+                stack.append((entry.path, prefix + entry.name + "/"))
+            else:
+                files[prefix + entry.name] = (entry.path, -1)
     return ExportFiles(path=root, is_zip=False, files=files)
 
 
@@ -183,9 +185,9 @@ def find_root(names: Iterable[str]) -> str:
     names = list(names)
     best: str | None = None
     for name in names:
-        p = PurePosixPath(name)
-        if p.name in INDEX_FILES and "teams" not in p.parts[:-1]:
-            prefix = "" if len(p.parts) == 1 else "/".join(p.parts[:-1]) + "/"
+        head, _, base = name.rpartition("/")
+        if base in INDEX_FILES and "teams" not in head.split("/"):
+            prefix = head + "/" if head else ""
             if best is None or prefix.count("/") < best.count("/"):
                 best = prefix
     if best is not None:
@@ -203,30 +205,32 @@ def discover(names: Iterable[str]) -> Layout:
     """Split an export's file names into roots and conversation folders (pure)."""
     names = sorted(names)
     root = find_root(names)
+    teams = root + "teams/"
     team_roots = sorted(
         {
-            root + "teams/" + rest.split("/", 2)[1] + "/"
+            teams + rest.split("/", 1)[0] + "/"
             for name in names
-            if name.startswith(root + "teams/") and (rest := name[len(root) :]).count("/") >= 2
+            if name.startswith(teams) and (rest := name[len(teams) :]).count("/") >= 1
         }
     )
     roots = [root, *team_roots]
     folders: dict[tuple[str, str], Folder] = {}
+    nested = sorted(team_roots, key=len, reverse=True)
     for name in names:
-        owner = max((r for r in roots if name.startswith(r)), key=len, default=None)
-        if owner is None:
+        owner = next((r for r in nested if name.startswith(r)), root) if nested else root
+        if owner and not name.startswith(owner):
             continue
         rest = name[len(owner) :]
         if rest.count("/") != 1:
             continue
         folder_name, file_name = rest.split("/")
+        is_day = DAY_FILE.fullmatch(file_name) is not None
         if folder_name in NOT_CONVERSATIONS or (
-            owner == root and folder_name == "teams" and not DAY_FILE.fullmatch(file_name)
+            owner == root and folder_name == "teams" and not is_day
         ):
             continue
-        folder = folders.setdefault((owner, folder_name), Folder(owner, folder_name))
-        if DAY_FILE.fullmatch(file_name):
-            folder.day_files.append(name)
-        else:
-            folder.other_files.append(name)
+        folder = folders.get((owner, folder_name))
+        if folder is None:
+            folder = folders[(owner, folder_name)] = Folder(owner, folder_name)
+        (folder.day_files if is_day else folder.other_files).append(name)
     return Layout(roots=roots, folders=[folders[k] for k in sorted(folders)])

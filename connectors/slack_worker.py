@@ -21,6 +21,7 @@ from string import Formatter
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
 import orjson
 import pyarrow as pa
 
@@ -151,32 +152,104 @@ def owner_id(user_id: str, info: UserInfo | None, fallback_name: str, s: Setting
     return s.user_id_template.format(**values)
 
 
-def _ts_micros(ts: str) -> int:
+def _slow_ts(ts: Any) -> tuple[str, int] | tuple[None, int]:
+    """(ts, microseconds) for the less common valid shapes of `ts`; (None, 0) if invalid."""
+    if type(ts) is int and ts >= 0:
+        ts = f"{ts}.000000"
+    if type(ts) is not str or not _TS.fullmatch(ts):
+        return None, 0
     seconds, _, frac = ts.partition(".")
-    return int(seconds) * 1_000_000 + int((frac + "000000")[:6])
+    return ts, int(seconds) * 1_000_000 + int((frac + "000000")[:6])
 
 
 class _DayKeys:
-    """Calendar day (YYYY-MM-DD) of a ts in one time zone, cached per 15-minute bucket."""
+    """Calendar day (YYYY-MM-DD) of a ts in one time zone.
+
+    Cached per UTC day for UTC, else per 15-minute bucket (every real UTC offset and
+    transition falls on a quarter hour).
+    """
 
     def __init__(self, tz_name: str):
-        self.tz = timezone.utc if tz_name == "UTC" else ZoneInfo(tz_name)
+        self.tz = None if tz_name == "UTC" else ZoneInfo(tz_name)
+        self.step = 86_400_000_000 if self.tz is None else 900_000_000
         self.cache: dict[int, str] = {}
 
     def __call__(self, micros: int) -> str:
-        bucket = micros // 900_000_000
+        bucket = micros // self.step
         day = self.cache.get(bucket)
         if day is None:
-            moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=bucket * 900)
-            day = moment.astimezone(self.tz).strftime("%Y-%m-%d")
+            moment = _EPOCH + timedelta(microseconds=bucket * self.step)
+            if self.tz is not None:
+                moment = moment.astimezone(self.tz)
+            day = moment.strftime("%Y-%m-%d")
             self.cache[bucket] = day
         return day
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_RAW = msgspec.Raw()
+
+
+class Msg(msgspec.Struct, gc=False):
+    """The fields of a day-file message we read; the rest is skipped while decoding.
+
+    Small fields are `Any` so type drift never fails a file; bulky ones stay raw JSON
+    (`msgspec.Raw`) and are decoded only when needed (empty `text`, unknown user).
+    """
+
+    ts: Any = None
+    user: Any = None
+    subtype: Any = None
+    text: Any = None
+    thread_ts: Any = None
+    bot_id: Any = None
+    hidden: Any = None
+    edited: Any = None
+    reactions: Any = None
+    username: Any = None
+    files: msgspec.Raw = _NO_RAW
+    file: msgspec.Raw = _NO_RAW
+    attachments: msgspec.Raw = _NO_RAW
+    blocks: msgspec.Raw = _NO_RAW
+    user_profile: msgspec.Raw = _NO_RAW
+    bot_profile: msgspec.Raw = _NO_RAW
+    comment: msgspec.Raw = _NO_RAW
+
+
+_DAY_DECODER = msgspec.json.Decoder(list[Msg])
+_MSG_DECODER = msgspec.json.Decoder(Msg)
+
+
+def _raw(value: msgspec.Raw) -> Any:
+    """Decode a raw field (None when absent)."""
+    if not value:
+        return None
+    return orjson.loads(memoryview(value))
+
+
+def _short(m: Msg) -> str:
+    return f"ts={m.ts!r} user={m.user!r} subtype={m.subtype!r} text={str(m.text)[:120]!r}"
 
 
 def process_unit(unit: Unit, ctx: Context, reader: FileReader) -> UnitResult:
     """Normalize one conversation's messages (never raises on bad data)."""
     names = Names(ctx.user_names, ctx.channel_names)
     return _Processor(unit, ctx, names, reader).run(ctx.settings)
+
+
+_COLUMNS = (
+    "source_file",
+    "source_position",
+    "message_id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "author_id",
+    "author_name",
+    "content",
+    "created_at",
+    "metadata",
+)
 
 
 class _Processor:
@@ -188,25 +261,11 @@ class _Processor:
         self.skipped: Counter[str] = Counter()
         self.quarantined: list[Quarantined] = []
         self.read = 0
-        self.cols: dict[str, list[Any]] = {
-            name: []
-            for name in (
-                "source_file",
-                "source_position",
-                "message_id",
-                "conversation_id",
-                "user_id",
-                "role",
-                "author_id",
-                "author_name",
-                "content",
-                "created_at",
-                "metadata",
-            )
-        }
+        self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         self.thread_of: list[str | None] = []
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
+        self.day_of = _DayKeys(ctx.settings.timezone)
 
     def run(self, s: Settings) -> UnitResult:
         if self.unit.other_files:
@@ -214,7 +273,7 @@ class _Processor:
             self.skipped["slack:not_a_day_file"] += len(self.unit.other_files)
         for name in self.unit.day_files:
             messages = self._load(name)
-            if messages is not None:
+            if messages:
                 self._messages(name, messages, s)
         if s.conversation == "session":
             self._assign_sessions(s)
@@ -225,18 +284,24 @@ class _Processor:
         self.read += 1
         self.quarantined.append(Quarantined(name, position, reason, raw[:400]))
 
-    def _load(self, name: str) -> list[Any] | None:
-        size = self.ctx.export.files[name][1]
-        if size > self.ctx.settings.max_member_bytes:
-            self._quarantine(name, "file", f"day file is {size} bytes, over max_member_bytes")
-            return None
+    def _load(self, name: str) -> list[Msg | None] | None:
+        """The file's messages; None where an element is not an object (quarantined)."""
         try:
             data = self.reader.read(name)
         except OSError as exc:
             self._quarantine(name, "file", f"cannot read day file: {exc}")
             return None
+        if len(data) > self.ctx.settings.max_member_bytes:
+            self._quarantine(name, "file", f"day file is {len(data)} bytes, over max_member_bytes")
+            return None
         if data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
+        try:
+            return _DAY_DECODER.decode(data)  # type: ignore[return-value]
+        except msgspec.ValidationError:
+            pass  # valid JSON of another shape, or invalid JSON: decode generically below
+        except msgspec.DecodeError:
+            pass
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -246,7 +311,7 @@ class _Processor:
             self._quarantine(name, where, f"day file is not valid JSON: {exc.msg}", near)
             return None
         if not isinstance(value, list):
-            kind = type(value).__name__ if not isinstance(value, dict) else "object"
+            kind = "object" if isinstance(value, dict) else type(value).__name__
             self._quarantine(
                 name,
                 "top level",
@@ -254,9 +319,22 @@ class _Processor:
                 data[:200].decode("utf-8", "replace"),
             )
             return None
-        return value
+        out: list[Msg | None] = []
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                out.append(_MSG_DECODER.decode(orjson.dumps(item)))
+            else:
+                kind = "null" if item is None else type(item).__name__
+                self._quarantine(
+                    name,
+                    f"$[{index}]",
+                    f"message is a JSON {kind}, not an object",
+                    orjson.dumps(item).decode(),
+                )
+                out.append(None)
+        return out
 
-    def _messages(self, file_name: str, messages: list[Any], s: Settings) -> None:  # noqa: C901
+    def _messages(self, file_name: str, messages: list[Msg | None], s: Settings) -> None:  # noqa: C901
         unit = self.unit
         label = unit.label
         channel_id = unit.channel_id
@@ -267,7 +345,8 @@ class _Processor:
         author_mode = s.memory_owner == "author"
         prefix = s.speaker_prefix
         mode = s.conversation
-        day_of = _DayKeys(s.timezone) if mode == "thread" else None
+        day_of = self.day_of
+        day_cache, day_step = day_of.cache, day_of.step
         workspace_owner = s.user_id
         seen = self.seen_ts
         c = self.cols
@@ -278,29 +357,29 @@ class _Processor:
         thread_of = self.thread_of
         conv_channel = f"slack:{label}"
         dumps = orjson.dumps
+        counted = 0
 
         for index, m in enumerate(messages):
-            self.read += 1
-            if type(m) is not dict:
-                kind = type(m).__name__
-                self._quarantine(
-                    file_name,
-                    f"$[{index}]",
-                    f"message is a JSON {kind}, not an object",
-                    dumps(m).decode(),
-                )
-                self.read -= 1
+            if m is None:  # already quarantined while loading
                 continue
-            ts = m.get("ts")
-            if type(ts) is not str or not _TS.fullmatch(ts):
-                if isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0:
-                    ts = f"{ts}.000000"
-                else:
-                    reason = "message has no ts" if ts is None else f"message ts {ts!r} is invalid"
-                    self._quarantine(file_name, f"$[{index}]", reason, dumps(m).decode())
-                    self.read -= 1
+            counted += 1
+            ts = m.ts
+            if (
+                type(ts) is str
+                and len(ts) == 17
+                and ts[10] == "."
+                and (digits := ts[:10] + ts[11:]).isdigit()
+                and digits.isascii()
+            ):
+                micros = int(digits)
+            else:
+                ts, micros = _slow_ts(ts)
+                if ts is None:
+                    reason = "message has no ts" if m.ts is None else "message ts is invalid"
+                    self._quarantine(file_name, f"$[{index}]", reason, _short(m))
+                    counted -= 1
                     continue
-            subtype = m.get("subtype")
+            subtype = m.subtype
             if subtype is not None:
                 if type(subtype) is not str:
                     subtype = str(subtype)
@@ -310,7 +389,7 @@ class _Processor:
                 if subtype in SYSTEM_SUBTYPES and subtype not in include:
                     skipped["slack:" + subtype] += 1
                     continue
-            if m.get("hidden") is True:
+            if m.hidden is True:
                 skipped["slack:hidden"] += 1
                 continue
             if ts in seen:
@@ -319,11 +398,11 @@ class _Processor:
             seen.add(ts)
 
             # author
-            uid = m.get("user")
+            uid = m.user
             if not uid or type(uid) is not str:
                 uid = _fallback_author(m)
             info = users.get(uid) if uid else None
-            bot_id = m.get("bot_id")
+            bot_id = m.bot_id
             is_bot = (
                 subtype == "bot_message"
                 or (bot_id is not None and bot_id != "")
@@ -351,26 +430,33 @@ class _Processor:
                 owner = workspace_owner
 
             # content
-            text = m.get("text")
+            text = m.text
             files = None
             if type(text) is str and text:
-                content = render_mrkdwn(text, names)
+                if "<" in text or "&" in text or "xox" in text:
+                    content = render_mrkdwn(text, names)
+                else:
+                    content = text
             else:
-                files = file_names(m)
-                content = fallback_content(m, names, files)
+                files = _file_names(m)
+                content = fallback_content(
+                    {"blocks": _raw(m.blocks), "attachments": _raw(m.attachments)}, names, files
+                )
             if not content.strip():
                 skipped["slack:empty"] += 1
                 continue
 
-            micros = _ts_micros(ts)
-            thread_ts = m.get("thread_ts")
+            thread_ts = m.thread_ts
             if type(thread_ts) is not str or not thread_ts or thread_ts == NO_THREAD:
                 thread_ts = None
             if mode == "thread":
                 if thread_ts is not None:
                     conv = f"{conv_channel}:{thread_ts}"
                 else:
-                    conv = f"{conv_channel}:{day_of(micros)}"  # type: ignore[misc]
+                    day = day_cache.get(micros // day_step)
+                    if day is None:
+                        day = day_of(micros)
+                    conv = f"{conv_channel}:{day}"
             else:
                 conv = conv_channel
             thread_of.append(thread_ts)
@@ -382,13 +468,12 @@ class _Processor:
                 meta["subtype"] = subtype
                 if subtype == "thread_broadcast":
                     meta["broadcast"] = True
-            if m.get("edited"):
+            if m.edited:
                 meta["edited"] = True
-            reactions = m.get("reactions")
-            if reactions:
-                meta["reactions"] = _reactions(reactions)
-            if files is None and ("files" in m or "file" in m):
-                files = file_names(m)
+            if m.reactions:
+                meta["reactions"] = _reactions(m.reactions)
+            if files is None and (m.files or m.file):
+                files = _file_names(m)
             if files:
                 meta["files"] = files
             if is_bot:
@@ -405,6 +490,7 @@ class _Processor:
             c_content.append(f"{author_name}: {content}" if prefix else content)
             c_time.append(micros)
             c_meta.append(dumps(meta).decode())
+        self.read += counted
 
     def _assign_sessions(self, s: Settings) -> None:
         """Split the channel's top-level messages at gaps; replies join their parent's session."""
@@ -456,27 +542,32 @@ class _Processor:
 
 
 def _large_strings(values: list[str]) -> pa.Array:
+    """large_string array (built as string first: converting straight to large_string is slow)."""
     try:
-        return pa.array(values, pa.large_string())
-    except (UnicodeEncodeError, pa.ArrowInvalid):
+        return pa.array(values, pa.string()).cast(pa.large_string())
+    except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowCapacityError):
         cleaned = [v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for v in values]
         return pa.array(cleaned, pa.large_string())
 
 
-def _fallback_author(m: dict[str, Any]) -> str | None:
+def _file_names(m: Msg) -> list[str]:
+    if not m.files and not m.file:
+        return []
+    return file_names({"files": _raw(m.files), "file": _raw(m.file)})
+
+
+def _fallback_author(m: Msg) -> str | None:
     """Sender of a message without `user`: comment.user, then file.user."""
-    comment = m.get("comment")
-    if isinstance(comment, dict) and isinstance(comment.get("user"), str):
-        return str(comment["user"])
-    legacy = m.get("file")
-    if isinstance(legacy, dict) and isinstance(legacy.get("user"), str):
-        return str(legacy["user"])
+    for raw in (m.comment, m.file):
+        value = _raw(raw)
+        if isinstance(value, dict) and isinstance(value.get("user"), str) and value["user"]:
+            return str(value["user"])
     return None
 
 
-def _fallback_name(m: dict[str, Any], uid: str | None) -> str:
+def _fallback_name(m: Msg, uid: str | None) -> str:
     """Name of a sender missing from users.json: user_profile, bot_profile, username, id."""
-    profile = m.get("user_profile")
+    profile = _raw(m.user_profile)
     if isinstance(profile, dict):
         for key in ("display_name", "real_name", "name"):
             value = profile.get(key)
@@ -484,16 +575,14 @@ def _fallback_name(m: dict[str, Any], uid: str | None) -> str:
                 return value
     if uid == "USLACKBOT":
         return "Slackbot"
-    bot = m.get("bot_profile")
+    bot = _raw(m.bot_profile)
     if isinstance(bot, dict) and isinstance(bot.get("name"), str) and bot["name"]:
         return str(bot["name"])
-    username = m.get("username")
-    if isinstance(username, str) and username:
-        return username
+    if isinstance(m.username, str) and m.username:
+        return m.username
     if uid:
         return uid
-    bot_id = m.get("bot_id")
-    return bot_id if isinstance(bot_id, str) and bot_id else "unknown"
+    return m.bot_id if isinstance(m.bot_id, str) and m.bot_id else "unknown"
 
 
 def _reactions(reactions: Any) -> list[dict[str, Any]]:

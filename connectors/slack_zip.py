@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 PARALLEL_MIN_BYTES = 16 << 20
+ESTIMATED_DAY_FILE_BYTES = 32 << 10
+"""Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
 """Exports smaller than this are read in-process: starting workers would cost more."""
 
 
@@ -358,7 +360,11 @@ def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]
 
 
 def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event]:
-    sizes = {u.label: sum(ctx.export.files[f][1] for f in u.day_files) for u in units}
+    files = ctx.export.files
+    sizes = {
+        u.label: sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for f in u.day_files)
+        for u in units
+    }
     units = sorted(units, key=lambda u: (-sizes[u.label], u.label))
     count = workers or os.cpu_count() or 1
     count = min(count, len(units))

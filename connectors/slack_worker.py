@@ -237,6 +237,8 @@ def process_unit(unit: Unit, ctx: Context, reader: FileReader) -> UnitResult:
     return _Processor(unit, ctx, names, reader).run(ctx.settings)
 
 
+BATCH_ROWS = 16_384
+"""Rows buffered as Python lists before they are converted into an Arrow batch."""
 _COLUMNS = (
     "source_file",
     "source_position",
@@ -266,6 +268,7 @@ class _Processor:
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
         self.day_of = _DayKeys(ctx.settings.timezone)
+        self.batches: list[pa.RecordBatch] = []
 
     def run(self, s: Settings) -> UnitResult:
         if self.unit.other_files:
@@ -275,9 +278,12 @@ class _Processor:
             messages = self._load(name)
             if messages:
                 self._messages(name, messages, s)
+                if len(self.cols["message_id"]) >= BATCH_ROWS and s.conversation != "session":
+                    self._flush()
         if s.conversation == "session":
             self._assign_sessions(s)
-        table = self._table() if self.cols["message_id"] else None
+        self._flush()
+        table = pa.Table.from_batches(self.batches, schema=STAGING_SCHEMA) if self.batches else None
         return UnitResult(table, dict(self.skipped), self.quarantined, self.read)
 
     def _quarantine(self, name: str, position: str, reason: str, raw: str = "") -> None:
@@ -519,7 +525,14 @@ class _Processor:
             if thread_ts is not None and thread_ts != ts:
                 conv[i] = session_of_ts.get(thread_ts, f"{base}:{thread_ts}")
 
-    def _table(self) -> pa.Table:
+    def _flush(self) -> None:
+        """Move the buffered rows into an Arrow batch (bounds Python-object memory)."""
+        if self.cols["message_id"]:
+            self.batches.append(self._batch())
+            self.cols = {name: [] for name in _COLUMNS}
+            self.thread_of = []
+
+    def _batch(self) -> pa.RecordBatch:
         c = self.cols
         n = len(c["message_id"])
         times = pa.array(c["created_at"], type=pa.int64())
@@ -538,7 +551,7 @@ class _Processor:
             "seq": times,
             "metadata": pa.array(c["metadata"], pa.string()),
         }
-        return pa.Table.from_pydict(arrays, schema=STAGING_SCHEMA)
+        return pa.RecordBatch.from_pydict(arrays, schema=STAGING_SCHEMA)
 
 
 def _large_strings(values: list[str]) -> pa.Array:

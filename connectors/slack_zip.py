@@ -20,6 +20,7 @@ import os
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 from string import Formatter
@@ -27,6 +28,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
+import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
@@ -58,6 +60,9 @@ GIB = 1 << 30
 PARALLEL_MIN_BYTES = 16 << 20
 ESTIMATED_DAY_FILE_BYTES = 32 << 10
 """Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
+PART_BYTES = 2 << 20
+"""Day files per work part, in (estimated) bytes: bounds each worker's memory."""
+MERGE_ROWS = 32_768
 """Exports smaller than this are read in-process: starting workers would cost more."""
 
 
@@ -359,22 +364,45 @@ def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]
     return units
 
 
+def split_unit(unit: Unit, files: dict[str, tuple[str, int]]) -> list[Unit]:
+    """Cut a conversation into parts of consecutive days (at most ~`PART_BYTES` each).
+
+    All files of one day name stay in one part, so duplicate (conversation, ts) records,
+    which share their day file, are still found. Only session mode needs whole units.
+    """
+    parts: list[Unit] = []
+    current: list[str] = []
+    size = 0
+    others = unit.other_files
+    days = [name.rsplit("/", 1)[-1] for name in unit.day_files]
+    for index, name in enumerate(unit.day_files):
+        next_day = days[index + 1] if index + 1 < len(days) else None
+        current.append(name)
+        size += max(files[name][1], 0) or ESTIMATED_DAY_FILE_BYTES
+        if size >= PART_BYTES and next_day != days[index]:
+            parts.append(replace(unit, day_files=tuple(current), other_files=others))
+            current, size, others = [], 0, ()
+    if current or not parts:
+        parts.append(replace(unit, day_files=tuple(current), other_files=others))
+    return parts
+
+
 def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event]:
     files = ctx.export.files
-    sizes = {
-        u.label: sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for f in u.day_files)
-        for u in units
-    }
-    units = sorted(units, key=lambda u: (-sizes[u.label], u.label))
-    count = workers or os.cpu_count() or 1
-    count = min(count, len(units))
-    if count <= 1 or (workers is None and sum(sizes.values()) < PARALLEL_MIN_BYTES):
+    total = sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for u in units for f in u.day_files)
+    units = sorted(units, key=lambda u: u.label)
+    if ctx.settings.conversation != "session":
+        units = [part for unit in units for part in split_unit(unit, files)]
+    count = min(workers or os.cpu_count() or 1, len(units))
+    merged = _Merger()
+    if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):
         reader = FileReader(ctx.export)
         try:
             for unit in units:
-                yield from _events(process_unit(unit, ctx, reader))
+                yield from merged.add(process_unit(unit, ctx, reader))
         finally:
             reader.close()
+        yield from merged.flush()
         return
     pool = ProcessPoolExecutor(
         max_workers=count, mp_context=get_context("spawn"), initializer=init_worker, initargs=(ctx,)
@@ -382,24 +410,39 @@ def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event
     try:
         pending: deque[Future[UnitResult]] = deque()
         todo = iter(units)
-        window = 2 * count + 1
         for unit in todo:
             pending.append(pool.submit(run_in_worker, unit))
-            if len(pending) >= window:
+            if len(pending) > count:
                 break
         while pending:
             result = pending.popleft().result()
             next_unit = next(todo, None)
             if next_unit is not None:
                 pending.append(pool.submit(run_in_worker, next_unit))
-            yield from _events(result)
+            yield from merged.add(result)
+        yield from merged.flush()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _events(result: UnitResult) -> Iterator[Event]:
-    if result.table is not None:
-        yield MessageTable(result.table)
-    for reason, n in sorted(result.skipped.items()):
-        yield Skipped(reason, n)
-    yield from result.quarantined
+class _Merger:
+    """Joins small unit tables into tables of about `MERGE_ROWS` rows (fewer row groups)."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, result: UnitResult) -> Iterator[Event]:
+        if result.table is not None:
+            self.tables.append(result.table)
+            self.rows += result.table.num_rows
+        for reason, n in sorted(result.skipped.items()):
+            yield Skipped(reason, n)
+        yield from result.quarantined
+        if self.rows >= MERGE_ROWS:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[Event]:
+        if self.tables:
+            yield MessageTable(pa.concat_tables(self.tables))
+        self.tables, self.rows = [], 0

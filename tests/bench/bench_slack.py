@@ -130,8 +130,10 @@ def main() -> None:
         if not (data / "users.json").exists():
             t = time.perf_counter()
             gen = generate(data, args.messages)
-            print(f"generated {gen['records']:,} records, {gen['bytes'] / 1e9:.2f} GB JSON in "
-                  f"{gen['files']:,} day files ({time.perf_counter() - t:.0f} s) at {data}")
+            print(
+                f"generated {gen['records']:,} records, {gen['bytes'] / 1e9:.2f} GB JSON in "
+                f"{gen['files']:,} day files ({time.perf_counter() - t:.0f} s) at {data}"
+            )
         size = warm(data)
         print(f"export: {size / 1e9:.2f} GB on disk, page cache warmed; cores: {os.cpu_count()}")
 
@@ -140,12 +142,16 @@ def main() -> None:
         )
         read = int(ours["read"])  # type: ignore[call-overload]
         rate = read / wall
-        print(f"memos-etl: {read:,} records ({ours['staged']:,} staged) in {wall:.2f} s "
-              f"= {rate:,.0f} msg/s; CPU {ours['cpu_s']:.1f} s; peak tree RSS "
-              f"{peak / 2**20:.0f} MB (sampled); balanced={ours['balanced']}")
+        print(
+            f"memos-etl: {read:,} records ({ours['staged']:,} staged) in {wall:.2f} s "
+            f"= {rate:,.0f} msg/s; CPU {ours['cpu_s']:.1f} s; peak tree RSS "
+            f"{peak / 2**20:.0f} MB (sampled); balanced={ours['balanced']}"
+        )
         print(f"  skipped: {ours['skipped']}")
-        print(f"  getrusage: self max RSS {ours['maxrss_self_mb']:.0f} MB, largest worker "
-              f"{ours['maxrss_largest_child_mb']:.0f} MB")
+        print(
+            f"  getrusage: self max RSS {ours['maxrss_self_mb']:.0f} MB, largest worker "
+            f"{ours['maxrss_largest_child_mb']:.0f} MB"
+        )
         if not args.skip_duckdb:
             duck_dir = scratch / "duck"
             duck_dir.mkdir()
@@ -153,9 +159,11 @@ def main() -> None:
                 [sys.executable, "-c", DUCK, str(data), str(duck_dir)]
             )
             drate = int(duck["rows"]) / dwall  # type: ignore[call-overload]
-            print(f"duckdb read_json -> parquet: {duck['rows']:,} rows in {dwall:.2f} s = "
-                  f"{drate:,.0f} rows/s; CPU {duck['cpu_s']:.1f} s; peak RSS "
-                  f"{dpeak / 2**20:.0f} MB")
+            print(
+                f"duckdb read_json -> parquet: {duck['rows']:,} rows in {dwall:.2f} s = "
+                f"{drate:,.0f} rows/s; CPU {duck['cpu_s']:.1f} s; peak RSS "
+                f"{dpeak / 2**20:.0f} MB"
+            )
             print(f"ratio (memos-etl msg/s / duckdb rows/s): {rate / drate:.2f}x")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -124,31 +124,79 @@ def _messages(
         roll = rng.random()
         if roll < 0.01:
             user = rng.choice(humans)
-            yield t, {"type": "message", "subtype": "channel_join", "ts": ts, "user": user["id"],
-                      "text": f"<@{user['id']}> has joined the channel"}
+            yield (
+                t,
+                {
+                    "type": "message",
+                    "subtype": "channel_join",
+                    "ts": ts,
+                    "user": user["id"],
+                    "text": f"<@{user['id']}> has joined the channel",
+                },
+            )
             continue
         if roll < 0.03:
             text = _text(rng, users)
-            yield t, {"type": "message", "subtype": "bot_message", "ts": ts, "text": "",
-                      "bot_id": "B0000024", "username": "ci-bot",
-                      "attachments": [{"fallback": text[:80], "title": "Build result",
-                                       "text": text, "color": "good", "id": 1}]}
+            yield (
+                t,
+                {
+                    "type": "message",
+                    "subtype": "bot_message",
+                    "ts": ts,
+                    "text": "",
+                    "bot_id": "B0000024",
+                    "username": "ci-bot",
+                    "attachments": [
+                        {
+                            "fallback": text[:80],
+                            "title": "Build result",
+                            "text": text,
+                            "color": "good",
+                            "id": 1,
+                        }
+                    ],
+                },
+            )
             continue
         if roll < 0.04:
             user = rng.choice(humans)
-            yield t, {"type": "message", "ts": ts, "user": user["id"], "text": "", "upload": True,
-                      "files": [{"id": f"F{n:08d}", "name": f"report-{n}.pdf",
-                                 "title": "Report", "mimetype": "application/pdf",
-                                 "url_private": "https://files.example.com/f.pdf?t=xoxe-0-bench",
-                                 "mode": "hosted"}]}
+            yield (
+                t,
+                {
+                    "type": "message",
+                    "ts": ts,
+                    "user": user["id"],
+                    "text": "",
+                    "upload": True,
+                    "files": [
+                        {
+                            "id": f"F{n:08d}",
+                            "name": f"report-{n}.pdf",
+                            "title": "Report",
+                            "mimetype": "application/pdf",
+                            "url_private": "https://files.example.com/f.pdf?t=xoxe-0-bench",
+                            "mode": "hosted",
+                        }
+                    ],
+                },
+            )
             continue
         if roll < 0.05 and open_threads:
             parent_ts, parent_user = rng.choice(open_threads)
             user = rng.choice(humans)
-            yield t, {"type": "message", "subtype": "message_changed", "ts": f"{t}.000000",
-                      "hidden": True, "editor_id": user["id"], "thread_ts": "0000000000.000000",
-                      "message": {"type": "message", "text": "edited", "ts": parent_ts},
-                      "original": {"type": "message", "text": "original", "ts": parent_ts}}
+            yield (
+                t,
+                {
+                    "type": "message",
+                    "subtype": "message_changed",
+                    "ts": f"{t}.000000",
+                    "hidden": True,
+                    "editor_id": user["id"],
+                    "thread_ts": "0000000000.000000",
+                    "message": {"type": "message", "text": "edited", "ts": parent_ts},
+                    "original": {"type": "message", "text": "original", "ts": parent_ts},
+                },
+            )
             continue
         user = rng.choice(users)
         text = _text(rng, users)
@@ -173,23 +221,38 @@ def _messages(
             msg["parent_user_id"] = parent_user
             if rng.random() < 0.03:
                 msg["subtype"] = "thread_broadcast"
-                msg["root"] = {"type": "message", "ts": parent_ts, "user": parent_user,
-                               "text": "root", "thread_ts": parent_ts}
+                msg["root"] = {
+                    "type": "message",
+                    "ts": parent_ts,
+                    "user": parent_user,
+                    "text": "root",
+                    "thread_ts": parent_ts,
+                }
         elif rng.random() < 0.1:
             msg["thread_ts"] = ts
             open_threads.append((ts, user["id"]))
             if len(open_threads) > 8:
                 open_threads.pop(0)
         if rng.random() < 0.1:
-            msg["reactions"] = [{"name": "thumbsup::skin-tone-2", "users": [user["id"]],
-                                 "count": 1}]
+            msg["reactions"] = [
+                {"name": "thumbsup::skin-tone-2", "users": [user["id"]], "count": 1}
+            ]
         if rng.random() < 0.05:
             msg["edited"] = {"user": user["id"], "ts": f"{t + 60}.000000"}
         yield t, msg
 
 
-def generate(out: Path, messages: int, channels: int = 200, users_count: int = 500,
-             seed: int = 7) -> dict[str, int]:
+def _flush(folder: Path, day: str | None, batch: list[dict[str, Any]]) -> int:
+    if not batch:
+        return 0
+    data = orjson.dumps(batch, option=orjson.OPT_INDENT_2)
+    (folder / f"{day}.json").write_bytes(data)
+    return len(data)
+
+
+def generate(
+    out: Path, messages: int, channels: int = 200, users_count: int = 500, seed: int = 7
+) -> dict[str, int]:
     """Write the export under `out`; returns counts (records, bytes, files)."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,12 +261,24 @@ def generate(out: Path, messages: int, channels: int = 200, users_count: int = 5
     (out / "users.json").write_bytes(orjson.dumps(users, option=orjson.OPT_INDENT_2))
     dm_count = max(1, channels // 10)
     sizes = _channel_sizes(messages, channels + dm_count)
-    chans = [{"id": f"C{i:07d}", "name": f"chan-{i}" if i % 7 else f"équipe-{i}",
-              "created": str(START), "creator": humans[0]["id"], "members": None}
-             for i in range(channels)]
-    dms = [{"id": f"D{i:07d}", "created": START,
-            "members": [humans[i % len(humans)]["id"], humans[(i + 1) % len(humans)]["id"]]}
-           for i in range(dm_count)]
+    chans = [
+        {
+            "id": f"C{i:07d}",
+            "name": f"chan-{i}" if i % 7 else f"équipe-{i}",
+            "created": str(START),
+            "creator": humans[0]["id"],
+            "members": None,
+        }
+        for i in range(channels)
+    ]
+    dms = [
+        {
+            "id": f"D{i:07d}",
+            "created": START,
+            "members": [humans[i % len(humans)]["id"], humans[(i + 1) % len(humans)]["id"]],
+        }
+        for i in range(dm_count)
+    ]
     (out / "channels.json").write_bytes(orjson.dumps(chans, option=orjson.OPT_INDENT_2))
     (out / "dms.json").write_bytes(orjson.dumps(dms, option=orjson.OPT_INDENT_2))
     total_bytes = files = 0
@@ -214,21 +289,14 @@ def generate(out: Path, messages: int, channels: int = 200, users_count: int = 5
         day = None
         batch: list[dict[str, Any]] = []
 
-        def flush(day: str | None, batch: list[dict[str, Any]]) -> int:
-            if not batch:
-                return 0
-            data = orjson.dumps(batch, option=orjson.OPT_INDENT_2)
-            (folder_dir / f"{day}.json").write_bytes(data)
-            return len(data)
-
         for t, msg in _messages(size, rng, users, humans):
             d = datetime.fromtimestamp(t + LA_OFFSET, timezone.utc).strftime("%Y-%m-%d")
             if d != day:
-                total_bytes += flush(day, batch)
+                total_bytes += _flush(folder_dir, day, batch)
                 files += bool(batch)
                 day, batch = d, []
             batch.append(msg)
-        total_bytes += flush(day, batch)
+        total_bytes += _flush(folder_dir, day, batch)
         files += bool(batch)
     return {"records": messages, "bytes": total_bytes, "files": files}
 

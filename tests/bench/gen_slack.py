@@ -23,15 +23,15 @@ from typing import Any
 
 import orjson
 
-WORDS = (
+WORDS = str.split(
     "deploy release migration schema query index cache latency review merge branch test "
     "build pipeline incident customer roadmap design budget meeting notes draft ticket "
     "metrics dashboard alert rollback staging production feature flag sprint backlog"
-).split()
-NON_ASCII = (
+)
+NON_ASCII = str.split(
     "café déjà-vu naïve Zürich straße Ελληνικά русский 日本語 中文 한국어 🚀 ✅ 😊 ñandú "
     "façade über São Paulo Kraków Ærø"
-).split()
+)
 LA_OFFSET = -8 * 3600
 START = int(datetime(2023, 1, 2, tzinfo=timezone.utc).timestamp())
 
@@ -44,7 +44,7 @@ def _text(rng: random.Random, users: list[dict[str, Any]]) -> str:
     if rng.random() < 0.12:
         words.insert(0, f"<@{rng.choice(users)['id']}>")
     if rng.random() < 0.04:
-        words.append("<https://example.com/doc/%d|the doc>" % rng.randrange(1000))
+        words.append(f"<https://example.com/doc/{rng.randrange(1000)}|the doc>")
     if rng.random() < 0.04:
         words.append("R&amp;D -&gt; &lt;done&gt;")
     if rng.random() < 0.02:

@@ -137,10 +137,22 @@ class FileReader:
 
     def read(self, name: str) -> bytes:
         """The bytes of file `name` (a display name from `ExportFiles.files`); raises OSError."""
-        key, _ = self.export.files[name]
+        return self.read_key(self.export.files[name][0])
+
+    def read_key(self, key: str) -> bytes:
+        """The bytes of the file with this key (member name or path); raises OSError."""
         if not self.export.is_zip:
-            with open(key, "rb") as fh:
-                return fh.read()
+            fd = os.open(key, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                chunks = [os.read(fd, size + 1)]
+                while len(chunks[-1]) > size:  # the file grew while we read it
+                    chunks.append(os.read(fd, 1 << 20))
+                    if not chunks[-1]:
+                        break
+                return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            finally:
+                os.close(fd)
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.export.path)
         try:

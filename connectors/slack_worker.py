@@ -121,6 +121,8 @@ class Unit:
     kind: str
     day_files: tuple[str, ...]
     other_files: tuple[str, ...] = ()
+    locations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Day file name -> (key to open it, size): only this unit's part of the listing."""
 
 
 @dataclass
@@ -293,7 +295,7 @@ class _Processor:
     def _load(self, name: str) -> list[Msg | None] | None:
         """The file's messages; None where an element is not an object (quarantined)."""
         try:
-            data = self.reader.read(name)
+            data = self.reader.read_key(self.unit.locations[name][0])
         except OSError as exc:
             self._quarantine(name, "file", f"cannot read day file: {exc}")
             return None
@@ -622,6 +624,13 @@ def init_worker(ctx: Context) -> None:
     _WORKER["reader"] = FileReader(ctx.export)
 
 
+def release_memory() -> None:
+    """Return Arrow's freed memory to the system (workers keep running between units)."""
+    pa.default_memory_pool().release_unused()
+
+
 def run_in_worker(unit: Unit) -> UnitResult:
     """Process one unit with the context `init_worker` stored in this worker process."""
-    return process_unit(unit, _WORKER["ctx"], _WORKER["reader"])
+    result = process_unit(unit, _WORKER["ctx"], _WORKER["reader"])
+    release_memory()
+    return result

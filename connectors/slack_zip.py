@@ -393,6 +393,8 @@ def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event
     units = sorted(units, key=lambda u: u.label)
     if ctx.settings.conversation != "session":
         units = [part for unit in units for part in split_unit(unit, files)]
+    units = [replace(u, locations={f: files[f] for f in u.day_files}) for u in units]
+    ctx = replace(ctx, export=replace(ctx.export, files={}))
     count = min(workers or os.cpu_count() or 1, len(units))
     merged = _Merger()
     if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):

@@ -52,6 +52,7 @@ def extract(path: Path, workdir: Path, **options: Any) -> tuple[ExtractStats, li
     options.setdefault("user_id", "owner")
     source = SourceConfig(kind="slack", path=path, options=options)
     stats = extract_source(source, workdir)
+    assert stats.balanced, stats
     rows = pq.read_table(workdir / "staging" / "slack").to_pylist()
     for row in rows:
         row["meta"] = json.loads(row["metadata"])

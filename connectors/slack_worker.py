@@ -229,6 +229,11 @@ def _raw(value: msgspec.Raw) -> Any:
     return orjson.loads(memoryview(value))
 
 
+def _json_safe_ts(value: str) -> bool:
+    """True when `value` is digits with at most one dot (safe inside a JSON string)."""
+    return value.replace(".", "", 1).isdigit() and value.isascii()
+
+
 def _short(m: Msg) -> str:
     return f"ts={m.ts!r} user={m.user!r} subtype={m.subtype!r} text={str(m.text)[:120]!r}"
 
@@ -364,6 +369,9 @@ class _Processor:
         c_time, c_meta = c["created_at"], c["metadata"]
         thread_of = self.thread_of
         conv_channel = f"slack:{label}"
+        meta_head = (
+            orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
+        )
         dumps = orjson.dumps
         counted = 0
 
@@ -469,23 +477,38 @@ class _Processor:
                 conv = conv_channel
             thread_of.append(thread_ts)
 
-            meta: dict[str, Any] = {"channel": label, "channel_id": channel_id, "ts": ts}
-            if thread_ts is not None:
-                meta["thread_ts"] = thread_ts
-            if subtype is not None:
-                meta["subtype"] = subtype
-                if subtype == "thread_broadcast":
-                    meta["broadcast"] = True
-            if m.edited:
-                meta["edited"] = True
-            if m.reactions:
-                meta["reactions"] = _reactions(m.reactions)
-            if files is None and (m.files or m.file):
-                files = _file_names(m)
-            if files:
-                meta["files"] = files
-            if is_bot:
-                meta["bot"] = True
+            if (
+                subtype is None
+                and not is_bot
+                and not m.edited
+                and not m.reactions
+                and not m.files
+                and not m.file
+                and (thread_ts is None or _json_safe_ts(thread_ts))
+            ):  # the common case: JSON text without building a dict (ts is digits and ".")
+                if thread_ts is None:
+                    meta_text = f'{meta_head}{ts}"}}'
+                else:
+                    meta_text = f'{meta_head}{ts}","thread_ts":"{thread_ts}"}}'
+            else:
+                meta: dict[str, Any] = {"channel": label, "channel_id": channel_id, "ts": ts}
+                if thread_ts is not None:
+                    meta["thread_ts"] = thread_ts
+                if subtype is not None:
+                    meta["subtype"] = subtype
+                    if subtype == "thread_broadcast":
+                        meta["broadcast"] = True
+                if m.edited:
+                    meta["edited"] = True
+                if m.reactions:
+                    meta["reactions"] = _reactions(m.reactions)
+                if files is None and (m.files or m.file):
+                    files = _file_names(m)
+                if files:
+                    meta["files"] = files
+                if is_bot:
+                    meta["bot"] = True
+                meta_text = dumps(meta).decode()
 
             c_file.append(file_name)
             c_pos.append(f"$[{index}]")
@@ -497,7 +520,7 @@ class _Processor:
             c_aname.append(author_name)
             c_content.append(f"{author_name}: {content}" if prefix else content)
             c_time.append(micros)
-            c_meta.append(dumps(meta).decode())
+            c_meta.append(meta_text)
         self.read += counted
 
     def _assign_sessions(self, s: Settings) -> None:

@@ -62,7 +62,7 @@ ESTIMATED_DAY_FILE_BYTES = 32 << 10
 """Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
 PART_BYTES = 2 << 20
 """Day files per work part, in (estimated) bytes: bounds each worker's memory."""
-MERGE_ROWS = 32_768
+MERGE_ROWS = 16_384
 """Exports smaller than this are read in-process: starting workers would cost more."""
 
 

@@ -163,7 +163,8 @@ def main() -> None:
         rate = read / wall
         print(
             f"memos-etl: {read:,} records ({ours['staged']:,} staged) in {wall:.2f} s "
-            f"= {rate:,.0f} msg/s; CPU {ours['cpu_s']:.1f} s (main {ours['cpu_main_s']:.1f} s); peak tree RSS "
+            f"= {rate:,.0f} msg/s; CPU {ours['cpu_s']:.1f} s (main {ours['cpu_main_s']:.1f} s); "
+            f"peak tree RSS "
             f"{peak / 2**20:.0f} MB (sampled); balanced={ours['balanced']}"
         )
         print(f"  skipped: {ours['skipped']}")

@@ -643,6 +643,7 @@ _WORKER: dict[str, Any] = {}
 
 def init_worker(ctx: Context) -> None:
     """ProcessPoolExecutor initializer: keep the export context and a file reader."""
+    pa.set_memory_pool(pa.system_memory_pool())
     _WORKER["ctx"] = ctx
     _WORKER["reader"] = FileReader(ctx.export)
 

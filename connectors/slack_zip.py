@@ -162,7 +162,9 @@ def read(path: Path, options: Options) -> Iterator[Event]:
         index.channel_names(),
         settings,
     )
-    yield from _run(units, ctx, options.workers)
+    events = _run(units, ctx, options.workers)
+    del units, ctx, export, layout, index  # the listing is not needed while messages flow
+    yield from events
 
 
 def _settings(options: Options) -> Settings:
@@ -395,6 +397,7 @@ def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event
         units = [part for unit in units for part in split_unit(unit, files)]
     units = [replace(u, locations={f: files[f] for f in u.day_files}) for u in units]
     ctx = replace(ctx, export=replace(ctx.export, files={}))
+    del files
     count = min(workers or os.cpu_count() or 1, len(units))
     merged = _Merger()
     if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):

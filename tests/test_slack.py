@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.slack_zip import Options, read
 from pipeline.cli import main
@@ -816,3 +818,23 @@ def test_cli_extract_json(tmp_path: Path) -> None:
         main, ["extract", "--source", "slack", str(SAMPLE), "--workdir", str(tmp_path / "w")]
     )
     assert result.exit_code == 2 and "needs a user_id" in result.stderr
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=st.text(min_size=1).filter(lambda t: t.strip() and "xox" not in t))
+def test_any_text_survives_connector_to_parquet(tmp_path: Path, text: str) -> None:
+    escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    folder = tmp_path / f"h{abs(hash(text))}"
+    export = basic(
+        folder,
+        {
+            "2024-01-01": [
+                {"type": "message", "ts": "1704103200.000001", "user": "U1", "text": escaped}
+            ]
+        },
+    )
+    _, rows = extract(export, folder / "w")
+    expected = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    assert [r["content"] for r in rows] == [f"Ali: {expected}"]

@@ -60,9 +60,7 @@ def get_connector(name: str) -> Connector:
     """Look up a connector by source name; unknown names are a `ConfigError`."""
     module_name = _REGISTRY.get(name)
     if module_name is None:
-        raise ConfigError(
-            f"unknown source {name!r}; choose one of: {', '.join(known_sources())}"
-        )
+        raise ConfigError(f"unknown source {name!r}; choose one of: {', '.join(known_sources())}")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

@@ -25,7 +25,14 @@ MAX_ID_CHARS = 100
 _SHORT_PREFIX = 80
 
 CHUNK_COLUMNS = [
-    "source", "message_id", "conversation_id", "user_id", "role", "content", "created_at", "seq",
+    "source",
+    "message_id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "content",
+    "created_at",
+    "seq",
 ]
 
 
@@ -149,9 +156,15 @@ def chunk_conversation(
             "info": info,
         }
         batch = Batch(
-            batch_id=batch_id, user_id=api_user, conversation_id=api_conv, index=index,
-            message_ids=ids, content_hashes=hashes, tokens=sum(t for _, _, t in items),
-            body=body, part=part,
+            batch_id=batch_id,
+            user_id=api_user,
+            conversation_id=api_conv,
+            index=index,
+            message_ids=ids,
+            content_hashes=hashes,
+            tokens=sum(t for _, _, t in items),
+            body=body,
+            part=part,
         )
         index += 1
         stats.batches += 1
@@ -191,10 +204,13 @@ def chunk_table(
     limits: ChunkLimits,
     stats: ChunkStats,
     exclude_ids: Container[str] | None = None,
+    *,
+    since: datetime | None = None,
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
-    Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted.
+    Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted,
+    as are rows created before `since` (timezone-aware; rows without a time are kept).
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
     cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
@@ -208,10 +224,17 @@ def chunk_table(
         while end < n and cols["user_id"][end] == user and cols["conversation_id"][end] == conv:
             end += 1
         rows = [
-            _Row(cols["source"][i], cols["message_id"][i], cols["role"][i],
-                 cols["content"][i], cols["created_at"][i], cols["seq"][i])
+            _Row(
+                cols["source"][i],
+                cols["message_id"][i],
+                cols["role"][i],
+                cols["content"][i],
+                cols["created_at"][i],
+                cols["seq"][i],
+            )
             for i in range(start, end)
-            if exclude_ids is None or cols["message_id"][i] not in exclude_ids
+            if (exclude_ids is None or cols["message_id"][i] not in exclude_ids)
+            and (since is None or cols["created_at"][i] is None or cols["created_at"][i] >= since)
         ]
         stats.excluded += (end - start) - len(rows)
         start = end
@@ -228,11 +251,13 @@ def chunk_workdir(
     workdir: Path,
     limits: ChunkLimits,
     exclude_ids: Container[str] | None = None,
+    *,
+    since: datetime | None = None,
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts."""
     stats = ChunkStats()
     table = read_staging(workdir, columns=CHUNK_COLUMNS)
-    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids))
+    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since))
     manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
     write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
     return stats

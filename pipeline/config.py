@@ -109,7 +109,7 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def resolve(value: Any) -> Any:
         if isinstance(value, str) and value and not Path(value).is_absolute():
-            return str(base / value)
+            return str((base / value).resolve())
         return value
 
     out = dict(raw)

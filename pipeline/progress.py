@@ -45,8 +45,13 @@ class TqdmProgress:
         """Open a bar on stderr."""
         self.close()
         self._bar = tqdm(
-            total=total, desc=desc, unit=unit, file=sys.stderr, disable=self._disable,
-            unit_scale=True, dynamic_ncols=True,
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.stderr,
+            disable=self._disable,
+            unit_scale=True,
+            dynamic_ncols=True,
         )
 
     def advance(self, n: int = 1) -> None:

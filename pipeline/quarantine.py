@@ -43,9 +43,7 @@ def read_quarantine(workdir: Path) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
-def replace_source_entries(
-    workdir: Path, source: str, entries: Iterable[dict[str, Any]]
-) -> None:
+def replace_source_entries(workdir: Path, source: str, entries: Iterable[dict[str, Any]]) -> None:
     """Atomically rewrite the quarantine file with `source`'s lines replaced by `entries`."""
     path = quarantine_path(workdir)
     tmp = path.with_suffix(".jsonl.tmp")

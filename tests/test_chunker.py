@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import jsonschema
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.batches import Batch, read_batches
+from pipeline.chunker import ChunkLimits, ChunkStats, api_id, chunk_table, chunk_workdir
+from pipeline.config import SourceConfig
+from pipeline.extract import extract_source
+from pipeline.models import STAGING_SCHEMA, Message
+from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens
+from tests.conftest import SAMPLES, schema_for
+
+T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+
+
+def _table(messages: list[Message]) -> pa.Table:
+    return pa.Table.from_pylist([asdict(m) for m in messages], schema=STAGING_SCHEMA)
+
+
+def _msg(
+    i: int, conv: str = "c", user: str = "u", content: str = "hi", minutes: int | None = None
+) -> Message:
+    return Message(
+        source="t",
+        source_file="f",
+        source_position=str(i),
+        message_id=f"{conv}:{i}",
+        conversation_id=conv,
+        user_id=user,
+        role="user",
+        content=content,
+        seq=i,
+        created_at=None if minutes is None else T0 + timedelta(minutes=minutes),
+    )
+
+
+def _chunk(messages: list[Message], limits: ChunkLimits) -> list[Batch]:
+    return list(chunk_table(_table(messages), limits, ChunkStats()))
+
+
+_conversation = st.lists(
+    st.tuples(st.text(min_size=1, max_size=400), st.one_of(st.none(), st.integers(0, 50))),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    conversations=st.lists(_conversation, min_size=1, max_size=4),
+    max_tokens=st.integers(64, 400),
+    max_messages=st.integers(1, 10),
+)
+def test_every_message_lands_once_in_order_within_limits(
+    conversations: list[list[tuple[str, int | None]]], max_tokens: int, max_messages: int
+) -> None:
+    messages = [
+        _msg(i, conv=f"c{n}", user=f"u{n % 2}", content=text, minutes=minute)
+        for n, conv in enumerate(conversations)
+        for i, (text, minute) in enumerate(conv)
+    ]
+    limits = ChunkLimits(max_tokens=max_tokens, max_messages=max_messages)
+    batches = _chunk(messages, limits)
+
+    for batch in batches:
+        assert batch.message_count <= max_messages
+        body_tokens = sum(
+            count_tokens(m["content"]) + MESSAGE_OVERHEAD for m in batch.body["messages"]
+        )
+        assert body_tokens == batch.tokens <= max_tokens
+        assert {m["role"] for m in batch.body["messages"]} <= {"user"}
+
+    for n, conv in enumerate(conversations):
+        mine = [b for b in batches if b.conversation_id == f"c{n}"]
+        assert [b.index for b in mine] == list(range(len(mine)))
+        # reassemble: split parts concatenate back to the original message
+        delivered: dict[str, str] = {}
+        order: list[str] = []
+        for batch in mine:
+            for mid, m in zip(batch.message_ids, batch.body["messages"], strict=True):
+                if mid not in delivered:
+                    order.append(mid)
+                    delivered[mid] = ""
+                delivered[mid] += m["content"]
+        expected = _expected_order([_msg(i, f"c{n}", minutes=mm) for i, (_, mm) in enumerate(conv)])
+        assert order == expected
+        assert [delivered[f"c{n}:{i}"] for i in range(len(conv))] == [t for t, _ in conv]
+
+
+def _expected_order(messages: list[Message]) -> list[str]:
+    """Reference ordering: by time, a message without time inheriting its predecessor's."""
+    last = next((m.created_at for m in messages if m.created_at), T0)
+    keyed = []
+    for m in messages:
+        last = m.created_at or last
+        keyed.append((last, m.seq, m.message_id))
+    return [mid for _, _, mid in sorted(keyed)]
+
+
+def test_oversized_message_is_split_into_marked_parts() -> None:
+    big = " ".join(f"token{i}" for i in range(3000))
+    batches = _chunk(
+        [_msg(0, content="before"), _msg(1, content=big), _msg(2, content="after")],
+        ChunkLimits(max_tokens=500),
+    )
+    parts = [b for b in batches if b.part]
+    assert len(parts) >= 5
+    assert [b.part for b in parts] == [(k, len(parts)) for k in range(1, len(parts) + 1)]
+    assert "".join(b.body["messages"][0]["content"] for b in parts) == big
+    assert all(b.body["info"]["split_message_id"] == "c:1" for b in parts)
+    assert batches[0].body["messages"][0]["content"] == "before"
+    assert batches[-1].body["messages"][0]["content"] == "after"
+
+
+def test_long_ids_get_deterministic_short_form_with_original_in_info() -> None:
+    long_conv, long_user = "c" * 150, "u" * 120
+    (batch,) = _chunk([_msg(0, conv=long_conv, user=long_user)], ChunkLimits())
+    assert len(batch.body["conversation_id"]) <= 100
+    assert len(batch.body["user_id"]) <= 100
+    assert batch.body["conversation_id"] == api_id(long_conv) != api_id("c" * 151)
+    assert batch.body["info"]["source_conversation_id"] == long_conv
+    assert batch.body["info"]["source_user_id"] == long_user
+    assert api_id("short") == "short"
+
+
+def test_batch_ids_are_deterministic_and_content_sensitive() -> None:
+    msgs = [_msg(i, content=f"m{i}") for i in range(12)]
+    first = [b.batch_id for b in _chunk(msgs, ChunkLimits(max_messages=5))]
+    again = [b.batch_id for b in _chunk(list(reversed(msgs)), ChunkLimits(max_messages=5))]
+    assert first == again and len(set(first)) == 3
+    changed = [
+        b.batch_id
+        for b in _chunk([_msg(0, content="edited"), *msgs[1:]], ChunkLimits(max_messages=5))
+    ]
+    assert changed[0] != first[0] and changed[1:] == first[1:]
+
+
+def test_excluded_ids_are_counted_and_left_out() -> None:
+    stats = ChunkStats()
+    msgs = [_msg(i) for i in range(5)]
+    batches = list(chunk_table(_table(msgs), ChunkLimits(), stats, exclude_ids={"c:0", "c:1"}))
+    assert [mid for b in batches for mid in b.message_ids] == ["c:2", "c:3", "c:4"]
+    assert (stats.messages, stats.batched, stats.excluded) == (5, 3, 2)
+
+
+def test_batch_bodies_validate_against_official_add_message_request(tmp_path: Path) -> None:
+    extract_source(SourceConfig(kind="csv", path=SAMPLES / "support_chats.csv"), tmp_path)
+    long_row = "conversation_id,user_id,role,content,timestamp\n" + (
+        f"{'x' * 130},{'y' * 110},user,{'long text ' * 900},\n"
+    )
+    (tmp_path / "long.csv").write_text(long_row, encoding="utf-8")
+    extract_source(SourceConfig(kind="csv", name="long", path=tmp_path / "long.csv"), tmp_path)
+    stats = chunk_workdir(tmp_path, ChunkLimits(max_tokens=1000))
+    validator = jsonschema.Draft202012Validator(schema_for("AddMessageRequest"))
+    batches = list(read_batches(tmp_path))
+    assert len(batches) == stats.batches > 5
+    assert stats.split_messages == 1 and len(stats.shortened_ids) == 2
+    for batch in batches:
+        errors = [e.message for e in validator.iter_errors(batch.body)]
+        assert errors == [], batch.batch_id
+
+
+def test_official_schema_check_catches_a_bad_body() -> None:
+    validator = jsonschema.Draft202012Validator(schema_for("AddMessageRequest"))
+    bad = {
+        "user_id": "u",
+        "conversation_id": "c",
+        "messages": [{"role": "robot", "content": "x"}],
+        "info": {"nested": {"a": 1}},
+    }
+    assert len(list(validator.iter_errors(bad))) >= 2

@@ -458,7 +458,7 @@ class _Processor:
                 content = fallback_content(
                     {"blocks": _raw(m.blocks), "attachments": _raw(m.attachments)}, names, files
                 )
-            if not content.strip():
+            if not content or content.isspace():
                 skipped["slack:empty"] += 1
                 continue
 

@@ -417,7 +417,7 @@ def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event
         todo = iter(units)
         for unit in todo:
             pending.append(pool.submit(run_in_worker, unit))
-            if len(pending) > count:
+            if len(pending) >= 3 * count:  # keep every worker busy past a slow part
                 break
         while pending:
             result = pending.popleft().result()

@@ -70,38 +70,43 @@ print(json.dumps({"rows": rows, "cpu_s": own.ru_utime + own.ru_stime,
 """
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
-    total = 0
+def _tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of `pid` and all its descendants (Linux /proc).
+
+    RSS counts pages shared between processes (the libraries every worker maps) once per
+    process; PSS splits them between the sharers, so it sums to the tree's real use.
+    """
+    rss = pss = 0
     stack = [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as fh:
+            with open(f"/proc/{p}/smaps_rollup") as fh:
                 for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                        break
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
             with open(f"/proc/{p}/task/{p}/children") as fh:
                 stack.extend(int(c) for c in fh.read().split())
         except (OSError, ValueError):
             continue
-    return total
+    return rss, pss
 
 
 def run_measured(
     args: list[str], timeout: float | None = None
-) -> tuple[dict[str, object] | None, float, int]:
-    """Run a subprocess; its JSON output (None on timeout), wall seconds, peak tree RSS."""
+) -> tuple[dict[str, object] | None, float, list[int]]:
+    """Run a subprocess: its JSON output (None on timeout), wall seconds, peak tree RSS/PSS."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    peak = 0
+    peak = [0, 0]
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -165,7 +170,8 @@ def main() -> None:
             f"memos-etl: {read:,} records ({ours['staged']:,} staged) in {wall:.2f} s "
             f"= {rate:,.0f} msg/s; CPU {ours['cpu_s']:.1f} s (main {ours['cpu_main_s']:.1f} s); "
             f"peak tree RSS "
-            f"{peak / 2**20:.0f} MB (sampled); balanced={ours['balanced']}"
+            f"{peak[0] / 2**20:.0f} MB, PSS {peak[1] / 2**20:.0f} MB (sampled); "
+            f"balanced={ours['balanced']}"
         )
         print(f"  skipped: {ours['skipped']}")
         print(
@@ -181,14 +187,14 @@ def main() -> None:
             if duck is None:
                 print(
                     f"duckdb read_json -> parquet: not finished after {dwall:.0f} s "
-                    f"(peak RSS {dpeak / 2**20:.0f} MB); ratio > {dwall / wall:.2f}x"
+                    f"(peak RSS {dpeak[0] / 2**20:.0f} MB); ratio > {dwall / wall:.2f}x"
                 )
                 return
             drate = int(duck["rows"]) / dwall  # type: ignore[call-overload]
             print(
                 f"duckdb read_json -> parquet: {duck['rows']:,} rows in {dwall:.2f} s = "
                 f"{drate:,.0f} rows/s; CPU {duck['cpu_s']:.1f} s; peak RSS "
-                f"{dpeak / 2**20:.0f} MB"
+                f"{dpeak[0] / 2**20:.0f} MB"
             )
             print(f"ratio (memos-etl msg/s / duckdb rows/s): {rate / drate:.2f}x")
     finally:

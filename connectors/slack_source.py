@@ -54,8 +54,10 @@ def decode_member_name(info: zipfile.ZipInfo) -> str:
 class ExportFiles:
     """The files of an export: display name -> (key to open it, uncompressed size).
 
-    For a ZIP the key is the member name as `zipfile` knows it; for a folder it is the
-    absolute file path. Picklable, so worker processes reopen the export themselves.
+    For a ZIP the key is the member name as `zipfile` knows it and the size comes from
+    the central directory; for a folder the key is the file path and the size is -1 (not
+    looked up: stat'ing every day file costs more than it tells). Picklable, so worker
+    processes reopen the export themselves.
     """
 
     path: Path

@@ -262,6 +262,8 @@ _COLUMNS = (
 
 
 class _Processor:
+    """State of one unit: column buffers, counts, seen ts, per-user owner cache."""
+
     def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader):
         self.unit = unit
         self.ctx = ctx

@@ -141,12 +141,18 @@ class FileReader:
         """The bytes of file `name` (a display name from `ExportFiles.files`); raises OSError."""
         return self.read_key(self.export.files[name][0])
 
-    def read_key(self, key: str) -> bytes:
-        """The bytes of the file with this key (member name or path); raises OSError."""
+    def read_key(self, key: str, limit: int | None = None) -> bytes:
+        """The bytes of the file with this key (member name or path); raises OSError.
+
+        A folder file larger than `limit` is refused before it is read (ZIP members were
+        checked against the limits when the export was opened).
+        """
         if not self.export.is_zip:
             fd = os.open(key, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
+                if limit is not None and size > limit:
+                    raise OSError(f"{size} bytes, over max_member_bytes ({limit})")
                 chunks = [os.read(fd, size + 1)]
                 while len(chunks[-1]) > size:  # the file grew while we read it
                     chunks.append(os.read(fd, 1 << 20))

@@ -302,7 +302,9 @@ class _Processor:
     def _load(self, name: str) -> list[Msg | None] | None:
         """The file's messages; None where an element is not an object (quarantined)."""
         try:
-            data = self.reader.read_key(self.unit.locations[name][0])
+            data = self.reader.read_key(
+                self.unit.locations[name][0], self.ctx.settings.max_member_bytes
+            )
         except OSError as exc:
             self._quarantine(name, "file", f"cannot read day file: {exc}")
             return None

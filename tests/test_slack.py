@@ -647,6 +647,10 @@ def test_zip_bombs_are_refused_with_one_line(tmp_path: Path) -> None:
         list(read(small, Options(user_id="u", max_member_bytes=1000)))
     with pytest.raises(InputError, match="max_total_bytes"):
         list(read(small, Options(user_id="u", max_total_bytes=5000)))
+    # an extracted folder: an oversized day file is quarantined before it is read
+    events = list(read(SAMPLE, Options(user_id="u", max_member_bytes=600)))
+    big = [e for e in events if isinstance(e, Quarantined)]
+    assert big and all("over max_member_bytes" in e.reason for e in big)
     result = CliRunner().invoke(
         main,
         [

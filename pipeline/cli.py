@@ -314,9 +314,10 @@ def run(
     if result.resumed is None or not result.resumed.stopped:
         lines.append(_load_summary(result.load))
     if result.local_db and result.user_ids and result.load.complete:
+        owner = cfg.user_id if cfg.user_id in result.user_ids else result.user_ids[0]
         search = (
             f"memos-etl search --db {shlex.quote(str(result.local_db))} "
-            f'--user-id {shlex.quote(result.user_ids[0])} "your question"'
+            f'--user-id {shlex.quote(owner)} "your question"'
         )
         out["search_command"] = search
         lines.append(f"try: {search}")

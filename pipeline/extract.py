@@ -75,10 +75,15 @@ def extract_source(
                 table = event.table
                 read += table.num_rows
                 writer.write_table(table)
-                user_col = table.column("user_id").to_pylist()
-                conv_col = table.column("conversation_id").to_pylist()
-                conversations.update(zip(user_col, conv_col, strict=True))
-                users.update(user_col)
+                pairs = table.group_by(["user_id", "conversation_id"]).aggregate([])
+                conversations.update(
+                    zip(
+                        pairs.column("user_id").to_pylist(),
+                        pairs.column("conversation_id").to_pylist(),
+                        strict=True,
+                    )
+                )
+                users.update(pairs.column("user_id").unique().to_pylist())
                 progress.advance(table.num_rows)
         writer.flush()
         stats = ExtractStats(

@@ -75,7 +75,10 @@ class StagingWriter:
     def write_table(self, table: pa.Table) -> None:
         """Write a ready table in (or castable to) `STAGING_SCHEMA`."""
         self.flush()
-        self._write(table.select(_COLUMNS).cast(STAGING_SCHEMA))
+        table = table.select(_COLUMNS)
+        if not table.schema.equals(STAGING_SCHEMA, check_metadata=False):
+            table = table.cast(STAGING_SCHEMA)
+        self._write(table)
 
     def flush(self) -> None:
         """Write buffered rows as one row group."""

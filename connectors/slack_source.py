@@ -1,0 +1,256 @@
+"""Raw access to a Slack export: a ZIP read in place or an extracted folder.
+
+`open_export` lists the export's files under their real names (ZIP names written as
+UTF-8 without the UTF-8 flag are decoded as UTF-8, falling back to cp437) and refuses ZIP
+bombs before anything is decompressed: every member's declared size, the total, and the
+compression ratio are checked against limits, and `zipfile` never inflates a member past
+its declared size (a lying header fails its CRC check instead). `discover` maps the
+listing to conversations: index files, Enterprise Grid `teams/<workspace>/` exports, and
+one work unit per conversation with its day files in name order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+UTF8_FLAG = 0x800
+DAY_FILE = re.compile(r"\d{4}-\d{2}-\d{2}\.json")
+INDEX_FILES = frozenset(
+    {"channels.json", "groups.json", "mpims.json", "dms.json", "users.json", "org_users.json"}
+)
+RATIO_MIN_BYTES = 1 << 20
+"""Members smaller than this are not ratio-checked (tiny JSON compresses extremely well)."""
+NOT_CONVERSATIONS = frozenset({"__uploads", "__MACOSX"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Zip-bomb guards: per-member and total uncompressed bytes, and compression ratio."""
+
+    max_member_bytes: int
+    max_total_bytes: int
+    max_ratio: float
+
+
+def decode_member_name(info: zipfile.ZipInfo) -> str:
+    """The member's real name: UTF-8 if the flag is set or the raw bytes are UTF-8, else cp437."""
+    if info.flag_bits & UTF8_FLAG:
+        return info.filename
+    raw = info.filename.encode("cp437")  # zipfile decoded the raw bytes as cp437: reversible
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return info.filename
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    """The files of an export: display name -> (key to open it, uncompressed size).
+
+    For a ZIP the key is the member name as `zipfile` knows it and the size comes from
+    the central directory; for a folder the key is the file path and the size is -1 (not
+    looked up: stat'ing every day file costs more than it tells). Picklable, so worker
+    processes reopen the export themselves.
+    """
+
+    path: Path
+    is_zip: bool
+    files: dict[str, tuple[str, int]]
+
+    def label(self) -> str:
+        """How errors name this export."""
+        return str(self.path)
+
+
+def open_export(path: Path, limits: Limits) -> ExportFiles:
+    """List an export's files, refusing unreadable archives and zip bombs (`InputError`)."""
+    if path.is_dir():
+        return _list_folder(path)
+    if not path.is_file():
+        raise InputError(f"input not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a ZIP file or folder; give a Slack export ZIP or its folder")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable ZIP ({exc})") from None
+    files: dict[str, tuple[str, int]] = {}
+    total = 0
+    for info in infos:
+        if info.is_dir():
+            continue
+        name = decode_member_name(info)
+        size = info.file_size
+        if size > limits.max_member_bytes:
+            raise InputError(
+                f"{path}: member {name!r} expands to {size} bytes, over the limit of "
+                f"{limits.max_member_bytes} (option max_member_bytes); refusing a possible "
+                "zip bomb"
+            )
+        if size >= RATIO_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
+            ratio = size / max(info.compress_size, 1)
+            raise InputError(
+                f"{path}: member {name!r} has compression ratio {ratio:.0f}:1, over the limit "
+                f"of {limits.max_ratio:g}:1 (option max_compression_ratio); refusing a "
+                "possible zip bomb"
+            )
+        total += size
+        if total > limits.max_total_bytes:
+            raise InputError(
+                f"{path}: members expand to more than {limits.max_total_bytes} bytes (option "
+                "max_total_bytes); refusing a possible zip bomb"
+            )
+        files[name] = (info.filename, size)
+    return ExportFiles(path=path, is_zip=True, files=files)
+
+
+def _list_folder(root: Path) -> ExportFiles:
+    """Every file under `root` by relative POSIX name (size -1: not needed, not stat'ed)."""
+    files: dict[str, tuple[str, int]] = {}
+    stack = [(str(root), "")]
+    while stack:
+        path, prefix = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot list folder ({exc.strerror or exc})") from None
+        for entry in entries:
+            if entry.is_dir():
+                stack.append((entry.path, prefix + entry.name + "/"))
+            else:
+                files[prefix + entry.name] = (entry.path, -1)
+    return ExportFiles(path=root, is_zip=False, files=files)
+
+
+class FileReader:
+    """Reads whole files of one export; keeps the ZIP open between reads. Close when done."""
+
+    def __init__(self, export: ExportFiles):
+        self.export = export
+        self._zip: zipfile.ZipFile | None = None
+
+    def read(self, name: str) -> bytes:
+        """The bytes of file `name` (a display name from `ExportFiles.files`); raises OSError."""
+        return self.read_key(self.export.files[name][0])
+
+    def read_key(self, key: str, limit: int | None = None) -> bytes:
+        """The bytes of the file with this key (member name or path); raises OSError.
+
+        A folder file larger than `limit` is refused before it is read (ZIP members were
+        checked against the limits when the export was opened).
+        """
+        if not self.export.is_zip:
+            fd = os.open(key, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                if limit is not None and size > limit:
+                    raise OSError(f"{size} bytes, over max_member_bytes ({limit})")
+                chunks = [os.read(fd, size + 1)]
+                while len(chunks[-1]) > size:  # the file grew while we read it
+                    chunks.append(os.read(fd, 1 << 20))
+                    if not chunks[-1]:
+                        break
+                return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            finally:
+                os.close(fd)
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.export.path)
+        try:
+            with self._zip.open(key) as fh:
+                return fh.read()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+            raise OSError(f"cannot decompress: {exc}") from None
+        except NotImplementedError as exc:  # unsupported compression method
+            raise OSError(str(exc)) from None
+
+    def close(self) -> None:
+        """Release the ZIP handle."""
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+
+@dataclass
+class Folder:
+    """One conversation folder of one export root."""
+
+    root: str
+    name: str
+    day_files: list[str] = field(default_factory=list)
+    other_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Layout:
+    """Where things are: export roots (the main one, then Grid workspaces) and folders."""
+
+    roots: list[str]
+    folders: list[Folder]
+
+
+def find_root(names: Iterable[str]) -> str:
+    """The prefix of the main export root: where the shallowest index file sits.
+
+    Without index files, a single wrapping directory holding `<dir>/<folder>/<day>.json`
+    files is stripped; otherwise the root is the top of the archive.
+    """
+    names = list(names)
+    best: str | None = None
+    for name in names:
+        head, _, base = name.rpartition("/")
+        if base in INDEX_FILES and "teams" not in head.split("/"):
+            prefix = head + "/" if head else ""
+            if best is None or prefix.count("/") < best.count("/"):
+                best = prefix
+    if best is not None:
+        return best
+    tops = {name.split("/", 1)[0] for name in names if "/" in name}
+    flat = [n for n in names if "/" not in n]
+    if len(tops) == 1 and not flat:
+        top = next(iter(tops))
+        if any(DAY_FILE.fullmatch(n.rsplit("/", 1)[-1]) and n.count("/") == 2 for n in names):
+            return top + "/"
+    return ""
+
+
+def discover(names: Iterable[str]) -> Layout:
+    """Split an export's file names into roots and conversation folders (pure)."""
+    names = sorted(names)
+    root = find_root(names)
+    teams = root + "teams/"
+    team_roots = sorted(
+        {
+            teams + rest.split("/", 1)[0] + "/"
+            for name in names
+            if name.startswith(teams) and (rest := name[len(teams) :]).count("/") >= 1
+        }
+    )
+    roots = [root, *team_roots]
+    folders: dict[tuple[str, str], Folder] = {}
+    nested = sorted(team_roots, key=len, reverse=True)
+    for name in names:
+        owner = next((r for r in nested if name.startswith(r)), root) if nested else root
+        if owner and not name.startswith(owner):
+            continue
+        rest = name[len(owner) :]
+        if rest.count("/") != 1:
+            continue
+        folder_name, file_name = rest.split("/")
+        is_day = DAY_FILE.fullmatch(file_name) is not None
+        if folder_name in NOT_CONVERSATIONS or (
+            owner == root and folder_name == "teams" and not is_day
+        ):
+            continue
+        folder = folders.get((owner, folder_name))
+        if folder is None:
+            folder = folders[(owner, folder_name)] = Folder(owner, folder_name)
+        (folder.day_files if is_day else folder.other_files).append(name)
+    return Layout(roots=roots, folders=[folders[k] for k in sorted(folders)])

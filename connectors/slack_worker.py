@@ -1,0 +1,664 @@
+"""Per-conversation work: one conversation's day files -> one Arrow table in STAGING_SCHEMA.
+
+A work unit is everything of one conversation (all its folders and day files), so
+threads are rebuilt across day files and (conversation, ts) duplicates are dropped
+without any shared state. Units run in worker processes (or in-process for small
+exports); only the finished table and counts cross the process boundary.
+
+Per message: revision and deletion records, tombstones and hidden records are skipped
+(the message's final version is its own record); system subtypes are skipped unless
+configured; unknown subtypes are ordinary messages. `seq` is the message's `ts` in
+microseconds: unique in its conversation and ordered like time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from string import Formatter
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import orjson
+import pyarrow as pa
+
+from connectors.slack_source import ExportFiles, FileReader
+from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
+from pipeline.models import STAGING_SCHEMA, Quarantined
+
+SOURCE = "slack"
+NOT_MESSAGES = frozenset({"message_changed", "message_deleted", "tombstone", "message_replied"})
+"""Edit-log and placeholder records: never new messages."""
+SYSTEM_SUBTYPES = frozenset(
+    {
+        "channel_join",
+        "channel_leave",
+        "channel_topic",
+        "channel_purpose",
+        "channel_name",
+        "channel_archive",
+        "channel_unarchive",
+        "channel_convert_to_private",
+        "channel_convert_to_public",
+        "channel_posting_permissions",
+        "channel_canvas_updated",
+        "group_join",
+        "group_leave",
+        "group_topic",
+        "group_purpose",
+        "group_name",
+        "group_archive",
+        "group_unarchive",
+        "bot_add",
+        "bot_remove",
+        "bot_enable",
+        "bot_disable",
+        "app_conversation_join",
+        "app_conversation_leave",
+        "pinned_item",
+        "unpinned_item",
+        "reminder_add",
+        "joiner_notification",
+        "emoji_changed",
+        "sh_room_created",
+        "huddle_thread",
+    }
+)
+"""Membership, settings and other system events: skipped by default, each under its name."""
+NO_THREAD = "0000000000.000000"
+SESSION_PREFIX = "session-"
+TEMPLATE_FIELDS = frozenset({"id", "name", "email", "team"})
+_TS = re.compile(r"\d{1,12}(\.\d{1,6})?")
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    """What we use of a users.json entry."""
+
+    name: str
+    handle: str
+    email: str
+    team: str
+    is_bot: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options a worker needs (picklable)."""
+
+    conversation: str = "thread"
+    timezone: str = "UTC"
+    session_gap_seconds: int = 3600
+    include_subtypes: frozenset[str] = frozenset()
+    memory_owner: str = "workspace"
+    user_id: str = ""
+    user_id_template: str = "{id}"
+    user_map: dict[str, str] = field(default_factory=dict)
+    speaker_prefix: bool = True
+    max_member_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything shared by all units of one export (sent once to each worker)."""
+
+    export: ExportFiles
+    users: dict[str, UserInfo]
+    user_names: dict[str, str]
+    channel_names: dict[str, str]
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One conversation: its id, readable label, kind, day files and other files."""
+
+    channel_id: str
+    label: str
+    kind: str
+    day_files: tuple[str, ...]
+    other_files: tuple[str, ...] = ()
+    locations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Day file name -> (key to open it, size): only this unit's part of the listing."""
+
+
+@dataclass
+class UnitResult:
+    """What a unit produced: staged rows, skip counts and quarantined records."""
+
+    table: pa.Table | None
+    skipped: dict[str, int]
+    quarantined: list[Quarantined]
+    read: int
+
+
+def owner_id(user_id: str, info: UserInfo | None, fallback_name: str, s: Settings) -> str | None:
+    """The memory owner of `user_id`'s messages in author mode (None: cannot be mapped)."""
+    mapped = s.user_map.get(user_id)
+    if mapped is None and info is not None:
+        mapped = s.user_map.get(info.email) or s.user_map.get(info.handle)
+    if mapped is not None:
+        return mapped
+    values = {
+        "id": user_id,
+        "name": info.handle if info else fallback_name,
+        "email": info.email if info else "",
+        "team": info.team if info else "",
+    }
+    used = {f for _, f, _, _ in Formatter().parse(s.user_id_template) if f}
+    if any(not values.get(f) for f in used):
+        return None
+    return s.user_id_template.format(**values)
+
+
+def _slow_ts(ts: Any) -> tuple[str, int] | tuple[None, int]:
+    """(ts, microseconds) for the less common valid shapes of `ts`; (None, 0) if invalid."""
+    if type(ts) is int and ts >= 0:
+        ts = f"{ts}.000000"
+    if type(ts) is not str or not _TS.fullmatch(ts):
+        return None, 0
+    seconds, _, frac = ts.partition(".")
+    return ts, int(seconds) * 1_000_000 + int((frac + "000000")[:6])
+
+
+class _DayKeys:
+    """Calendar day (YYYY-MM-DD) of a ts in one time zone.
+
+    Cached per UTC day for UTC, else per 15-minute bucket (every real UTC offset and
+    transition falls on a quarter hour).
+    """
+
+    def __init__(self, tz_name: str):
+        self.tz = None if tz_name == "UTC" else ZoneInfo(tz_name)
+        self.step = 86_400_000_000 if self.tz is None else 900_000_000
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, micros: int) -> str:
+        bucket = micros // self.step
+        day = self.cache.get(bucket)
+        if day is None:
+            moment = _EPOCH + timedelta(microseconds=bucket * self.step)
+            if self.tz is not None:
+                moment = moment.astimezone(self.tz)
+            day = moment.strftime("%Y-%m-%d")
+            self.cache[bucket] = day
+        return day
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_NO_RAW = msgspec.Raw()
+
+
+class Msg(msgspec.Struct, gc=False):
+    """The fields of a day-file message we read; the rest is skipped while decoding.
+
+    Small fields are `Any` so type drift never fails a file; bulky ones stay raw JSON
+    (`msgspec.Raw`) and are decoded only when needed (empty `text`, unknown user).
+    """
+
+    ts: Any = None
+    user: Any = None
+    subtype: Any = None
+    text: Any = None
+    thread_ts: Any = None
+    bot_id: Any = None
+    hidden: Any = None
+    edited: Any = None
+    reactions: Any = None
+    username: Any = None
+    files: msgspec.Raw = _NO_RAW
+    file: msgspec.Raw = _NO_RAW
+    attachments: msgspec.Raw = _NO_RAW
+    blocks: msgspec.Raw = _NO_RAW
+    user_profile: msgspec.Raw = _NO_RAW
+    bot_profile: msgspec.Raw = _NO_RAW
+    comment: msgspec.Raw = _NO_RAW
+
+
+_DAY_DECODER = msgspec.json.Decoder(list[Msg])
+_MSG_DECODER = msgspec.json.Decoder(Msg)
+
+
+def _raw(value: msgspec.Raw) -> Any:
+    """Decode a raw field (None when absent)."""
+    if not value:
+        return None
+    return orjson.loads(memoryview(value))
+
+
+def _json_safe_ts(value: str) -> bool:
+    """True when `value` is digits with at most one dot (safe inside a JSON string)."""
+    return value.replace(".", "", 1).isdigit() and value.isascii()
+
+
+def _short(m: Msg) -> str:
+    return f"ts={m.ts!r} user={m.user!r} subtype={m.subtype!r} text={str(m.text)[:120]!r}"
+
+
+def process_unit(unit: Unit, ctx: Context, reader: FileReader) -> UnitResult:
+    """Normalize one conversation's messages (never raises on bad data)."""
+    names = Names(ctx.user_names, ctx.channel_names)
+    return _Processor(unit, ctx, names, reader).run(ctx.settings)
+
+
+BATCH_ROWS = 16_384
+"""Rows buffered as Python lists before they are converted into an Arrow batch."""
+_COLUMNS = (
+    "source_file",
+    "source_position",
+    "message_id",
+    "conversation_id",
+    "user_id",
+    "role",
+    "author_id",
+    "author_name",
+    "content",
+    "created_at",
+    "metadata",
+)
+
+
+class _Processor:
+    """State of one unit: column buffers, counts, seen ts, per-user owner cache."""
+
+    def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader):
+        self.unit = unit
+        self.ctx = ctx
+        self.names = names
+        self.reader = reader
+        self.skipped: Counter[str] = Counter()
+        self.quarantined: list[Quarantined] = []
+        self.read = 0
+        self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+        self.thread_of: list[str | None] = []
+        self.owner_cache: dict[str, str | None] = {}
+        self.seen_ts: set[str] = set()
+        self.day_of = _DayKeys(ctx.settings.timezone)
+        self.batches: list[pa.RecordBatch] = []
+
+    def run(self, s: Settings) -> UnitResult:
+        if self.unit.other_files:
+            self.read += len(self.unit.other_files)
+            self.skipped["slack:not_a_day_file"] += len(self.unit.other_files)
+        for name in self.unit.day_files:
+            messages = self._load(name)
+            if messages:
+                self._messages(name, messages, s)
+                if len(self.cols["message_id"]) >= BATCH_ROWS and s.conversation != "session":
+                    self._flush()
+        if s.conversation == "session":
+            self._assign_sessions(s)
+        self._flush()
+        table = pa.Table.from_batches(self.batches, schema=STAGING_SCHEMA) if self.batches else None
+        return UnitResult(table, dict(self.skipped), self.quarantined, self.read)
+
+    def _quarantine(self, name: str, position: str, reason: str, raw: str = "") -> None:
+        self.read += 1
+        self.quarantined.append(Quarantined(name, position, reason, raw[:400]))
+
+    def _load(self, name: str) -> list[Msg | None] | None:
+        """The file's messages; None where an element is not an object (quarantined)."""
+        try:
+            data = self.reader.read_key(
+                self.unit.locations[name][0], self.ctx.settings.max_member_bytes
+            )
+        except OSError as exc:
+            self._quarantine(name, "file", f"cannot read day file: {exc}")
+            return None
+        if len(data) > self.ctx.settings.max_member_bytes:
+            self._quarantine(name, "file", f"day file is {len(data)} bytes, over max_member_bytes")
+            return None
+        if data.startswith(b"\xef\xbb\xbf"):
+            data = data[3:]
+        try:
+            return _DAY_DECODER.decode(data)  # type: ignore[return-value]
+        except msgspec.ValidationError:
+            pass  # valid JSON of another shape, or invalid JSON: decode generically below
+        except msgspec.DecodeError:
+            pass
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            start = max(exc.pos - 60, 0)
+            near = data[start : exc.pos + 60].decode("utf-8", "replace")
+            where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+            self._quarantine(name, where, f"day file is not valid JSON: {exc.msg}", near)
+            return None
+        if not isinstance(value, list):
+            kind = "object" if isinstance(value, dict) else type(value).__name__
+            self._quarantine(
+                name,
+                "top level",
+                f"day file holds a JSON {kind}, expected an array of messages",
+                data[:200].decode("utf-8", "replace"),
+            )
+            return None
+        out: list[Msg | None] = []
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                out.append(_MSG_DECODER.decode(orjson.dumps(item)))
+            else:
+                kind = "null" if item is None else type(item).__name__
+                self._quarantine(
+                    name,
+                    f"$[{index}]",
+                    f"message is a JSON {kind}, not an object",
+                    orjson.dumps(item).decode(),
+                )
+                out.append(None)
+        return out
+
+    def _messages(self, file_name: str, messages: list[Msg | None], s: Settings) -> None:  # noqa: C901
+        unit = self.unit
+        label = unit.label
+        channel_id = unit.channel_id
+        names = self.names
+        users = self.ctx.users
+        skipped = self.skipped
+        include = s.include_subtypes
+        author_mode = s.memory_owner == "author"
+        prefix = s.speaker_prefix
+        mode = s.conversation
+        day_of = self.day_of
+        day_cache, day_step = day_of.cache, day_of.step
+        workspace_owner = s.user_id
+        seen = self.seen_ts
+        c = self.cols
+        c_file, c_pos, c_id = c["source_file"], c["source_position"], c["message_id"]
+        c_conv, c_user, c_role = c["conversation_id"], c["user_id"], c["role"]
+        c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
+        c_time, c_meta = c["created_at"], c["metadata"]
+        thread_of = self.thread_of
+        conv_channel = f"slack:{label}"
+        meta_head = (
+            orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
+        )
+        dumps = orjson.dumps
+        counted = 0
+
+        for index, m in enumerate(messages):
+            if m is None:  # already quarantined while loading
+                continue
+            counted += 1
+            ts = m.ts
+            if (
+                type(ts) is str
+                and len(ts) == 17
+                and ts[10] == "."
+                and (digits := ts[:10] + ts[11:]).isdigit()
+                and digits.isascii()
+            ):
+                micros = int(digits)
+            else:
+                ts, micros = _slow_ts(ts)
+                if ts is None:
+                    reason = "message has no ts" if m.ts is None else "message ts is invalid"
+                    self._quarantine(file_name, f"$[{index}]", reason, _short(m))
+                    counted -= 1
+                    continue
+            subtype = m.subtype
+            if subtype is not None:
+                if type(subtype) is not str:
+                    subtype = str(subtype)
+                if subtype in NOT_MESSAGES:
+                    skipped["slack:" + subtype] += 1
+                    continue
+                if subtype in SYSTEM_SUBTYPES and subtype not in include:
+                    skipped["slack:" + subtype] += 1
+                    continue
+            if m.hidden is True:
+                skipped["slack:hidden"] += 1
+                continue
+            if ts in seen:
+                skipped["slack:duplicate"] += 1
+                continue
+            seen.add(ts)
+
+            # author
+            uid = m.user
+            if not uid or type(uid) is not str:
+                uid = _fallback_author(m)
+            info = users.get(uid) if uid else None
+            bot_id = m.bot_id
+            is_bot = (
+                subtype == "bot_message"
+                or (bot_id is not None and bot_id != "")
+                or (info is not None and info.is_bot)
+                or uid == "USLACKBOT"
+            )
+            author_name = info.name if info is not None else _fallback_name(m, uid)
+            author_id = uid or (bot_id if isinstance(bot_id, str) and bot_id else None)
+
+            if author_mode:
+                if is_bot:
+                    skipped["slack:bot_author"] += 1
+                    continue
+                if not uid:
+                    skipped["slack:no_author"] += 1
+                    continue
+                owner = self.owner_cache.get(uid, "")
+                if owner == "":
+                    owner = owner_id(uid, info, author_name, s)
+                    self.owner_cache[uid] = owner
+                if owner is None:
+                    skipped["slack:author_unmapped"] += 1
+                    continue
+            else:
+                owner = workspace_owner
+
+            # content
+            text = m.text
+            files = None
+            if type(text) is str and text:
+                if "<" in text or "&" in text or "xox" in text:
+                    content = render_mrkdwn(text, names)
+                else:
+                    content = text
+            else:
+                files = _file_names(m)
+                content = fallback_content(
+                    {"blocks": _raw(m.blocks), "attachments": _raw(m.attachments)}, names, files
+                )
+            if not content or content.isspace():
+                skipped["slack:empty"] += 1
+                continue
+
+            thread_ts = m.thread_ts
+            if type(thread_ts) is not str or not thread_ts or thread_ts == NO_THREAD:
+                thread_ts = None
+            if mode == "thread":
+                if thread_ts is not None:
+                    conv = f"{conv_channel}:{thread_ts}"
+                else:
+                    day = day_cache.get(micros // day_step)
+                    if day is None:
+                        day = day_of(micros)
+                    conv = f"{conv_channel}:{day}"
+            else:
+                conv = conv_channel
+            thread_of.append(thread_ts)
+
+            if (
+                subtype is None
+                and not is_bot
+                and not m.edited
+                and not m.reactions
+                and not m.files
+                and not m.file
+                and (thread_ts is None or _json_safe_ts(thread_ts))
+            ):  # the common case: JSON text without building a dict (ts is digits and ".")
+                if thread_ts is None:
+                    meta_text = f'{meta_head}{ts}"}}'
+                else:
+                    meta_text = f'{meta_head}{ts}","thread_ts":"{thread_ts}"}}'
+            else:
+                meta: dict[str, Any] = {"channel": label, "channel_id": channel_id, "ts": ts}
+                if thread_ts is not None:
+                    meta["thread_ts"] = thread_ts
+                if subtype is not None:
+                    meta["subtype"] = subtype
+                    if subtype == "thread_broadcast":
+                        meta["broadcast"] = True
+                if m.edited:
+                    meta["edited"] = True
+                if m.reactions:
+                    meta["reactions"] = _reactions(m.reactions)
+                if files is None and (m.files or m.file):
+                    files = _file_names(m)
+                if files:
+                    meta["files"] = files
+                if is_bot:
+                    meta["bot"] = True
+                meta_text = dumps(meta).decode()
+
+            c_file.append(file_name)
+            c_pos.append(f"$[{index}]")
+            c_id.append(f"{channel_id}:{ts}")
+            c_conv.append(conv)
+            c_user.append(owner)
+            c_role.append("assistant" if is_bot else "user")
+            c_aid.append(author_id)
+            c_aname.append(author_name)
+            c_content.append(f"{author_name}: {content}" if prefix else content)
+            c_time.append(micros)
+            c_meta.append(meta_text)
+        self.read += counted
+
+    def _assign_sessions(self, s: Settings) -> None:
+        """Split the channel's top-level messages at gaps; replies join their parent's session."""
+        times = self.cols["created_at"]
+        ids = self.cols["message_id"]
+        conv = self.cols["conversation_id"]
+        base = f"slack:{self.unit.label}"
+        gap = s.session_gap_seconds * 1_000_000
+        order = sorted(range(len(times)), key=times.__getitem__)
+        session_of_ts: dict[str, str] = {}
+        current = ""
+        last: int | None = None
+        for i in order:
+            thread_ts = self.thread_of[i]
+            ts = ids[i].rsplit(":", 1)[1]
+            if thread_ts is not None and thread_ts != ts:
+                continue
+            if last is None or times[i] - last > gap:
+                current = f"{base}:{SESSION_PREFIX}{ts}"
+            last = times[i]
+            session_of_ts[ts] = current
+            conv[i] = current
+        for i in order:
+            thread_ts = self.thread_of[i]
+            ts = ids[i].rsplit(":", 1)[1]
+            if thread_ts is not None and thread_ts != ts:
+                conv[i] = session_of_ts.get(thread_ts, f"{base}:{thread_ts}")
+
+    def _flush(self) -> None:
+        """Move the buffered rows into an Arrow batch (bounds Python-object memory)."""
+        if self.cols["message_id"]:
+            self.batches.append(self._batch())
+            self.cols = {name: [] for name in _COLUMNS}
+            self.thread_of = []
+
+    def _batch(self) -> pa.RecordBatch:
+        c = self.cols
+        n = len(c["message_id"])
+        times = pa.array(c["created_at"], type=pa.int64())
+        arrays = {
+            "source": pa.array([SOURCE] * n, pa.string()),
+            "source_file": pa.array(c["source_file"], pa.string()),
+            "source_position": pa.array(c["source_position"], pa.string()),
+            "message_id": pa.array(c["message_id"], pa.string()),
+            "conversation_id": pa.array(c["conversation_id"], pa.string()),
+            "user_id": pa.array(c["user_id"], pa.string()),
+            "role": pa.array(c["role"], pa.string()),
+            "author_id": pa.array(c["author_id"], pa.string()),
+            "author_name": pa.array(c["author_name"], pa.string()),
+            "content": _large_strings(c["content"]),
+            "created_at": times.cast(pa.timestamp("us", tz="UTC")),
+            "seq": times,
+            "metadata": pa.array(c["metadata"], pa.string()),
+        }
+        return pa.RecordBatch.from_pydict(arrays, schema=STAGING_SCHEMA)
+
+
+def _large_strings(values: list[str]) -> pa.Array:
+    """large_string array (built as string first: converting straight to large_string is slow)."""
+    try:
+        return pa.array(values, pa.string()).cast(pa.large_string())
+    except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowCapacityError):
+        cleaned = [v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for v in values]
+        return pa.array(cleaned, pa.large_string())
+
+
+def _file_names(m: Msg) -> list[str]:
+    if not m.files and not m.file:
+        return []
+    return file_names({"files": _raw(m.files), "file": _raw(m.file)})
+
+
+def _fallback_author(m: Msg) -> str | None:
+    """Sender of a message without `user`: comment.user, then file.user."""
+    for raw in (m.comment, m.file):
+        value = _raw(raw)
+        if isinstance(value, dict) and isinstance(value.get("user"), str) and value["user"]:
+            return str(value["user"])
+    return None
+
+
+def _fallback_name(m: Msg, uid: str | None) -> str:
+    """Name of a sender missing from users.json: user_profile, bot_profile, username, id."""
+    profile = _raw(m.user_profile)
+    if isinstance(profile, dict):
+        for key in ("display_name", "real_name", "name"):
+            value = profile.get(key)
+            if isinstance(value, str) and value:
+                return value
+    if uid == "USLACKBOT":
+        return "Slackbot"
+    bot = _raw(m.bot_profile)
+    if isinstance(bot, dict) and isinstance(bot.get("name"), str) and bot["name"]:
+        return str(bot["name"])
+    if isinstance(m.username, str) and m.username:
+        return m.username
+    if uid:
+        return uid
+    return m.bot_id if isinstance(m.bot_id, str) and m.bot_id else "unknown"
+
+
+def _reactions(reactions: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if isinstance(reactions, list):
+        for r in reactions:
+            if isinstance(r, dict) and r.get("name"):
+                users = r.get("users")
+                count = r.get("count")
+                if not isinstance(count, int):
+                    count = len(users) if isinstance(users, list) else 1
+                out.append({"name": str(r["name"]), "count": count})
+    return out
+
+
+# Worker-process state: set once per worker process by `init_worker` (ProcessPoolExecutor's
+# initializer), so the shared context is pickled once per worker, not once per unit.
+_WORKER: dict[str, Any] = {}
+
+
+def init_worker(ctx: Context) -> None:
+    """ProcessPoolExecutor initializer: keep the export context and a file reader."""
+    pa.set_memory_pool(pa.system_memory_pool())
+    _WORKER["ctx"] = ctx
+    _WORKER["reader"] = FileReader(ctx.export)
+
+
+def release_memory() -> None:
+    """Return Arrow's freed memory to the system (workers keep running between units)."""
+    pa.default_memory_pool().release_unused()
+
+
+def run_in_worker(unit: Unit) -> UnitResult:
+    """Process one unit with the context `init_worker` stored in this worker process."""
+    result = process_unit(unit, _WORKER["ctx"], _WORKER["reader"])
+    release_memory()
+    return result

@@ -1,0 +1,453 @@
+"""Slack workspace exports (ZIP or extracted folder) -> staging events.
+
+Reads the standard export, the "all channels and conversations" export (groups, DMs,
+group DMs), Enterprise Grid org exports (`org_users.json`, workspaces under `teams/`) and
+slackdump's Slack-format exports. ZIP members are read in place, never extracted.
+
+Contract: one `MessageTable` per conversation with messages (rows in STAGING_SCHEMA),
+`Skipped` counts under `slack:<reason>`, one `Quarantined` per unreadable day file or
+message record; read == staged + skipped + quarantined. Conversations are processed in
+worker processes (one unit = all day files of one conversation, so threads are rebuilt
+across days). Defaults and every option: docs/slack.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import logging
+import os
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import replace
+from multiprocessing import get_context
+from pathlib import Path
+from string import Formatter
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+import pyarrow as pa
+from pydantic import Field, field_validator, model_validator
+
+from connectors.base import ConnectorOptions
+from connectors.slack_source import (
+    FileReader,
+    Folder,
+    Limits,
+    discover,
+    open_export,
+)
+from connectors.slack_worker import (
+    SYSTEM_SUBTYPES,
+    TEMPLATE_FIELDS,
+    Context,
+    Settings,
+    Unit,
+    UnitResult,
+    UserInfo,
+    init_worker,
+    process_unit,
+    run_in_worker,
+)
+from pipeline.errors import ConfigError, InputError
+from pipeline.models import Event, MessageTable, Quarantined, Skipped
+
+log = logging.getLogger(__name__)
+
+GIB = 1 << 30
+PARALLEL_MIN_BYTES = 16 << 20
+ESTIMATED_DAY_FILE_BYTES = 32 << 10
+"""Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
+PART_BYTES = 2 << 20
+"""Day files per work part, in (estimated) bytes: bounds each worker's memory."""
+MERGE_ROWS = 16_384
+"""Exports smaller than this are read in-process: starting workers would cost more."""
+
+
+class Options(ConnectorOptions):
+    """Options of the `slack` source (keys under `options:`); see docs/slack.md."""
+
+    conversation: Literal["thread", "channel", "session"] = "thread"
+    """thread: one conversation per thread, other messages per channel per day;
+    channel: one per channel; session: split a channel at gaps of `session_gap_minutes`."""
+    timezone: str = "UTC"
+    """Time zone of the calendar days that group top-level messages (thread mode)."""
+    session_gap_minutes: int = Field(default=60, ge=1)
+    memory_owner: Literal["workspace", "author"] = "workspace"
+    """workspace: everything goes to `user_id`; author: each human to their own user_id."""
+    user_id_template: str = "{id}"
+    """author mode: user_id made from {id}, {name}, {email} or {team}."""
+    user_map: Path | None = None
+    """author mode: JSON object or two-column CSV mapping Slack id, email or handle to user_id."""
+    speaker_prefix: bool | None = None
+    """Prefix content with "Name: "; default on in workspace mode, off in author mode."""
+    include_subtypes: list[str] = Field(default_factory=list)
+    """System subtypes to stage instead of skipping (e.g. channel_topic), or ["all"]."""
+    channels: list[str] = Field(default_factory=list)
+    """Only these channels (names, ids or glob patterns); empty means all."""
+    exclude_channels: list[str] = Field(default_factory=list)
+    workers: int | None = Field(default=None, ge=1, le=64)
+    """Worker processes; default: one per CPU core (in-process for small exports)."""
+    max_member_bytes: int = Field(default=GIB // 2, ge=1)
+    max_total_bytes: int = Field(default=64 * GIB, ge=1)
+    max_compression_ratio: float = Field(default=100.0, gt=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        if value != "UTC":
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+        return value
+
+    @field_validator("user_id_template")
+    @classmethod
+    def _template_fields(cls, value: str) -> str:
+        try:
+            used = {f for _, f, _, _ in Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"bad template: {exc}") from None
+        unknown = used - TEMPLATE_FIELDS
+        if unknown or not used:
+            raise ValueError(
+                f"template must use only {{id}}, {{name}}, {{email}}, {{team}} (got {value!r})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _known_subtypes(self) -> Options:
+        unknown = set(self.include_subtypes) - SYSTEM_SUBTYPES - {"all"}
+        if unknown:
+            raise ValueError(
+                f"include_subtypes: not system subtypes: {', '.join(sorted(unknown))} "
+                "(other subtypes are always staged)"
+            )
+        return self
+
+
+def read(path: Path, options: Options) -> Iterator[Event]:
+    """Stream the events of one Slack export (see the module docstring for the contract)."""
+    if options.memory_owner == "workspace" and not options.user_id:
+        raise ConfigError(
+            "slack source: memory_owner 'workspace' needs a user_id (set `user_id:` on the "
+            "source or in the config, or pass --user-id)"
+        )
+    settings = _settings(options)
+    limits = Limits(
+        options.max_member_bytes, options.max_total_bytes, options.max_compression_ratio
+    )
+    export = open_export(path, limits)
+    layout = discover(export.files)
+    reader = FileReader(export)
+    try:
+        index = _Index()
+        for root in layout.roots:
+            yield from index.load(reader, root)
+    finally:
+        reader.close()
+    if not layout.folders and not index.found:
+        raise InputError(
+            f"{path}: no Slack export found (expected channels.json/users.json or channel "
+            "folders of YYYY-MM-DD.json day files)"
+        )
+    units = _units(layout.folders, index, options)
+    ctx = Context(
+        export,
+        index.users,
+        {u: i.name for u, i in index.users.items()},
+        index.channel_names(),
+        settings,
+    )
+    events = _run(units, ctx, options.workers)
+    del units, ctx, export, layout, index  # the listing is not needed while messages flow
+    yield from events
+
+
+def _settings(options: Options) -> Settings:
+    include = (
+        SYSTEM_SUBTYPES
+        if "all" in options.include_subtypes
+        else frozenset(options.include_subtypes)
+    )
+    prefix = options.speaker_prefix
+    if prefix is None:
+        prefix = options.memory_owner == "workspace"
+    return Settings(
+        conversation=options.conversation,
+        timezone=options.timezone,
+        session_gap_seconds=options.session_gap_minutes * 60,
+        include_subtypes=include,
+        memory_owner=options.memory_owner,
+        user_id=options.user_id or "",
+        user_id_template=options.user_id_template,
+        user_map=load_user_map(options.user_map) if options.user_map else {},
+        speaker_prefix=prefix,
+        max_member_bytes=options.max_member_bytes,
+    )
+
+
+def load_user_map(path: Path) -> dict[str, str]:
+    """Read a user map: a JSON object, or a CSV whose first two columns are key, user_id."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"user_map {path}: cannot read ({exc.strerror or exc})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"user_map {path}: not valid JSON at line {exc.lineno}") from None
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
+        ):
+            raise ConfigError(f"user_map {path}: expected a JSON object of string -> string")
+        return dict(value)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"user_map {path}: not UTF-8 text") from None
+    out: dict[str, str] = {}
+    for n, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or (n == 1 and row[0].strip().lower() in ("slack", "key", "id", "slack_id")):
+            continue
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise ConfigError(f"user_map {path} line {n}: expected `slack id/email,user_id`")
+        out[row[0].strip()] = row[1].strip()
+    return out
+
+
+class _Index:
+    """Users and conversations from the index files of every export root."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, UserInfo] = {}
+        self.by_id: dict[str, tuple[str, str | None]] = {}
+        """conversation id -> (kind, name or None)"""
+        self.by_root_name: dict[tuple[str, str], str] = {}
+        self.by_name: dict[str, list[str]] = {}
+        self.found = False
+
+    def load(self, reader: FileReader, root: str) -> Iterator[Event]:
+        for file in ("org_users.json", "users.json"):
+            value = yield from _load_index(reader, root + file)
+            if value is not None:
+                self.found = True
+                self._add_users(value)
+        for file, kind in (
+            ("channels.json", "channel"),
+            ("groups.json", "private"),
+            ("mpims.json", "mpim"),
+            ("dms.json", "dm"),
+        ):
+            value = yield from _load_index(reader, root + file)
+            if value is None:
+                continue
+            self.found = True
+            for entry in value:
+                if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                    continue
+                cid = entry["id"]
+                name = entry.get("name")
+                name = name if isinstance(name, str) and name and kind != "dm" else None
+                self.by_id.setdefault(cid, (kind, name))
+                if name:
+                    self.by_root_name.setdefault((root, name), cid)
+                    ids = self.by_name.setdefault(name, [])
+                    if cid not in ids:
+                        ids.append(cid)
+
+    def _add_users(self, value: list[Any]) -> None:
+        for u in value:
+            if not isinstance(u, dict) or not isinstance(u.get("id"), str):
+                continue
+            profile = u.get("profile")
+            p = profile if isinstance(profile, dict) else {}
+            handle = _text(u.get("name"))
+            name = (
+                _text(p.get("display_name"))
+                or _text(u.get("real_name"))
+                or _text(p.get("real_name"))
+                or handle
+                or u["id"]
+            )
+            team = _text(u.get("team_id")) or _text(u.get("team"))
+            self.users.setdefault(
+                u["id"],
+                UserInfo(
+                    name=name,
+                    handle=handle,
+                    email=_text(p.get("email")),
+                    team=team,
+                    is_bot=bool(u.get("is_bot")) or u["id"] == "USLACKBOT",
+                ),
+            )
+
+    def channel_names(self) -> dict[str, str]:
+        return {cid: name for cid, (_, name) in self.by_id.items() if name}
+
+    def resolve(self, folder: Folder) -> tuple[str, str, str | None]:
+        """(conversation id, kind, name) of a folder: by name in its root, then id, then name."""
+        cid = self.by_root_name.get((folder.root, folder.name))
+        if cid is None and folder.name in self.by_id:
+            cid = folder.name
+        if cid is None and len(self.by_name.get(folder.name, [])) == 1:
+            cid = self.by_name[folder.name][0]
+        if cid is None:
+            unknown_id = folder.name if not folder.root else folder.root + folder.name
+            return unknown_id, "unknown", folder.name
+        kind, name = self.by_id[cid]
+        return cid, kind, name
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _load_index(reader: FileReader, name: str) -> Generator[Event, None, list[Any] | None]:
+    """Parse one index file: a list, or None (missing, or broken and quarantined)."""
+    if name not in reader.export.files:
+        return None
+    try:
+        value = orjson.loads(reader.read(name).removeprefix(b"\xef\xbb\xbf"))
+    except OSError as exc:
+        log.warning("%s: cannot read (%s)", name, exc)
+        yield Quarantined(name, "file", f"cannot read index file: {exc}")
+        return None
+    except orjson.JSONDecodeError as exc:
+        log.warning("%s: not valid JSON; names from it are unavailable", name)
+        yield Quarantined(
+            name,
+            f"line {exc.lineno} column {exc.colno} (char {exc.pos})",
+            f"index file is not valid JSON: {exc.msg}",
+        )
+        return None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        yield Quarantined(name, "top level", "index file is not a JSON array")
+        return None
+    return value
+
+
+def _matches(patterns: list[str], *keys: str | None) -> bool:
+    return any(k is not None and fnmatch.fnmatchcase(k, p) for p in patterns for k in keys)
+
+
+def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]:
+    grouped: dict[str, tuple[str, str | None, list[Folder]]] = {}
+    for folder in folders:
+        cid, kind, name = index.resolve(folder)
+        grouped.setdefault(cid, (kind, name, []))[2].append(folder)
+    label_count: dict[str, int] = {}
+    for cid, (_, name, _) in grouped.items():
+        label_count[name or cid] = label_count.get(name or cid, 0) + 1
+    units: list[Unit] = []
+    excluded = 0
+    for cid, (kind, name, members) in grouped.items():
+        if (options.channels and not _matches(options.channels, cid, name)) or _matches(
+            options.exclude_channels, cid, name
+        ):
+            excluded += 1
+            continue
+        label = name or cid
+        if label_count[label] > 1:
+            label = f"{label}~{cid}"
+        day_files = sorted(
+            (f for m in members for f in m.day_files), key=lambda f: (f.rsplit("/", 1)[-1], f)
+        )
+        others = tuple(f for m in members for f in m.other_files)
+        units.append(Unit(cid, label, kind, tuple(day_files), others))
+    if excluded:
+        log.info("slack: %d conversations left out by channels/exclude_channels", excluded)
+    return units
+
+
+def split_unit(unit: Unit, files: dict[str, tuple[str, int]]) -> list[Unit]:
+    """Cut a conversation into parts of consecutive days (at most ~`PART_BYTES` each).
+
+    All files of one day name stay in one part, so duplicate (conversation, ts) records,
+    which share their day file, are still found. Only session mode needs whole units.
+    """
+    parts: list[Unit] = []
+    current: list[str] = []
+    size = 0
+    others = unit.other_files
+    days = [name.rsplit("/", 1)[-1] for name in unit.day_files]
+    for index, name in enumerate(unit.day_files):
+        next_day = days[index + 1] if index + 1 < len(days) else None
+        current.append(name)
+        size += max(files[name][1], 0) or ESTIMATED_DAY_FILE_BYTES
+        if size >= PART_BYTES and next_day != days[index]:
+            parts.append(replace(unit, day_files=tuple(current), other_files=others))
+            current, size, others = [], 0, ()
+    if current or not parts:
+        parts.append(replace(unit, day_files=tuple(current), other_files=others))
+    return parts
+
+
+def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event]:
+    files = ctx.export.files
+    total = sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for u in units for f in u.day_files)
+    units = sorted(units, key=lambda u: u.label)
+    if ctx.settings.conversation != "session":
+        units = [part for unit in units for part in split_unit(unit, files)]
+    units = [replace(u, locations={f: files[f] for f in u.day_files}) for u in units]
+    ctx = replace(ctx, export=replace(ctx.export, files={}))
+    del files
+    count = min(workers or os.cpu_count() or 1, len(units))
+    merged = _Merger()
+    if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):
+        reader = FileReader(ctx.export)
+        try:
+            for unit in units:
+                yield from merged.add(process_unit(unit, ctx, reader))
+        finally:
+            reader.close()
+        yield from merged.flush()
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=count, mp_context=get_context("spawn"), initializer=init_worker, initargs=(ctx,)
+    )
+    try:
+        pending: deque[Future[UnitResult]] = deque()
+        todo = iter(units)
+        for unit in todo:
+            pending.append(pool.submit(run_in_worker, unit))
+            if len(pending) >= 3 * count:  # keep every worker busy past a slow part
+                break
+        while pending:
+            result = pending.popleft().result()
+            next_unit = next(todo, None)
+            if next_unit is not None:
+                pending.append(pool.submit(run_in_worker, next_unit))
+            yield from merged.add(result)
+        yield from merged.flush()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Merger:
+    """Joins small unit tables into tables of about `MERGE_ROWS` rows (fewer row groups)."""
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, result: UnitResult) -> Iterator[Event]:
+        if result.table is not None:
+            self.tables.append(result.table)
+            self.rows += result.table.num_rows
+        for reason, n in sorted(result.skipped.items()):
+            yield Skipped(reason, n)
+        yield from result.quarantined
+        if self.rows >= MERGE_ROWS:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[Event]:
+        if self.tables:
+            yield MessageTable(pa.concat_tables(self.tables))
+        self.tables, self.rows = [], 0

@@ -127,7 +127,9 @@ def histogram(values: Sequence[int], *, log: bool, upper: int | None = None) -> 
 
 
 def _duration(seconds: float) -> str:
-    """A short human form of a duration: 45s, 12m 5s, 3h 20m, 2d 4h."""
+    """A short human form of a duration: under 1s, 45s, 12m 5s, 3h 20m, 2d 4h."""
+    if 0 < seconds < 1:
+        return "under 1s"
     s = int(round(seconds))
     if s < 60:
         return f"{s}s"
@@ -276,8 +278,8 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
     lines += [
         f"to send: {t['messages_to_send']:,} messages in {t['batches']:,} batches "
         f"for {t['users_to_send']:,} users, ~{t['tokens']:,} tokens",
-        f"quota: {t['api_calls']:,} addMessage calls; at {s['rate_per_second']:g} calls/s "
-        f"about {t['estimated_duration']}",
+        f"quota: {t['api_calls']:,} addMessage calls; duration: {t['estimated_duration']} "
+        f"at {s['rate_per_second']:g} calls/s",
     ]
     problems = d["problems"][:TOP_PROBLEMS]
     if problems:

@@ -258,6 +258,12 @@ def _require_staging(workdir: Path) -> None:
 @click.argument("config_file", type=click.Path(path_type=Path))
 @click.option("--workdir", type=click.Path(path_type=Path), help="Override the config's workdir.")
 @click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Send nothing and touch no delivery state: write the validation report instead "
+    "(same as `memos-etl validate CONFIG_FILE`).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -266,6 +272,7 @@ def run(
     config_file: Path,
     workdir: Path | None,
     since: datetime | None,
+    dry_run: bool,
     verbose: int,
     quiet: bool,
     as_json: bool,
@@ -274,6 +281,7 @@ def run(
     """Run extract -> chunk -> load for every source in CONFIG_FILE, incrementally.
 
     Messages already delivered are skipped, so a scheduled re-run sends only what is new.
+    With --dry-run nothing is sent: the validation report is written instead.
 
     Example: memos-etl run configs/quickstart.yaml
     """
@@ -284,6 +292,9 @@ def run(
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    if dry_run:
+        _dry_run_report(cfg, progress, when, as_json)
+        return
     result = run_pipeline(
         cfg, since=when, progress=progress, handle_signals=True, heartbeat=_heartbeat(quiet)
     )
@@ -769,14 +780,19 @@ def validate(
 
     Example: memos-etl validate configs/quickstart.yaml
     """
+    progress = setup(verbose, quiet, no_progress)
+    cfg = _config(config_file, {"workdir": workdir})
+    when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    _dry_run_report(cfg, progress, when, as_json)
+
+
+def _dry_run_report(cfg: Config, progress: Progress, since: datetime | None, as_json: bool) -> None:
+    """Shared by `validate` and `run --dry-run`: report, render, exit 3 on blocking problems."""
     from pipeline.report import summary_text
     from pipeline.report_html import report_paths
     from pipeline.validate import validate as run_validation
 
-    progress = setup(verbose, quiet, no_progress)
-    cfg = _config(config_file, {"workdir": workdir})
-    when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
-    report = run_validation(cfg, progress, since=when)
+    report = run_validation(cfg, progress, since=since)
     emit(report.data, as_json, summary_text(report, report_paths(cfg.workdir)))
     if report.exit_code:
         click.get_current_context().exit(report.exit_code)

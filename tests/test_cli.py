@@ -180,3 +180,20 @@ def test_quickstart_config_runs(runner: CliRunner, tmp_path: Path) -> None:
         == extract["staged"] + sum(extract["skipped"].values()) + extract["quarantined"]
     )
     assert out["chunk"]["batched"] == extract["staged"] > 0
+
+
+def test_run_dry_run_reports_and_sends_nothing(runner: CliRunner, tmp_path: Path) -> None:
+    config = str(REPO / "configs" / "quickstart.yaml")
+    dry = runner.invoke(main, ["run", config, "--dry-run", "--workdir", str(tmp_path), "--json"])
+    assert dry.exit_code == 0, dry.stderr
+    assert not (tmp_path / "ledger.sqlite").exists()
+    assert not (tmp_path / "local-memos.sqlite").exists()
+    assert (tmp_path / "report.html").exists()
+    validated = runner.invoke(
+        main, ["validate", config, "--workdir", str(tmp_path / "v"), "--json"]
+    )
+    dry_report, report = _json(dry), _json(validated)
+    assert dry_report.keys() == report.keys()
+    for key in ("totals", "skipped", "batches", "ok", "exit_code"):
+        assert dry_report[key] == report[key], key
+    assert dry_report["totals"]["staged"] > 0

@@ -26,8 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,8 +36,7 @@ import orjson
 from pydantic import field_validator
 
 from connectors.base import ConnectorOptions
-from connectors.export_files import ExportFiles
-from connectors.json_stream import JSONStreamError, iter_array
+from connectors.export_files import ExportFiles, stream_array_file
 from connectors.parallel import Handoff, read_in_two_processes
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
@@ -254,36 +251,19 @@ def _read_file(
     """Events of one conversations file; with `handoff`, conversations (with a fresh id,
     parsed as-is by orjson) are offered to the other process first."""
     label = export.label(name)
-    index = 0
-    try:
-        with export.open(name) as fh:
-            for element in iter_array(fh, keep_raw=handoff is not None):
-                index = element.index
-                if handoff is not None and element.raw is not None:
-                    cid = _conversation_id(element.value)
-                    if (
-                        cid is not None
-                        and cid not in ctx.seen
-                        and handoff(label, index, element.raw)
-                    ):
-                        ctx.seen.add(cid)
-                        continue
-                yield from conversation_events(element.value, ctx, label, index)
-                if ctx.rows.full and (table := ctx.rows.take()) is not None:
-                    yield table
-    except JSONStreamError as exc:
-        yield Quarantined(
-            source_file=label,
-            position=f"byte {exc.offset} (conversation #{exc.index})",
-            reason=f"chatgpt:malformed_json: {exc}; conversations from here to the end "
-            "of this file were not read",
-        )
-    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-        yield Quarantined(
-            source_file=label,
-            position=f"after conversation #{index}",
-            reason=f"chatgpt:unreadable_file: {exc}; the rest of this file was not read",
-        )
+    for element in stream_array_file(export, name, "chatgpt", keep_raw=handoff is not None):
+        if isinstance(element, Quarantined):
+            yield element
+            break
+        index = element.index
+        if handoff is not None and element.raw is not None:
+            cid = _conversation_id(element.value)
+            if cid is not None and cid not in ctx.seen and handoff(label, index, element.raw):
+                ctx.seen.add(cid)
+                continue
+        yield from conversation_events(element.value, ctx, label, index)
+        if ctx.rows.full and (table := ctx.rows.take()) is not None:
+            yield table
 
 
 def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:

@@ -17,8 +17,6 @@ conversation. Contract (see docs/chatgpt-claude.md):
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +27,7 @@ from typing import Any, Literal
 import orjson
 
 from connectors.base import ConnectorOptions
-from connectors.export_files import ExportFiles
-from connectors.json_stream import JSONStreamError, iter_array
+from connectors.export_files import ExportFiles, stream_array_file
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
 from pipeline.errors import ConfigError, InputError
@@ -74,27 +71,13 @@ def read(path: Path, options: Options) -> Iterator[Event]:
             raise InputError(f"{path}: not a Claude export (no conversations.json found)")
         ctx = _Context(options=options, default_user=_default_user(export, options))
         label = export.label(name)
-        index = 0
-        try:
-            with export.open(name) as fh:
-                for element in iter_array(fh):
-                    index = element.index
-                    yield from conversation_events(element.value, ctx, label, index)
-                    if ctx.rows.full and (table := ctx.rows.take()) is not None:
-                        yield table
-        except JSONStreamError as exc:
-            yield Quarantined(
-                source_file=label,
-                position=f"byte {exc.offset} (conversation #{exc.index})",
-                reason=f"claude:malformed_json: {exc}; conversations from here to the end "
-                "of this file were not read",
-            )
-        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
-            yield Quarantined(
-                source_file=label,
-                position=f"after conversation #{index}",
-                reason=f"claude:unreadable_file: {exc}; the rest of this file was not read",
-            )
+        for element in stream_array_file(export, name, "claude"):
+            if isinstance(element, Quarantined):
+                yield element
+                break
+            yield from conversation_events(element.value, ctx, label, element.index)
+            if ctx.rows.full and (table := ctx.rows.take()) is not None:
+                yield table
         table = ctx.rows.take()
         if table is not None:
             yield table

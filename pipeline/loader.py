@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import random
@@ -401,22 +402,22 @@ class _Loader:
         )
         return _Outcome.FAILED
 
-    async def deliver_lane(self, lane: list[tuple[Batch, Row]], client: httpx.AsyncClient) -> None:
-        """One conversation's batches in order; stops at the first that does not finish."""
-        for batch, row in lane:
-            if self.stopping.is_set():
-                return
-            if row.status == "failed":
-                return
-            was_done = row.status == "done"
-            outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
-            if outcome is not _Outcome.DONE:
-                return
-            if not was_done:
-                self.stats.sent_batches += 1
-                self.stats.sent_messages += batch.message_count
-                self.progress.advance(batch.message_count)
-                self._beat()
+    async def deliver_next(self, lane: deque[tuple[Batch, Row]], client: httpx.AsyncClient) -> bool:
+        """Deliver the next batch of one conversation; False when the lane must stop here
+        (a failed batch blocks the rest of its conversation, to keep order)."""
+        batch, row = lane.popleft()
+        if row.status == "failed":
+            return False
+        was_done = row.status == "done"
+        outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
+        if outcome is not _Outcome.DONE:
+            return False
+        if not was_done:
+            self.stats.sent_batches += 1
+            self.stats.sent_messages += batch.message_count
+            self.progress.advance(batch.message_count)
+            self._beat()
+        return True
 
     def _beat(self) -> None:
         if self.heartbeat is None:
@@ -434,7 +435,7 @@ class _Loader:
             )
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
-        """Deliver every conversation's lane with `max_in_flight` workers, longest first."""
+        """Deliver every conversation's batches in order with `max_in_flight` workers."""
         lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
         for batch in batches:
             row = rows[batch.batch_id]
@@ -444,21 +445,27 @@ class _Loader:
                 continue
             self._messages_todo += batch.message_count
             lanes.setdefault((batch.user_id, batch.conversation_id), []).append((batch, row))
-        # longest conversations first: a conversation goes one batch at a time, so the
-        # longest one bounds the run; starting it early keeps the end from draining slowly
-        queue = deque(sorted(lanes.values(), key=len, reverse=True))
-        n_batches = sum(len(lane) for lane in queue)
+        # A conversation goes one batch at a time, so each worker takes the conversation
+        # with the most batches left, sends its next batch and puts it back: all
+        # conversations drain together instead of the last few trickling out one by one.
+        # A conversation is out of the heap while its batch is in flight, so it never has
+        # two; a worker leaves only when every remaining conversation is held by another.
+        heap = [(-len(lane), i, deque(lane)) for i, lane in enumerate(lanes.values())]
+        heapq.heapify(heap)
+        n_batches = sum(len(lane) for lane in lanes.values())
         self.progress.start(
-            f"load {n_batches} batches of {len(queue)} conversations",
+            f"load {n_batches} batches of {len(heap)} conversations",
             total=self._messages_todo,
             unit="msg",
         )
 
         async def worker(client: httpx.AsyncClient) -> None:
-            while queue and not self.stopping.is_set():
-                await self.deliver_lane(queue.popleft(), client)
+            while heap and not self.stopping.is_set():
+                _, i, lane = heapq.heappop(heap)
+                if await self.deliver_next(lane, client) and lane:
+                    heapq.heappush(heap, (-len(lane), i, lane))
 
-        n = min(self.cfg.max_in_flight, len(queue))
+        n = min(self.cfg.max_in_flight, len(heap))
         self.workers = [
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]

@@ -345,3 +345,16 @@ def test_split_body_keeps_every_message_in_order(contents: list[str]) -> None:
     assert [c for p in pieces for c in p[2]] == completes  # each recorded once, in order
     if len(contents) > 1:
         assert [m["content"] for p in pieces for m in p[0]["messages"]] == contents
+
+
+def test_conversations_are_interleaved_most_remaining_first(tmp_path: Path) -> None:
+    # One worker: it must not run a conversation to its end while others wait (that leaves
+    # a slow tail of lone conversations at high latency); it always sends the next batch
+    # of the conversation with the most batches left, so all of them drain together.
+    fake = Fake()
+    batches = make_batches({"a": 9, "b": 9, "c": 3}, per_batch=3)
+    stats, _ = run_load(tmp_path, fake, batches, max_in_flight=1)
+    assert stats.complete
+    sent = [conv for name, conv in fake.calls if name == "add/message"]
+    assert sent == ["a", "b", "a", "b", "a", "b", "c"]
+    assert dict(fake.store) == expected_store(batches)

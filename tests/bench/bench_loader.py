@@ -1,6 +1,6 @@
 """Loader throughput against the local server with a latency and a QPS ceiling.
 
-Run: .venv/bin/python tests/bench/bench_loader.py [--quick]
+Run: .venv/bin/python tests/bench/bench_loader.py [--quick | --scale N]
 
 The server runs in its own process (`memos-etl serve`), so the CPU time measured here is
 the loader's alone. Scenarios, side by side in one run:
@@ -112,8 +112,15 @@ def run_load(url: str, n_batches: int, conversations: int, **cfg: Any) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests per scenario")
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="multiply every scenario's requests (longer runs dilute the first second of "
+        "latency and the per-conversation tail)",
+    )
     args = parser.parse_args()
-    scale = 0.3 if args.quick else 1.0
+    scale = 0.3 if args.quick else args.scale
     ceiling = 50.0
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:

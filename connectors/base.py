@@ -4,8 +4,14 @@ A connector module defines an `Options` model (a `ConnectorOptions` subclass: it
 are the keys allowed under a source's `options:` in the config) and a function
 `read(path, options) -> Iterator[Event]` that yields one event per input record:
 `Message` (staged), `Skipped` (deliberately left out, with a reason), or `Quarantined`
-(unreadable, with file, position and reason). Connectors never write files; raising
-`InputError` is for inputs that cannot be read at all.
+(unreadable, with file, position and reason). Raising `InputError` is for inputs that
+cannot be read at all.
+
+Connectors never write files, with one exception: a module that sets `WRITES_PARTS = True`
+is called as `read(path, options, parts_dir=...)` and may write finished Parquet parts
+(`pipeline.staging.part_path`) into that folder from its worker processes, announcing
+each with a `StagedPart` event; rows then never cross a process boundary. Called without
+`parts_dir`, it yields `MessageTable` events instead.
 """
 
 from __future__ import annotations
@@ -13,8 +19,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,7 +35,8 @@ class ConnectorOptions(BaseModel):
     """Memory owner for every message, unless the connector takes it from the data."""
 
 
-ReadFn = Callable[[Path, Any], Iterator[Event]]
+ReadFn = Callable[..., Iterator[Event]]
+"""`read(path, options)`, plus `parts_dir=` for connectors that write parts."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class Connector:
     name: str
     options_model: type[ConnectorOptions]
     read: ReadFn
+    writes_parts: bool = False
 
 
 _REGISTRY: dict[str, str] = {
@@ -67,4 +73,9 @@ def get_connector(name: str) -> Connector:
         if exc.name != module_name:
             raise
         raise ConfigError(f"source {name!r} is not available in this build") from exc
-    return Connector(name=name, options_model=module.Options, read=module.read)
+    return Connector(
+        name=name,
+        options_model=module.Options,
+        read=module.read,
+        writes_parts=bool(getattr(module, "WRITES_PARTS", False)),
+    )

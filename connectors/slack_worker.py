@@ -1,9 +1,10 @@
-"""Per-conversation work: one conversation's day files -> one Arrow table in STAGING_SCHEMA.
+"""Per-conversation work: one conversation's day files -> Arrow batches in STAGING_SCHEMA.
 
-A work unit is everything of one conversation (all its folders and day files), so
-threads are rebuilt across day files and (conversation, ts) duplicates are dropped
-without any shared state. Units run in worker processes (or in-process for small
-exports); only the finished table and counts cross the process boundary.
+A work unit is everything of one conversation (all its folders and day files, or a run
+of consecutive days of it), so threads are rebuilt across day files and (conversation,
+ts) duplicates are dropped without any shared state. A job is a run of consecutive units
+that becomes one staged Parquet part, written by the worker process itself, so only
+counts cross the process boundary (or, without a parts folder, one Arrow table).
 
 Per message: revision and deletion records, tombstones and hidden records are skipped
 (the message's final version is its own record); system subtypes are skipped unless
@@ -13,12 +14,15 @@ microseconds: unique in its conversation and ordered like time.
 
 from __future__ import annotations
 
+import importlib.abc
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from string import Formatter
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -27,7 +31,8 @@ import pyarrow as pa
 
 from connectors.slack_source import ExportFiles, FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
-from pipeline.models import STAGING_SCHEMA, Quarantined
+from pipeline.models import STAGING_SCHEMA, Quarantined, StagedPart
+from pipeline.staging import PartWriter
 
 SOURCE = "slack"
 NOT_MESSAGES = frozenset({"message_changed", "message_deleted", "tombstone", "message_replied"})
@@ -125,14 +130,43 @@ class Unit:
     """Day file name -> (key to open it, size): only this unit's part of the listing."""
 
 
-@dataclass
-class UnitResult:
-    """What a unit produced: staged rows, skip counts and quarantined records."""
+@dataclass(frozen=True)
+class Job:
+    """Consecutive units staged together: into the part at `part_path`, or (None) a table."""
 
+    units: tuple[Unit, ...]
+    part_path: str | None = None
+
+
+@dataclass
+class JobResult:
+    """What a job produced: its part (or table), skip counts and quarantined records."""
+
+    part: StagedPart | None
     table: pa.Table | None
     skipped: dict[str, int]
     quarantined: list[Quarantined]
-    read: int
+
+
+class BatchSink(Protocol):
+    """Where finished batches go, with their distinct (user_id, conversation_id) pairs."""
+
+    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None: ...
+
+
+class _TableSink:
+    """Keeps the batches, for callers that want one table instead of a part file."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+
+    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None:
+        self.batches.append(batch)
+
+    def table(self) -> pa.Table | None:
+        if not self.batches:
+            return None
+        return pa.Table.from_batches(self.batches, schema=STAGING_SCHEMA)
 
 
 def owner_id(user_id: str, info: UserInfo | None, fallback_name: str, s: Settings) -> str | None:
@@ -238,10 +272,22 @@ def _short(m: Msg) -> str:
     return f"ts={m.ts!r} user={m.user!r} subtype={m.subtype!r} text={str(m.text)[:120]!r}"
 
 
-def process_unit(unit: Unit, ctx: Context, reader: FileReader) -> UnitResult:
-    """Normalize one conversation's messages (never raises on bad data)."""
+def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
+    """Normalize the messages of a job's units (never raises on bad data)."""
     names = Names(ctx.user_names, ctx.channel_names)
-    return _Processor(unit, ctx, names, reader).run(ctx.settings)
+    part = PartWriter(Path(job.part_path)) if job.part_path is not None else None
+    sink: PartWriter | _TableSink = part if part is not None else _TableSink()
+    skipped: Counter[str] = Counter()
+    quarantined: list[Quarantined] = []
+    for unit in job.units:
+        processor = _Processor(unit, ctx, names, reader, sink)
+        processor.run(ctx.settings)
+        skipped.update(processor.skipped)
+        quarantined += processor.quarantined
+    if part is not None:
+        return JobResult(part.close(), None, dict(skipped), quarantined)
+    assert isinstance(sink, _TableSink)
+    return JobResult(None, sink.table(), dict(skipped), quarantined)
 
 
 BATCH_ROWS = 16_384
@@ -264,24 +310,22 @@ _COLUMNS = (
 class _Processor:
     """State of one unit: column buffers, counts, seen ts, per-user owner cache."""
 
-    def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader):
+    def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader, sink: BatchSink):
         self.unit = unit
+        self.sink = sink
         self.ctx = ctx
         self.names = names
         self.reader = reader
         self.skipped: Counter[str] = Counter()
         self.quarantined: list[Quarantined] = []
-        self.read = 0
         self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         self.thread_of: list[str | None] = []
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
         self.day_of = _DayKeys(ctx.settings.timezone)
-        self.batches: list[pa.RecordBatch] = []
 
-    def run(self, s: Settings) -> UnitResult:
+    def run(self, s: Settings) -> None:
         if self.unit.other_files:
-            self.read += len(self.unit.other_files)
             self.skipped["slack:not_a_day_file"] += len(self.unit.other_files)
         for name in self.unit.day_files:
             messages = self._load(name)
@@ -292,11 +336,8 @@ class _Processor:
         if s.conversation == "session":
             self._assign_sessions(s)
         self._flush()
-        table = pa.Table.from_batches(self.batches, schema=STAGING_SCHEMA) if self.batches else None
-        return UnitResult(table, dict(self.skipped), self.quarantined, self.read)
 
     def _quarantine(self, name: str, position: str, reason: str, raw: str = "") -> None:
-        self.read += 1
         self.quarantined.append(Quarantined(name, position, reason, raw[:400]))
 
     def _load(self, name: str) -> list[Msg | None] | None:
@@ -377,12 +418,10 @@ class _Processor:
             orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
         )
         dumps = orjson.dumps
-        counted = 0
 
         for index, m in enumerate(messages):
             if m is None:  # already quarantined while loading
                 continue
-            counted += 1
             ts = m.ts
             if (
                 type(ts) is str
@@ -397,7 +436,6 @@ class _Processor:
                 if ts is None:
                     reason = "message has no ts" if m.ts is None else "message ts is invalid"
                     self._quarantine(file_name, f"$[{index}]", reason, _short(m))
-                    counted -= 1
                     continue
             subtype = m.subtype
             if subtype is not None:
@@ -525,7 +563,6 @@ class _Processor:
             c_content.append(f"{author_name}: {content}" if prefix else content)
             c_time.append(micros)
             c_meta.append(meta_text)
-        self.read += counted
 
     def _assign_sessions(self, s: Settings) -> None:
         """Split the channel's top-level messages at gaps; replies join their parent's session."""
@@ -555,9 +592,10 @@ class _Processor:
                 conv[i] = session_of_ts.get(thread_ts, f"{base}:{thread_ts}")
 
     def _flush(self) -> None:
-        """Move the buffered rows into an Arrow batch (bounds Python-object memory)."""
+        """Hand the buffered rows to the sink as an Arrow batch (bounds Python memory)."""
         if self.cols["message_id"]:
-            self.batches.append(self._batch())
+            pairs = set(zip(self.cols["user_id"], self.cols["conversation_id"], strict=True))
+            self.sink.add(self._batch(), pairs)
             self.cols = {name: [] for name in _COLUMNS}
             self.thread_of = []
 
@@ -645,8 +683,32 @@ def _reactions(reactions: Any) -> list[dict[str, Any]]:
 _WORKER: dict[str, Any] = {}
 
 
+class _RefusePandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not used in connector workers")
+
+
+def skip_pandas_probe() -> None:
+    """Keep pyarrow from importing pandas in this process.
+
+    pyarrow's first list conversion imports pandas (~0.3 s and ~50 MB per process) just
+    to ask whether the list is a pandas object; a worker never holds one. Refusing that
+    one import makes pyarrow remember "no pandas" (later code may still import it).
+    """
+    if "pandas" in sys.modules:
+        return
+    finder = _RefusePandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def init_worker(ctx: Context) -> None:
     """ProcessPoolExecutor initializer: keep the export context and a file reader."""
+    skip_pandas_probe()
     pa.set_memory_pool(pa.system_memory_pool())
     _WORKER["ctx"] = ctx
     _WORKER["reader"] = FileReader(ctx.export)
@@ -657,8 +719,8 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def run_in_worker(unit: Unit) -> UnitResult:
-    """Process one unit with the context `init_worker` stored in this worker process."""
-    result = process_unit(unit, _WORKER["ctx"], _WORKER["reader"])
+def run_in_worker(job: Job) -> JobResult:
+    """Run one job with the context `init_worker` stored in this worker process."""
+    result = run_job(job, _WORKER["ctx"], _WORKER["reader"])
     release_memory()
     return result

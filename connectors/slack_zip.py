@@ -4,11 +4,13 @@ Reads the standard export, the "all channels and conversations" export (groups, 
 group DMs), Enterprise Grid org exports (`org_users.json`, workspaces under `teams/`) and
 slackdump's Slack-format exports. ZIP members are read in place, never extracted.
 
-Contract: one `MessageTable` per conversation with messages (rows in STAGING_SCHEMA),
-`Skipped` counts under `slack:<reason>`, one `Quarantined` per unreadable day file or
-message record; read == staged + skipped + quarantined. Conversations are processed in
-worker processes (one unit = all day files of one conversation, so threads are rebuilt
-across days). Defaults and every option: docs/slack.md.
+Contract: staged rows (in STAGING_SCHEMA) as one `StagedPart` per job when a parts folder
+is given (worker processes write the Parquet parts themselves), else as `MessageTable`
+events; `Skipped` counts under `slack:<reason>`, one `Quarantined` per unreadable day file
+or message record; read == staged + skipped + quarantined. Conversations are processed
+in worker processes (a unit = day files of one conversation, cut only between days, so
+threads are rebuilt across days; a job = consecutive units, one part each). Defaults and
+every option: docs/slack.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import csv
 import fnmatch
 import logging
 import os
-from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
@@ -43,16 +44,18 @@ from connectors.slack_worker import (
     SYSTEM_SUBTYPES,
     TEMPLATE_FIELDS,
     Context,
+    Job,
+    JobResult,
     Settings,
     Unit,
-    UnitResult,
     UserInfo,
     init_worker,
-    process_unit,
     run_in_worker,
+    run_job,
 )
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import Event, MessageTable, Quarantined, Skipped
+from pipeline.staging import part_path
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,13 @@ PARALLEL_MIN_BYTES = 16 << 20
 ESTIMATED_DAY_FILE_BYTES = 32 << 10
 """Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
 PART_BYTES = 2 << 20
-"""Day files per work part, in (estimated) bytes: bounds each worker's memory."""
+"""Day files per unit, in (estimated) bytes: a long channel is cut into such units."""
+JOB_BYTES = 32 << 20
+"""Units per job (one staged part each), in (estimated) bytes."""
 MERGE_ROWS = 16_384
-"""Exports smaller than this are read in-process: starting workers would cost more."""
+"""Without a parts folder, job tables are merged into tables of about this many rows."""
+WRITES_PARTS = True
+"""`read` takes `parts_dir=` (see connectors/base.py)."""
 
 
 class Options(ConnectorOptions):
@@ -129,7 +136,7 @@ class Options(ConnectorOptions):
         return self
 
 
-def read(path: Path, options: Options) -> Iterator[Event]:
+def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterator[Event]:
     """Stream the events of one Slack export (see the module docstring for the contract)."""
     if options.memory_owner == "workspace" and not options.user_id:
         raise ConfigError(
@@ -162,7 +169,7 @@ def read(path: Path, options: Options) -> Iterator[Event]:
         index.channel_names(),
         settings,
     )
-    events = _run(units, ctx, options.workers)
+    events = _run(units, ctx, options.workers, parts_dir)
     del units, ctx, export, layout, index  # the listing is not needed while messages flow
     yield from events
 
@@ -389,22 +396,41 @@ def split_unit(unit: Unit, files: dict[str, tuple[str, int]]) -> list[Unit]:
     return parts
 
 
-def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event]:
+def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
+    """Group consecutive units into jobs of about `JOB_BYTES` (one part file each)."""
+    groups: list[list[Unit]] = []
+    size = JOB_BYTES
+    for unit in units:
+        if size >= JOB_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(unit)
+        size += sum(max(s, 0) or ESTIMATED_DAY_FILE_BYTES for _, s in unit.locations.values())
+    return [
+        Job(tuple(g), str(part_path(parts_dir, i)) if parts_dir is not None else None)
+        for i, g in enumerate(groups)
+    ]
+
+
+def _run(
+    units: list[Unit], ctx: Context, workers: int | None, parts_dir: Path | None
+) -> Iterator[Event]:
     files = ctx.export.files
     total = sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for u in units for f in u.day_files)
     units = sorted(units, key=lambda u: u.label)
     if ctx.settings.conversation != "session":
         units = [part for unit in units for part in split_unit(unit, files)]
     units = [replace(u, locations={f: files[f] for f in u.day_files}) for u in units]
+    jobs = make_jobs(units, parts_dir)
     ctx = replace(ctx, export=replace(ctx.export, files={}))
-    del files
-    count = min(workers or os.cpu_count() or 1, len(units))
+    del files, units
+    count = min(workers or os.cpu_count() or 1, len(jobs))
     merged = _Merger()
     if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):
         reader = FileReader(ctx.export)
         try:
-            for unit in units:
-                yield from merged.add(process_unit(unit, ctx, reader))
+            for job in jobs:
+                yield from merged.add(run_job(job, ctx, reader))
         finally:
             reader.close()
         yield from merged.flush()
@@ -413,31 +439,26 @@ def _run(units: list[Unit], ctx: Context, workers: int | None) -> Iterator[Event
         max_workers=count, mp_context=get_context("spawn"), initializer=init_worker, initargs=(ctx,)
     )
     try:
-        pending: deque[Future[UnitResult]] = deque()
-        todo = iter(units)
-        for unit in todo:
-            pending.append(pool.submit(run_in_worker, unit))
-            if len(pending) >= 3 * count:  # keep every worker busy past a slow part
-                break
-        while pending:
-            result = pending.popleft().result()
-            next_unit = next(todo, None)
-            if next_unit is not None:
-                pending.append(pool.submit(run_in_worker, next_unit))
-            yield from merged.add(result)
+        # Results are small (counts and part names), so every job is queued at once: a
+        # worker that finishes early takes the next job instead of waiting for the oldest.
+        futures: list[Future[JobResult]] = [pool.submit(run_in_worker, job) for job in jobs]
+        for future in futures:
+            yield from merged.add(future.result())
         yield from merged.flush()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Merger:
-    """Joins small unit tables into tables of about `MERGE_ROWS` rows (fewer row groups)."""
+    """Passes parts on; joins small job tables into tables of about `MERGE_ROWS` rows."""
 
     def __init__(self) -> None:
         self.tables: list[pa.Table] = []
         self.rows = 0
 
-    def add(self, result: UnitResult) -> Iterator[Event]:
+    def add(self, result: JobResult) -> Iterator[Event]:
+        if result.part is not None:
+            yield result.part
         if result.table is not None:
             self.tables.append(result.table)
             self.rows += result.table.num_rows

@@ -15,7 +15,14 @@ from pydantic import ValidationError
 from connectors.base import ConnectorOptions, get_connector
 from pipeline.config import SourceConfig, describe_validation_error
 from pipeline.errors import ConfigError, InputError
-from pipeline.models import ExtractStats, Message, MessageTable, Quarantined, Skipped
+from pipeline.models import (
+    ExtractStats,
+    Message,
+    MessageTable,
+    Quarantined,
+    Skipped,
+    StagedPart,
+)
 from pipeline.progress import NullProgress, Progress
 from pipeline.quarantine import entry, replace_source_entries
 from pipeline.staging import StagingWriter
@@ -58,7 +65,12 @@ def extract_source(
     read = 0
     progress.start(f"extract {source.label}", unit="msg")
     with StagingWriter(workdir, source.label) as writer:
-        for event in connector.read(source.path, options):
+        events = (
+            connector.read(source.path, options, parts_dir=writer.parts_dir)
+            if connector.writes_parts
+            else connector.read(source.path, options)
+        )
+        for event in events:
             if isinstance(event, Message):
                 read += 1
                 writer.write(event)
@@ -85,6 +97,12 @@ def extract_source(
                 )
                 users.update(pairs.column("user_id").unique().to_pylist())
                 progress.advance(table.num_rows)
+            elif isinstance(event, StagedPart):
+                read += event.rows
+                writer.adopt(event)
+                conversations.update(event.pairs)
+                users.update(user for user, _ in event.pairs)
+                progress.advance(event.rows)
         writer.flush()
         stats = ExtractStats(
             source=source.label,

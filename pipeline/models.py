@@ -1,7 +1,8 @@
 """Plain records that flow between stages, and the staging table's Arrow schema.
 
 A connector yields `Message`, `Skipped` and `Quarantined` events (or a `MessageTable`
-for bulk producers); `pipeline.extract` counts them so that
+for bulk producers, or a `StagedPart` for a Parquet part its worker processes wrote
+themselves); `pipeline.extract` counts them so that
 read == staged + sum(skipped) + quarantined always holds.
 """
 
@@ -83,7 +84,20 @@ class MessageTable:
     table: pa.Table
 
 
-Event = Message | Skipped | Quarantined | MessageTable
+@dataclass(frozen=True, slots=True)
+class StagedPart:
+    """A finished Parquet part in `STAGING_SCHEMA` that a connector wrote into the folder
+    `pipeline.extract` gave it (each row counts as read and staged).
+
+    `pairs` are its distinct (user_id, conversation_id) values, for the extract counts.
+    """
+
+    path: str
+    rows: int
+    pairs: frozenset[tuple[str, str]] = frozenset()
+
+
+Event = Message | Skipped | Quarantined | MessageTable | StagedPart
 
 
 @dataclass(frozen=True, slots=True)

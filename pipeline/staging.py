@@ -17,14 +17,28 @@ from types import TracebackType
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.models import STAGING_SCHEMA, Message
+from pipeline.models import STAGING_SCHEMA, Message, StagedPart
 
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 * 1024 * 1024
+PART_ROW_GROUP_ROWS = 16_384
+"""Row group size of parts written by connector workers (bounds each worker's memory)."""
 _COLUMNS = STAGING_SCHEMA.names
+DICTIONARY_COLUMNS = [
+    "source",
+    "source_file",
+    "source_position",
+    "conversation_id",
+    "user_id",
+    "role",
+    "author_id",
+    "author_name",
+]
+"""Columns with few distinct values. Dictionary-encoding the others (ids, content,
+metadata) only costs time: Parquet gives up on them after the first page anyway."""
+_OWN_PART = "part-00000.parquet"
 
 
 def staging_dir(workdir: Path) -> Path:
@@ -42,6 +56,58 @@ def _clean_text(value: Any) -> Any:
     return value
 
 
+def part_path(parts_dir: Path, index: int) -> Path:
+    """Where a connector writes its part number `index` (0-based) inside `parts_dir`."""
+    return parts_dir / f"part-{index + 1:05d}.parquet"
+
+
+def open_part_writer(path: Path) -> pq.ParquetWriter:
+    """A Parquet writer in `STAGING_SCHEMA` with the staging table's file settings."""
+    return pq.ParquetWriter(
+        path, STAGING_SCHEMA, compression="zstd", use_dictionary=DICTIONARY_COLUMNS
+    )
+
+
+class PartWriter:
+    """Writes one staging part from record batches, in row groups of about
+    `PART_ROW_GROUP_ROWS` rows; for connector worker processes (see `StagedPart`)."""
+
+    def __init__(self, path: Path, row_group_rows: int = PART_ROW_GROUP_ROWS):
+        self.path = path
+        self.row_group_rows = row_group_rows
+        self.rows = 0
+        self.pairs: set[tuple[str, str]] = set()
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None:
+        """Queue a batch in `STAGING_SCHEMA` and its (user_id, conversation_id) pairs."""
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        self.pairs |= pairs
+        if self._pending_rows >= self.row_group_rows:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._pending_rows:
+            return
+        table = pa.Table.from_batches(self._pending, schema=STAGING_SCHEMA)
+        if self._writer is None:
+            self._writer = open_part_writer(self.path)
+        self._writer.write_table(table, row_group_size=table.num_rows)
+        self.rows += table.num_rows
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> StagedPart | None:
+        """Finish the file; None (and no file) when no rows were added."""
+        self._write()
+        if self._writer is None:
+            return None
+        self._writer.close()
+        return StagedPart(str(self.path), self.rows, frozenset(self.pairs))
+
+
 class StagingWriter:
     """Streams messages of one source into `staging/<name>/part-NNNNN.parquet`.
 
@@ -57,6 +123,12 @@ class StagingWriter:
         self._buffer: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
         self._buffered_chars = 0
         self._writer: pq.ParquetWriter | None = None
+        self._adopted = 0
+
+    @property
+    def parts_dir(self) -> Path:
+        """The folder where connectors write their own parts (see `part_path`)."""
+        return self.tmp_dir
 
     def __enter__(self) -> StagingWriter:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
@@ -80,6 +152,16 @@ class StagingWriter:
             table = table.cast(STAGING_SCHEMA)
         self._write(table)
 
+    def adopt(self, part: StagedPart) -> None:
+        """Count a part a connector wrote into `parts_dir` as staged by this writer."""
+        path = Path(part.path)
+        if path.parent != self.tmp_dir or not path.name.endswith(".parquet"):
+            raise ValueError(f"staged part {path} is not in {self.tmp_dir}")
+        if path.name == _OWN_PART or not path.is_file():
+            raise ValueError(f"staged part {path} is missing or reserved")
+        self._adopted += 1
+        self.rows_written += part.rows
+
     def flush(self) -> None:
         """Write buffered rows as one row group."""
         if not self._buffer["message_id"]:
@@ -97,9 +179,7 @@ class StagingWriter:
         if table.num_rows == 0:
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(
-                self.tmp_dir / "part-00000.parquet", STAGING_SCHEMA, compression="zstd"
-            )
+            self._writer = open_part_writer(self.tmp_dir / _OWN_PART)
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.rows_written += table.num_rows
 
@@ -116,8 +196,8 @@ class StagingWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
             return
-        if self._writer is None:  # nothing staged: still write an empty, readable file
-            pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / "part-00000.parquet")
+        if self._writer is None and not self._adopted:  # nothing staged: still a readable file
+            pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
         old = self.final_dir.with_name(f".{self.final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.final_dir.exists():
@@ -146,5 +226,7 @@ def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
     )
     if not files:
         return schema.empty_table()
+    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
+
     dataset = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet")
     return dataset.to_table(columns=columns).cast(schema)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from datetime import datetime, timezone
@@ -16,6 +18,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectors import slack_zip
 from connectors.slack_zip import Options, read
 from pipeline.cli import main
 from pipeline.config import SourceConfig
@@ -24,7 +27,8 @@ from pipeline.extract import extract_source
 from pipeline.models import ExtractStats, MessageTable, Quarantined, Skipped
 from pipeline.quarantine import read_quarantine
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "slack_export"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "samples" / "slack_export"
 
 
 def ts(iso: str, micro: int = 0) -> str:
@@ -842,3 +846,38 @@ def test_any_text_survives_connector_to_parquet(tmp_path: Path, text: str) -> No
     _, rows = extract(export, folder / "w")
     expected = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     assert [r["content"] for r in rows] == [f"Ali: {expected}"]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_write_parts_with_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(slack_zip, "JOB_BYTES", 1)  # one job (and part) per unit
+    stats, rows = extract(SAMPLE, tmp_path / "w", workers=workers)
+    parts = sorted(p.name for p in (tmp_path / "w/staging/slack").glob("*.parquet"))
+    assert len(parts) > 3 and "part-00000.parquet" not in parts
+    tables = [
+        e.table for e in read(SAMPLE, Options(user_id="owner")) if isinstance(e, MessageTable)
+    ]
+    expected = sorted(tuple(r.values()) for t in tables for r in t.to_pylist())
+    for row in rows:
+        del row["meta"]
+    assert sorted(tuple(r.values()) for r in rows) == expected
+    assert stats.staged == len(expected) == 14
+    assert stats.conversations == len({r[4] for r in expected})
+
+
+def test_workers_never_import_pandas() -> None:
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from connectors.slack_worker import skip_pandas_probe\n"
+        "skip_pandas_probe()\n"
+        "assert pa.array(['a', 'b']).to_pylist() == ['a', 'b']\n"
+        "assert 'pandas' not in sys.modules\n"
+        "import pandas\n"  # still importable by code that wants it
+        "print(pa.table({'a': [1]}).to_pandas().shape)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "(1, 1)"

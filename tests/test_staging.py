@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.models import STAGING_SCHEMA, Message
-from pipeline.staging import StagingWriter, read_staging, staged_sources
+from pipeline.models import STAGING_SCHEMA, Message, StagedPart
+from pipeline.staging import PartWriter, StagingWriter, part_path, read_staging, staged_sources
 
 
 def _message(i: int, content: str = "hello", conversation: str = "c1") -> Message:
@@ -81,3 +83,45 @@ def test_empty_source_still_readable(tmp_path: Path) -> None:
         pass
     assert read_staging(tmp_path).num_rows == 0
     assert staged_sources(tmp_path) == ["empty"]
+
+
+def _batch(messages: list[Message]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([asdict(m) for m in messages], schema=STAGING_SCHEMA)
+
+
+def test_parts_written_by_a_connector_are_adopted(tmp_path: Path) -> None:
+    with StagingWriter(tmp_path, "src") as writer:
+        writer.write(_message(0))
+        first = PartWriter(part_path(writer.parts_dir, 0), row_group_rows=2)
+        for i in range(1, 6):
+            first.add(_batch([_message(i, conversation=f"c{i % 2}")]), {("u1", f"c{i % 2}")})
+        part = first.close()
+        assert part is not None and part.rows == 5
+        assert part.pairs == {("u1", "c0"), ("u1", "c1")}
+        writer.adopt(part)
+        assert PartWriter(part_path(writer.parts_dir, 1)).close() is None
+    assert writer.rows_written == 6
+    files = sorted(p.name for p in (tmp_path / "staging" / "src").glob("*.parquet"))
+    assert files == ["part-00000.parquet", "part-00001.parquet"]
+    assert pq.ParquetFile(tmp_path / "staging/src/part-00001.parquet").num_row_groups == 3
+    ids = sorted(read_staging(tmp_path).column("message_id").to_pylist())
+    assert ids == [f"m{i}" for i in range(6)]
+
+
+def test_only_parts_means_no_empty_file(tmp_path: Path) -> None:
+    with StagingWriter(tmp_path, "src") as writer:
+        part = PartWriter(part_path(writer.parts_dir, 0))
+        part.add(_batch([_message(1)]), {("u1", "c1")})
+        writer.adopt(part.close())  # type: ignore[arg-type]
+    assert [p.name for p in (tmp_path / "staging" / "src").glob("*.parquet")] == [
+        "part-00001.parquet"
+    ]
+
+
+def test_adopt_refuses_files_outside_the_parts_folder(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.parquet"
+    pq.write_table(STAGING_SCHEMA.empty_table(), outside)
+    with StagingWriter(tmp_path, "src") as writer, pytest.raises(ValueError, match="not in"):
+        writer.adopt(StagedPart(str(outside), 0))
+    with StagingWriter(tmp_path, "src") as writer, pytest.raises(ValueError, match="missing"):
+        writer.adopt(StagedPart(str(part_path(writer.parts_dir, 7)), 1))

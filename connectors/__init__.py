@@ -1,5 +1,5 @@
-"""Source connectors: each turns one export into `pipeline.models` events."""
+"""Source connectors: each turns one export into `pipeline.models` events.
 
-from connectors.base import Connector, ConnectorOptions, get_connector, known_sources
-
-__all__ = ["Connector", "ConnectorOptions", "get_connector", "known_sources"]
+The registry lives in `connectors.base`; this package imports nothing itself, so worker
+processes that only need one connector's worker module start without pydantic.
+"""

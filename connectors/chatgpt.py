@@ -432,12 +432,27 @@ class _Thread:
         fork = self.tree.parent[path[0]]
         before = self.times.get(fork) if fork is not None else None
         times = running_times(path, self.raw_times.__getitem__, before, self.start_time)
-        rows = self.ctx.rows.rows
+        (
+            add_source,
+            add_file,
+            add_position,
+            add_id,
+            add_conversation,
+            add_user,
+            add_role,
+            add_author_id,
+            add_name,
+            add_content,
+            add_time,
+            add_seq,
+            add_meta,
+        ) = self.ctx.rows.appenders()
         user_id = self.ctx.user_id
         source_file = self.source_file
         position = f"conversations[{self.index}].mapping["
         id_prefix = f"{SOURCE}:{self.conv_id}:"
         track = self.ctx.options.branches == "all"
+        nodes = self.tree.nodes
         base: dict[str, Any] = {}
         if self.title is not None:
             base["title"] = self.title
@@ -445,6 +460,7 @@ class _Thread:
             base["gizmo_id"] = self.gizmo_id
         if branched:
             base["branch_of"] = self.conv_id
+        skipped = self.skipped
         seq = 0
         for nid, (eff, time_note) in zip(path, times, strict=True):
             if track:  # fork times, for the branches after this one
@@ -452,15 +468,15 @@ class _Thread:
                     time_note is not None and time_note.get("time_source") == "conversation"
                 )
                 self.times[nid] = None if from_start else eff
-            msg = self.tree.nodes[nid]
+            msg = nodes[nid]
             if msg is None:
-                self.skipped[
+                skipped[
                     "chatgpt:root" if self.tree.parent[nid] is None else "chatgpt:no_message"
                 ] += 1
                 continue
             shaped = _shape(msg, self.ctx)
             if isinstance(shaped, str):
-                self.skipped[shaped] += 1
+                skipped[shaped] += 1
                 continue
             role, text, extra, model, name = shaped
             meta = {"node_id": nid, **base}
@@ -474,23 +490,19 @@ class _Thread:
                 meta.update(extra)
             if time_note is not None:
                 meta.update(time_note)
-            rows.append(
-                (
-                    SOURCE,
-                    source_file,
-                    position + nid + "]",
-                    id_prefix + nid,
-                    conversation_id,
-                    user_id,
-                    role,
-                    None,
-                    name,
-                    text,
-                    None if eff is None else round(eff * 1_000_000),
-                    seq,
-                    orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
-                )
-            )
+            add_source(SOURCE)
+            add_file(source_file)
+            add_position(position + nid + "]")
+            add_id(id_prefix + nid)
+            add_conversation(conversation_id)
+            add_user(user_id)
+            add_role(role)
+            add_author_id(None)
+            add_name(name)
+            add_content(text)
+            add_time(None if eff is None else round(eff * 1_000_000))
+            add_seq(seq)
+            add_meta(orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode())
             seq += 1
 
 

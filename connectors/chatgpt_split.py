@@ -43,7 +43,7 @@ from pipeline.models import Event, MessageTable, Quarantined, Skipped
 
 log = logging.getLogger(__name__)
 
-MAIN_SHARE = 0.5
+MAIN_SHARE = 0.55
 """Share of the bytes read by this process. It also writes every Parquet row group and
 reads the helper's spool; the helper pays for starting Python and writing that spool."""
 

@@ -158,8 +158,11 @@ def test_sharded_exports_split_at_a_file_boundary(tmp_path: Path) -> None:
         (export / f"conversations-00{i}.json").write_text(json.dumps(shard))
     (export / "user.json").write_text(json.dumps({"id": "user-T"}))
     with ExportFiles(export) as files:
-        assert choose_split(files, conversation_files(files)) == Split(1, 0)
-    assert two_processes(export, None) == collect(read(export, OPTIONS))
+        split = choose_split(files, conversation_files(files))
+    assert split is not None and split.offset == 0 and split.file in (1, 2)
+    expected = collect(read(export, OPTIONS))
+    for boundary in (None, Split(1, 0), Split(2, 0)):
+        assert two_processes(export, boundary) == expected, boundary
 
 
 def test_the_default_split_is_a_confirmed_conversation_start(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from pydantic import field_validator
 
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles, stream_array_file
-from connectors.parallel import Handoff, read_in_two_processes
+from connectors.json_stream import StreamedElement
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
 from pipeline.errors import ConfigError, InputError
@@ -76,9 +76,9 @@ class Options(ConnectorOptions):
     """Memory owner: the id in user.json when present (the configured `user_id` is the
     fallback); false: always the configured `user_id`."""
     parallel: Literal["auto", "on", "off"] = "off"
-    """`on`: read in two processes (see connectors/parallel.py); `auto`: only for exports of
-    64 MB and more on a multi-core machine. Off by default: it costs about 60% more CPU in
-    total, so it only pays off when a second core is otherwise idle."""
+    """`on`: read in two processes, each parsing its own share of the conversations (see
+    connectors/chatgpt_split.py); `auto`: only for exports of 64 MB and more on a
+    multi-core machine. Off by default: it needs a second core that is otherwise idle."""
 
     @field_validator("parallel", mode="before")
     @classmethod
@@ -90,7 +90,7 @@ class Options(ConnectorOptions):
 
 
 @dataclass
-class _Context:
+class Context:
     """What every conversation of one export shares."""
 
     user_id: str
@@ -105,27 +105,22 @@ def read(path: Path, options: Options) -> Iterator[Event]:
 
     Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
     With `parallel: on` (or `auto` and a big export) two processes share the work
-    (`connectors.parallel`); what is staged is the same either way.
+    (`connectors.chatgpt_split`); what is staged is the same either way.
     """
     with ExportFiles(path) as export:
         files = conversation_files(export)
         user_id = _owner(export, options)
-        ctx = _Context(user_id=user_id, options=options, asset_names=_asset_names(export))
-        if not _two_processes(export, files, options):
-            yield from _events(export, files, ctx, handoff=None)
+        ctx = Context(user_id=user_id, options=options, asset_names=_asset_names(export))
+        if _two_processes(export, files, options):
+            from connectors.chatgpt_split import read_in_two  # imports this module
+
+            yield from read_in_two(export, files, ctx)
             return
-    log.info("reading %s in two processes", path)
-    job = _Job(path=path, options=options.model_dump(), user_id=user_id)
-
-    def handle_raw(label: str, index: int, raw: bytes) -> Iterator[Event]:
-        yield from conversation_events(orjson.loads(raw), ctx, label, index)
-        if ctx.rows.full and (table := ctx.rows.take()) is not None:
+        for name in files:
+            yield from read_file(export, name, ctx)
+        table = ctx.rows.take()
+        if table is not None:
             yield table
-
-    yield from read_in_two_processes(_produce, job, handle_raw)
-    table = ctx.rows.take()
-    if table is not None:
-        yield table
 
 
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024
@@ -138,46 +133,6 @@ def _two_processes(export: ExportFiles, files: list[str], options: Options) -> b
     if (os.cpu_count() or 1) < 2:
         return False
     return sum(export.size(name) for name in files) >= PARALLEL_MIN_BYTES
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What the helper process needs to read the same export (picklable)."""
-
-    path: Path
-    options: dict[str, Any]
-    user_id: str
-
-
-def _produce(job: _Job, handoff: Handoff) -> Iterator[Event]:
-    """Helper-process side: read every file, handing a share of the conversations over."""
-    options = Options.model_validate(job.options)
-    with ExportFiles(job.path) as export:
-        ctx = _Context(
-            user_id=job.user_id,
-            options=options,
-            asset_names=_asset_names(export),
-            rows=RowBuffer(rows_per_table=4096),  # smaller frames keep the pipe flowing
-        )
-        yield from _events(export, conversation_files(export), ctx, handoff)
-
-
-def _events(
-    export: ExportFiles, files: list[str], ctx: _Context, handoff: Handoff | None
-) -> Iterator[Event]:
-    for name in files:
-        if name not in export.names:
-            yield Quarantined(
-                source_file=export.label(name),
-                position="(whole file)",
-                reason="chatgpt:missing_file: listed in export_manifest.json but absent "
-                "from the export; its conversations were not read",
-            )
-            continue
-        yield from _read_file(export, name, ctx, handoff)
-    table = ctx.rows.take()
-    if table is not None:
-        yield table
 
 
 def conversation_files(export: ExportFiles) -> list[str]:
@@ -245,28 +200,43 @@ def _asset_names(export: ExportFiles) -> dict[str, str]:
     return names
 
 
-def _read_file(
-    export: ExportFiles, name: str, ctx: _Context, handoff: Handoff | None
-) -> Iterator[Event]:
-    """Events of one conversations file; with `handoff`, conversations (with a fresh id,
-    parsed as-is by orjson) are offered to the other process first."""
-    label = export.label(name)
-    for element in stream_array_file(export, name, "chatgpt", keep_raw=handoff is not None):
+def read_file(export: ExportFiles, name: str, ctx: Context, start: int = 0) -> Iterator[Event]:
+    """Events of one conversations file (from byte offset `start`, an element's start,
+    whose conversation then counts as number 0). Full tables are yielded as they fill;
+    the last rows stay in `ctx.rows` for the caller."""
+    if name not in export.names:
+        yield Quarantined(
+            source_file=export.label(name),
+            position="(whole file)",
+            reason="chatgpt:missing_file: listed in export_manifest.json but absent "
+            "from the export; its conversations were not read",
+        )
+        return
+    elements = stream_array_file(export, name, "chatgpt", start=start)
+    yield from consume(elements, ctx, export.label(name))
+
+
+def consume(
+    elements: Iterator[StreamedElement | Quarantined],
+    ctx: Context,
+    label: str,
+    stop: int | None = None,
+) -> Generator[Event, None, StreamedElement | None]:
+    """Events of streamed conversations, up to the first element that starts at or after
+    byte `stop` (returned unprocessed; None when the stream ended first)."""
+    for element in elements:
         if isinstance(element, Quarantined):
             yield element
-            break
-        index = element.index
-        if handoff is not None and element.raw is not None:
-            cid = _conversation_id(element.value)
-            if cid is not None and cid not in ctx.seen and handoff(label, index, element.raw):
-                ctx.seen.add(cid)
-                continue
-        yield from conversation_events(element.value, ctx, label, index)
+            return None
+        if stop is not None and element.offset >= stop:
+            return element
+        yield from conversation_events(element.value, ctx, label, element.index)
         if ctx.rows.full and (table := ctx.rows.take()) is not None:
             yield table
+    return None
 
 
-def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:
+def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -> Iterator[Event]:
     """Events for one conversation object: one count per node of its mapping.
 
     Staged messages are appended to `ctx.rows`; the caller turns them into tables.
@@ -365,7 +335,7 @@ class _Thread:
         conv_id: str,
         tree: ParentTree,
         raw_times: dict[str, float | None],
-        ctx: _Context,
+        ctx: Context,
         source_file: str,
         index: int,
     ) -> None:
@@ -432,12 +402,27 @@ class _Thread:
         fork = self.tree.parent[path[0]]
         before = self.times.get(fork) if fork is not None else None
         times = running_times(path, self.raw_times.__getitem__, before, self.start_time)
-        rows = self.ctx.rows.rows
+        (
+            add_source,
+            add_file,
+            add_position,
+            add_id,
+            add_conversation,
+            add_user,
+            add_role,
+            add_author_id,
+            add_name,
+            add_content,
+            add_time,
+            add_seq,
+            add_meta,
+        ) = self.ctx.rows.appenders()
         user_id = self.ctx.user_id
         source_file = self.source_file
         position = f"conversations[{self.index}].mapping["
         id_prefix = f"{SOURCE}:{self.conv_id}:"
         track = self.ctx.options.branches == "all"
+        nodes = self.tree.nodes
         base: dict[str, Any] = {}
         if self.title is not None:
             base["title"] = self.title
@@ -445,6 +430,7 @@ class _Thread:
             base["gizmo_id"] = self.gizmo_id
         if branched:
             base["branch_of"] = self.conv_id
+        skipped = self.skipped
         seq = 0
         for nid, (eff, time_note) in zip(path, times, strict=True):
             if track:  # fork times, for the branches after this one
@@ -452,15 +438,15 @@ class _Thread:
                     time_note is not None and time_note.get("time_source") == "conversation"
                 )
                 self.times[nid] = None if from_start else eff
-            msg = self.tree.nodes[nid]
+            msg = nodes[nid]
             if msg is None:
-                self.skipped[
+                skipped[
                     "chatgpt:root" if self.tree.parent[nid] is None else "chatgpt:no_message"
                 ] += 1
                 continue
             shaped = _shape(msg, self.ctx)
             if isinstance(shaped, str):
-                self.skipped[shaped] += 1
+                skipped[shaped] += 1
                 continue
             role, text, extra, model, name = shaped
             meta = {"node_id": nid, **base}
@@ -474,23 +460,19 @@ class _Thread:
                 meta.update(extra)
             if time_note is not None:
                 meta.update(time_note)
-            rows.append(
-                (
-                    SOURCE,
-                    source_file,
-                    position + nid + "]",
-                    id_prefix + nid,
-                    conversation_id,
-                    user_id,
-                    role,
-                    None,
-                    name,
-                    text,
-                    None if eff is None else round(eff * 1_000_000),
-                    seq,
-                    orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode(),
-                )
-            )
+            add_source(SOURCE)
+            add_file(source_file)
+            add_position(position + nid + "]")
+            add_id(id_prefix + nid)
+            add_conversation(conversation_id)
+            add_user(user_id)
+            add_role(role)
+            add_author_id(None)
+            add_name(name)
+            add_content(text)
+            add_time(None if eff is None else round(eff * 1_000_000))
+            add_seq(seq)
+            add_meta(orjson.dumps(meta, option=orjson.OPT_SORT_KEYS).decode())
             seq += 1
 
 
@@ -498,7 +480,7 @@ _Shaped = tuple[str, str, dict[str, Any], str | None, str | None]
 """role, text, extra metadata, model slug, author name."""
 
 
-def _shape(msg: dict[str, Any], ctx: _Context) -> _Shaped | str:
+def _shape(msg: dict[str, Any], ctx: Context) -> _Shaped | str:
     """(role, text, metadata, model, author name) of a visible message, or the reason it
     is skipped."""
     author = msg.get("author")

@@ -268,7 +268,7 @@ class _Thread:
                 if "create_time_raw" in note:
                     note["create_time_raw"] = msg.get("created_at")
                 meta.update(note)
-            self.ctx.rows.rows.append(
+            self.ctx.rows.append(
                 (
                     SOURCE,
                     self.source_file,

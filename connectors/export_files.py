@@ -76,6 +76,11 @@ class ExportFiles:
             with (self._root / name).open("rb") as fh:
                 yield fh
 
+    @property
+    def zipped(self) -> bool:
+        """True when members are read out of a ZIP (so seeking in them is slow)."""
+        return self._zip is not None
+
     def size(self, name: str) -> int:
         """Uncompressed size of a member in bytes (0 when it does not exist)."""
         try:
@@ -127,19 +132,21 @@ def _common_folder(members: list[str]) -> str:
 
 
 def stream_array_file(
-    export: ExportFiles, name: str, kind: str, *, keep_raw: bool = False
+    export: ExportFiles, name: str, kind: str, *, start: int = 0
 ) -> Iterator[StreamedElement | Quarantined]:
     """The elements of the JSON array in export member `name`, one at a time.
 
     A malformed, cut-off or unreadable file ends with one `Quarantined` entry naming the
     byte offset and element number (reason prefixed `<kind>:`); every element before the
-    damage has been yielded already, so earlier conversations are still staged.
+    damage has been yielded already, so earlier conversations are still staged. With
+    `start` (a byte offset where an element begins), reading starts there and element
+    numbers count from 0 at that element.
     """
     label = export.label(name)
     index = 0
     try:
         with export.open(name) as fh:
-            for element in iter_array(fh, keep_raw=keep_raw):
+            for element in iter_array(fh, start=start):
                 index = element.index
                 yield element
     except JSONStreamError as exc:

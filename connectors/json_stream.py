@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -50,8 +50,6 @@ class StreamedElement:
     index: int
     offset: int
     value: Any
-    raw: bytes | None = None
-    """The element's exact bytes, when asked for (`keep_raw`) and orjson parsed them as-is."""
 
 
 class JSONStreamError(ValueError):
@@ -101,15 +99,23 @@ def iter_array(
     *,
     wrapper_keys: tuple[str, ...] = ("conversations",),
     chunk: int = CHUNK_BYTES,
-    keep_raw: bool = False,
+    start: int = 0,
 ) -> Iterator[StreamedElement]:
     """Yield the elements of the JSON array in `fh` one by one (see module docstring).
 
-    Raises `JSONStreamError` at the first element that is malformed or cut off (after
-    yielding all earlier ones), or when the top level is neither an array nor an object
-    wrapping one under `wrapper_keys`.
+    With `start`, reading begins at that byte offset, which must be where an element of the
+    array begins (see `find_element_start`): offsets stay file offsets, indexes count from
+    0 there. Raises `JSONStreamError` at the first element that is malformed or cut off
+    (after yielding all earlier ones), or when the top level is neither an array nor an
+    object wrapping one under `wrapper_keys`.
     """
     buf = _Buffer(fh, chunk)
+    if start:
+        fh.seek(start)
+        buf.base = start
+        buf.more(0)
+        yield from _elements(buf, buf.skip_ws(0))
+        return
     buf.more(0)
     if buf.data.startswith(_BOM):
         buf.data = buf.data[len(_BOM) :]
@@ -130,10 +136,15 @@ def iter_array(
             offset=buf.base + pos,
         )
     pos = buf.skip_ws(pos + 1)
-    index = 0
     if pos < len(buf.data) and buf.data[pos : pos + 1] == b"]":
-        _expect_end(buf, pos + 1, index)
+        _expect_end(buf, pos + 1, 0)
         return
+    yield from _elements(buf, pos)
+
+
+def _elements(buf: _Buffer, pos: int) -> Iterator[StreamedElement]:
+    """The elements from `pos` (an element's first byte) to the array's closing `]`."""
+    index = 0
     while True:
         if pos >= len(buf.data):
             raise JSONStreamError(
@@ -141,9 +152,8 @@ def iter_array(
                 index=index,
                 offset=buf.base + pos,
             )
-        value, (start, pos), exact = _parse_element(buf, pos, index)
-        raw = buf.data[start:pos] if keep_raw and not exact else None
-        yield StreamedElement(index, buf.base + start, value, raw)
+        value, (start, pos) = _parse_element(buf, pos, index)
+        yield StreamedElement(index, buf.base + start, value)
         index += 1
         pos = buf.skip_ws(pos)
         sep = buf.data[pos : pos + 1]
@@ -166,9 +176,40 @@ def iter_array(
         )
 
 
-def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int], bool]:
-    """Parse the element at `pos`: (value, (start, end) in current indexes, whether the
-    exact stdlib parser was needed)."""
+def find_element_start(
+    fh: IO[bytes],
+    near: int,
+    accept: Callable[[Any], bool],
+    *,
+    max_candidates: int = 64,
+    window: int = 4 * 1024 * 1024,
+) -> int | None:
+    """A byte offset at or after `near` where an array element that `accept`s begins.
+
+    Candidates are the `{` of each `}, {` sequence; each is parsed as an element and kept
+    only if `accept` says it looks like a top-level element. This is a good guess, not a
+    proof: the same bytes can occur inside a nested array, so whoever reads the array
+    from its start must confirm that an element really begins there.
+    """
+    fh.seek(near)
+    data = fh.read(window)
+    tried = 0
+    for match in _CANDIDATE_END.finditer(data):
+        if tried >= max_candidates:
+            break
+        tried += 1
+        offset = near + match.end() - 1
+        try:
+            first = next(iter_array(fh, start=offset, chunk=1024 * 1024), None)
+        except JSONStreamError:
+            continue
+        if first is not None and accept(first.value):
+            return offset
+    return None
+
+
+def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:
+    """Parse the element at `pos`: (value, (start, end) in current indexes)."""
     search_from = pos
     misses = 0
     if buf.data[pos : pos + 1] == b"{":
@@ -189,9 +230,8 @@ def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, 
                 misses += 1  # a nested `}, {` (or bad JSON): try the next one, then be exact
                 search_from = match.end()
                 continue
-            return value, (pos, end), False
-    value, span = _slow_parse(buf, pos, index)
-    return value, span, True
+            return value, (pos, end)
+    return _slow_parse(buf, pos, index)
 
 
 def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int]]:

@@ -1,177 +1,159 @@
-"""Read a big export on two CPU cores: a helper process streams the file, stages some
-conversations itself and hands the raw bytes of the others to this process.
+"""Run part of a read in a helper process that spools its staged rows to a temporary file.
 
-Parsing and shaping conversations is pure-Python work bound to one core; Parquet writing
-runs in this process. The helper hands over a fixed share of the conversations
-(`HANDOFF_SHARE`, deterministic). It keeps the single reading pass, so streaming, byte
-offsets and "earlier conversations are kept" all still hold; which process stages a
-conversation never changes what is staged. Neither side uses threads (a reader thread
-would fight the busy main thread for the GIL); a 1 MB pipe lets the helper run ahead.
+Parsing and shaping conversations is pure-Python work bound to one core. To use a second
+core, a connector gives a helper process its own share of the input (for ChatGPT: the
+conversations after a byte offset) and reads the rest itself; the helper shares nothing
+with the parent while both work. Its tables go to an Arrow IPC file (LZ4-compressed:
+cheaper to write than Parquet, and a third of the raw size) and its other results to a
+pickle, both in a private temporary folder. The parent collects them only when it has
+finished its own share, so the staged rows come out in input order and the parent can
+still throw the helper's work away (then it reads that share itself).
 
-The helper is `python -m connectors.parallel`, started with `subprocess` (not
+Earlier designs streamed the rows through a pipe while the parent worked: the parent then
+spent its time copying the helper's rows instead of parsing its own share, and the helper
+parsed every conversation once just to find where each ended.
+
+The helper is `python -m connectors.parallel FOLDER`, started with `subprocess` (not
 `multiprocessing`, which would re-import the caller's main module). It reads one pickled
-job from stdin and writes length-prefixed frames to stdout, one tag byte each:
-`T` + Arrow IPC stream (staged rows), `E` + pickled tuples (skip/quarantine events),
-`R` + header + raw JSON of one conversation for the parent to process, `X` + error text,
-`D` (done).
+`(work, job)` from stdin, runs `work(job, spool)` and writes `result.pickle` (or
+`error.txt`) into FOLDER. It prints nothing: a bug in it shows up as the parent's
+warning and a one-process read, never as a traceback on the terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import logging
 import os
 import pickle
-import struct
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import Any
 
 import pyarrow as pa
 
-from pipeline.errors import MemosError
-from pipeline.models import Event, Message, MessageTable, Quarantined, Skipped
+from pipeline.models import STAGING_SCHEMA
 
-Handoff = Callable[[str, int, bytes], bool]
-"""Offer one conversation (source_file label, index in that file, its raw JSON) to the
-parent; False means the parent is busy and the helper should process it itself."""
-Producer = Callable[[Any, Handoff], Iterator[Event]]
-"""Runs in the helper: yields events, and hands some conversations to the parent."""
-RawHandler = Callable[[str, int, bytes], Iterator[Event]]
-"""Runs in the parent: turns one handed-over conversation into events."""
+log = logging.getLogger(__name__)
 
-_PIPE_BYTES = 1024 * 1024
-HANDOFF_SHARE = 0.6
-"""Share of the conversations the helper hands to the parent: the parent also writes the
-Parquet table, the helper also parses every conversation once to find its end."""
-_HEADER = struct.Struct("<QI")
-_FRAME = struct.Struct("<Q")
-_EVENTS_PER_MESSAGE = 512
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_TABLES = "tables.arrow"
+_RESULT = "result.pickle"
+_ERROR = "error.txt"
 
 
-def _widen_pipe(stream: IO[bytes]) -> None:
-    """Ask Linux for a 1 MB pipe buffer (default 64 KB), so the helper can run ahead."""
-    with contextlib.suppress(OSError, AttributeError, ValueError):
-        fcntl.fcntl(stream.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)
+class Spool:
+    """Where a helper puts its staged tables: one LZ4-compressed Arrow IPC file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        """Append a table in `STAGING_SCHEMA`."""
+        if self._writer is None:
+            self._sink = pa.OSFile(str(self.path), "wb")
+            options = pa.ipc.IpcWriteOptions(compression="lz4")
+            self._writer = pa.ipc.new_file(self._sink, STAGING_SCHEMA, options=options)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        """Finish the file (it is only readable after this)."""
+        if self._writer is not None:
+            self._writer.close()
+        if self._sink is not None:
+            self._sink.close()
 
 
-def read_in_two_processes(
-    producer: Producer, producer_args: Any, handle_raw: RawHandler
-) -> Iterator[Event]:
-    """Events of `producer(producer_args, handoff)` run in a helper process, plus the events
-    of `handle_raw` for every conversation it hands over. The helper is stopped when the
-    caller stops early."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
-    )
-    helper = subprocess.Popen(
-        [sys.executable, "-m", "connectors.parallel"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-    )
-    assert helper.stdin is not None and helper.stdout is not None
-    _widen_pipe(helper.stdout)
-    try:
-        helper.stdin.write(pickle.dumps((producer, producer_args)))
-        helper.stdin.close()
-        while True:
-            message = _read_frame(helper.stdout)
-            if message is None:
-                code = helper.wait(10)
-                raise MemosError(
-                    f"the helper process reading the export ended unexpectedly "
-                    f"(exit code {code}); rerun with the source option `parallel: off`"
-                )
-            tag = message[:1]
-            if tag == b"R":
-                index, label_len = _HEADER.unpack_from(message, 1)
-                start = 1 + _HEADER.size
-                label = message[start : start + label_len].decode("utf-8")
-                yield from handle_raw(label, index, message[start + label_len :])
-            elif tag == b"T":
-                yield MessageTable(pa.ipc.open_stream(message[1:]).read_all())
-            elif tag == b"E":
-                for item in pickle.loads(message[1:]):
-                    yield Skipped(*item[1:]) if item[0] == "S" else Quarantined(*item[1:])
-            elif tag == b"X":
-                raise MemosError(f"reading the export failed: {message[1:].decode()}")
-            else:  # b"D"
-                break
-        helper.wait(10)
-    finally:
-        if helper.poll() is None:
-            helper.kill()
-            helper.wait(5)
-        helper.stdout.close()
+Work = Callable[[Any, Spool], Any]
+"""Runs in the helper: reads its share, writes tables to the spool, returns a picklable
+result for the parent."""
 
 
-def _read_frame(stream: IO[bytes]) -> bytes | None:
-    head = stream.read(_FRAME.size)
-    if len(head) < _FRAME.size:
+class Helper:
+    """A started helper process and its temporary folder; a context manager that always
+    stops the process and removes the folder."""
+
+    def __init__(self, work: Work, job: Any) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="memos-etl-helper-"))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "connectors.parallel", str(self.folder)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        assert self._process.stdin is not None
+        with self._process.stdin as stdin:
+            stdin.write(pickle.dumps((work, job), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def result(self) -> Any | None:
+        """Wait for the helper; its result, or None (logged) when it failed."""
+        code = self._process.wait()
+        if code == 0 and (self.folder / _RESULT).exists():
+            return pickle.loads((self.folder / _RESULT).read_bytes())
+        error = self.folder / _ERROR
+        why = error.read_text(errors="replace") if error.exists() else f"exit code {code}"
+        log.warning("the helper process failed (%s); reading its share in this process", why)
         return None
-    (size,) = _FRAME.unpack(head)
-    body = stream.read(size)
-    return body if len(body) == size else None
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The helper's spooled tables, in the order written (call after `result`)."""
+        path = self.folder / _TABLES
+        if not path.exists():
+            return
+        with pa.OSFile(str(path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                yield pa.Table.from_batches([reader.get_batch(i)])
+
+    def stop(self) -> None:
+        """End the helper now (its work is not needed)."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> Helper:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _helper_main(out: IO[bytes], producer: Producer, producer_args: Any) -> int:
-    """The helper's work: run the producer, stream its results back as frames."""
-    pending: list[tuple[Any, ...]] = []
-
-    def send(*parts: bytes) -> None:
-        out.write(_FRAME.pack(sum(map(len, parts))))
-        for part in parts:
-            out.write(part)
-
-    def flush_events() -> None:
-        if pending:
-            send(b"E", pickle.dumps(pending, protocol=pickle.HIGHEST_PROTOCOL))
-            pending.clear()
-
-    offered = [0, 0]  # conversations offered, conversations handed over
-
-    def handoff(label: str, index: int, raw: bytes) -> bool:
-        offered[0] += 1
-        if offered[1] >= offered[0] * HANDOFF_SHARE:
-            return False
-        offered[1] += 1
-        encoded = label.encode("utf-8")
-        send(b"R", _HEADER.pack(index, len(encoded)), encoded, raw)
-        return True
-
+def _helper_main(folder: Path, work: Work, job: Any) -> int:
+    """The helper's side: run `work`, leave its result (or the error) in `folder`."""
+    spool = Spool(folder / _TABLES)
     try:
-        for event in producer(producer_args, handoff):
-            if isinstance(event, MessageTable):
-                sink = pa.BufferOutputStream()
-                with pa.ipc.new_stream(sink, event.table.schema) as writer:
-                    writer.write_table(event.table)
-                send(b"T", sink.getvalue().to_pybytes())
-            elif isinstance(event, Skipped):
-                pending.append(("S", event.reason, event.count))
-            elif isinstance(event, Quarantined):
-                pending.append(
-                    ("Q", event.source_file, event.position, event.reason, event.excerpt)
-                )
-            elif isinstance(event, Message):
-                raise TypeError("a two-process producer must yield MessageTable, not Message")
-            if len(pending) >= _EVENTS_PER_MESSAGE:
-                flush_events()
-        flush_events()
-        send(b"D")
+        result = work(job, spool)
+        spool.close()
+        tmp = folder / f"{_RESULT}.tmp"
+        tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        os.replace(tmp, folder / _RESULT)
         return 0
     except BaseException as exc:  # noqa: BLE001 - a process entry point reports everything
-        send(b"X", f"{type(exc).__name__}: {exc}".encode())
-        return 1
-    finally:
         with contextlib.suppress(OSError):
-            out.flush()
+            (folder / _ERROR).write_text(f"{type(exc).__name__}: {exc}")
+        return 1
 
 
 if __name__ == "__main__":
-    job_producer, job_args = pickle.loads(sys.stdin.buffer.read())
-    sys.exit(_helper_main(sys.stdout.buffer, job_producer, job_args))
+    job_work, job_args = pickle.loads(sys.stdin.buffer.read())
+    sys.exit(_helper_main(Path(sys.argv[1]), job_work, job_args))

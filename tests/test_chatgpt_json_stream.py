@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.json_stream import JSONStreamError, StreamedElement, iter_array
+from connectors.json_stream import (
+    JSONStreamError,
+    StreamedElement,
+    find_element_start,
+    iter_array,
+)
 
 json_values = st.recursive(
     st.none()
@@ -117,3 +122,44 @@ def test_invalid_utf8_and_lone_surrogates_become_replacement_characters() -> Non
         {"c": "half \ufffd emoji"},
         {"\ufffd": 1},
     ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    items=st.lists(json_values, min_size=1, max_size=8),
+    layout=layouts,
+    chunk=st.integers(min_value=1, max_value=64),
+    data=st.data(),
+)
+def test_reading_from_an_element_start_yields_the_rest_with_file_offsets(
+    items: list[Any], layout: dict[str, Any], chunk: int, data: st.DataObject
+) -> None:
+    raw = json.dumps(items, **layout).encode("utf-8")
+    whole = read_all(raw, chunk)
+    at = data.draw(st.integers(0, len(whole) - 1))
+    rest = list(iter_array(io.BytesIO(raw), chunk=chunk, start=whole[at].offset))
+    assert [(e.offset, e.value) for e in rest] == [(e.offset, e.value) for e in whole[at:]]
+    assert [e.index for e in rest] == list(range(len(whole) - at))
+
+
+def test_a_cut_file_read_from_an_element_start_reports_the_file_offset() -> None:
+    raw = b'[{"a": 1}, {"b": 2}, {"c": '
+    start = raw.index(b'{"b"')
+    elements = iter_array(io.BytesIO(raw), start=start)
+    assert next(elements).value == {"b": 2}
+    with pytest.raises(JSONStreamError) as err:
+        next(elements)
+    assert (err.value.index, err.value.offset) == (1, len(raw))
+
+
+def test_element_start_is_found_past_nested_lookalikes() -> None:
+    inner = {"parts": [{"p": 1}, {"p": 2}], "filler": "x" * 50}
+    items = [{"mapping": {}, "n": i, "inner": inner} for i in range(4)]
+    raw = json.dumps(items).encode("utf-8")
+    starts = [e.offset for e in read_all(raw, 7)]
+    nested = raw.index(b'{"p": 2}')
+    assert nested not in starts
+    looks_top = lambda v: isinstance(v, dict) and "mapping" in v  # noqa: E731
+    assert find_element_start(io.BytesIO(raw), nested - 3, looks_top) == starts[1]
+    assert find_element_start(io.BytesIO(raw), nested - 3, lambda v: True) == nested
+    assert find_element_start(io.BytesIO(raw), starts[3], looks_top) is None

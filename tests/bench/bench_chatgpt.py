@@ -8,7 +8,8 @@ folder, removed afterwards; never the repository), then runs each approach in it
 child process so that each reports its own peak memory (ru_maxrss). Figures:
 - ours: `pipeline.extract.extract_source` end to end (stream, canonical thread, counts,
   Parquet staging table), with `parallel: off` and `parallel: on` (a helper process
-  takes half the conversations); messages staged per second of wall time, and per CPU
+  parses the second half of the file and spools its rows; see
+  connectors/chatgpt_split.py); messages staged per second of wall time, and per CPU
   second of the busier process (main or helper): the rate the run reaches when its cores
   are not shared with other work;
 - naive: `json.load` of the whole file, every node into a pandas DataFrame, user and

@@ -1,0 +1,209 @@
+"""Read one ChatGPT export on two CPU cores, staging exactly what one process stages.
+
+The conversations are split in two at a byte offset (or, for a sharded export, at a
+file boundary): this process reads the first share while a helper process
+(`connectors.parallel`) reads the second and spools its rows. Each process parses only
+its own share, so the two together do no more work than one.
+
+The split point is a guess (`find_element_start`: a `}, {` whose object parses as a
+conversation), so it is verified: this process reads from the start of the file and must
+find a conversation beginning exactly there. The helper's work is used only when
+
+- the split was confirmed (else the bytes were inside a conversation);
+- the helper finished (a failed helper is logged, not fatal);
+- no conversation id occurs in both shares (else the later copy is a duplicate, which
+  only a single reader can tell).
+
+Otherwise this process reads the helper's share itself, so the outcome is always that of
+a one-process read: the same rows in the same order (the helper's conversation numbers
+are shifted by the number of conversations before the split), the same skip counts, the
+same quarantine entries, and a damaged file still stops at its first bad byte with every
+earlier conversation staged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.chatgpt import Context, Options, _asset_names, consume, read_file
+from connectors.export_files import ExportFiles, stream_array_file
+from connectors.json_stream import StreamedElement, find_element_start
+from connectors.parallel import Helper, Spool
+from pipeline.models import Event, MessageTable, Quarantined, Skipped
+
+log = logging.getLogger(__name__)
+
+MAIN_SHARE = 0.55
+"""Share of the bytes read by this process. It also writes every Parquet row group and
+reads the helper's spool; the helper pays for starting Python and writing that spool."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """Where the helper's share begins: `files[file]` from byte `offset`. Offset 0 means
+    the whole file; a non-zero offset is only used when there is a single file."""
+
+    file: int
+    offset: int
+
+
+def choose_split(export: ExportFiles, files: list[str], share: float = MAIN_SHARE) -> Split | None:
+    """A split point about `share` of the way through the conversation bytes, or None when
+    there is none worth having (one conversation, a single file inside a ZIP...)."""
+    if len(files) == 1:
+        name = files[0]
+        if export.zipped or name not in export.names:
+            return None
+        with export.open(name) as fh:
+            offset = find_element_start(fh, int(export.size(name) * share), _conversation_like)
+        return None if offset is None else Split(0, offset)
+    sizes = [export.size(name) for name in files]
+    target = sum(sizes) * share
+    before = [sum(sizes[:k]) for k in range(1, len(files))]
+    best = min(range(len(before)), key=lambda i: abs(before[i] - target))
+    return Split(best + 1, 0)
+
+
+def _conversation_like(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("mapping"), dict)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the helper needs to read its share of the same export (picklable)."""
+
+    path: Path
+    options: dict[str, Any]
+    user_id: str
+    files: list[str]
+    split: Split
+
+
+@dataclass(frozen=True)
+class _Result:
+    """The helper's events other than tables; its conversation numbers are local."""
+
+    skipped: dict[str, int]
+    quarantined: list[tuple[str, str, str, str]]
+    seen: set[str]
+
+
+def _helper_work(job: _Job, spool: Spool) -> _Result:
+    """Helper side: read `files[split.file]` from `split.offset`, then the later files."""
+    options = Options.model_validate(job.options)
+    skipped: Counter[str] = Counter()
+    quarantined: list[tuple[str, str, str, str]] = []
+    with ExportFiles(job.path) as export:
+        ctx = Context(user_id=job.user_id, options=options, asset_names=_asset_names(export))
+        for i, name in enumerate(job.files[job.split.file :]):
+            start = job.split.offset if i == 0 else 0
+            for event in read_file(export, name, ctx, start=start):
+                if isinstance(event, MessageTable):
+                    spool.write(event.table)
+                elif isinstance(event, Skipped):
+                    skipped[event.reason] += event.count
+                elif isinstance(event, Quarantined):
+                    quarantined.append(
+                        (event.source_file, event.position, event.reason, event.excerpt)
+                    )
+        table = ctx.rows.take()
+        if table is not None:
+            spool.write(table.table)
+    return _Result(dict(skipped), quarantined, ctx.seen)
+
+
+def read_in_two(
+    export: ExportFiles, files: list[str], ctx: Context, split: Split | None = None
+) -> Iterator[Event]:
+    """Events of every conversation file, read by this process and a helper (see the
+    module docstring); `split` defaults to `choose_split`."""
+    split = split or choose_split(export, files)
+    if split is None:
+        log.info("no split point in %s: reading it in one process", export.path)
+        for name in files:
+            yield from read_file(export, name, ctx)
+    else:
+        yield from _read_split(export, files, ctx, split)
+    table = ctx.rows.take()
+    if table is not None:
+        yield table
+
+
+def _read_split(
+    export: ExportFiles, files: list[str], ctx: Context, split: Split
+) -> Iterator[Event]:
+    job = _Job(export.path, ctx.options.model_dump(), ctx.user_id, files, split)
+    with Helper(_helper_work, job) as helper:
+        for name in files[: split.file]:
+            yield from read_file(export, name, ctx)
+        held: StreamedElement | None = None
+        rest: Iterator[StreamedElement | Quarantined] = iter(())
+        label = export.label(files[split.file])
+        if split.offset:
+            rest = stream_array_file(export, files[split.file], "chatgpt")
+            held = yield from consume(rest, ctx, label, stop=split.offset)
+            confirmed = held is not None and held.offset == split.offset
+        else:
+            confirmed = True
+        result: _Result | None = helper.result() if confirmed else None
+        if result is not None and result.seen.isdisjoint(ctx.seen):
+            table = ctx.rows.take()
+            if table is not None:
+                yield table
+            shift = held.index if held is not None else 0
+            for table_part in helper.tables():
+                yield MessageTable(_shift_positions(table_part, shift))
+            for reason, count in result.skipped.items():
+                yield Skipped(reason, count)
+            for source_file, position, reason, excerpt in result.quarantined:
+                if source_file == label:
+                    position = _shift_position(position, shift)
+                yield Quarantined(source_file, position, reason, excerpt)
+            return
+        if not confirmed:
+            log.info("split point of %s not confirmed: reading on in one process", label)
+        elif result is not None:
+            log.info("a conversation occurs on both sides of the split: reading on in one process")
+        helper.stop()
+        if split.offset:
+            if held is not None:
+                yield from consume(chain([held], rest), ctx, label)
+            later = files[split.file + 1 :]
+        else:
+            later = files[split.file :]
+        for name in later:
+            yield from read_file(export, name, ctx)
+
+
+_POSITION = re.compile(r"(conversations\[|conversation #)(\d+)")
+
+
+def _shift_position(position: str, by: int) -> str:
+    """A helper's quarantine position with its conversation number made global."""
+    return _POSITION.sub(lambda m: f"{m.group(1)}{int(m.group(2)) + by}", position, count=1)
+
+
+def _shift_positions(table: pa.Table, by: int) -> pa.Table:
+    """The helper's rows with `conversations[N]` in `source_position` made global
+    (vectorized: the helper cannot know N before this process has read its share)."""
+    if not by or table.num_rows == 0:
+        return table
+    parts = pc.extract_regex(
+        table.column("source_position"), r"(?s)^conversations\[(?P<n>\d+)\](?P<rest>.*)$"
+    )
+    number = pc.add(pc.cast(pc.struct_field(parts, "n"), pa.int64()), by)
+    position = pc.binary_join_element_wise(
+        "conversations[", pc.cast(number, pa.string()), "]", pc.struct_field(parts, "rest"), ""
+    )
+    index = table.schema.get_field_index("source_position")
+    return table.set_column(index, table.schema.field(index), position)

@@ -75,10 +75,10 @@ class Options(ConnectorOptions):
     owner_from_export: bool = True
     """Memory owner: the id in user.json when present (the configured `user_id` is the
     fallback); false: always the configured `user_id`."""
-    parallel: Literal["auto", "on", "off"] = "off"
+    parallel: Literal["auto", "on", "off"] = "auto"
     """`on`: read in two processes, each parsing its own share of the conversations (see
-    connectors/chatgpt_split.py); `auto`: only for exports of 64 MB and more on a
-    multi-core machine. Off by default: it needs a second core that is otherwise idle."""
+    connectors/chatgpt_split.py); `auto` (default): only for exports of 64 MB and more on
+    a multi-core machine; `off`: one process (a shared machine with no core to spare)."""
 
     @field_validator("parallel", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ import pyarrow as pa
 from connectors.slack_source import ExportFiles, FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
 from pipeline.models import STAGING_SCHEMA, Quarantined, StagedPart
-from pipeline.staging import PartWriter
+from pipeline.staging import PartWriter, large_string_array
 
 SOURCE = "slack"
 NOT_MESSAGES = frozenset({"message_changed", "message_deleted", "tombstone", "message_replied"})
@@ -622,12 +622,13 @@ class _Processor:
 
 
 def _large_strings(values: list[str]) -> pa.Array:
-    """large_string array (built as string first: converting straight to large_string is slow)."""
+    """`large_string_array`, replacing lone surrogates (from broken JSON escapes) if any."""
     try:
-        return pa.array(values, pa.string()).cast(pa.large_string())
-    except (UnicodeEncodeError, pa.ArrowInvalid, pa.ArrowCapacityError):
-        cleaned = [v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for v in values]
-        return pa.array(cleaned, pa.large_string())
+        return large_string_array(values)
+    except (UnicodeEncodeError, pa.ArrowInvalid):
+        return large_string_array(
+            [v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for v in values]
+        )
 
 
 def _file_names(m: Msg) -> list[str]:

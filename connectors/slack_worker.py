@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.slack_source import ExportFiles, FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
@@ -293,7 +294,6 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
 BATCH_ROWS = 16_384
 """Rows buffered as Python lists before they are converted into an Arrow batch."""
 _COLUMNS = (
-    "source_file",
     "source_position",
     "message_id",
     "conversation_id",
@@ -320,6 +320,8 @@ class _Processor:
         self.quarantined: list[Quarantined] = []
         self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         self.thread_of: list[str | None] = []
+        self.file_ends: list[tuple[str, int]] = []
+        """(day file, buffered rows once its messages were added): its rows' source_file."""
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
         self.day_of = _DayKeys(ctx.settings.timezone)
@@ -408,7 +410,7 @@ class _Processor:
         workspace_owner = s.user_id
         seen = self.seen_ts
         c = self.cols
-        c_file, c_pos, c_id = c["source_file"], c["source_position"], c["message_id"]
+        c_pos, c_id = c["source_position"], c["message_id"]
         c_conv, c_user, c_role = c["conversation_id"], c["user_id"], c["role"]
         c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
         c_time, c_meta = c["created_at"], c["metadata"]
@@ -418,6 +420,7 @@ class _Processor:
             orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
         )
         dumps = orjson.dumps
+        rows_before = len(c_id)
 
         for index, m in enumerate(messages):
             if m is None:  # already quarantined while loading
@@ -552,8 +555,7 @@ class _Processor:
                     meta["bot"] = True
                 meta_text = dumps(meta).decode()
 
-            c_file.append(file_name)
-            c_pos.append(f"$[{index}]")
+            c_pos.append(index)
             c_id.append(f"{channel_id}:{ts}")
             c_conv.append(conv)
             c_user.append(owner)
@@ -563,6 +565,8 @@ class _Processor:
             c_content.append(f"{author_name}: {content}" if prefix else content)
             c_time.append(micros)
             c_meta.append(meta_text)
+        if len(c_id) > rows_before:
+            self.file_ends.append((file_name, len(c_id)))
 
     def _assign_sessions(self, s: Settings) -> None:
         """Split the channel's top-level messages at gaps; replies join their parent's session."""
@@ -598,15 +602,20 @@ class _Processor:
             self.sink.add(self._batch(), pairs)
             self.cols = {name: [] for name in _COLUMNS}
             self.thread_of = []
+            self.file_ends = []
 
     def _batch(self) -> pa.RecordBatch:
         c = self.cols
         n = len(c["message_id"])
         times = pa.array(c["created_at"], type=pa.int64())
+        files, ends = zip(*self.file_ends, strict=True)
+        positions = pa.array(c["source_position"], pa.int64()).cast(pa.string())
         arrays = {
-            "source": pa.array([SOURCE] * n, pa.string()),
-            "source_file": pa.array(c["source_file"], pa.string()),
-            "source_position": pa.array(c["source_position"], pa.string()),
+            "source": pa.repeat(pa.scalar(SOURCE, pa.string()), n),
+            "source_file": pc.run_end_decode(
+                pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int32()), pa.array(files))
+            ),
+            "source_position": pc.binary_join_element_wise("$[", positions, "]", ""),
             "message_id": pa.array(c["message_id"], pa.string()),
             "conversation_id": pa.array(c["conversation_id"], pa.string()),
             "user_id": pa.array(c["user_id"], pa.string()),

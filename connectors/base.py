@@ -7,11 +7,13 @@ are the keys allowed under a source's `options:` in the config) and a function
 (unreadable, with file, position and reason). Raising `InputError` is for inputs that
 cannot be read at all.
 
-Connectors never write files, with one exception: a module that sets `WRITES_PARTS = True`
-is called as `read(path, options, parts_dir=...)` and may write finished Parquet parts
-(`pipeline.staging.part_path`) into that folder from its worker processes, announcing
-each with a `StagedPart` event; rows then never cross a process boundary. Called without
-`parts_dir`, it yields `MessageTable` events instead.
+Connectors write nothing into the workdir, with one exception: a module that sets
+`WRITES_PARTS = True` is called as `read(path, options, parts_dir=...)` and may write
+finished Parquet parts (`pipeline.staging.part_path`) into that folder from its worker
+processes, announcing each with a `StagedPart` event; rows then never cross a process
+boundary. Called without `parts_dir`, it yields `MessageTable` events instead. Private
+temporary files (e.g. a helper process's spool) are allowed and removed before `read`
+returns.
 """
 
 from __future__ import annotations

@@ -14,17 +14,10 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.models import STAGING_SCHEMA, MessageTable
-from pipeline.staging import table_from_columns
+from pipeline.staging import replace_surrogates, table_from_columns
 
 ROWS_PER_TABLE = 16_384
 _COLUMNS = STAGING_SCHEMA.names
-
-
-def _clean(value: Any) -> Any:
-    """Lone surrogates (from broken JSON escapes) cannot be stored as UTF-8: replace them."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return value
 
 
 def _table(columns: tuple[list[Any], ...]) -> pa.Table:
@@ -76,7 +69,9 @@ class RowBuffer:
         try:
             table = _table(self.columns)
         except UnicodeEncodeError:
-            table = _table(tuple([_clean(v) for v in values] for values in self.columns))
+            table = _table(
+                tuple([replace_surrogates(v) for v in values] for values in self.columns)
+            )
         for column in self.columns:
             column.clear()
         return MessageTable(table)

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from connectors.slack_source import ExportFiles, FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
 from pipeline.models import STAGING_SCHEMA, Quarantined, StagedPart
-from pipeline.staging import PartWriter, large_string_array
+from pipeline.staging import PartWriter, large_string_array, replace_surrogates
 
 SOURCE = "slack"
 NOT_MESSAGES = frozenset({"message_changed", "message_deleted", "tombstone", "message_replied"})
@@ -276,8 +276,7 @@ def _short(m: Msg) -> str:
 def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
     """Normalize the messages of a job's units (never raises on bad data)."""
     names = Names(ctx.user_names, ctx.channel_names)
-    part = PartWriter(Path(job.part_path)) if job.part_path is not None else None
-    sink: PartWriter | _TableSink = part if part is not None else _TableSink()
+    sink = PartWriter(Path(job.part_path)) if job.part_path is not None else _TableSink()
     skipped: Counter[str] = Counter()
     quarantined: list[Quarantined] = []
     for unit in job.units:
@@ -285,9 +284,8 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
         processor.run(ctx.settings)
         skipped.update(processor.skipped)
         quarantined += processor.quarantined
-    if part is not None:
-        return JobResult(part.close(), None, dict(skipped), quarantined)
-    assert isinstance(sink, _TableSink)
+    if isinstance(sink, PartWriter):
+        return JobResult(sink.close(), None, dict(skipped), quarantined)
     return JobResult(None, sink.table(), dict(skipped), quarantined)
 
 
@@ -635,9 +633,7 @@ def _large_strings(values: list[str]) -> pa.Array:
     try:
         return large_string_array(values)
     except (UnicodeEncodeError, pa.ArrowInvalid):
-        return large_string_array(
-            [v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for v in values]
-        )
+        return large_string_array([replace_surrogates(v) for v in values])
 
 
 def _file_names(m: Msg) -> list[str]:

@@ -56,6 +56,14 @@ def _clean_text(value: Any) -> Any:
     return value
 
 
+def replace_surrogates(value: Any) -> Any:
+    """`value` with lone surrogates (from broken JSON escapes), which UTF-8 cannot hold,
+    replaced; anything but a string is returned as is."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return value
+
+
 def large_string_array(values: list[Any]) -> pa.Array:
     """A `large_string` array built as `string` and cast: pyarrow (26) converts Python
     strings straight to `large_string` about ten times slower."""

@@ -14,7 +14,9 @@ microseconds: unique in its conversation and ordered like time.
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
+import pickle
 import re
 import sys
 from collections import Counter
@@ -215,12 +217,23 @@ class _DayKeys:
         bucket = micros // self.step
         day = self.cache.get(bucket)
         if day is None:
+            if len(self.cache) >= _DAY_CACHE_MAX:
+                self.cache.clear()
             moment = _EPOCH + timedelta(microseconds=bucket * self.step)
             if self.tz is not None:
                 moment = moment.astimezone(self.tz)
-            day = moment.strftime("%Y-%m-%d")
+            day = moment.date().isoformat()
             self.cache[bucket] = day
         return day
+
+
+_DAY_CACHE_MAX = 100_000
+
+
+@functools.cache
+def day_keys(tz_name: str) -> _DayKeys:
+    """The process-wide `_DayKeys` of a time zone (units of one export share the days)."""
+    return _DayKeys(tz_name)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -296,13 +309,15 @@ _COLUMNS = (
     "message_id",
     "conversation_id",
     "user_id",
-    "role",
+    "is_bot",
     "author_id",
     "author_name",
     "content",
     "created_at",
     "metadata",
 )
+"""Buffered columns. `user_id` is filled only in author mode (in workspace mode every row
+has the one configured owner); `is_bot` becomes `role`."""
 
 
 class _Processor:
@@ -322,7 +337,7 @@ class _Processor:
         """(day file, buffered rows once its messages were added): its rows' source_file."""
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
-        self.day_of = _DayKeys(ctx.settings.timezone)
+        self.day_of = day_keys(ctx.settings.timezone)
 
     def run(self, s: Settings) -> None:
         if self.unit.other_files:
@@ -409,7 +424,7 @@ class _Processor:
         seen = self.seen_ts
         c = self.cols
         c_pos, c_id = c["source_position"], c["message_id"]
-        c_conv, c_user, c_role = c["conversation_id"], c["user_id"], c["role"]
+        c_conv, c_user, c_bot = c["conversation_id"], c["user_id"], c["is_bot"]
         c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
         c_time, c_meta = c["created_at"], c["metadata"]
         thread_of = self.thread_of
@@ -556,8 +571,9 @@ class _Processor:
             c_pos.append(index)
             c_id.append(f"{channel_id}:{ts}")
             c_conv.append(conv)
-            c_user.append(owner)
-            c_role.append("assistant" if is_bot else "user")
+            if author_mode:
+                c_user.append(owner)
+            c_bot.append(is_bot)
             c_aid.append(author_id)
             c_aname.append(author_name)
             c_content.append(f"{author_name}: {content}" if prefix else content)
@@ -596,7 +612,12 @@ class _Processor:
     def _flush(self) -> None:
         """Hand the buffered rows to the sink as an Arrow batch (bounds Python memory)."""
         if self.cols["message_id"]:
-            pairs = set(zip(self.cols["user_id"], self.cols["conversation_id"], strict=True))
+            users, conversations = self.cols["user_id"], self.cols["conversation_id"]
+            if users:
+                pairs = set(zip(users, conversations, strict=True))
+            else:  # workspace mode: one owner, not stored per row
+                owner = self.ctx.settings.user_id
+                pairs = {(owner, conversation) for conversation in set(conversations)}
             self.sink.add(self._batch(), pairs)
             self.cols = {name: [] for name in _COLUMNS}
             self.thread_of = []
@@ -616,8 +637,12 @@ class _Processor:
             "source_position": pc.binary_join_element_wise("$[", positions, "]", ""),
             "message_id": pa.array(c["message_id"], pa.string()),
             "conversation_id": pa.array(c["conversation_id"], pa.string()),
-            "user_id": pa.array(c["user_id"], pa.string()),
-            "role": pa.array(c["role"], pa.string()),
+            "user_id": (
+                pa.array(c["user_id"], pa.string())
+                if c["user_id"]
+                else pa.repeat(pa.scalar(self.ctx.settings.user_id, pa.string()), n)
+            ),
+            "role": pc.if_else(pa.array(c["is_bot"], pa.bool_()), "assistant", "user"),
             "author_id": pa.array(c["author_id"], pa.string()),
             "author_name": pa.array(c["author_name"], pa.string()),
             "content": _large_strings(c["content"]),
@@ -684,8 +709,8 @@ def _reactions(reactions: Any) -> list[dict[str, Any]]:
     return out
 
 
-# Worker-process state: set once per worker process by `init_worker` (ProcessPoolExecutor's
-# initializer), so the shared context is pickled once per worker, not once per unit.
+# Worker-process state: the export context, loaded from its file by the first job that
+# names it and kept for the worker's later jobs, with a file reader.
 _WORKER: dict[str, Any] = {}
 
 
@@ -712,12 +737,19 @@ def skip_pandas_probe() -> None:
         sys.meta_path.remove(finder)
 
 
-def init_worker(ctx: Context) -> None:
-    """ProcessPoolExecutor initializer: keep the export context and a file reader."""
+def init_worker() -> None:
+    """ProcessPoolExecutor initializer: imports done, no pandas, Arrow's system allocator.
+
+    It needs no context, so the pool can start while the main process still reads the
+    export's listing and index.
+    """
     skip_pandas_probe()
     pa.set_memory_pool(pa.system_memory_pool())
-    _WORKER["ctx"] = ctx
-    _WORKER["reader"] = FileReader(ctx.export)
+
+
+def save_context(ctx: Context, path: Path) -> None:
+    """Write `ctx` for workers (read once per worker, instead of once per job)."""
+    path.write_bytes(pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def release_memory() -> None:
@@ -725,8 +757,13 @@ def release_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-def run_in_worker(job: Job) -> JobResult:
-    """Run one job with the context `init_worker` stored in this worker process."""
+def run_in_worker(job: Job, context_file: str) -> JobResult:
+    """Run one job with the context saved in `context_file` (see `save_context`)."""
+    if _WORKER.get("context_file") != context_file:
+        if "reader" in _WORKER:
+            _WORKER["reader"].close()
+        ctx = pickle.loads(Path(context_file).read_bytes())
+        _WORKER.update(context_file=context_file, ctx=ctx, reader=FileReader(ctx.export))
     result = run_job(job, _WORKER["ctx"], _WORKER["reader"])
     release_memory()
     return result

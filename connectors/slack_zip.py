@@ -19,8 +19,10 @@ import csv
 import fnmatch
 import logging
 import os
+import tempfile
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
 from connectors.slack_source import (
+    ExportFiles,
     FileReader,
     Folder,
     Limits,
@@ -52,6 +55,7 @@ from connectors.slack_worker import (
     init_worker,
     run_in_worker,
     run_job,
+    save_context,
 )
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import Event, MessageTable, Quarantined, Skipped
@@ -148,30 +152,31 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         options.max_member_bytes, options.max_total_bytes, options.max_compression_ratio
     )
     export = open_export(path, limits)
-    layout = discover(export.files)
-    reader = FileReader(export)
-    try:
-        index = _Index()
-        for root in layout.roots:
-            yield from index.load(reader, root)
-    finally:
-        reader.close()
-    if not layout.folders and not index.found:
-        raise InputError(
-            f"{path}: no Slack export found (expected channels.json/users.json or channel "
-            "folders of YYYY-MM-DD.json day files)"
+    with _worker_pool(export, options.workers) as pool:
+        layout = discover(export.files)
+        reader = FileReader(export)
+        try:
+            index = _Index()
+            for root in layout.roots:
+                yield from index.load(reader, root)
+        finally:
+            reader.close()
+        if not layout.folders and not index.found:
+            raise InputError(
+                f"{path}: no Slack export found (expected channels.json/users.json or channel "
+                "folders of YYYY-MM-DD.json day files)"
+            )
+        units = _units(layout.folders, index, options)
+        ctx = Context(
+            export,
+            index.users,
+            {u: i.name for u, i in index.users.items()},
+            index.channel_names(),
+            settings,
         )
-    units = _units(layout.folders, index, options)
-    ctx = Context(
-        export,
-        index.users,
-        {u: i.name for u, i in index.users.items()},
-        index.channel_names(),
-        settings,
-    )
-    events = _run(units, ctx, options.workers, parts_dir)
-    del units, ctx, export, layout, index  # the listing is not needed while messages flow
-    yield from events
+        events = _run(units, ctx, pool, parts_dir)
+        del units, ctx, export, layout, index  # the listing is not needed while messages flow
+        yield from events
 
 
 def _settings(options: Options) -> Settings:
@@ -412,11 +417,36 @@ def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
     ]
 
 
+@contextmanager
+def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPoolExecutor | None]:
+    """The worker processes, started at once so they import while the index is read.
+
+    None (work in this process) with `workers: 1`, on one core, or by default when the
+    export's files total under `PARALLEL_MIN_BYTES`.
+    """
+    count = workers or os.cpu_count() or 1
+    if workers is None and count > 1:
+        files = export.files.values()
+        if sum(max(size, 0) or ESTIMATED_DAY_FILE_BYTES for _, size in files) < PARALLEL_MIN_BYTES:
+            count = 1
+    if count <= 1:
+        yield None
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=count, mp_context=get_context("spawn"), initializer=init_worker
+    )
+    try:
+        for _ in range(count):
+            pool.submit(int)  # each submit starts one more worker until `count` run
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _run(
-    units: list[Unit], ctx: Context, workers: int | None, parts_dir: Path | None
+    units: list[Unit], ctx: Context, pool: ProcessPoolExecutor | None, parts_dir: Path | None
 ) -> Iterator[Event]:
     files = ctx.export.files
-    total = sum(max(files[f][1], 0) or ESTIMATED_DAY_FILE_BYTES for u in units for f in u.day_files)
     units = sorted(units, key=lambda u: u.label)
     if ctx.settings.conversation != "session":
         units = [part for unit in units for part in split_unit(unit, files)]
@@ -424,9 +454,8 @@ def _run(
     jobs = make_jobs(units, parts_dir)
     ctx = replace(ctx, export=replace(ctx.export, files={}))
     del files, units
-    count = min(workers or os.cpu_count() or 1, len(jobs))
     merged = _Merger()
-    if count <= 1 or (workers is None and total < PARALLEL_MIN_BYTES):
+    if pool is None:
         reader = FileReader(ctx.export)
         try:
             for job in jobs:
@@ -435,18 +464,17 @@ def _run(
             reader.close()
         yield from merged.flush()
         return
-    pool = ProcessPoolExecutor(
-        max_workers=count, mp_context=get_context("spawn"), initializer=init_worker, initargs=(ctx,)
-    )
-    try:
+    with tempfile.TemporaryDirectory(prefix="memos-etl-slack-") as tmp:
+        context_file = Path(tmp) / "context.pickle"
+        save_context(ctx, context_file)
         # Results are small (counts and part names), so every job is queued at once: a
         # worker that finishes early takes the next job instead of waiting for the oldest.
-        futures: list[Future[JobResult]] = [pool.submit(run_in_worker, job) for job in jobs]
+        futures: list[Future[JobResult]] = [
+            pool.submit(run_in_worker, job, str(context_file)) for job in jobs
+        ]
         for future in futures:
             yield from merged.add(future.result())
         yield from merged.flush()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Merger:

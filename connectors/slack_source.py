@@ -196,61 +196,82 @@ class Layout:
     folders: list[Folder]
 
 
-def find_root(names: Iterable[str]) -> str:
+def _by_folder(names: Iterable[str]) -> dict[str, list[str]]:
+    """Sorted file names grouped by their folder ("" for top-level files), in name order."""
+    folders: dict[str, list[str]] = {}
+    for name in sorted(names):
+        head, _, base = name.rpartition("/")
+        files = folders.get(head)
+        if files is None:
+            files = folders[head] = []
+        files.append(base)
+    return folders
+
+
+def find_root(folders: dict[str, list[str]]) -> str:
     """The prefix of the main export root: where the shallowest index file sits.
 
-    Without index files, a single wrapping directory holding `<dir>/<folder>/<day>.json`
-    files is stripped; otherwise the root is the top of the archive.
+    `folders` is `_by_folder` of the export's names. Without index files, a single
+    wrapping directory holding `<dir>/<folder>/<day>.json` files is stripped; otherwise
+    the root is the top of the archive.
     """
-    names = list(names)
-    best: str | None = None
-    for name in names:
-        head, _, base = name.rpartition("/")
-        if base in INDEX_FILES and "teams" not in head.split("/"):
-            prefix = head + "/" if head else ""
-            if best is None or prefix.count("/") < best.count("/"):
-                best = prefix
+    best: tuple[int, str, str] | None = None  # (depth, first index file name, prefix)
+    for head, bases in folders.items():
+        if INDEX_FILES.isdisjoint(bases) or "teams" in head.split("/"):
+            continue
+        prefix = head + "/" if head else ""
+        first = min(b for b in bases if b in INDEX_FILES)
+        candidate = (prefix.count("/"), prefix + first, prefix)
+        if best is None or candidate < best:
+            best = candidate
     if best is not None:
-        return best
-    tops = {name.split("/", 1)[0] for name in names if "/" in name}
-    flat = [n for n in names if "/" not in n]
-    if len(tops) == 1 and not flat:
-        top = next(iter(tops))
-        if any(DAY_FILE.fullmatch(n.rsplit("/", 1)[-1]) and n.count("/") == 2 for n in names):
-            return top + "/"
+        return best[2]
+    tops = {head.split("/", 1)[0] for head in folders if head}
+    if (
+        len(tops) == 1
+        and "" not in folders
+        and any(
+            head.count("/") == 1 and any(DAY_FILE.fullmatch(b) for b in bases)
+            for head, bases in folders.items()
+        )
+    ):
+        return next(iter(tops)) + "/"
     return ""
 
 
 def discover(names: Iterable[str]) -> Layout:
-    """Split an export's file names into roots and conversation folders (pure)."""
-    names = sorted(names)
-    root = find_root(names)
+    """Split an export's file names into roots and conversation folders (pure).
+
+    Works folder by folder: only the day-file test looks at each file name.
+    """
+    by_folder = _by_folder(names)
+    root = find_root(by_folder)
     teams = root + "teams/"
     team_roots = sorted(
         {
-            teams + rest.split("/", 1)[0] + "/"
-            for name in names
-            if name.startswith(teams) and (rest := name[len(teams) :]).count("/") >= 1
+            teams + path[len(teams) :].split("/", 1)[0] + "/"
+            for head in by_folder
+            if (path := head + "/").startswith(teams) and len(path) > len(teams)
         }
     )
     roots = [root, *team_roots]
-    folders: dict[tuple[str, str], Folder] = {}
     nested = sorted(team_roots, key=len, reverse=True)
-    for name in names:
-        owner = next((r for r in nested if name.startswith(r)), root) if nested else root
-        if owner and not name.startswith(owner):
+    folders: dict[tuple[str, str], Folder] = {}
+    for head, bases in by_folder.items():
+        if not head:
             continue
-        rest = name[len(owner) :]
-        if rest.count("/") != 1:
+        path = head + "/"
+        owner = next((r for r in nested if path.startswith(r)), root)
+        parent, _, folder_name = head.rpartition("/")
+        if (parent + "/" if parent else "") != owner or folder_name in NOT_CONVERSATIONS:
             continue
-        folder_name, file_name = rest.split("/")
-        is_day = DAY_FILE.fullmatch(file_name) is not None
-        if folder_name in NOT_CONVERSATIONS or (
-            owner == root and folder_name == "teams" and not is_day
-        ):
-            continue
-        folder = folders.get((owner, folder_name))
-        if folder is None:
-            folder = folders[(owner, folder_name)] = Folder(owner, folder_name)
-        (folder.day_files if is_day else folder.other_files).append(name)
+        folder = Folder(owner, folder_name)
+        teams_folder = owner == root and folder_name == "teams"
+        for base in bases:
+            if DAY_FILE.fullmatch(base) is not None:
+                folder.day_files.append(path + base)
+            elif not teams_folder:
+                folder.other_files.append(path + base)
+        if folder.day_files or folder.other_files:
+            folders[(owner, folder_name)] = folder
     return Layout(roots=roots, folders=[folders[k] for k in sorted(folders)])

@@ -131,6 +131,8 @@ class Unit:
     other_files: tuple[str, ...] = ()
     locations: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Day file name -> (key to open it, size): only this unit's part of the listing."""
+    size: int = 0
+    """Bytes of its day files (estimated where not looked up): for sizing jobs."""
 
 
 @dataclass(frozen=True)

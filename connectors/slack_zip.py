@@ -368,9 +368,12 @@ def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]
         label = name or cid
         if label_count[label] > 1:
             label = f"{label}~{cid}"
-        day_files = sorted(
-            (f for m in members for f in m.day_files), key=lambda f: (f.rsplit("/", 1)[-1], f)
-        )
+        if len(members) == 1:  # already in name order, which is day order within one folder
+            day_files = members[0].day_files
+        else:
+            day_files = sorted(
+                (f for m in members for f in m.day_files), key=lambda f: (_day_name(f), f)
+            )
         others = tuple(f for m in members for f in m.other_files)
         units.append(Unit(cid, label, kind, tuple(day_files), others))
     if excluded:
@@ -378,27 +381,43 @@ def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]
     return units
 
 
-def split_unit(unit: Unit, files: dict[str, tuple[str, int]]) -> list[Unit]:
-    """Cut a conversation into parts of consecutive days (at most ~`PART_BYTES` each).
+def split_unit(
+    unit: Unit, files: dict[str, tuple[str, int]], part_bytes: int = PART_BYTES
+) -> list[Unit]:
+    """Cut a conversation into parts of consecutive days (at most ~`part_bytes` each),
+    each with its own slice of the listing (`locations`) and estimated `size`.
 
     All files of one day name stay in one part, so duplicate (conversation, ts) records,
-    which share their day file, are still found. Only session mode needs whole units.
+    which share their day file, are still found. Session mode needs whole units: it
+    passes a `part_bytes` no unit reaches.
     """
     parts: list[Unit] = []
-    current: list[str] = []
+    locations: dict[str, tuple[str, int]] = {}
     size = 0
     others = unit.other_files
-    days = [name.rsplit("/", 1)[-1] for name in unit.day_files]
-    for index, name in enumerate(unit.day_files):
-        next_day = days[index + 1] if index + 1 < len(days) else None
-        current.append(name)
-        size += max(files[name][1], 0) or ESTIMATED_DAY_FILE_BYTES
-        if size >= PART_BYTES and next_day != days[index]:
-            parts.append(replace(unit, day_files=tuple(current), other_files=others))
-            current, size, others = [], 0, ()
-    if current or not parts:
-        parts.append(replace(unit, day_files=tuple(current), other_files=others))
+    day_files = unit.day_files
+    last = len(day_files) - 1
+    for index, name in enumerate(day_files):
+        where = locations[name] = files[name]
+        size += where[1] if where[1] > 0 else ESTIMATED_DAY_FILE_BYTES
+        if size >= part_bytes and (
+            index == last or _day_name(day_files[index + 1]) != _day_name(name)
+        ):
+            parts.append(_part(unit, locations, others, size))
+            locations, size, others = {}, 0, ()
+    if locations or not parts:
+        parts.append(_part(unit, locations, others, size))
     return parts
+
+
+def _day_name(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
+def _part(
+    unit: Unit, locations: dict[str, tuple[str, int]], others: tuple[str, ...], size: int
+) -> Unit:
+    return Unit(unit.channel_id, unit.label, unit.kind, tuple(locations), others, locations, size)
 
 
 def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
@@ -410,7 +429,7 @@ def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
             groups.append([])
             size = 0
         groups[-1].append(unit)
-        size += sum(max(s, 0) or ESTIMATED_DAY_FILE_BYTES for _, s in unit.locations.values())
+        size += unit.size
     return [
         Job(tuple(g), str(part_path(parts_dir, i)) if parts_dir is not None else None)
         for i, g in enumerate(groups)
@@ -447,10 +466,12 @@ def _run(
     units: list[Unit], ctx: Context, pool: ProcessPoolExecutor | None, parts_dir: Path | None
 ) -> Iterator[Event]:
     files = ctx.export.files
-    units = sorted(units, key=lambda u: u.label)
-    if ctx.settings.conversation != "session":
-        units = [part for unit in units for part in split_unit(unit, files)]
-    units = [replace(u, locations={f: files[f] for f in u.day_files}) for u in units]
+    part_bytes = PART_BYTES if ctx.settings.conversation != "session" else 1 << 62
+    units = [
+        part
+        for unit in sorted(units, key=lambda u: u.label)
+        for part in split_unit(unit, files, part_bytes)
+    ]
     jobs = make_jobs(units, parts_dir)
     ctx = replace(ctx, export=replace(ctx.export, files={}))
     del files, units

@@ -1,7 +1,7 @@
 """Slack message text -> readable plain text (pure functions).
 
 `render_mrkdwn` tokenises `<…>` and decodes exactly the three entities Slack escapes
-(`&amp; &lt; &gt;`) in one pass, so a decoded `&lt;` is never mistaken for a token.
+(`&amp; &lt; &gt;`) between tokens, so a decoded `&lt;` is never mistaken for a token.
 Mentions become display names, channel links `#name`, special mentions `@here`, links
 `label (url)`. `fallback_content` rebuilds the content of a message whose `text` is empty
 from rich-text blocks, attachments and files. Export tokens (`xox…-`) never survive:
@@ -14,9 +14,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_PIECE = re.compile(r"<([^<>]*)>|&(amp|lt|gt);")
-_ENTITY = re.compile(r"&(amp|lt|gt);")
-_ENTITIES = {"amp": "&", "lt": "<", "gt": ">"}
 _TOKEN_PARAM = re.compile(r"([?&])(?:t|token)=xox[a-z]*-[^&#\s]*")
 _TOKEN = re.compile(r"xox[a-z]*-[A-Za-z0-9-]+")
 SPECIAL_MENTIONS = frozenset({"here", "channel", "everyone"})
@@ -24,10 +21,13 @@ SLACKBOT = "USLACKBOT"
 
 
 def decode_entities(text: str) -> str:
-    """Decode exactly `&amp; &lt; &gt;` (the only entities Slack writes)."""
+    """Decode exactly `&amp; &lt; &gt;` (the only entities Slack writes), each once.
+
+    `&amp;` goes last, so the `&` it yields never starts another entity.
+    """
     if "&" not in text:
         return text
-    return _ENTITY.sub(lambda m: _ENTITIES[m.group(1)], text)
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 
 
 def strip_url_token(url: str) -> str:
@@ -66,17 +66,25 @@ class Names:
 
 
 def render_mrkdwn(text: str, names: Names) -> str:
-    """Readable text from Slack mrkdwn: tokens resolved, the three entities decoded."""
-    if "<" not in text and "&" not in text:
-        return redact_tokens(text)
+    """Readable text from Slack mrkdwn: tokens resolved, the three entities decoded.
 
-    def piece(m: re.Match[str]) -> str:
-        entity = m.group(2)
-        if entity is not None:
-            return _ENTITIES[entity]
-        return _token(m.group(1), names)
-
-    return redact_tokens(_PIECE.sub(piece, text))
+    A token is `<` up to the next `>` with no `<` between; any other `<` or `>` is text.
+    Entities are decoded in the text between tokens (tokens decode their own parts), so
+    a decoded `&lt;` never starts a token.
+    """
+    if "<" not in text:
+        return redact_tokens(decode_entities(text))
+    first, *pieces = text.split("<")
+    out = [decode_entities(first)]
+    for piece in pieces:
+        inner, closed, rest = piece.partition(">")
+        if closed:
+            out.append(_token(inner, names))
+            out.append(decode_entities(rest))
+        else:
+            out.append("<")
+            out.append(decode_entities(piece))
+    return redact_tokens("".join(out))
 
 
 def _token(inner: str, names: Names) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -115,3 +117,26 @@ def test_plain_text_is_unchanged(text: str) -> None:
     if "xox" in text:
         return
     assert render_mrkdwn(text, NAMES) == text
+
+
+_REFERENCE_PIECE = re.compile(r"<([^<>]*)>|&(amp|lt|gt);")
+
+
+def _reference_render(text: str) -> str:
+    """Slack's grammar as one left-to-right regex pass: a token is `<`, no `<` or `>`,
+    then `>`; outside tokens the three entities are decoded once."""
+    entities = {"amp": "&", "lt": "<", "gt": ">"}
+
+    def piece(m: re.Match[str]) -> str:
+        if m.group(2) is not None:
+            return entities[m.group(2)]
+        return render_mrkdwn(f"<{m.group(1)}>", NAMES)  # one token alone
+
+    return _REFERENCE_PIECE.sub(piece, text)
+
+
+@given(st.text(alphabet="<>&;|@#!ampltgU1C2 x/:.", max_size=40))
+def test_mrkdwn_matches_the_one_pass_grammar(text: str) -> None:
+    """Unbalanced `<`/`>`, entities next to tokens and `&` inside tokens parse like a
+    single left-to-right scan would."""
+    assert render_mrkdwn(text, NAMES) == _reference_render(text)

@@ -100,12 +100,18 @@ class Context:
     seen: set[str] = field(default_factory=set)
 
 
-def read(path: Path, options: Options) -> Iterator[Event]:
+WRITES_PARTS = True
+"""`read` takes `parts_dir=` (see connectors/base.py): the helper process of a two-process
+read writes its share there as one part."""
+
+
+def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterator[Event]:
     """Yield events covering every node of every conversation in the export at `path`.
 
-    Staged messages come in `MessageTable` events (bulk); skipped nodes as `Skipped`.
-    With `parallel: on` (or `auto` and a big export) two processes share the work
-    (`connectors.chatgpt_split`); what is staged is the same either way.
+    Staged messages come in `MessageTable` events (bulk), and with `parts_dir` also as one
+    `StagedPart` (the helper's share); skipped nodes as `Skipped`. With `parallel: on` (or
+    `auto` and a big export) two processes share the work (`connectors.chatgpt_split`);
+    what is staged is the same either way, in the same order.
     """
     with ExportFiles(path) as export:
         files = conversation_files(export)
@@ -114,7 +120,7 @@ def read(path: Path, options: Options) -> Iterator[Event]:
         if _two_processes(export, files, options):
             from connectors.chatgpt_split import read_in_two  # imports this module
 
-            yield from read_in_two(export, files, ctx)
+            yield from read_in_two(export, files, ctx, parts_dir=parts_dir)
             return
         for name in files:
             yield from read_file(export, name, ctx)
@@ -200,10 +206,12 @@ def _asset_names(export: ExportFiles) -> dict[str, str]:
     return names
 
 
-def read_file(export: ExportFiles, name: str, ctx: Context, start: int = 0) -> Iterator[Event]:
+def read_file(
+    export: ExportFiles, name: str, ctx: Context, start: int = 0, index: int = 0
+) -> Iterator[Event]:
     """Events of one conversations file (from byte offset `start`, an element's start,
-    whose conversation then counts as number 0). Full tables are yielded as they fill;
-    the last rows stay in `ctx.rows` for the caller."""
+    whose conversation then counts as number `index`). Full tables are yielded as they
+    fill; the last rows stay in `ctx.rows` for the caller."""
     if name not in export.names:
         yield Quarantined(
             source_file=export.label(name),
@@ -212,7 +220,7 @@ def read_file(export: ExportFiles, name: str, ctx: Context, start: int = 0) -> I
             "from the export; its conversations were not read",
         )
         return
-    elements = stream_array_file(export, name, "chatgpt", start=start)
+    elements = stream_array_file(export, name, "chatgpt", start=start, index=index)
     yield from consume(elements, ctx, export.label(name))
 
 

@@ -132,7 +132,7 @@ def _common_folder(members: list[str]) -> str:
 
 
 def stream_array_file(
-    export: ExportFiles, name: str, kind: str, *, start: int = 0
+    export: ExportFiles, name: str, kind: str, *, start: int = 0, index: int = 0
 ) -> Iterator[StreamedElement | Quarantined]:
     """The elements of the JSON array in export member `name`, one at a time.
 
@@ -140,13 +140,12 @@ def stream_array_file(
     byte offset and element number (reason prefixed `<kind>:`); every element before the
     damage has been yielded already, so earlier conversations are still staged. With
     `start` (a byte offset where an element begins), reading starts there and element
-    numbers count from 0 at that element.
+    numbers count from `index` at that element.
     """
     label = export.label(name)
-    index = 0
     try:
         with export.open(name) as fh:
-            for element in iter_array(fh, start=start):
+            for element in iter_array(fh, start=start, index=index):
                 index = element.index
                 yield element
     except JSONStreamError as exc:

@@ -20,12 +20,14 @@ A top-level object is also accepted when it wraps the array under a known key
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
+import msgspec
 import orjson
 
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -62,23 +64,30 @@ class JSONStreamError(ValueError):
 
 
 class _Buffer:
-    """A sliding window over a binary stream; `base` is the file offset of `data[0]`."""
+    """A sliding window over a binary stream; `base` is the file offset of `data[0]`.
+
+    Both the window and the block it reads into are reused: a fresh 8 MB `bytes` per read
+    costs more in page faults than the read itself.
+    """
 
     def __init__(self, fh: IO[bytes], chunk: int) -> None:
         self.fh = fh
         self.chunk = chunk
-        self.data = b""
+        self.data = bytearray()
         self.base = 0
         self.eof = False
+        self._block = bytearray(chunk)
 
     def more(self, keep_from: int) -> int:
         """Drop bytes before `keep_from`, append a chunk; return the shift applied to indexes."""
         if self.eof:
             return 0
-        block = self.fh.read(self.chunk)
-        if not block:
+        got = _read_into(self.fh, self._block)
+        if not got:
             self.eof = True
-        self.data = self.data[keep_from:] + block
+        del self.data[:keep_from]
+        with memoryview(self._block) as block:
+            self.data += block[:got]
         self.base += keep_from
         return keep_from
 
@@ -94,27 +103,33 @@ class _Buffer:
             pos -= self.more(pos)
 
 
+def _read_into(fh: IO[bytes], target: bytearray | memoryview) -> int:
+    """`fh.readinto(target)` (every binary file object has it; `IO` does not say so)."""
+    return cast(io.BufferedIOBase, fh).readinto(target) or 0
+
+
 def iter_array(
     fh: IO[bytes],
     *,
     wrapper_keys: tuple[str, ...] = ("conversations",),
     chunk: int = CHUNK_BYTES,
     start: int = 0,
+    index: int = 0,
 ) -> Iterator[StreamedElement]:
     """Yield the elements of the JSON array in `fh` one by one (see module docstring).
 
     With `start`, reading begins at that byte offset, which must be where an element of the
     array begins (see `find_element_start`): offsets stay file offsets, indexes count from
-    0 there. Raises `JSONStreamError` at the first element that is malformed or cut off
-    (after yielding all earlier ones), or when the top level is neither an array nor an
-    object wrapping one under `wrapper_keys`.
+    `index` there (see `count_elements`). Raises `JSONStreamError` at the first element
+    that is malformed or cut off (after yielding all earlier ones), or when the top level
+    is neither an array nor an object wrapping one under `wrapper_keys`.
     """
     buf = _Buffer(fh, chunk)
     if start:
         fh.seek(start)
         buf.base = start
         buf.more(0)
-        yield from _elements(buf, buf.skip_ws(0))
+        yield from _elements(buf, buf.skip_ws(0), index)
         return
     buf.more(0)
     if buf.data.startswith(_BOM):
@@ -142,9 +157,9 @@ def iter_array(
     yield from _elements(buf, pos)
 
 
-def _elements(buf: _Buffer, pos: int) -> Iterator[StreamedElement]:
-    """The elements from `pos` (an element's first byte) to the array's closing `]`."""
-    index = 0
+def _elements(buf: _Buffer, pos: int, index: int = 0) -> Iterator[StreamedElement]:
+    """The elements from `pos` (an element's first byte, numbered `index`) to the array's
+    closing `]`."""
     while True:
         if pos >= len(buf.data):
             raise JSONStreamError(
@@ -205,6 +220,96 @@ def find_element_start(
             continue
         if first is not None and accept(first.value):
             return offset
+    return None
+
+
+_SKIM = msgspec.json.Decoder(list[msgspec.Raw])
+SKIM_TAIL_BYTES = 1024 * 1024
+"""Where `count_elements` looks for a place to cut a run: the last MB of its window."""
+SKIM_TRIES = 8
+
+
+def count_elements(fh: IO[bytes], stop: int, *, chunk: int = CHUNK_BYTES) -> int | None:
+    """How many elements of the top-level JSON array in `fh` begin before byte `stop`.
+
+    `stop` must be where an object element begins (as `find_element_start` finds). The
+    bytes before it are skimmed, not parsed: runs of elements are cut at a `}, {` and
+    checked as one array by msgspec (no Python objects), in one reused buffer. None when
+    that fails (a top level that is not a plain array, a `stop` inside an element, damage,
+    or no usable cut); whoever reads the array must still confirm the count.
+    """
+    first = _first_element(fh)
+    if first is None or first >= stop:
+        return 0 if first == stop else None
+    window = bytearray(max(chunk, 16) + 1)
+    window[0] = ord("[")  # window[i] holds byte `at + i` of the file for i >= 1
+    filled, at, count = 1, first - 1, 0
+    fh.seek(first)
+    while True:
+        room = min(len(window) - filled, stop + 1 - at - filled)
+        if room > 0:
+            with memoryview(window) as view:
+                got = _read_into(fh, view[filled : filled + room])
+            if not got:
+                return None
+            filled += got
+        run = _skim_run(window, filled, stop - at)
+        if run is None:
+            if at + filled > stop or len(window) > MAX_ELEMENT_BYTES:
+                return None  # every byte up to `stop` is in, yet no usable cut
+            if filled == len(window):  # one element fills the window: grow it
+                window.extend(bytes(len(window)))
+            continue
+        found, cut = run
+        count += found
+        if at + cut == stop:
+            return count
+        window[1 : 1 + filled - cut] = window[cut:filled]  # the rest moves to the front
+        at, filled = at + cut - 1, filled - cut + 1
+
+
+def _first_element(fh: IO[bytes]) -> int | None:
+    """The offset of the first byte after the opening `[` and any whitespace (None when
+    the file does not start with an array)."""
+    fh.seek(0)
+    head = fh.read(4096)
+    pos, base, opened = (len(_BOM) if head.startswith(_BOM) else 0), 0, False
+    while True:
+        while pos < len(head) and head[pos] in _WS:
+            pos += 1
+        if pos == len(head):
+            base += len(head)
+            head, pos = fh.read(4096), 0
+            if not head:
+                return None
+        elif opened:
+            return base + pos
+        elif head[pos : pos + 1] == b"[":
+            opened, pos = True, pos + 1
+        else:
+            return None
+
+
+def _skim_run(window: bytearray, filled: int, stop: int) -> tuple[int, int] | None:
+    """(elements, index of the `{` after the cut) for the longest run of whole elements
+    in `window[:filled]` (which starts with `[`) ending at a `}, {` whose `{` is at most
+    at index `stop`."""
+    limit = min(filled, stop + 1)
+    cuts = list(_CANDIDATE_END.finditer(window, max(1, limit - SKIM_TAIL_BYTES), limit))
+    if not cuts and limit - SKIM_TAIL_BYTES > 1:
+        cuts = list(_CANDIDATE_END.finditer(window, 1, limit))
+    for cut in reversed(cuts[-SKIM_TRIES:]):
+        end = cut.start() + 1
+        saved = window[end]
+        window[end] = ord("]")  # a separator byte (`,` or space): the run is an array
+        try:
+            with memoryview(window) as view:
+                found = len(_SKIM.decode(view[: end + 1]))
+        except (msgspec.DecodeError, RecursionError):
+            continue  # a `}, {` inside an element (or damage): try an earlier one
+        finally:
+            window[end] = saved
+        return found, cut.end() - 1
     return None
 
 

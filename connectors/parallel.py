@@ -1,21 +1,21 @@
-"""Run part of a read in a helper process that spools its staged rows to a temporary file.
+"""Run part of a read in a helper process that leaves its results in a temporary folder.
 
 Parsing and shaping conversations is pure-Python work bound to one core. To use a second
 core, a connector gives a helper process its own share of the input (for ChatGPT: the
 conversations after a byte offset) and reads the rest itself; the helper shares nothing
-with the parent while both work. Its tables go to an Arrow IPC file (LZ4-compressed:
-cheaper to write than Parquet, and a third of the raw size) and its other results to a
-pickle, both in a private temporary folder. The parent collects them only when it has
-finished its own share, so the staged rows come out in input order and the parent can
-still throw the helper's work away (then it reads that share itself).
+with the parent while both work. The helper writes its rows where the job says (for
+ChatGPT: a finished Parquet staging part) and returns a picklable result. The parent
+collects it only when it has finished its own share, so it can still throw the helper's
+work away (then it reads that share itself).
 
-Earlier designs streamed the rows through a pipe while the parent worked: the parent then
-spent its time copying the helper's rows instead of parsing its own share, and the helper
-parsed every conversation once just to find where each ended.
+Earlier designs streamed the rows through a pipe while the parent worked (the parent then
+spent its time copying the helper's rows instead of parsing its own share), then spooled
+them to an Arrow file that the parent copied into Parquet after both had finished (a
+serial tail of about a tenth of the run).
 
 The helper is `python -m connectors.parallel FOLDER`, started with `subprocess` (not
 `multiprocessing`, which would re-import the caller's main module). It reads one pickled
-`(work, job)` from stdin, runs `work(job, spool)` and writes `result.pickle` (or
+`(work, job)` from stdin, runs `work(job, FOLDER)` and writes `result.pickle` (or
 `error.txt`) into FOLDER. It prints nothing: a bug in it shows up as the parent's
 warning and a one-process read, never as a traceback on the terminal.
 """
@@ -30,52 +30,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import pyarrow as pa
-
-from pipeline.models import STAGING_SCHEMA
-
 log = logging.getLogger(__name__)
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_TABLES = "tables.arrow"
 _RESULT = "result.pickle"
 _ERROR = "error.txt"
 
 
-class Spool:
-    """Where a helper puts its staged tables: one LZ4-compressed Arrow IPC file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.rows = 0
-        self._sink: pa.NativeFile | None = None
-        self._writer: pa.ipc.RecordBatchFileWriter | None = None
-
-    def write(self, table: pa.Table) -> None:
-        """Append a table in `STAGING_SCHEMA`."""
-        if self._writer is None:
-            self._sink = pa.OSFile(str(self.path), "wb")
-            options = pa.ipc.IpcWriteOptions(compression="lz4")
-            self._writer = pa.ipc.new_file(self._sink, STAGING_SCHEMA, options=options)
-        self._writer.write_table(table)
-        self.rows += table.num_rows
-
-    def close(self) -> None:
-        """Finish the file (it is only readable after this)."""
-        if self._writer is not None:
-            self._writer.close()
-        if self._sink is not None:
-            self._sink.close()
-
-
-Work = Callable[[Any, Spool], Any]
-"""Runs in the helper: reads its share, writes tables to the spool, returns a picklable
-result for the parent."""
+Work = Callable[[Any, Path], Any]
+"""Runs in the helper: reads its share, may write files into the given private folder (or
+where the job says), returns a picklable result for the parent."""
 
 
 class Helper:
@@ -109,16 +78,6 @@ class Helper:
         log.warning("the helper process failed (%s); reading its share in this process", why)
         return None
 
-    def tables(self) -> Iterator[pa.Table]:
-        """The helper's spooled tables, in the order written (call after `result`)."""
-        path = self.folder / _TABLES
-        if not path.exists():
-            return
-        with pa.OSFile(str(path)) as source:
-            reader = pa.ipc.open_file(source)
-            for i in range(reader.num_record_batches):
-                yield pa.Table.from_batches([reader.get_batch(i)])
-
     def stop(self) -> None:
         """End the helper now (its work is not needed)."""
         if self._process.poll() is None:
@@ -140,10 +99,8 @@ class Helper:
 
 def _helper_main(folder: Path, work: Work, job: Any) -> int:
     """The helper's side: run `work`, leave its result (or the error) in `folder`."""
-    spool = Spool(folder / _TABLES)
     try:
-        result = work(job, spool)
-        spool.close()
+        result = work(job, folder)
         tmp = folder / f"{_RESULT}.tmp"
         tmp.write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
         os.replace(tmp, folder / _RESULT)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from connectors.json_stream import (
     JSONStreamError,
     StreamedElement,
+    count_elements,
     find_element_start,
     iter_array,
 )
@@ -163,3 +164,32 @@ def test_element_start_is_found_past_nested_lookalikes() -> None:
     assert find_element_start(io.BytesIO(raw), nested - 3, looks_top) == starts[1]
     assert find_element_start(io.BytesIO(raw), nested - 3, lambda v: True) == nested
     assert find_element_start(io.BytesIO(raw), starts[3], looks_top) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    items=st.lists(json_values | st.dictionaries(st.text(max_size=3), json_values), max_size=8),
+    layout=layouts,
+    chunk=st.integers(min_value=1, max_value=64),
+)
+def test_counted_elements_before_an_object_start_are_its_index_or_none(
+    items: list[Any], layout: dict[str, Any], chunk: int
+) -> None:
+    raw = json.dumps(items, **layout).encode("utf-8")
+    for element in read_all(raw, chunk):
+        if isinstance(element.value, dict):
+            found = count_elements(io.BytesIO(raw), element.offset, chunk=chunk)
+            assert found in (element.index, None)
+
+
+def test_elements_are_counted_past_nested_lookalikes_and_never_miscounted() -> None:
+    inner = {"parts": [{"p": 1}, {"p": 2}], "filler": "x" * 50}
+    items = [{"mapping": {}, "n": i, "inner": inner} for i in range(40)]
+    raw = b"\xef\xbb\xbf" + json.dumps(items, indent=1).encode("utf-8")
+    starts = [e.offset for e in read_all(raw, 7)]
+    for chunk in (64, 1000, 1 << 20):
+        assert [count_elements(io.BytesIO(raw), s, chunk=chunk) for s in starts] == list(range(40))
+    nested = raw.rindex(b"{", 0, raw.index(b'"p": 2', starts[30]))
+    assert count_elements(io.BytesIO(raw), nested) is None
+    assert count_elements(io.BytesIO(raw), starts[30] + 1) is None
+    assert count_elements(io.BytesIO(b'{"conversations": [{}, {}]}'), 20) is None

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from connectors import chatgpt_split
 from connectors.chatgpt import Context, Options, _asset_names, _owner, conversation_files, read
 from connectors.chatgpt_split import Split, choose_split, read_in_two
 from connectors.export_files import ExportFiles
 from connectors.json_stream import iter_array
+from pipeline.config import SourceConfig
+from pipeline.extract import extract_source
 from pipeline.models import Event, MessageTable, Quarantined, Skipped
+from pipeline.quarantine import read_quarantine
+from pipeline.staging import read_staging
 
 Outcome = tuple[list[dict[str, Any]], dict[str, int], list[Quarantined]]
 OPTIONS = Options(branches="all")
@@ -170,3 +176,85 @@ def test_the_default_split_is_a_confirmed_conversation_start(tmp_path: Path) -> 
     with ExportFiles(export) as files:
         split = choose_split(files, conversation_files(files))
     assert split is not None and split.offset in element_starts(export)
+
+
+# --- the helper writes its own staging part ----------------------------------------------
+
+MANY: list[Any] = [
+    *(conversation(f"m{i}", 2 + i % 4) for i in range(24)),
+    "not a conversation",
+    {"id": "broken", "mapping": {"x": {"id": "x", "parent": "missing", "message": None}}},
+    conversation("z", 3),
+]
+
+
+def extract_all(export: Path, workdir: Path, parallel: str) -> tuple[Any, ...]:
+    """Stats, staged rows in staging order, quarantine entries, and the staged files."""
+    options = {"parallel": parallel, "branches": "all"}
+    stats = extract_source(SourceConfig(kind="chatgpt", path=export, options=options), workdir)
+    files = sorted(p.name for p in (workdir / "staging" / "chatgpt").glob("*.parquet"))
+    rows = read_staging(workdir).to_pylist()
+    return stats, rows, list(read_quarantine(workdir)), files
+
+
+def test_the_helper_share_is_adopted_as_a_part_that_sorts_after_this_process_rows(
+    tmp_path: Path,
+) -> None:
+    export = write_export(tmp_path / "e", MANY)
+    stats, rows, quarantined, files = extract_all(export, tmp_path / "one", "off")
+    assert files == ["part-00000.parquet"] and len(quarantined) == 2
+    two = extract_all(export, tmp_path / "two", "on")
+    assert two[:3] == (stats, rows, quarantined)  # rows compared in staging order
+    assert two[3] == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def _raising_work(job: Any, folder: Path) -> Any:
+    """A helper with a bug."""
+    raise RuntimeError("helper bug for the test")
+
+
+def _crashing_work(job: Any, folder: Path) -> Any:
+    """A helper that dies halfway through writing its part."""
+    (Path(job.path) / "helper-ran.txt").write_text("yes")
+    Path(job.part or folder / "part.parquet").write_bytes(b"PAR1 half a part")
+    os._exit(70)
+
+
+@pytest.mark.parametrize("work", [_raising_work, _crashing_work])
+def test_a_failed_helper_is_withdrawn_and_its_share_read_here(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    work: Callable[[Any, Path], Any],
+) -> None:
+    export = write_export(tmp_path / "e", MANY)
+    expected = extract_all(export, tmp_path / "one", "off")
+    monkeypatch.setattr(chatgpt_split, "_helper_work", work)
+    with caplog.at_level(logging.WARNING):
+        got = extract_all(export, tmp_path / "two", "on")
+    assert got == expected  # the half-written part is gone, every row read here
+    assert "the helper process failed" in caplog.text
+    if work is _raising_work:
+        assert "helper bug for the test" in caplog.text
+    else:
+        assert (export / "helper-ran.txt").exists()
+        assert "exit code 70" in caplog.text
+
+
+def _miscounting_work(job: Any, folder: Path) -> Any:
+    """The real helper, its count of the conversations before its share off by two."""
+    count = chatgpt_split._conversations_before
+    chatgpt_split._conversations_before = lambda *args: count(*args) + 2  # type: ignore[assignment]
+    return chatgpt_split._helper_work(job, folder)
+
+
+def test_a_miscounted_share_is_renumbered_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    export = write_export(tmp_path / "e", MANY)
+    expected = extract_all(export, tmp_path / "one", "off")
+    monkeypatch.setattr(chatgpt_split, "_helper_work", _miscounting_work)
+    with caplog.at_level(logging.INFO):
+        got = extract_all(export, tmp_path / "two", "on")
+    assert "renumbering" in caplog.text and not fell_back(caplog)
+    assert got == expected  # positions and quarantine entries of the helper's share fixed

@@ -123,6 +123,7 @@ class _Result:
 def _helper_work(job: _Job, folder: Path) -> _Result:
     """Helper side: read `files[split.file]` from `split.offset`, then the later files,
     into one Parquet part."""
+    pa.set_memory_pool(pa.system_memory_pool())  # hands freed memory back (this process only)
     options = Options.model_validate(job.options)
     skipped: Counter[str] = Counter()
     quarantined: list[tuple[str, str, str, str]] = []

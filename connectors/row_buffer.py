@@ -16,7 +16,9 @@ import pyarrow as pa
 from pipeline.models import STAGING_SCHEMA, MessageTable
 from pipeline.staging import replace_surrogates, table_from_columns
 
-ROWS_PER_TABLE = 16_384
+ROWS_PER_TABLE = 4_096
+"""Rows per table. Chat messages run to kilobytes; 16,384 rows held ~100 MB more of Arrow
+data per process than 4,096 for the same speed (685 MB ChatGPT export)."""
 _COLUMNS = STAGING_SCHEMA.names
 
 

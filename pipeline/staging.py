@@ -24,7 +24,9 @@ from pipeline.models import STAGING_SCHEMA, Message, StagedPart
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 * 1024 * 1024
 PART_ROW_GROUP_ROWS = 16_384
-"""Row group size of parts written by connector workers (bounds each worker's memory)."""
+PART_ROW_GROUP_BYTES = 32 * 1024 * 1024
+"""Row group size of parts written by connector workers, in rows or Arrow bytes, whichever
+comes first (bounds each worker's memory whatever the message sizes)."""
 _COLUMNS = STAGING_SCHEMA.names
 DICTIONARY_COLUMNS = [
     "source",
@@ -112,14 +114,16 @@ class PartWriter:
         self.pairs: set[tuple[str, str]] = set()
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
 
     def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None:
         """Queue a batch in `STAGING_SCHEMA` and its (user_id, conversation_id) pairs."""
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
+        self._pending_bytes += batch.nbytes
         self.pairs |= pairs
-        if self._pending_rows >= self.row_group_rows:
+        if self._pending_rows >= self.row_group_rows or self._pending_bytes >= PART_ROW_GROUP_BYTES:
             self._write()
 
     def _write(self) -> None:
@@ -130,7 +134,7 @@ class PartWriter:
             self._writer = open_part_writer(self.path)
         self._writer.write_table(table, row_group_size=table.num_rows)
         self.rows += table.num_rows
-        self._pending, self._pending_rows = [], 0
+        self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def close(self) -> StagedPart | None:
         """Finish the file; None (and no file) when no rows were added."""

@@ -109,7 +109,8 @@ def main() -> None:
             results["json.load + pandas"] = _child(NAIVE, str(path), str(root / "naive.parquet"))
         print(
             f"{'approach':<22}{'staged':>8}{'wall s':>8}{'msg/s wall':>11}"
-            f"{'cpu s':>7}{'helper cpu s':>13}{'msg/s cpu':>10}{'peak MB':>9}"
+            f"{'cpu s':>7}{'helper cpu s':>13}{'msg/s cpu':>10}{'peak MB':>9}{'helper MB':>10}"
+            f"{'sum MB':>8}"
         )
         for name, r in results.items():
             helper = r.get("cpu_helper", 0.0)
@@ -118,11 +119,13 @@ def main() -> None:
                 f"{name:<22}{int(r['staged']):>8}{r['wall']:>8.2f}"
                 f"{r['staged'] / r['wall']:>11,.0f}{r['cpu']:>7.2f}{helper:>13.2f}"
                 f"{r['staged'] / critical:>10,.0f}"
-                f"{max(r['rss_mb'], r.get('rss_helper_mb', 0.0)):>9.0f}"
+                f"{r['rss_mb']:>9.0f}{r.get('rss_helper_mb', 0.0):>10.0f}"
+                f"{r['rss_mb'] + r.get('rss_helper_mb', 0.0):>8.0f}"
             )
         print(
             "msg/s cpu = staged / CPU seconds of the busier process (the rate when the cores"
-            " are free); peak MB = peak RSS of the larger process"
+            " are free); peak MB = peak RSS of the main process, helper MB of the helper,"
+            " sum MB both (an upper bound: the two peaks need not coincide)"
         )
         for name in ("ours, 1 process", "ours, 2 processes"):
             ours = results[name]

@@ -108,6 +108,20 @@ def test_parts_written_by_a_connector_are_adopted(tmp_path: Path) -> None:
     assert ids == [f"m{i}" for i in range(6)]
 
 
+def test_part_row_groups_stop_at_a_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long messages close a row group before its row count is reached (bounded memory)."""
+    monkeypatch.setattr("pipeline.staging.PART_ROW_GROUP_BYTES", 10_000)
+    writer = PartWriter(tmp_path / "part.parquet")  # 16,384 rows per group by count
+    for i in range(8):
+        writer.add(_batch([_message(i, content="x" * 4_000)]), {("u1", "c1")})
+    part = writer.close()
+    assert part is not None and part.rows == 8
+    groups = pq.ParquetFile(part.path).metadata
+    assert [groups.row_group(g).num_rows for g in range(groups.num_row_groups)] == [3, 3, 2]
+
+
 def test_only_parts_means_no_empty_file(tmp_path: Path) -> None:
     with StagingWriter(tmp_path, "src") as writer:
         part = PartWriter(part_path(writer.parts_dir, 0))

@@ -399,7 +399,7 @@ def split_unit(
     last = len(day_files) - 1
     for index, name in enumerate(day_files):
         where = locations[name] = files[name]
-        size += where[1] if where[1] > 0 else ESTIMATED_DAY_FILE_BYTES
+        size += _estimated_bytes(where[1])
         if size >= part_bytes and (
             index == last or _day_name(day_files[index + 1]) != _day_name(name)
         ):
@@ -408,6 +408,11 @@ def split_unit(
     if locations or not parts:
         parts.append(_part(unit, locations, others, size))
     return parts
+
+
+def _estimated_bytes(size: int) -> int:
+    """A listed file's size, or `ESTIMATED_DAY_FILE_BYTES` where it was not looked up."""
+    return size if size > 0 else ESTIMATED_DAY_FILE_BYTES
 
 
 def _day_name(name: str) -> str:
@@ -445,8 +450,8 @@ def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPo
     """
     count = workers or os.cpu_count() or 1
     if workers is None and count > 1:
-        files = export.files.values()
-        if sum(max(size, 0) or ESTIMATED_DAY_FILE_BYTES for _, size in files) < PARALLEL_MIN_BYTES:
+        total = sum(_estimated_bytes(size) for _, size in export.files.values())
+        if total < PARALLEL_MIN_BYTES:
             count = 1
     if count <= 1:
         yield None

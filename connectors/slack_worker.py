@@ -292,13 +292,17 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
     """Normalize the messages of a job's units (never raises on bad data)."""
     names = Names(ctx.user_names, ctx.channel_names)
     sink = PartWriter(Path(job.part_path)) if job.part_path is not None else _TableSink()
+    rows = _Rows(sink, ctx.settings.user_id)
     skipped: Counter[str] = Counter()
     quarantined: list[Quarantined] = []
     for unit in job.units:
-        processor = _Processor(unit, ctx, names, reader, sink)
+        processor = _Processor(unit, ctx, names, reader, rows)
         processor.run(ctx.settings)
         skipped.update(processor.skipped)
         quarantined += processor.quarantined
+        if rows.count() >= BATCH_ROWS:
+            rows.flush()
+    rows.flush()
     if isinstance(sink, PartWriter):
         return JobResult(sink.close(), None, dict(skipped), quarantined)
     return JobResult(None, sink.table(), dict(skipped), quarantined)
@@ -322,21 +326,79 @@ _COLUMNS = (
 has the one configured owner); `is_bot` becomes `role`."""
 
 
-class _Processor:
-    """State of one unit: column buffers, counts, seen ts, per-user owner cache."""
+class _Rows:
+    """A job's buffered rows, one Python list per column, shared by its units.
 
-    def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader, sink: BatchSink):
-        self.unit = unit
+    Units append; the job flushes between files or units once `BATCH_ROWS` are buffered,
+    so small units share batches (Arrow conversion has a cost per batch).
+    """
+
+    def __init__(self, sink: BatchSink, workspace_owner: str):
         self.sink = sink
+        self.workspace_owner = workspace_owner
+        self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+        self.thread_of: list[str | None] = []
+        """Thread ts of each row (session mode only)."""
+        self.file_ends: list[tuple[str, int]] = []
+        """(day file, buffered rows once its messages were added): its rows' source_file."""
+
+    def count(self) -> int:
+        return len(self.cols["message_id"])
+
+    def flush(self) -> None:
+        """Hand the buffered rows to the sink as one Arrow batch (bounds Python memory)."""
+        if not self.cols["message_id"]:
+            return
+        users, conversations = self.cols["user_id"], self.cols["conversation_id"]
+        if users:
+            pairs = set(zip(users, conversations, strict=True))
+        else:  # workspace mode: one owner, not stored per row
+            pairs = {(self.workspace_owner, conversation) for conversation in set(conversations)}
+        self.sink.add(self._batch(), pairs)
+        self.cols = {name: [] for name in _COLUMNS}
+        self.thread_of = []
+        self.file_ends = []
+
+    def _batch(self) -> pa.RecordBatch:
+        c = self.cols
+        n = len(c["message_id"])
+        times = pa.array(c["created_at"], type=pa.int64())
+        files, ends = zip(*self.file_ends, strict=True)
+        arrays = {
+            "source": pa.repeat(pa.scalar(SOURCE, pa.string()), n),
+            "source_file": pc.run_end_decode(
+                pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int32()), pa.array(files))
+            ),
+            "source_position": _positions(c["source_position"]),
+            "message_id": pa.array(c["message_id"], pa.string()),
+            "conversation_id": pa.array(c["conversation_id"], pa.string()),
+            "user_id": (
+                pa.array(c["user_id"], pa.string())
+                if c["user_id"]
+                else pa.repeat(pa.scalar(self.workspace_owner, pa.string()), n)
+            ),
+            "role": pc.if_else(pa.array(c["is_bot"], pa.bool_()), "assistant", "user"),
+            "author_id": pa.array(c["author_id"], pa.string()),
+            "author_name": pa.array(c["author_name"], pa.string()),
+            "content": _large_strings(c["content"]),
+            "created_at": times.cast(pa.timestamp("us", tz="UTC")),
+            "seq": times,
+            "metadata": pa.array(c["metadata"], pa.string()),
+        }
+        return pa.RecordBatch.from_pydict(arrays, schema=STAGING_SCHEMA)
+
+
+class _Processor:
+    """State of one unit: counts, seen ts, per-user owner cache; rows go to the job's buffer."""
+
+    def __init__(self, unit: Unit, ctx: Context, names: Names, reader: FileReader, rows: _Rows):
+        self.unit = unit
+        self.rows = rows
         self.ctx = ctx
         self.names = names
         self.reader = reader
         self.skipped: Counter[str] = Counter()
         self.quarantined: list[Quarantined] = []
-        self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        self.thread_of: list[str | None] = []
-        self.file_ends: list[tuple[str, int]] = []
-        """(day file, buffered rows once its messages were added): its rows' source_file."""
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
         self.day_of = day_keys(ctx.settings.timezone)
@@ -344,15 +406,16 @@ class _Processor:
     def run(self, s: Settings) -> None:
         if self.unit.other_files:
             self.skipped["slack:not_a_day_file"] += len(self.unit.other_files)
+        rows = self.rows
+        first_row = rows.count()
         for name in self.unit.day_files:
             messages = self._load(name)
             if messages:
                 self._messages(name, messages, s)
-                if len(self.cols["message_id"]) >= BATCH_ROWS and s.conversation != "session":
-                    self._flush()
+                if rows.count() >= BATCH_ROWS and s.conversation != "session":
+                    rows.flush()
         if s.conversation == "session":
-            self._assign_sessions(s)
-        self._flush()
+            self._assign_sessions(s, first_row)
 
     def _quarantine(self, name: str, position: str, reason: str, raw: str = "") -> None:
         self.quarantined.append(Quarantined(name, position, reason, raw[:400]))
@@ -424,12 +487,13 @@ class _Processor:
         day_cache, day_step = day_of.cache, day_of.step
         workspace_owner = s.user_id
         seen = self.seen_ts
-        c = self.cols
+        rows = self.rows
+        c = rows.cols
         c_pos, c_id = c["source_position"], c["message_id"]
         c_conv, c_user, c_bot = c["conversation_id"], c["user_id"], c["is_bot"]
         c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
         c_time, c_meta = c["created_at"], c["metadata"]
-        thread_of = self.thread_of
+        thread_of = rows.thread_of if mode == "session" else None
         conv_channel = f"slack:{label}"
         meta_head = (
             orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
@@ -535,7 +599,8 @@ class _Processor:
                     conv = f"{conv_channel}:{day}"
             else:
                 conv = conv_channel
-            thread_of.append(thread_ts)
+            if thread_of is not None:
+                thread_of.append(thread_ts)
 
             if (
                 subtype is None
@@ -582,21 +647,22 @@ class _Processor:
             c_time.append(micros)
             c_meta.append(meta_text)
         if len(c_id) > rows_before:
-            self.file_ends.append((file_name, len(c_id)))
+            rows.file_ends.append((file_name, len(c_id)))
 
-    def _assign_sessions(self, s: Settings) -> None:
-        """Split the channel's top-level messages at gaps; replies join their parent's session."""
-        times = self.cols["created_at"]
-        ids = self.cols["message_id"]
-        conv = self.cols["conversation_id"]
+    def _assign_sessions(self, s: Settings, first_row: int) -> None:
+        """Split the unit's top-level messages (its rows from `first_row`) at gaps; replies
+        join their parent's session."""
+        cols = self.rows.cols
+        times, ids, conv = cols["created_at"], cols["message_id"], cols["conversation_id"]
+        thread_of = self.rows.thread_of
         base = f"slack:{self.unit.label}"
         gap = s.session_gap_seconds * 1_000_000
-        order = sorted(range(len(times)), key=times.__getitem__)
+        order = sorted(range(first_row, len(times)), key=times.__getitem__)
         session_of_ts: dict[str, str] = {}
         current = ""
         last: int | None = None
         for i in order:
-            thread_ts = self.thread_of[i]
+            thread_ts = thread_of[i]
             ts = ids[i].rsplit(":", 1)[1]
             if thread_ts is not None and thread_ts != ts:
                 continue
@@ -606,53 +672,27 @@ class _Processor:
             session_of_ts[ts] = current
             conv[i] = current
         for i in order:
-            thread_ts = self.thread_of[i]
+            thread_ts = thread_of[i]
             ts = ids[i].rsplit(":", 1)[1]
             if thread_ts is not None and thread_ts != ts:
                 conv[i] = session_of_ts.get(thread_ts, f"{base}:{thread_ts}")
 
-    def _flush(self) -> None:
-        """Hand the buffered rows to the sink as an Arrow batch (bounds Python memory)."""
-        if self.cols["message_id"]:
-            users, conversations = self.cols["user_id"], self.cols["conversation_id"]
-            if users:
-                pairs = set(zip(users, conversations, strict=True))
-            else:  # workspace mode: one owner, not stored per row
-                owner = self.ctx.settings.user_id
-                pairs = {(owner, conversation) for conversation in set(conversations)}
-            self.sink.add(self._batch(), pairs)
-            self.cols = {name: [] for name in _COLUMNS}
-            self.thread_of = []
-            self.file_ends = []
 
-    def _batch(self) -> pa.RecordBatch:
-        c = self.cols
-        n = len(c["message_id"])
-        times = pa.array(c["created_at"], type=pa.int64())
-        files, ends = zip(*self.file_ends, strict=True)
-        positions = pa.array(c["source_position"], pa.int64()).cast(pa.string())
-        arrays = {
-            "source": pa.repeat(pa.scalar(SOURCE, pa.string()), n),
-            "source_file": pc.run_end_decode(
-                pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int32()), pa.array(files))
-            ),
-            "source_position": pc.binary_join_element_wise("$[", positions, "]", ""),
-            "message_id": pa.array(c["message_id"], pa.string()),
-            "conversation_id": pa.array(c["conversation_id"], pa.string()),
-            "user_id": (
-                pa.array(c["user_id"], pa.string())
-                if c["user_id"]
-                else pa.repeat(pa.scalar(self.ctx.settings.user_id, pa.string()), n)
-            ),
-            "role": pc.if_else(pa.array(c["is_bot"], pa.bool_()), "assistant", "user"),
-            "author_id": pa.array(c["author_id"], pa.string()),
-            "author_name": pa.array(c["author_name"], pa.string()),
-            "content": _large_strings(c["content"]),
-            "created_at": times.cast(pa.timestamp("us", tz="UTC")),
-            "seq": times,
-            "metadata": pa.array(c["metadata"], pa.string()),
-        }
-        return pa.RecordBatch.from_pydict(arrays, schema=STAGING_SCHEMA)
+_COMMON_POSITIONS = 4096
+
+
+@functools.cache
+def _common_positions() -> pa.Array:
+    """`$[0]` ... `$[4095]`, built on first use (not at import: see `skip_pandas_probe`)."""
+    return pa.array([f"$[{i}]" for i in range(_COMMON_POSITIONS)], pa.string())
+
+
+def _positions(indexes: list[int]) -> pa.Array:
+    """`$[i]` for each element index (most are small: taken from a prebuilt array)."""
+    array = pa.array(indexes, pa.int64())
+    if max(indexes) < _COMMON_POSITIONS:
+        return _common_positions().take(array)
+    return pc.binary_join_element_wise("$[", array.cast(pa.string()), "]", "")
 
 
 def _large_strings(values: list[str]) -> pa.Array:

@@ -726,6 +726,61 @@ def test_conversation_modes(tmp_path: Path) -> None:
     ]
 
 
+def test_session_mode_splits_each_channel_on_its_own(tmp_path: Path) -> None:
+    """Units of one job share a row buffer: sessions must still be per channel."""
+    day = _thread_day()
+    export = write_export(
+        tmp_path / "e",
+        {
+            "users.json": USERS,
+            "channels.json": [{"id": "C1", "name": "general"}, {"id": "C2", "name": "random"}],
+            "general/2024-01-01.json": day,
+            "random/2024-01-01.json": day[2:],
+        },
+    )
+    _, rows = extract(export, tmp_path / "w", conversation="session", session_gap_minutes=60)
+    p = ts("2024-01-01T10:00:00", 1)
+    first, second = "session-" + p, "session-" + ts("2024-01-01T15:00:00")
+    by_channel: dict[str, list[str]] = {}
+    for row in sorted(rows, key=lambda r: r["seq"]):
+        by_channel.setdefault(row["meta"]["channel"], []).append(row["conversation_id"])
+    g, r = "slack:general:", "slack:random:"
+    assert by_channel == {
+        "general": [g + first, g + first, g + first, g + second, g + second, g + first],
+        # the reply's parent is in general only: it keeps its thread as conversation
+        "random": [r + "session-" + ts("2024-01-01T10:30:00"), r + second, r + second, r + p],
+    }
+
+
+def test_rows_point_at_their_day_file_element(tmp_path: Path) -> None:
+    """source_file and source_position ($[i]) locate each staged row, past index 4095 too."""
+    big = [
+        {"type": "message", "user": "U1", "text": f"m{i}", "ts": f"1704000000.{i:06d}"}
+        for i in range(4_100)
+    ]
+    big[7] = {"type": "message", "subtype": "channel_join", "user": "U1", "ts": "1704000000.9"}
+    export = basic(
+        tmp_path,
+        {"2024-01-01": big, "2024-01-02": _thread_day()},
+        **{"random/2024-01-03.json": _thread_day()[:3]},
+    )
+    _, rows = extract(export, tmp_path / "w")
+    assert len(rows) == 4_099 + 6 + 3
+    files: dict[str, list[Any]] = {}
+    for row in rows:
+        name, position = row["source_file"], row["source_position"]
+        if name not in files:
+            files[name] = json.loads((export / name).read_text())
+        assert position.startswith("$[") and position.endswith("]")
+        assert files[name][int(position[2:-1])]["ts"] == row["meta"]["ts"], (name, position)
+    assert {r["source_position"] for r in rows} >= {"$[0]", "$[8]", "$[4095]", "$[4099]"}
+    assert sorted(files) == [
+        "general/2024-01-01.json",
+        "general/2024-01-02.json",
+        "random/2024-01-03.json",
+    ]
+
+
 def test_author_mode_owners_template_and_map(tmp_path: Path) -> None:
     export = basic(tmp_path, {"2024-01-01": _thread_day()})
     stats, rows = extract(

@@ -292,7 +292,7 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
     """Normalize the messages of a job's units (never raises on bad data)."""
     names = Names(ctx.user_names, ctx.channel_names)
     sink = PartWriter(Path(job.part_path)) if job.part_path is not None else _TableSink()
-    rows = _Rows(sink, ctx.settings.user_id)
+    rows = _Rows(sink, ctx.settings.user_id, ctx.settings.speaker_prefix)
     skipped: Counter[str] = Counter()
     quarantined: list[Quarantined] = []
     for unit in job.units:
@@ -312,8 +312,8 @@ BATCH_ROWS = 16_384
 """Rows buffered as Python lists before they are converted into an Arrow batch."""
 _COLUMNS = (
     "source_position",
-    "message_id",
-    "conversation_id",
+    "ts",
+    "conversation_key",
     "user_id",
     "is_bot",
     "author_id",
@@ -322,7 +322,10 @@ _COLUMNS = (
     "created_at",
     "metadata",
 )
-"""Buffered columns. `user_id` is filled only in author mode (in workspace mode every row
+"""Buffered columns. Strings that repeat a prefix are joined in Arrow when the batch is
+built: `message_id` is the channel id and `ts`; `conversation_id` is `slack:<label>` and
+`conversation_key` (thread ts, day or session; None: the channel); `content` gets the
+"Name: " prefix. `user_id` is filled only in author mode (in workspace mode every row
 has the one configured owner); `is_bot` becomes `role`."""
 
 
@@ -333,45 +336,65 @@ class _Rows:
     so small units share batches (Arrow conversion has a cost per batch).
     """
 
-    def __init__(self, sink: BatchSink, workspace_owner: str):
+    def __init__(self, sink: BatchSink, workspace_owner: str, speaker_prefix: bool):
         self.sink = sink
         self.workspace_owner = workspace_owner
+        self.speaker_prefix = speaker_prefix
         self.cols: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         self.thread_of: list[str | None] = []
         """Thread ts of each row (session mode only)."""
-        self.file_ends: list[tuple[str, int]] = []
-        """(day file, buffered rows once its messages were added): its rows' source_file."""
+        self.file_ends: list[tuple[str, str, str, int]] = []
+        """Per day file: (name, channel id, `slack:<label>`, buffered rows once its messages
+        were added), for the columns of its rows that come from the file or its unit."""
 
     def count(self) -> int:
-        return len(self.cols["message_id"])
+        return len(self.cols["ts"])
 
     def flush(self) -> None:
         """Hand the buffered rows to the sink as one Arrow batch (bounds Python memory)."""
-        if not self.cols["message_id"]:
+        if not self.cols["ts"]:
             return
-        users, conversations = self.cols["user_id"], self.cols["conversation_id"]
-        if users:
-            pairs = set(zip(users, conversations, strict=True))
+        batch = self._batch()
+        conversations = batch.column("conversation_id")
+        if self.cols["user_id"]:
+            pairs = set(zip(self.cols["user_id"], conversations.to_pylist(), strict=True))
         else:  # workspace mode: one owner, not stored per row
-            pairs = {(self.workspace_owner, conversation) for conversation in set(conversations)}
-        self.sink.add(self._batch(), pairs)
+            owner = self.workspace_owner
+            pairs = {(owner, conversation) for conversation in pc.unique(conversations).to_pylist()}
+        self.sink.add(batch, pairs)
         self.cols = {name: [] for name in _COLUMNS}
         self.thread_of = []
         self.file_ends = []
 
     def _batch(self) -> pa.RecordBatch:
         c = self.cols
-        n = len(c["message_id"])
+        n = len(c["ts"])
         times = pa.array(c["created_at"], type=pa.int64())
-        files, ends = zip(*self.file_ends, strict=True)
+        files, channel_ids, channels, ends = zip(*self.file_ends, strict=True)
+        run_ends = pa.array(ends, pa.int32())
+
+        def per_file(values: tuple[str, ...]) -> pa.Array:
+            return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(values)))
+
+        author_names = pa.array(c["author_name"], pa.string())
+        content = _large_strings(c["content"])
+        if self.speaker_prefix:
+            content = pc.binary_join_element_wise(
+                author_names.cast(pa.large_string()), content, pa.scalar(": ", pa.large_string())
+            )
         arrays = {
             "source": pa.repeat(pa.scalar(SOURCE, pa.string()), n),
-            "source_file": pc.run_end_decode(
-                pa.RunEndEncodedArray.from_arrays(pa.array(ends, pa.int32()), pa.array(files))
-            ),
+            "source_file": per_file(files),
             "source_position": _positions(c["source_position"]),
-            "message_id": pa.array(c["message_id"], pa.string()),
-            "conversation_id": pa.array(c["conversation_id"], pa.string()),
+            "message_id": pc.binary_join_element_wise(
+                per_file(channel_ids), pa.array(c["ts"], pa.string()), ":"
+            ),
+            "conversation_id": pc.binary_join_element_wise(
+                per_file(channels),
+                pa.array(c["conversation_key"], pa.string()),
+                ":",
+                null_handling="skip",
+            ),
             "user_id": (
                 pa.array(c["user_id"], pa.string())
                 if c["user_id"]
@@ -379,8 +402,8 @@ class _Rows:
             ),
             "role": pc.if_else(pa.array(c["is_bot"], pa.bool_()), "assistant", "user"),
             "author_id": pa.array(c["author_id"], pa.string()),
-            "author_name": pa.array(c["author_name"], pa.string()),
-            "content": _large_strings(c["content"]),
+            "author_name": author_names,
+            "content": content,
             "created_at": times.cast(pa.timestamp("us", tz="UTC")),
             "seq": times,
             "metadata": pa.array(c["metadata"], pa.string()),
@@ -481,7 +504,6 @@ class _Processor:
         skipped = self.skipped
         include = s.include_subtypes
         author_mode = s.memory_owner == "author"
-        prefix = s.speaker_prefix
         mode = s.conversation
         day_of = self.day_of
         day_cache, day_step = day_of.cache, day_of.step
@@ -489,17 +511,16 @@ class _Processor:
         seen = self.seen_ts
         rows = self.rows
         c = rows.cols
-        c_pos, c_id = c["source_position"], c["message_id"]
-        c_conv, c_user, c_bot = c["conversation_id"], c["user_id"], c["is_bot"]
+        c_pos, c_ts = c["source_position"], c["ts"]
+        c_conv, c_user, c_bot = c["conversation_key"], c["user_id"], c["is_bot"]
         c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
         c_time, c_meta = c["created_at"], c["metadata"]
         thread_of = rows.thread_of if mode == "session" else None
-        conv_channel = f"slack:{label}"
         meta_head = (
             orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
         )
         dumps = orjson.dumps
-        rows_before = len(c_id)
+        rows_before = len(c_ts)
 
         for index, m in enumerate(messages):
             if m is None:  # already quarantined while loading
@@ -591,14 +612,14 @@ class _Processor:
                 thread_ts = None
             if mode == "thread":
                 if thread_ts is not None:
-                    conv = f"{conv_channel}:{thread_ts}"
+                    conv = thread_ts
                 else:
                     day = day_cache.get(micros // day_step)
                     if day is None:
                         day = day_of(micros)
-                    conv = f"{conv_channel}:{day}"
+                    conv = day
             else:
-                conv = conv_channel
+                conv = None
             if thread_of is not None:
                 thread_of.append(thread_ts)
 
@@ -636,46 +657,43 @@ class _Processor:
                 meta_text = dumps(meta).decode()
 
             c_pos.append(index)
-            c_id.append(f"{channel_id}:{ts}")
+            c_ts.append(ts)
             c_conv.append(conv)
             if author_mode:
                 c_user.append(owner)
             c_bot.append(is_bot)
             c_aid.append(author_id)
             c_aname.append(author_name)
-            c_content.append(f"{author_name}: {content}" if prefix else content)
+            c_content.append(content)
             c_time.append(micros)
             c_meta.append(meta_text)
-        if len(c_id) > rows_before:
-            rows.file_ends.append((file_name, len(c_id)))
+        if len(c_ts) > rows_before:
+            rows.file_ends.append((file_name, channel_id, f"slack:{label}", len(c_ts)))
 
     def _assign_sessions(self, s: Settings, first_row: int) -> None:
         """Split the unit's top-level messages (its rows from `first_row`) at gaps; replies
-        join their parent's session."""
+        join their parent's session (or keep their thread when it is not in the unit)."""
         cols = self.rows.cols
-        times, ids, conv = cols["created_at"], cols["message_id"], cols["conversation_id"]
+        times, stamps, keys = cols["created_at"], cols["ts"], cols["conversation_key"]
         thread_of = self.rows.thread_of
-        base = f"slack:{self.unit.label}"
         gap = s.session_gap_seconds * 1_000_000
         order = sorted(range(first_row, len(times)), key=times.__getitem__)
         session_of_ts: dict[str, str] = {}
         current = ""
         last: int | None = None
         for i in order:
-            thread_ts = thread_of[i]
-            ts = ids[i].rsplit(":", 1)[1]
+            thread_ts, ts = thread_of[i], stamps[i]
             if thread_ts is not None and thread_ts != ts:
                 continue
             if last is None or times[i] - last > gap:
-                current = f"{base}:{SESSION_PREFIX}{ts}"
+                current = SESSION_PREFIX + ts
             last = times[i]
             session_of_ts[ts] = current
-            conv[i] = current
+            keys[i] = current
         for i in order:
             thread_ts = thread_of[i]
-            ts = ids[i].rsplit(":", 1)[1]
-            if thread_ts is not None and thread_ts != ts:
-                conv[i] = session_of_ts.get(thread_ts, f"{base}:{thread_ts}")
+            if thread_ts is not None and thread_ts != stamps[i]:
+                keys[i] = session_of_ts.get(thread_ts, thread_ts)
 
 
 _COMMON_POSITIONS = 4096

@@ -425,6 +425,13 @@ class _Processor:
         self.owner_cache: dict[str, str | None] = {}
         self.seen_ts: set[str] = set()
         self.day_of = day_keys(ctx.settings.timezone)
+        self.channel = f"slack:{unit.label}"
+        """The unit's conversation id prefix."""
+        self.meta_head = (
+            orjson.dumps({"channel": unit.label, "channel_id": unit.channel_id}).decode()[:-1]
+            + ',"ts":"'
+        )
+        """Start of a plain message's metadata JSON, up to its ts."""
 
     def run(self, s: Settings) -> None:
         if self.unit.other_files:
@@ -516,9 +523,7 @@ class _Processor:
         c_aid, c_aname, c_content = c["author_id"], c["author_name"], c["content"]
         c_time, c_meta = c["created_at"], c["metadata"]
         thread_of = rows.thread_of if mode == "session" else None
-        meta_head = (
-            orjson.dumps({"channel": label, "channel_id": channel_id}).decode()[:-1] + ',"ts":"'
-        )
+        meta_head = self.meta_head
         dumps = orjson.dumps
         rows_before = len(c_ts)
 
@@ -668,7 +673,7 @@ class _Processor:
             c_time.append(micros)
             c_meta.append(meta_text)
         if len(c_ts) > rows_before:
-            rows.file_ends.append((file_name, channel_id, f"slack:{label}", len(c_ts)))
+            rows.file_ends.append((file_name, channel_id, self.channel, len(c_ts)))
 
     def _assign_sessions(self, s: Settings, first_row: int) -> None:
         """Split the unit's top-level messages (its rows from `first_row`) at gaps; replies

@@ -15,7 +15,6 @@ microseconds: unique in its conversation and ordered like time.
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import pickle
 import re
 import sys
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 
 from connectors.slack_source import ExportFiles, FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
+from connectors.worker_start import refused_imports
 from pipeline.models import STAGING_SCHEMA, Quarantined, StagedPart
 from pipeline.staging import PartWriter, large_string_array, replace_surrogates
 
@@ -779,12 +779,6 @@ def _reactions(reactions: Any) -> list[dict[str, Any]]:
 _WORKER: dict[str, Any] = {}
 
 
-class _RefusePandas(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
-            raise ImportError("pandas is not used in connector workers")
-
-
 def skip_pandas_probe() -> None:
     """Keep pyarrow from importing pandas in this process.
 
@@ -794,16 +788,12 @@ def skip_pandas_probe() -> None:
     """
     if "pandas" in sys.modules:
         return
-    finder = _RefusePandas()
-    sys.meta_path.insert(0, finder)
-    try:
+    with refused_imports("pandas"):
         pa.array([0])
-    finally:
-        sys.meta_path.remove(finder)
 
 
 def init_worker() -> None:
-    """ProcessPoolExecutor initializer: imports done, no pandas, Arrow's system allocator.
+    """Worker set-up (see `connectors.worker_start`): no pandas, Arrow's system allocator.
 
     It needs no context, so the pool can start while the main process still reads the
     export's listing and index.

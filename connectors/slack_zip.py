@@ -52,11 +52,11 @@ from connectors.slack_worker import (
     Settings,
     Unit,
     UserInfo,
-    init_worker,
     run_in_worker,
     run_job,
     save_context,
 )
+from connectors.worker_start import init_slack_worker, main_module_hidden
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import Event, MessageTable, Quarantined, Skipped
 from pipeline.staging import part_path
@@ -457,11 +457,12 @@ def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPo
         yield None
         return
     pool = ProcessPoolExecutor(
-        max_workers=count, mp_context=get_context("spawn"), initializer=init_worker
+        max_workers=count, mp_context=get_context("spawn"), initializer=init_slack_worker
     )
     try:
-        for _ in range(count):
-            pool.submit(int)  # each submit starts one more worker until `count` run
+        with main_module_hidden():
+            for _ in range(count):
+                pool.submit(int)  # each submit starts one more worker until `count` run
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

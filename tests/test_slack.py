@@ -936,3 +936,44 @@ def test_workers_never_import_pandas() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "(1, 1)"
+
+
+def test_workers_start_without_numpy_or_pandas(tmp_path: Path) -> None:
+    """The worker initializer loads pyarrow without numpy; the whole read still works."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from connectors.worker_start import init_slack_worker\n"
+        "init_slack_worker()\n"
+        "from connectors.slack_zip import Options, read\n"
+        "from pipeline.models import StagedPart\n"
+        f"parts = Path({str(tmp_path)!r})\n"
+        "events = list(read(Path('data/samples/slack_export'), Options(user_id='u', workers=1),"
+        " parts_dir=parts))\n"
+        "print(sum(e.rows for e in events if isinstance(e, StagedPart)))\n"
+        "print('numpy' in sys.modules, 'pandas' in sys.modules)\n"
+        "import numpy\n"  # refused only while pyarrow loaded
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.split("\n")[:2] == ["14", "False False"]
+    assert pq.read_table(tmp_path).num_rows == 14
+
+
+def test_a_script_without_main_guard_can_use_workers(tmp_path: Path) -> None:
+    """Workers do not re-run the caller's script (spawn would, and start workers again)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from connectors.slack_zip import Options, read\n"
+        "from pipeline.models import StagedPart\n"
+        f"events = read(Path({str(SAMPLE)!r}), Options(user_id='u', workers=2),"
+        f" parts_dir=Path({str(tmp_path)!r}))\n"
+        "print(sum(e.rows for e in events if isinstance(e, StagedPart)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["14"]

@@ -106,20 +106,28 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
     return f"{where}: {text}{suffix}"
 
 
+PATH_OPTIONS = frozenset({"user_map"})
+"""Connector options that name files: resolved like the source's own `path`."""
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def resolve(value: Any) -> Any:
         if isinstance(value, str) and value and not Path(value).is_absolute():
             return str((base / value).resolve())
         return value
 
+    def resolve_source(source: dict[str, Any]) -> dict[str, Any]:
+        out = {**source, "path": resolve(source.get("path"))}
+        options = source.get("options")
+        if isinstance(options, dict):
+            out["options"] = {k: resolve(v) if k in PATH_OPTIONS else v for k, v in options.items()}
+        return out
+
     out = dict(raw)
     if "workdir" in out:
         out["workdir"] = resolve(out["workdir"])
     if isinstance(out.get("sources"), list):
-        out["sources"] = [
-            {**s, "path": resolve(s.get("path"))} if isinstance(s, dict) else s
-            for s in out["sources"]
-        ]
+        out["sources"] = [resolve_source(s) if isinstance(s, dict) else s for s in out["sources"]]
     if isinstance(out.get("load"), dict) and "local_db" in out["load"]:
         out["load"] = {**out["load"], "local_db": resolve(out["load"]["local_db"])}
     return out

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from connectors import slack_zip
 from connectors.slack_zip import Options, read
 from pipeline.cli import main
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, load_config
 from pipeline.errors import ConfigError, InputError
 from pipeline.extract import extract_source
 from pipeline.models import ExtractStats, MessageTable, Quarantined, Skipped
@@ -797,6 +797,32 @@ def test_author_mode_owners_template_and_map(tmp_path: Path) -> None:
     mapping = tmp_path / "map.csv"
     mapping.write_text("slack,user_id\nU1,alice-memos\nbob@x.org,bob-memos\n")
     _, rows = extract(export, tmp_path / "w3", memory_owner="author", user_map=str(mapping))
+    assert {r["author_id"]: r["user_id"] for r in rows} == {"U1": "alice-memos", "U2": "bob-memos"}
+
+
+def test_user_map_in_a_config_file_is_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduled run from another directory still finds the map next to its config."""
+    export = basic(tmp_path, {"2024-01-01": _thread_day()})
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "map.csv").write_text("slack,user_id\nU1,alice-memos\nU2,bob-memos\n")
+    (folder / "slack.yaml").write_text(
+        "sources:\n"
+        "  - kind: slack\n"
+        "    path: ../export\n"
+        "    options: {memory_owner: author, user_map: map.csv}\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (source,) = load_config(folder / "slack.yaml", env={}).sources
+    assert source.path == export.resolve()
+    assert source.options["user_map"] == str(folder / "map.csv")
+    stats = extract_source(source, tmp_path / "w")
+    assert stats.balanced and stats.staged == 5
+    rows = pq.read_table(tmp_path / "w" / "staging" / "slack").to_pylist()
     assert {r["author_id"]: r["user_id"] for r in rows} == {"U1": "alice-memos", "U2": "bob-memos"}
 
 

@@ -3,12 +3,13 @@
 Batches never mix conversations, keep each conversation's messages in (created_at, seq)
 order, and hold at most `max_messages` messages and `max_tokens` tokens. A message larger
 than the budget is cut into ordered parts (never truncated); ids longer than the API's
-100 characters get a deterministic short form, the original kept in `info`.
+100 characters get a deterministic short form, the original kept in `info`. A batch
+carries the configured `tags` of the sources its messages were staged by.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ import pyarrow as pa
 
 from pipeline.batches import Batch, manifest_path, write_batches, write_json_atomic
 from pipeline.models import stable_id
-from pipeline.staging import read_staging
+from pipeline.staging import read_labeled, read_staging, staged_sources
 from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 
 MAX_ID_CHARS = 100
@@ -98,6 +99,8 @@ class _Row:
     created_at: datetime | None
     seq: int
     tokens: int
+    label: str | None = None
+    """The configured name of the source that staged the row, where known."""
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -121,8 +124,12 @@ def chunk_conversation(
     rows: Sequence[_Row],
     limits: ChunkLimits,
     stats: ChunkStats,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[Batch]:
-    """Cut one conversation's ordered rows into batches (pure, apart from `stats`)."""
+    """Cut one conversation's ordered rows into batches (pure, apart from `stats`).
+
+    `tags` maps source names (`_Row.label`) to the MemOS tags of their batches.
+    """
     api_user, api_conv = api_id(user_id), api_id(conversation_id)
     for original, short in ((user_id, api_user), (conversation_id, api_conv)):
         if original != short:
@@ -150,12 +157,17 @@ def chunk_conversation(
             info["source_user_id"] = user_id[:1000]
         if part:
             info.update(split_message_id=ids[0][:1000], part=part[0], parts=part[1])
-        body = {
+        body: dict[str, Any] = {
             "user_id": api_user,
             "conversation_id": api_conv,
             "messages": [m for _, m, _ in items],
             "info": info,
         }
+        if tags:
+            labels = sorted({r.label for r, _, _ in items if r.label is not None})
+            batch_tags = list(dict.fromkeys(t for label in labels for t in tags.get(label, ())))
+            if batch_tags:
+                body["tags"] = batch_tags
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -207,14 +219,21 @@ def chunk_table(
     exclude_ids: Container[str] | None = None,
     *,
     since: datetime | None = None,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
     Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted,
     as are rows created before `since` (timezone-aware; rows without a time are kept).
+    With `tags` (source name -> tags), the table's `label` column names each row's source.
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
     cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
+    labels = (
+        table.column("label").to_pylist()
+        if tags and "label" in table.column_names
+        else [None] * table.num_rows
+    )
     users: set[str] = set()
     n = table.num_rows
     stats.messages += n
@@ -242,6 +261,7 @@ def chunk_table(
                 cols["created_at"][i],
                 cols["seq"][i],
                 tokens[i],
+                labels[i],
             )
             for i in range(start, end)
             if keep[i]
@@ -253,7 +273,7 @@ def chunk_table(
         stats.batched += len(rows)
         stats.conversations += 1
         users.add(user)
-        yield from chunk_conversation(user, conv, _ordered(rows), limits, stats)
+        yield from chunk_conversation(user, conv, _ordered(rows), limits, stats, tags)
     stats.users = len(users)
 
 
@@ -263,11 +283,18 @@ def chunk_workdir(
     exclude_ids: Container[str] | None = None,
     *,
     since: datetime | None = None,
+    tags: Mapping[str, Sequence[str]] | None = None,
 ) -> ChunkStats:
-    """Read the staging table, write `<workdir>/batches/`, and return the counts."""
+    """Read the staging table, write `<workdir>/batches/`, and return the counts.
+
+    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
+    """
     stats = ChunkStats()
-    table = read_staging(workdir, columns=CHUNK_COLUMNS)
-    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since))
+    if tags:
+        table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
+    else:
+        table = read_staging(workdir, columns=CHUNK_COLUMNS)
+    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags))
     manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
     write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
     return stats

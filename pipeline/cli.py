@@ -237,7 +237,8 @@ def chunk(
         {"workdir": workdir, "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}},
     )
     _require_staging(cfg.workdir)
-    stats = chunk_workdir(cfg.workdir, ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages))
+    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+    stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source())
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     emit(
         result,

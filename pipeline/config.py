@@ -79,6 +79,10 @@ class Config(_Section):
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
 
+    def tags_by_source(self) -> dict[str, list[str]]:
+        """The MemOS `tags` of each source that has some, by source name (label)."""
+        return {s.label: list(s.tags) for s in self.sources if s.tags}
+
     @model_validator(mode="after")
     def _unique_source_names(self) -> Config:
         seen: set[str] = set()

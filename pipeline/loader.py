@@ -764,7 +764,9 @@ def run_pipeline(
                 len(changed),
             )
         limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-        chunked = chunk_workdir(workdir, limits, exclude_ids=exclude, since=since)
+        chunked = chunk_workdir(
+            workdir, limits, exclude_ids=exclude, since=since, tags=cfg.tags_by_source()
+        )
         stats = load_workdir(
             workdir,
             endpoint,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -250,6 +251,29 @@ def staged_sources(workdir: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_labeled(workdir: Path, labels: Iterable[str], columns: list[str]) -> pa.Table:
+    """The staged rows of the named sources only, plus a `label` column naming the source.
+
+    `label` is the configured source name (a row's `source` is what its connector wrote);
+    other sources staged earlier in the same workdir are left out.
+    """
+    schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns]).append(
+        pa.field("label", pa.string())
+    )
+    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
+
+    parts = []
+    for label in labels:
+        files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
+        if not files:
+            continue
+        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)
+        parts.append(part.append_column("label", pa.repeat(label, part.num_rows)))
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts).cast(schema)
 
 
 def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:

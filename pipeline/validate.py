@@ -21,7 +21,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline import checks
@@ -36,7 +35,7 @@ from pipeline.progress import NullProgress, Progress
 from pipeline.quarantine import read_quarantine
 from pipeline.report import Report, ReportInputs, build_report
 from pipeline.report_html import write_reports
-from pipeline.staging import staged_sources, staging_dir
+from pipeline.staging import read_labeled, staged_sources, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,12 @@ def _validate(
     progress.start("validate", total=table.num_rows, unit="msg")
     with _stage("chunk + batch checks"):
         batches = chunk_table(
-            table.select(CHUNK_COLUMNS), limits, chunk_stats, ledger.exclude, since=since
+            table.select([*CHUNK_COLUMNS, "label"]),
+            limits,
+            chunk_stats,
+            ledger.exclude,
+            since=since,
+            tags=cfg.tags_by_source(),
         )
         for batch in batches:
             checker.check(batch)
@@ -203,25 +207,8 @@ def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding
 
 
 def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:
-    """The staged rows of the named sources only, plus a `label` column naming the source.
-
-    `label` is the configured source name (a row's `source` is what its connector wrote);
-    other sources staged earlier in the same workdir are ignored.
-    """
-    schema = pa.schema([STAGING_SCHEMA.field(c) for c in READ_COLUMNS]).append(
-        pa.field("label", pa.string())
-    )
-    parts = []
-    for label in labels:
-        files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
-        if not files:
-            continue
-        dataset = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet")
-        part = dataset.to_table(columns=READ_COLUMNS)
-        parts.append(part.append_column("label", pa.repeat(label, part.num_rows)))
-    if not parts:
-        return schema.empty_table()
-    return pa.concat_tables(parts)
+    """The staged rows of the named sources, with the columns the checks read and `label`."""
+    return read_labeled(workdir, labels, READ_COLUMNS)
 
 
 @dataclass

@@ -176,3 +176,21 @@ def test_official_schema_check_catches_a_bad_body() -> None:
         "info": {"nested": {"a": 1}},
     }
     assert len(list(validator.iter_errors(bad))) >= 2
+
+
+def test_batches_carry_the_tags_of_their_sources() -> None:
+    """One conversation staged by two sources gets both sources' tags, once each."""
+    table = _table([_msg(i, conv="a" if i < 4 else "b", minutes=i) for i in range(6)])
+    labels = ["second", "first", "second", "first", "plain", "plain"]
+    table = table.append_column("label", pa.array(labels))
+    tags = {"first": ["x", "shared"], "second": ["shared", "y"]}
+    batches = list(chunk_table(table, ChunkLimits(max_messages=3), ChunkStats(), tags=tags))
+    got = [(b.conversation_id, b.body.get("tags")) for b in batches]
+    assert got == [
+        ("a", ["x", "shared", "y"]),  # messages 0-2: both sources, in source-name order
+        ("a", ["x", "shared"]),  # message 3 only: first
+        ("b", None),  # a source without tags
+    ]
+    untagged = list(chunk_table(table, ChunkLimits(max_messages=3), ChunkStats()))
+    assert [b.body for b in untagged if "tags" in b.body] == []
+    assert [b.batch_id for b in untagged] == [b.batch_id for b in batches]

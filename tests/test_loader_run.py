@@ -147,3 +147,28 @@ def test_run_finishes_what_a_stopped_run_left_before_new_data(tmp_path: Path) ->
         "A": [r[3] for r in FIRST[:3]],
         "B": [r[3] for r in FIRST[3:]] + ["And on Monday?"],
     }
+
+
+def test_source_tags_reach_memos_with_every_batch(tmp_path: Path) -> None:
+    """`tags:` of a source are sent with each of its batches; a source without tags sends none."""
+    write_export(tmp_path / "export.csv", FIRST)
+    write_export(tmp_path / "other.csv", [("c1", "C", "user", "Untagged.", "2025-01-03T08:00:00Z")])
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        "workdir: work\n"
+        "sources:\n"
+        "  - kind: csv\n    path: export.csv\n    tags: [support, import-2025, support]\n"
+        "  - kind: csv\n    name: other\n    path: other.csv\n"
+        "load:\n  target: local\n  rate: 500\n",
+        encoding="utf-8",
+    )
+    run(config)
+    db = tmp_path / "work" / "local-memos.sqlite"
+    tags = {
+        conv: {tuple(m["tags"]) for m in conversation_messages(db, user, conv)}
+        for user, conv in message_counts(db)
+    }
+    assert tags == {"A": {("support", "import-2025")}, "B": {("support", "import-2025")}, "C": {()}}
+    lines = (tmp_path / "work/batches/batches.jsonl").read_text().splitlines()
+    batches = [json.loads(line) for line in lines]
+    assert all(("tags" in b["body"]) == (b["conversation_id"] != "C") for b in batches)

@@ -392,17 +392,13 @@ class _Thread:
 
     def stage(self) -> Counter[str]:
         """Append visible messages to the row buffer; return the skip counts."""
-        leaf = self._leaf()
-        if self.ctx.options.branches == "all":
-            for i, (end, path) in enumerate(self.tree.branches(leaf, self._key)):
-                conversation_id = self.conv_id if i == 0 else f"{self.conv_id}:{end}"
-                self._segment(path, conversation_id, branched=i > 0)
-        else:
-            path = self.tree.path_to(leaf)
-            self._segment(path, self.conv_id, branched=False)
-            off = len(self.tree.nodes) - len(path)
-            if off:
-                self.skipped["chatgpt:other_branch"] += off
+        staged, off = self.tree.conversations(
+            self._leaf(), self._key, self.conv_id, self.ctx.options.branches == "all"
+        )
+        for path, conversation_id, branched in staged:
+            self._segment(path, conversation_id, branched)
+        if off:
+            self.skipped["chatgpt:other_branch"] += off
         return self.skipped
 
     def _segment(self, path: list[str], conversation_id: str, branched: bool) -> None:

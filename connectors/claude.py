@@ -227,16 +227,16 @@ class _Thread:
 
     def stage(self) -> Counter[str]:
         """Append visible messages to the row buffer; return the skip counts."""
-        leaf = max(self.tree.leaves(), key=self._key)
-        if self.ctx.options.branches == "all":
-            for i, (end, path) in enumerate(self.tree.branches(leaf, self._key)):
-                self._segment(path, self.conv_id if i == 0 else f"{self.conv_id}:{end}", i > 0)
-        else:
-            path = self.tree.path_to(leaf)
-            self._segment(path, self.conv_id, branched=False)
-            off = len(self.tree.nodes) - len(path)
-            if off:
-                self.skipped["claude:other_branch"] += off
+        staged, off = self.tree.conversations(
+            max(self.tree.leaves(), key=self._key),
+            self._key,
+            self.conv_id,
+            self.ctx.options.branches == "all",
+        )
+        for path, conversation_id, branched in staged:
+            self._segment(path, conversation_id, branched)
+        if off:
+            self.skipped["claude:other_branch"] += off
         return self.skipped
 
     def _segment(self, path: list[str], conversation_id: str, branched: bool) -> None:

@@ -131,6 +131,25 @@ class ParentTree:
             out.append((leaf, segment))
         return out
 
+    def conversations(
+        self, canonical_leaf: str, key: SortKey, conv_id: str, all_branches: bool
+    ) -> tuple[list[tuple[list[str], str, bool]], int]:
+        """What to stage of the tree: (path, conversation id, is a branch) per conversation,
+        and how many nodes are left out.
+
+        The canonical path is `conv_id`. With `all_branches`, each other branch follows as
+        `<conv_id>:<its leaf>` (see `branches`) and nothing is left out; otherwise every
+        node off the canonical path is.
+        """
+        if all_branches:
+            staged = [
+                (path, conv_id if i == 0 else f"{conv_id}:{leaf}", i > 0)
+                for i, (leaf, path) in enumerate(self.branches(canonical_leaf, key))
+            ]
+            return staged, 0
+        path = self.path_to(canonical_leaf)
+        return [(path, conv_id, False)], len(self.nodes) - len(path)
+
 
 def running_times(
     path: list[str],

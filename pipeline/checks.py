@@ -201,7 +201,7 @@ def example_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as report examples: source, file, position and ids.
 
     `source` is the configured source name when the table has a `label` column (as
-    `pipeline.validate.read_sources` adds), else the connector's `source` value.
+    `pipeline.staging.read_labeled` adds), else the connector's `source` value.
     """
     first = "label" if "label" in table.column_names else "source"
     rest = EXAMPLE_COLUMNS[1:]

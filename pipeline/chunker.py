@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from pipeline.batches import Batch, manifest_path, write_batches, write_json_atomic
 from pipeline.models import stable_id
-from pipeline.staging import read_labeled, read_staging, staged_sources
+from pipeline.staging import read_labeled, staged_sources
 from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 
 MAX_ID_CHARS = 100
@@ -290,10 +290,7 @@ def chunk_workdir(
     `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
     """
     stats = ChunkStats()
-    if tags:
-        table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
-    else:
-        table = read_staging(workdir, columns=CHUNK_COLUMNS)
+    table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
     write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags))
     manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
     write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})

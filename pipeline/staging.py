@@ -259,9 +259,22 @@ def read_labeled(workdir: Path, labels: Iterable[str], columns: list[str]) -> pa
     `label` is the configured source name (a row's `source` is what its connector wrote);
     other sources staged earlier in the same workdir are left out.
     """
-    schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns]).append(
-        pa.field("label", pa.string())
+    return _read_sources(workdir, labels, columns, with_label=True)
+
+
+def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read every staged source into one table in `STAGING_SCHEMA` (optionally some columns)."""
+    return _read_sources(
+        workdir, staged_sources(workdir), columns or STAGING_SCHEMA.names, with_label=False
     )
+
+
+def _read_sources(
+    workdir: Path, labels: Iterable[str], columns: list[str], *, with_label: bool
+) -> pa.Table:
+    schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns])
+    if with_label:
+        schema = schema.append(pa.field("label", pa.string()))
     import pyarrow.dataset as ds  # heavy: connector worker processes import this module
 
     parts = []
@@ -270,25 +283,9 @@ def read_labeled(workdir: Path, labels: Iterable[str], columns: list[str]) -> pa
         if not files:
             continue
         part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)
-        parts.append(part.append_column("label", pa.repeat(label, part.num_rows)))
+        if with_label:
+            part = part.append_column("label", pa.repeat(label, part.num_rows))
+        parts.append(part)
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts).cast(schema)
-
-
-def read_staging(workdir: Path, columns: list[str] | None = None) -> pa.Table:
-    """Read every staged source into one table in `STAGING_SCHEMA` (optionally some columns)."""
-    files = [
-        str(f)
-        for name in staged_sources(workdir)
-        for f in sorted((staging_dir(workdir) / name).glob("*.parquet"))
-    ]
-    schema = (
-        STAGING_SCHEMA if columns is None else pa.schema([STAGING_SCHEMA.field(c) for c in columns])
-    )
-    if not files:
-        return schema.empty_table()
-    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
-
-    dataset = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet")
-    return dataset.to_table(columns=columns).cast(schema)

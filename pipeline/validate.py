@@ -80,7 +80,7 @@ def _validate(
             for s in cfg.sources
         ]
     labels = [s.label for s in cfg.sources]
-    table = read_sources(workdir, labels)
+    table = read_labeled(workdir, labels, READ_COLUMNS)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
     ledger = ledger_figures(table, delivered_message_hashes(workdir), cfg.load.resend_changed)
@@ -204,11 +204,6 @@ def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding
         "counted elsewhere in this report; delete their staging folder to leave them out.",
         examples,
     )
-
-
-def read_sources(workdir: Path, labels: Iterable[str]) -> pa.Table:
-    """The staged rows of the named sources, with the columns the checks read and `label`."""
-    return read_labeled(workdir, labels, READ_COLUMNS)
 
 
 @dataclass

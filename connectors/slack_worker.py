@@ -807,11 +807,6 @@ def save_context(ctx: Context, path: Path) -> None:
     path.write_bytes(pickle.dumps(ctx, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def release_memory() -> None:
-    """Return Arrow's freed memory to the system (workers keep running between units)."""
-    pa.default_memory_pool().release_unused()
-
-
 def run_in_worker(job: Job, context_file: str) -> JobResult:
     """Run one job with the context saved in `context_file` (see `save_context`)."""
     if _WORKER.get("context_file") != context_file:
@@ -819,6 +814,6 @@ def run_in_worker(job: Job, context_file: str) -> JobResult:
             _WORKER["reader"].close()
         ctx = pickle.loads(Path(context_file).read_bytes())
         _WORKER.update(context_file=context_file, ctx=ctx, reader=FileReader(ctx.export))
-    result = run_job(job, _WORKER["ctx"], _WORKER["reader"])
-    release_memory()
-    return result
+    # Freed memory is kept for the next job: handing it back to the system after every
+    # job (malloc_trim) cost ~250,000 page faults per million messages, ~3% of the CPU.
+    return run_job(job, _WORKER["ctx"], _WORKER["reader"])

@@ -135,7 +135,7 @@ def _helper_work(job: _Job, folder: Path) -> _Result:
             start, index = (job.split.offset, first) if i == 0 else (0, 0)
             for event in read_file(export, name, ctx, start=start, index=index):
                 if isinstance(event, MessageTable):
-                    _add(writer, event.table, ctx.user_id)
+                    _add(writer, event.table)
                 elif isinstance(event, Skipped):
                     skipped[event.reason] += event.count
                 elif isinstance(event, Quarantined):
@@ -144,7 +144,7 @@ def _helper_work(job: _Job, folder: Path) -> _Result:
                     )
         table = ctx.rows.take()
         if table is not None:
-            _add(writer, table.table, ctx.user_id)
+            _add(writer, table.table)
     return _Result(dict(skipped), quarantined, ctx.seen, first, writer.close())
 
 
@@ -158,11 +158,10 @@ def _conversations_before(export: ExportFiles, name: str, offset: int) -> int:
     return 0 if found is None else found
 
 
-def _add(writer: PartWriter, table: pa.Table, user_id: str) -> None:
-    """Queue a staged table (every row has `user_id`) in the helper's part."""
-    pairs = {(user_id, c) for c in pc.unique(table.column("conversation_id")).to_pylist()}
+def _add(writer: PartWriter, table: pa.Table) -> None:
+    """Queue a staged table in the helper's part."""
     for batch in table.to_batches():
-        writer.add(batch, pairs)
+        writer.add(batch)
 
 
 def read_in_two(

@@ -154,9 +154,9 @@ class JobResult:
 
 
 class BatchSink(Protocol):
-    """Where finished batches go, with their distinct (user_id, conversation_id) pairs."""
+    """Where finished batches go."""
 
-    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None: ...
+    def add(self, batch: pa.RecordBatch) -> None: ...
 
 
 class _TableSink:
@@ -165,7 +165,7 @@ class _TableSink:
     def __init__(self) -> None:
         self.batches: list[pa.RecordBatch] = []
 
-    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None:
+    def add(self, batch: pa.RecordBatch) -> None:
         self.batches.append(batch)
 
     def table(self) -> pa.Table | None:
@@ -354,14 +354,7 @@ class _Rows:
         """Hand the buffered rows to the sink as one Arrow batch (bounds Python memory)."""
         if not self.cols["ts"]:
             return
-        batch = self._batch()
-        conversations = batch.column("conversation_id")
-        if self.cols["user_id"]:
-            pairs = set(zip(self.cols["user_id"], conversations.to_pylist(), strict=True))
-        else:  # workspace mode: one owner, not stored per row
-            owner = self.workspace_owner
-            pairs = {(owner, conversation) for conversation in pc.unique(conversations).to_pylist()}
-        self.sink.add(batch, pairs)
+        self.sink.add(self._batch())
         self.cols = {name: [] for name in _COLUMNS}
         self.thread_of = []
         self.file_ends = []

@@ -10,12 +10,14 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 from pydantic import ValidationError
 
 from connectors.base import ConnectorOptions, get_connector
 from pipeline.config import SourceConfig, describe_validation_error
 from pipeline.errors import ConfigError, InputError
 from pipeline.models import (
+    Distinct,
     ExtractStats,
     Message,
     MessageTable,
@@ -60,8 +62,7 @@ def extract_source(
 
     skipped: Counter[str] = Counter()
     quarantined: list[dict[str, object]] = []
-    conversations: set[tuple[str, str]] = set()
-    users: set[str] = set()
+    pairs = _Pairs()
     read = 0
     progress.start(f"extract {source.label}", unit="msg")
     with StagingWriter(workdir, source.label) as writer:
@@ -74,8 +75,7 @@ def extract_source(
             if isinstance(event, Message):
                 read += 1
                 writer.write(event)
-                conversations.add((event.user_id, event.conversation_id))
-                users.add(event.user_id)
+                pairs.add_message(event.user_id, event.conversation_id)
                 progress.advance()
             elif isinstance(event, Skipped):
                 read += event.count
@@ -87,36 +87,61 @@ def extract_source(
                 table = event.table
                 read += table.num_rows
                 writer.write_table(table)
-                pairs = table.group_by(["user_id", "conversation_id"]).aggregate([])
-                conversations.update(
-                    zip(
-                        pairs.column("user_id").to_pylist(),
-                        pairs.column("conversation_id").to_pylist(),
-                        strict=True,
-                    )
-                )
-                users.update(pairs.column("user_id").unique().to_pylist())
+                columns = table.select(["user_id", "conversation_id"]).combine_chunks()
+                pairs.add(Distinct.of(*columns.columns))
                 progress.advance(table.num_rows)
             elif isinstance(event, StagedPart):
                 read += event.rows
                 writer.adopt(event)
-                conversations.update(event.pairs)
-                users.update(user for user, _ in event.pairs)
+                pairs.add(event.distinct)
                 progress.advance(event.rows)
         writer.flush()
+        distinct = pairs.result()
         stats = ExtractStats(
             source=source.label,
             read=read,
             staged=writer.rows_written,
             skipped=dict(sorted(skipped.items())),
             quarantined=len(quarantined),
-            conversations=len(conversations),
-            users=len(users),
+            conversations=len(distinct.pairs),
+            users=len(distinct.users),
         )
         (writer.tmp_dir / SUMMARY_FILE).write_bytes(orjson.dumps(stats_dict(stats)))
     progress.close()
     replace_source_entries(workdir, source.label, quarantined)
     return stats
+
+
+class _Pairs:
+    """Collects the distinct (user_id, conversation_id) pairs and users of one extract."""
+
+    COMPACT_EVERY = 64
+
+    def __init__(self) -> None:
+        self.parts: list[Distinct] = []
+        self.user_ids: list[str] = []
+        self.conversation_ids: list[str] = []
+
+    def add(self, distinct: Distinct) -> None:
+        self.parts.append(distinct)
+        if len(self.parts) >= self.COMPACT_EVERY:  # bounds the list on long extracts
+            self.parts = [Distinct.merge(self.parts)]
+
+    def add_message(self, user_id: str, conversation_id: str) -> None:
+        self.user_ids.append(user_id)
+        self.conversation_ids.append(conversation_id)
+        if len(self.user_ids) >= 65_536:
+            self._flush_messages()
+
+    def _flush_messages(self) -> None:
+        if self.user_ids:
+            users = pa.array(self.user_ids, pa.string())
+            self.add(Distinct.of(users, pa.array(self.conversation_ids, pa.string())))
+            self.user_ids, self.conversation_ids = [], []
+
+    def result(self) -> Distinct:
+        self._flush_messages()
+        return Distinct.merge(self.parts)
 
 
 def stats_dict(stats: ExtractStats) -> dict[str, object]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 ROLES = ("user", "assistant", "system", "tool")
 
@@ -85,16 +86,50 @@ class MessageTable:
 
 
 @dataclass(frozen=True, slots=True)
+class Distinct:
+    """The distinct (user_id, conversation_id) pairs and user ids of some staged rows, for
+    the extract counts, kept in Arrow (a pair is one string: see `pair_keys`)."""
+
+    pairs: pa.Array
+    users: pa.Array
+
+    @classmethod
+    def of(cls, user_ids: pa.Array, conversation_ids: pa.Array) -> Distinct:
+        """The distinct values of two equally long columns."""
+        return cls(pc.unique(pair_keys(user_ids, conversation_ids)), pc.unique(user_ids))
+
+    @classmethod
+    def empty(cls) -> Distinct:
+        """No pairs, no users."""
+        return cls(pa.array([], pa.string()), pa.array([], pa.string()))
+
+    @classmethod
+    def merge(cls, parts: list[Distinct]) -> Distinct:
+        """The distinct values of several `Distinct`s."""
+        if not parts:
+            return cls.empty()
+        return cls(
+            pc.unique(pa.chunked_array([p.pairs for p in parts], pa.string())),
+            pc.unique(pa.chunked_array([p.users for p in parts], pa.string())),
+        )
+
+
+def pair_keys(user_ids: pa.Array, conversation_ids: pa.Array) -> pa.Array:
+    """`<length of user_id>:<user_id>:<conversation_id>` per row: equal only for equal pairs
+    (the length says where the user id ends, whatever characters the ids hold)."""
+    lengths = pc.utf8_length(user_ids).cast(pa.string())
+    return pc.binary_join_element_wise(lengths, user_ids, conversation_ids, ":")
+
+
+@dataclass(frozen=True, slots=True)
 class StagedPart:
     """A finished Parquet part in `STAGING_SCHEMA` that a connector wrote into the folder
-    `pipeline.extract` gave it (each row counts as read and staged).
-
-    `pairs` are its distinct (user_id, conversation_id) values, for the extract counts.
-    """
+    `pipeline.extract` gave it (each row counts as read and staged), with its distinct
+    pairs and users for the extract counts."""
 
     path: str
     rows: int
-    pairs: frozenset[tuple[str, str]] = frozenset()
+    distinct: Distinct = field(default_factory=Distinct.empty)
 
 
 Event = Message | Skipped | Quarantined | MessageTable | StagedPart

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.models import STAGING_SCHEMA, Message, StagedPart
+from pipeline.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 * 1024 * 1024
@@ -112,18 +112,17 @@ class PartWriter:
         self.path = path
         self.row_group_rows = row_group_rows
         self.rows = 0
-        self.pairs: set[tuple[str, str]] = set()
+        self._distinct: list[Distinct] = []
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._pending_bytes = 0
         self._writer: pq.ParquetWriter | None = None
 
-    def add(self, batch: pa.RecordBatch, pairs: set[tuple[str, str]]) -> None:
-        """Queue a batch in `STAGING_SCHEMA` and its (user_id, conversation_id) pairs."""
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Queue a batch in `STAGING_SCHEMA`."""
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         self._pending_bytes += batch.nbytes
-        self.pairs |= pairs
         if self._pending_rows >= self.row_group_rows or self._pending_bytes >= PART_ROW_GROUP_BYTES:
             self._write()
 
@@ -135,6 +134,8 @@ class PartWriter:
             self._writer = open_part_writer(self.path)
         self._writer.write_table(table, row_group_size=table.num_rows)
         self.rows += table.num_rows
+        columns = table.select(["user_id", "conversation_id"]).combine_chunks()
+        self._distinct.append(Distinct.of(*columns.columns))
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def close(self) -> StagedPart | None:
@@ -143,7 +144,7 @@ class PartWriter:
         if self._writer is None:
             return None
         self._writer.close()
-        return StagedPart(str(self.path), self.rows, frozenset(self.pairs))
+        return StagedPart(str(self.path), self.rows, Distinct.merge(self._distinct))
 
 
 class StagingWriter:

@@ -948,6 +948,21 @@ def test_workers_write_parts_with_the_same_rows(
     assert stats.conversations == len({r[4] for r in expected})
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_counts_of_parts_are_distinct_over_all_parts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Conversations and owners that span parts are counted once (author mode)."""
+    monkeypatch.setattr(slack_zip, "JOB_BYTES", 1)
+    monkeypatch.setattr(slack_zip, "PART_BYTES", 1)  # a channel's days in separate parts
+    stats, rows = extract(SAMPLE, tmp_path / "w", workers=workers, memory_owner="author")
+    parts = [pq.read_table(p) for p in (tmp_path / "w/staging/slack").glob("*.parquet")]
+    channels = [{f.split("/")[0] for f in part["source_file"].to_pylist()} for part in parts]
+    assert len(set().union(*channels)) < sum(map(len, channels))  # a channel spans parts
+    assert stats.users == len({r["user_id"] for r in rows}) > 1
+    assert stats.conversations == len({(r["user_id"], r["conversation_id"]) for r in rows})
+
+
 def test_workers_never_import_pandas() -> None:
     code = (
         "import sys, pyarrow as pa\n"

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.models import STAGING_SCHEMA, Message, StagedPart
+from pipeline.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.staging import PartWriter, StagingWriter, part_path, read_staging, staged_sources
 
 
@@ -94,10 +94,11 @@ def test_parts_written_by_a_connector_are_adopted(tmp_path: Path) -> None:
         writer.write(_message(0))
         first = PartWriter(part_path(writer.parts_dir, 0), row_group_rows=2)
         for i in range(1, 6):
-            first.add(_batch([_message(i, conversation=f"c{i % 2}")]), {("u1", f"c{i % 2}")})
+            first.add(_batch([_message(i, conversation=f"c{i % 2}")]))
         part = first.close()
         assert part is not None and part.rows == 5
-        assert part.pairs == {("u1", "c0"), ("u1", "c1")}
+        assert sorted(part.distinct.pairs.to_pylist()) == ["2:u1:c0", "2:u1:c1"]
+        assert part.distinct.users.to_pylist() == ["u1"]
         writer.adopt(part)
         assert PartWriter(part_path(writer.parts_dir, 1)).close() is None
     assert writer.rows_written == 6
@@ -115,17 +116,28 @@ def test_part_row_groups_stop_at_a_byte_budget(
     monkeypatch.setattr("pipeline.staging.PART_ROW_GROUP_BYTES", 10_000)
     writer = PartWriter(tmp_path / "part.parquet")  # 16,384 rows per group by count
     for i in range(8):
-        writer.add(_batch([_message(i, content="x" * 4_000)]), {("u1", "c1")})
+        writer.add(_batch([_message(i, content="x" * 4_000)]))
     part = writer.close()
     assert part is not None and part.rows == 8
     groups = pq.ParquetFile(part.path).metadata
     assert [groups.row_group(g).num_rows for g in range(groups.num_row_groups)] == [3, 3, 2]
 
 
+def test_distinct_pairs_never_mix_up_user_and_conversation() -> None:
+    """A separator inside an id cannot make two different pairs look alike."""
+    users = pa.array(["a:b", "a", "a", "é", "é"])
+    conversations = pa.array(["c", "b:c", "b:c", "x", "y"])
+    first = Distinct.of(users, conversations)
+    assert len(first.pairs) == 4 and sorted(first.users.to_pylist()) == ["a", "a:b", "é"]
+    both = Distinct.merge([first, Distinct.of(pa.array(["a"]), pa.array(["z"]))])
+    assert (len(both.pairs), len(both.users)) == (5, 3)
+    assert len(Distinct.merge([]).pairs) == 0
+
+
 def test_only_parts_means_no_empty_file(tmp_path: Path) -> None:
     with StagingWriter(tmp_path, "src") as writer:
         part = PartWriter(part_path(writer.parts_dir, 0))
-        part.add(_batch([_message(1)]), {("u1", "c1")})
+        part.add(_batch([_message(1)]))
         writer.adopt(part.close())  # type: ignore[arg-type]
     assert [p.name for p in (tmp_path / "staging" / "src").glob("*.parquet")] == [
         "part-00001.parquet"

@@ -142,6 +142,11 @@ class Job:
     units: tuple[Unit, ...]
     part_path: str | None = None
 
+    @property
+    def size(self) -> int:
+        """Estimated bytes of its day files."""
+        return sum(unit.size for unit in self.units)
+
 
 @dataclass
 class JobResult:

@@ -66,7 +66,12 @@ log = logging.getLogger(__name__)
 GIB = 1 << 30
 PARALLEL_MIN_BYTES = 16 << 20
 ESTIMATED_DAY_FILE_BYTES = 32 << 10
-"""Size assumed for a day file whose size was not looked up (folders are not stat'ed)."""
+"""Size assumed for a day file whose size was not looked up (folders are not listed with
+sizes) when its conversation's size was not sampled either."""
+SIZE_SAMPLES = 3
+"""Day files stat'ed per conversation to estimate the size of its other day files."""
+SIZE_SAMPLE_BUDGET = 1_500
+"""At most this many files are stat'ed per export: those of the longest conversations."""
 PART_BYTES = 2 << 20
 """Day files per unit, in (estimated) bytes: a long channel is cut into such units."""
 JOB_BYTES = 32 << 20
@@ -381,11 +386,42 @@ def _units(folders: list[Folder], index: _Index, options: Options) -> list[Unit]
     return units
 
 
+def sampled_file_bytes(units: list[Unit], files: dict[str, tuple[str, int]]) -> dict[str, int]:
+    """Channel id -> mean size of a few of its day files, for conversations whose files
+    were listed without sizes (export folders), longest conversations first, within
+    `SIZE_SAMPLE_BUDGET` stat calls.
+
+    Busy channels have day files many times the typical size: without this, jobs cut by
+    file count differ twentyfold in work and the last long one keeps one core busy alone.
+    """
+    estimates: dict[str, int] = {}
+    budget = SIZE_SAMPLE_BUDGET
+    for unit in sorted(units, key=lambda u: len(u.day_files), reverse=True):
+        day_files = unit.day_files
+        if budget < SIZE_SAMPLES or not day_files or files[day_files[0]][1] >= 0:
+            continue
+        step = max(len(day_files) // SIZE_SAMPLES, 1)
+        sizes = []
+        for name in day_files[step // 2 :: step][:SIZE_SAMPLES]:
+            budget -= 1
+            try:
+                sizes.append(os.stat(files[name][0]).st_size)
+            except OSError:
+                continue
+        if sizes:
+            estimates[unit.channel_id] = max(sum(sizes) // len(sizes), 1)
+    return estimates
+
+
 def split_unit(
-    unit: Unit, files: dict[str, tuple[str, int]], part_bytes: int = PART_BYTES
+    unit: Unit,
+    files: dict[str, tuple[str, int]],
+    part_bytes: int = PART_BYTES,
+    file_bytes: int = ESTIMATED_DAY_FILE_BYTES,
 ) -> list[Unit]:
     """Cut a conversation into parts of consecutive days (at most ~`part_bytes` each),
-    each with its own slice of the listing (`locations`) and estimated `size`.
+    each with its own slice of the listing (`locations`) and estimated `size` (listed
+    sizes, else `file_bytes` per day file).
 
     All files of one day name stay in one part, so duplicate (conversation, ts) records,
     which share their day file, are still found. Session mode needs whole units: it
@@ -399,7 +435,7 @@ def split_unit(
     last = len(day_files) - 1
     for index, name in enumerate(day_files):
         where = locations[name] = files[name]
-        size += _estimated_bytes(where[1])
+        size += where[1] if where[1] >= 0 else file_bytes
         if size >= part_bytes and (
             index == last or _day_name(day_files[index + 1]) != _day_name(name)
         ):
@@ -473,10 +509,13 @@ def _run(
 ) -> Iterator[Event]:
     files = ctx.export.files
     part_bytes = PART_BYTES if ctx.settings.conversation != "session" else 1 << 62
+    file_bytes = sampled_file_bytes(units, files)
     units = [
         part
         for unit in sorted(units, key=lambda u: u.label)
-        for part in split_unit(unit, files, part_bytes)
+        for part in split_unit(
+            unit, files, part_bytes, file_bytes.get(unit.channel_id, ESTIMATED_DAY_FILE_BYTES)
+        )
     ]
     jobs = make_jobs(units, parts_dir)
     ctx = replace(ctx, export=replace(ctx.export, files={}))
@@ -496,11 +535,14 @@ def _run(
         save_context(ctx, context_file)
         # Results are small (counts and part names), so every job is queued at once: a
         # worker that finishes early takes the next job instead of waiting for the oldest.
-        futures: list[Future[JobResult]] = [
-            pool.submit(run_in_worker, job, str(context_file)) for job in jobs
-        ]
-        for future in futures:
-            yield from merged.add(future.result())
+        # Largest first, so the last jobs to run are short ones and both cores finish
+        # together; results are still passed on in job (part) order.
+        futures: dict[int, Future[JobResult]] = {
+            i: pool.submit(run_in_worker, jobs[i], str(context_file))
+            for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].size)
+        }
+        for i in range(len(jobs)):
+            yield from merged.add(futures[i].result())
         yield from merged.flush()
 
 

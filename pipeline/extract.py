@@ -116,6 +116,9 @@ class _Pairs:
     """Collects the distinct (user_id, conversation_id) pairs and users of one extract."""
 
     COMPACT_EVERY = 64
+    """Parts kept before they are merged (bounds the list on long extracts)."""
+    MESSAGES_PER_FLUSH = 65_536
+    """`Message` events buffered as Python strings before they become one part."""
 
     def __init__(self) -> None:
         self.parts: list[Distinct] = []
@@ -124,13 +127,13 @@ class _Pairs:
 
     def add(self, distinct: Distinct) -> None:
         self.parts.append(distinct)
-        if len(self.parts) >= self.COMPACT_EVERY:  # bounds the list on long extracts
+        if len(self.parts) >= self.COMPACT_EVERY:
             self.parts = [Distinct.merge(self.parts)]
 
     def add_message(self, user_id: str, conversation_id: str) -> None:
         self.user_ids.append(user_id)
         self.conversation_ids.append(conversation_id)
-        if len(self.user_ids) >= 65_536:
+        if len(self.user_ids) >= self.MESSAGES_PER_FLUSH:
             self._flush_messages()
 
     def _flush_messages(self) -> None:

@@ -49,6 +49,20 @@ def test_sample_file_stages_every_row(tmp_path: Path) -> None:
     assert len(multiline) == 2
 
 
+def test_counts_stay_distinct_across_buffer_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conversation and user counts of message events, flushed and merged in small steps."""
+    monkeypatch.setattr("pipeline.extract._Pairs.MESSAGES_PER_FLUSH", 2)
+    monkeypatch.setattr("pipeline.extract._Pairs.COMPACT_EVERY", 2)
+    stats = extract_source(SourceConfig(kind="csv", path=SAMPLES / "support_chats.csv"), tmp_path)
+    table = read_staging(tmp_path)
+    users, conversations = table.column("user_id"), table.column("conversation_id")
+    pairs = set(zip(users.to_pylist(), conversations.to_pylist(), strict=True))
+    assert stats.conversations == len(pairs) < stats.staged // 2
+    assert stats.users == len(set(table.column("user_id").to_pylist())) == 3
+
+
 def test_broken_rows_are_quarantined_with_line_and_reason(tmp_path: Path) -> None:
     source = SourceConfig(kind="csv", path=SAMPLES / "broken_chats.csv")
     stats = extract_source(source, tmp_path)

@@ -121,6 +121,27 @@ PSS_EVERY = 0.25
 measured run about 10% of its wall time on 2 cores, so PSS is sampled less often."""
 
 
+STALL_NAMES = {"io": "the disk", "cpu": "a CPU"}
+
+
+def stall_seconds() -> dict[str, float]:
+    """Seconds so far in which some task of this machine waited for the disk (`io`) or for
+    a CPU (`cpu`): Linux pressure stall information, empty where the kernel has none.
+
+    Page cache the warm-up filled is sometimes dropped before or during a run (seen on
+    this VM after other programs wrote gigabytes), and the run then waits on the disk.
+    """
+    stalls: dict[str, float] = {}
+    for kind in ("io", "cpu"):
+        try:
+            with open(f"/proc/pressure/{kind}") as fh:
+                some = fh.readline().split()
+            stalls[kind] = int(some[-1].removeprefix("total=")) / 1e6
+        except (OSError, ValueError, IndexError):
+            continue
+    return stalls
+
+
 def run_measured(
     args: list[str], timeout: float | None = None
 ) -> tuple[dict[str, object] | None, float, list[int]]:
@@ -190,9 +211,11 @@ def main() -> None:
         size = warm(data)
         print(f"export: {size / 1e9:.2f} GB on disk, page cache warmed; cores: {os.cpu_count()}")
 
+        stalls_before = stall_seconds()
         result, wall, peak = run_measured(
             [sys.executable, "-c", OURS, str(data), str(scratch / "work"), args.workers]
         )
+        stalls = {k: v - stalls_before[k] for k, v in stall_seconds().items()}
         assert result is not None
         ours = result
         read = int(ours["read"])  # type: ignore[call-overload]
@@ -209,6 +232,11 @@ def main() -> None:
             f"  getrusage: self max RSS {ours['maxrss_self_mb']:.0f} MB, largest worker "
             f"{ours['maxrss_largest_child_mb']:.0f} MB"
         )
+        if stalls:
+            print(
+                "  machine stalls during the run (PSI 'some'): "
+                + ", ".join(f"waiting for {STALL_NAMES[k]} {v:.2f} s" for k, v in stalls.items())
+            )
         if not args.skip_duckdb:
             duck_dir = scratch / "duck"
             duck_dir.mkdir()

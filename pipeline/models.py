@@ -96,7 +96,12 @@ class Distinct:
     @classmethod
     def of(cls, user_ids: pa.Array, conversation_ids: pa.Array) -> Distinct:
         """The distinct values of two equally long columns."""
-        return cls(pc.unique(pair_keys(user_ids, conversation_ids)), pc.unique(user_ids))
+        users = pc.unique(user_ids)
+        if len(users) == 1:  # one owner (the common case): keys only for distinct ids
+            conversations = pc.unique(conversation_ids)
+            owner = pa.repeat(users[0], len(conversations))
+            return cls(pair_keys(owner, conversations), users)
+        return cls(pc.unique(pair_keys(user_ids, conversation_ids)), users)
 
     @classmethod
     def empty(cls) -> Distinct:

@@ -132,6 +132,9 @@ def test_distinct_pairs_never_mix_up_user_and_conversation() -> None:
     both = Distinct.merge([first, Distinct.of(pa.array(["a"]), pa.array(["z"]))])
     assert (len(both.pairs), len(both.users)) == (5, 3)
     assert len(Distinct.merge([]).pairs) == 0
+    one_owner = Distinct.of(pa.array(["u", "u", "u"]), pa.array(["c", "c", "d"]))
+    assert sorted(one_owner.pairs.to_pylist()) == ["1:u:c", "1:u:d"]
+    assert one_owner.users.to_pylist() == ["u"]
 
 
 def test_only_parts_means_no_empty_file(tmp_path: Path) -> None:

@@ -435,7 +435,7 @@ def split_unit(
     last = len(day_files) - 1
     for index, name in enumerate(day_files):
         where = locations[name] = files[name]
-        size += where[1] if where[1] >= 0 else file_bytes
+        size += _estimated_bytes(where[1], file_bytes)
         if size >= part_bytes and (
             index == last or _day_name(day_files[index + 1]) != _day_name(name)
         ):
@@ -446,9 +446,9 @@ def split_unit(
     return parts
 
 
-def _estimated_bytes(size: int) -> int:
-    """A listed file's size, or `ESTIMATED_DAY_FILE_BYTES` where it was not looked up."""
-    return size if size > 0 else ESTIMATED_DAY_FILE_BYTES
+def _estimated_bytes(size: int, unknown: int = ESTIMATED_DAY_FILE_BYTES) -> int:
+    """A listed file's size, or `unknown` where it was not looked up."""
+    return size if size > 0 else unknown
 
 
 def _day_name(name: str) -> str:

@@ -87,8 +87,7 @@ def extract_source(
                 table = event.table
                 read += table.num_rows
                 writer.write_table(table)
-                columns = table.select(["user_id", "conversation_id"]).combine_chunks()
-                pairs.add(Distinct.of(*columns.columns))
+                pairs.add(Distinct.of_table(table))
                 progress.advance(table.num_rows)
             elif isinstance(event, StagedPart):
                 read += event.rows

@@ -104,6 +104,14 @@ class Distinct:
         return cls(pc.unique(pair_keys(user_ids, conversation_ids)), users)
 
     @classmethod
+    def of_table(cls, table: pa.Table) -> Distinct:
+        """The distinct values of a staged table's `user_id` and `conversation_id`."""
+        return cls.of(
+            table.column("user_id").combine_chunks(),
+            table.column("conversation_id").combine_chunks(),
+        )
+
+    @classmethod
     def empty(cls) -> Distinct:
         """No pairs, no users."""
         return cls(pa.array([], pa.string()), pa.array([], pa.string()))

@@ -134,8 +134,7 @@ class PartWriter:
             self._writer = open_part_writer(self.path)
         self._writer.write_table(table, row_group_size=table.num_rows)
         self.rows += table.num_rows
-        columns = table.select(["user_id", "conversation_id"]).combine_chunks()
-        self._distinct.append(Distinct.of(*columns.columns))
+        self._distinct.append(Distinct.of_table(table))
         self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def close(self) -> StagedPart | None:

@@ -19,7 +19,6 @@ import pickle
 import re
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from string import Formatter
@@ -31,10 +30,21 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.slack_source import ExportFiles, FileReader
+from connectors.slack_model import (
+    DAY_DECODER,
+    MESSAGE_DECODER,
+    Context,
+    Job,
+    JobResult,
+    Msg,
+    Settings,
+    Unit,
+    UserInfo,
+)
+from connectors.slack_source import FileReader
 from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
 from connectors.worker_start import refused_imports
-from pipeline.models import STAGING_SCHEMA, Quarantined, StagedPart
+from pipeline.models import STAGING_SCHEMA, Quarantined
 from pipeline.staging import PartWriter, large_string_array, replace_surrogates
 
 SOURCE = "slack"
@@ -80,82 +90,6 @@ NO_THREAD = "0000000000.000000"
 SESSION_PREFIX = "session-"
 TEMPLATE_FIELDS = frozenset({"id", "name", "email", "team"})
 _TS = re.compile(r"\d{1,12}(\.\d{1,6})?")
-
-
-@dataclass(frozen=True, slots=True)
-class UserInfo:
-    """What we use of a users.json entry."""
-
-    name: str
-    handle: str
-    email: str
-    team: str
-    is_bot: bool
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The options a worker needs (picklable)."""
-
-    conversation: str = "thread"
-    timezone: str = "UTC"
-    session_gap_seconds: int = 3600
-    include_subtypes: frozenset[str] = frozenset()
-    memory_owner: str = "workspace"
-    user_id: str = ""
-    user_id_template: str = "{id}"
-    user_map: dict[str, str] = field(default_factory=dict)
-    speaker_prefix: bool = True
-    max_member_bytes: int = 1 << 30
-
-
-@dataclass(frozen=True)
-class Context:
-    """Everything shared by all units of one export (sent once to each worker)."""
-
-    export: ExportFiles
-    users: dict[str, UserInfo]
-    user_names: dict[str, str]
-    channel_names: dict[str, str]
-    settings: Settings
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One conversation: its id, readable label, kind, day files and other files."""
-
-    channel_id: str
-    label: str
-    kind: str
-    day_files: tuple[str, ...]
-    other_files: tuple[str, ...] = ()
-    locations: dict[str, tuple[str, int]] = field(default_factory=dict)
-    """Day file name -> (key to open it, size): only this unit's part of the listing."""
-    size: int = 0
-    """Bytes of its day files (estimated where not looked up): for sizing jobs."""
-
-
-@dataclass(frozen=True)
-class Job:
-    """Consecutive units staged together: into the part at `part_path`, or (None) a table."""
-
-    units: tuple[Unit, ...]
-    part_path: str | None = None
-
-    @property
-    def size(self) -> int:
-        """Estimated bytes of its day files."""
-        return sum(unit.size for unit in self.units)
-
-
-@dataclass
-class JobResult:
-    """What a job produced: its part (or table), skip counts and quarantined records."""
-
-    part: StagedPart | None
-    table: pa.Table | None
-    skipped: dict[str, int]
-    quarantined: list[Quarantined]
 
 
 class BatchSink(Protocol):
@@ -244,37 +178,6 @@ def day_keys(tz_name: str) -> _DayKeys:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_NO_RAW = msgspec.Raw()
-
-
-class Msg(msgspec.Struct, gc=False):
-    """The fields of a day-file message we read; the rest is skipped while decoding.
-
-    Small fields are `Any` so type drift never fails a file; bulky ones stay raw JSON
-    (`msgspec.Raw`) and are decoded only when needed (empty `text`, unknown user).
-    """
-
-    ts: Any = None
-    user: Any = None
-    subtype: Any = None
-    text: Any = None
-    thread_ts: Any = None
-    bot_id: Any = None
-    hidden: Any = None
-    edited: Any = None
-    reactions: Any = None
-    username: Any = None
-    files: msgspec.Raw = _NO_RAW
-    file: msgspec.Raw = _NO_RAW
-    attachments: msgspec.Raw = _NO_RAW
-    blocks: msgspec.Raw = _NO_RAW
-    user_profile: msgspec.Raw = _NO_RAW
-    bot_profile: msgspec.Raw = _NO_RAW
-    comment: msgspec.Raw = _NO_RAW
-
-
-_DAY_DECODER = msgspec.json.Decoder(list[Msg])
-_MSG_DECODER = msgspec.json.Decoder(Msg)
 
 
 def _raw(value: msgspec.Raw) -> Any:
@@ -463,7 +366,7 @@ class _Processor:
         if data.startswith(b"\xef\xbb\xbf"):
             data = data[3:]
         try:
-            return _DAY_DECODER.decode(data)  # type: ignore[return-value]
+            return DAY_DECODER.decode(data)  # type: ignore[return-value]
         except msgspec.ValidationError:
             pass  # valid JSON of another shape, or invalid JSON: decode generically below
         except msgspec.DecodeError:
@@ -488,7 +391,7 @@ class _Processor:
         out: list[Msg | None] = []
         for index, item in enumerate(value):
             if isinstance(item, dict):
-                out.append(_MSG_DECODER.decode(orjson.dumps(item)))
+                out.append(MESSAGE_DECODER.decode(orjson.dumps(item)))
             else:
                 kind = "null" if item is None else type(item).__name__
                 self._quarantine(

@@ -35,6 +35,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
+from connectors.slack_model import Context, Job, JobResult, Settings, Unit, UserInfo
 from connectors.slack_source import (
     ExportFiles,
     FileReader,
@@ -46,12 +47,6 @@ from connectors.slack_source import (
 from connectors.slack_worker import (
     SYSTEM_SUBTYPES,
     TEMPLATE_FIELDS,
-    Context,
-    Job,
-    JobResult,
-    Settings,
-    Unit,
-    UserInfo,
     run_in_worker,
     run_job,
     save_context,

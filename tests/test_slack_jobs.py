@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from connectors import slack_zip
+from connectors.slack_model import Unit
 from connectors.slack_source import Limits, discover, open_export
-from connectors.slack_worker import Unit
 from connectors.slack_zip import Options, read, sampled_file_bytes, split_unit
 from pipeline.models import StagedPart
 

@@ -10,6 +10,10 @@ Per message: revision and deletion records, tombstones and hidden records are sk
 (the message's final version is its own record); system subtypes are skipped unless
 configured; unknown subtypes are ordinary messages. `seq` is the message's `ts` in
 microseconds: unique in its conversation and ordered like time.
+
+This module and `connectors.slack_text` are compiled with mypyc when the package is
+built (setup.py). Compiled code checks declared types at run time, so values from a day
+file stay `Any` until checked; classes that are pickled live in `connectors.slack_model`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""The modules setup.py compiles are compiled, and current, wherever a C compiler is."""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import sysconfig
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compiled_sources() -> list[str]:
+    """`COMPILED` of setup.py, read without running it."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in targets):
+                value = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                assert isinstance(value, list)
+                return [str(v) for v in value]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def has_c_compiler() -> bool:
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    return bool(compiler) and shutil.which(compiler[0]) is not None
+
+
+@pytest.mark.parametrize("source", compiled_sources())
+def test_compiled_module_is_built_from_its_current_source(source: str) -> None:
+    if os.environ.get("MEMOS_ETL_PURE_PYTHON"):
+        pytest.skip("MEMOS_ETL_PURE_PYTHON is set: the package runs as plain Python")
+    if not has_c_compiler():
+        pytest.skip("no C compiler: the package installed as plain Python")
+    stem = (ROOT / source).with_suffix("")
+    extensions = [built for s in EXTENSION_SUFFIXES if (built := Path(f"{stem}{s}")).exists()]
+    reinstall = "reinstall (pip install -e .) or set MEMOS_ETL_PURE_PYTHON=1"
+    assert extensions, f"{source} is not compiled: {reinstall}"
+    built = extensions[0]  # the file `import` picks: extensions before the .py source
+    assert built.stat().st_mtime >= (ROOT / source).stat().st_mtime, (
+        f"{source} changed after it was compiled, so its old version runs: {reinstall}"
+    )

@@ -45,7 +45,9 @@ src = SourceConfig(kind="slack", path=Path(sys.argv[1]), options=options)
 stats = extract_source(src, Path(sys.argv[2]))
 own = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(json.dumps({"read": stats.read, "staged": stats.staged, "skipped": stats.skipped,
+worker_code = sys.modules["connectors.slack_worker"].__file__ or ""
+print(json.dumps({"compiled": not worker_code.endswith(".py"),
+                  "read": stats.read, "staged": stats.staged, "skipped": stats.skipped,
                   "quarantined": stats.quarantined, "balanced": stats.balanced,
                   "cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime,
                   "cpu_main_s": own.ru_utime + own.ru_stime,
@@ -228,6 +230,14 @@ def main() -> None:
             f"balanced={ours['balanced']}"
         )
         print(f"  skipped: {ours['skipped']}")
+        print(
+            "  per-message code: "
+            + (
+                "compiled (mypyc)"
+                if ours["compiled"]
+                else "plain Python (not compiled, see setup.py)"
+            )
+        )
         print(
             f"  getrusage: self max RSS {ours['maxrss_self_mb']:.0f} MB, largest worker "
             f"{ours['maxrss_largest_child_mb']:.0f} MB"

@@ -11,10 +11,12 @@ one work unit per conversation with its day files in name order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import zipfile
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,9 @@ INDEX_FILES = frozenset(
 RATIO_MIN_BYTES = 1 << 20
 """Members smaller than this are not ratio-checked (tiny JSON compresses extremely well)."""
 NOT_CONVERSATIONS = frozenset({"__uploads", "__MACOSX"})
+READ_AHEAD_FILES = 16
+"""Folder files opened ahead of the one being read, for the kernel to read in the
+background (~300 KB of typical day files)."""
 
 
 @dataclass(frozen=True)
@@ -131,15 +136,33 @@ def _list_folder(root: Path) -> ExportFiles:
 
 
 class FileReader:
-    """Reads whole files of one export; keeps the ZIP open between reads. Close when done."""
+    """Reads whole files of one export; keeps the ZIP open between reads. Close when done.
+
+    Folder files announced with `expect` are read ahead: the next `READ_AHEAD_FILES` are
+    opened and handed to the kernel (`POSIX_FADV_WILLNEED`), so on a cold page cache
+    the disk reads them while earlier files are processed instead of one at a time.
+    """
 
     def __init__(self, export: ExportFiles):
         self.export = export
         self._zip: zipfile.ZipFile | None = None
+        self._ahead: deque[tuple[str, int]] = deque()
+        """(key, descriptor) of files opened ahead, in the announced order."""
+        self._upcoming: Iterator[str] = iter(())
 
     def read(self, name: str) -> bytes:
         """The bytes of file `name` (a display name from `ExportFiles.files`); raises OSError."""
         return self.read_key(self.export.files[name][0])
+
+    def expect(self, keys: Iterable[str]) -> None:
+        """Announce the files (keys) about to be read, in order (replaces earlier ones).
+
+        Reading them in another order, or others, still works: without read-ahead.
+        """
+        self._drop_ahead()
+        if not self.export.is_zip and hasattr(os, "posix_fadvise"):
+            self._upcoming = iter(keys)
+            self._top_up()
 
     def read_key(self, key: str, limit: int | None = None) -> bytes:
         """The bytes of the file with this key (member name or path); raises OSError.
@@ -148,7 +171,9 @@ class FileReader:
         checked against the limits when the export was opened).
         """
         if not self.export.is_zip:
-            fd = os.open(key, os.O_RDONLY)
+            fd = self._opened_ahead(key)
+            if fd is None:
+                fd = os.open(key, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
                 if limit is not None and size > limit:
@@ -171,8 +196,38 @@ class FileReader:
         except NotImplementedError as exc:  # unsupported compression method
             raise OSError(str(exc)) from None
 
+    def _opened_ahead(self, key: str) -> int | None:
+        """The descriptor opened ahead for `key` (earlier unread ones are closed)."""
+        if not any(k == key for k, _ in self._ahead):
+            return None
+        while True:
+            k, fd = self._ahead.popleft()
+            if k == key:
+                self._top_up()
+                return fd
+            os.close(fd)
+
+    def _top_up(self) -> None:
+        while len(self._ahead) < READ_AHEAD_FILES:
+            key = next(self._upcoming, None)
+            if key is None:
+                return
+            try:
+                fd = os.open(key, os.O_RDONLY)
+            except OSError:
+                continue  # reported by `read_key` when its turn comes
+            with contextlib.suppress(OSError):  # advice only
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            self._ahead.append((key, fd))
+
+    def _drop_ahead(self) -> None:
+        while self._ahead:
+            os.close(self._ahead.popleft()[1])
+        self._upcoming = iter(())
+
     def close(self) -> None:
-        """Release the ZIP handle."""
+        """Release the ZIP handle and any files opened ahead."""
+        self._drop_ahead()
         if self._zip is not None:
             self._zip.close()
             self._zip = None

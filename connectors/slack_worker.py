@@ -207,6 +207,7 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
     rows = _Rows(sink, ctx.settings.user_id, ctx.settings.speaker_prefix)
     skipped: Counter[str] = Counter()
     quarantined: list[Quarantined] = []
+    reader.expect(unit.locations[name][0] for unit in job.units for name in unit.day_files)
     for unit in job.units:
         processor = _Processor(unit, ctx, names, reader, rows)
         processor.run(ctx.settings)

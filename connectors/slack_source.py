@@ -198,7 +198,8 @@ class FileReader:
 
     def _opened_ahead(self, key: str) -> int | None:
         """The descriptor opened ahead for `key` (earlier unread ones are closed)."""
-        if not any(k == key for k, _ in self._ahead):
+        ahead = self._ahead
+        if not ahead or (ahead[0][0] != key and all(k != key for k, _ in ahead)):
             return None
         while True:
             k, fd = self._ahead.popleft()

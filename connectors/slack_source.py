@@ -202,7 +202,7 @@ class FileReader:
         if not ahead or (ahead[0][0] != key and all(k != key for k, _ in ahead)):
             return None
         while True:
-            k, fd = self._ahead.popleft()
+            k, fd = ahead.popleft()
             if k == key:
                 self._top_up()
                 return fd

@@ -18,12 +18,10 @@ def compiled_sources() -> list[str]:
     """`COMPILED` of setup.py, read without running it."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.AnnAssign | ast.Assign):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "COMPILED" for t in targets):
-                value = ast.literal_eval(node.value)  # type: ignore[arg-type]
-                assert isinstance(value, list)
-                return [str(v) for v in value]
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets
+        ):
+            return [str(v) for v in ast.literal_eval(node.value)]
     raise AssertionError("setup.py has no COMPILED list")
 
 

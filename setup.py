@@ -13,7 +13,7 @@ import sys
 
 from setuptools import Extension, setup
 
-COMPILED = ["connectors/slack_worker.py", "connectors/slack_text.py"]
+COMPILED = ["connectors/slack/normalize.py", "connectors/slack/text.py"]
 """Modules compiled by mypyc: the per-message work of Slack extraction."""
 
 BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
@@ -27,7 +27,7 @@ def compiled_extensions() -> list[Extension]:
     try:
         from mypyc.build import mypycify
 
-        extensions = mypycify(COMPILED, opt_level="3", group_name="connectors.slack_native")
+        extensions = mypycify(COMPILED, opt_level="3", group_name="connectors.slack.native")
     except (Exception, SystemExit) as exc:  # noqa: BLE001 (any failure: install as Python)
         sys.stderr.write(f"memos-etl: not compiling {', '.join(COMPILED)} ({exc!r})\n")
         return []

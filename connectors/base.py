@@ -9,7 +9,7 @@ cannot be read at all.
 
 Connectors write nothing into the workdir, with one exception: a module that sets
 `WRITES_PARTS = True` is called as `read(path, options, parts_dir=...)` and may write
-finished Parquet parts (`pipeline.staging.part_path`) into that folder from its worker
+finished Parquet parts (`pipeline.core.staging.part_path`) into that folder from its worker
 processes, announcing each with a `StagedPart` event; rows then never cross a process
 boundary. Called without `parts_dir`, it yields `MessageTable` events instead. Private
 temporary files (e.g. a helper process's spool) are allowed and removed before `read`
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from pipeline.errors import ConfigError
-from pipeline.models import Event
+from pipeline.core.errors import ConfigError
+from pipeline.core.models import Event
 
 
 class ConnectorOptions(BaseModel):
@@ -53,8 +53,8 @@ class Connector:
 
 _REGISTRY: dict[str, str] = {
     "csv": "connectors.csv_export",
-    "slack": "connectors.slack_zip",
-    "chatgpt": "connectors.chatgpt",
+    "slack": "connectors.slack.read",
+    "chatgpt": "connectors.chatgpt.connector",
     "claude": "connectors.claude",
 }
 

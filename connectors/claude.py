@@ -30,8 +30,8 @@ from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles, stream_array_file
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
-from pipeline.errors import ConfigError, InputError
-from pipeline.models import Event, Quarantined, Skipped
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import Event, Quarantined, Skipped
 
 SOURCE = "claude"
 ROOT_PARENT = "00000000-0000-4000-8000-000000000000"

@@ -25,8 +25,8 @@ import orjson
 from pydantic import Field, field_validator
 
 from connectors.base import ConnectorOptions
-from pipeline.errors import ConfigError, InputError
-from pipeline.models import ROLES, Event, Message, Quarantined, stable_id
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import ROLES, Event, Message, Quarantined, stable_id
 
 DEFAULT_COLUMNS = {
     "conversation_id": "conversation_id",

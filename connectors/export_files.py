@@ -17,8 +17,8 @@ from typing import IO, Any
 import orjson
 
 from connectors.json_stream import JSONStreamError, StreamedElement, iter_array
-from pipeline.errors import InputError
-from pipeline.models import Quarantined
+from pipeline.core.errors import InputError
+from pipeline.core.models import Quarantined
 
 
 class ExportFiles:

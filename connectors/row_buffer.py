@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.models import STAGING_SCHEMA, MessageTable
-from pipeline.staging import replace_surrogates, table_from_columns
+from pipeline.core.models import STAGING_SCHEMA, MessageTable
+from pipeline.core.staging import replace_surrogates, table_from_columns
 
 ROWS_PER_TABLE = 4_096
 """Rows per table. Chat messages run to kilobytes; 16,384 rows held ~100 MB more of Arrow

@@ -19,19 +19,19 @@ import click
 import orjson
 
 from pipeline import __version__
-from pipeline.config import Config, SourceConfig, load_config
-from pipeline.errors import ConfigError, MemosError
-from pipeline.progress import NullProgress, Progress, TqdmProgress
+from pipeline.core.config import Config, SourceConfig, load_config
+from pipeline.core.errors import ConfigError, MemosError
+from pipeline.core.progress import NullProgress, Progress, TqdmProgress
 
 if TYPE_CHECKING:
-    from pipeline.loader import LoadStats as LoadStatsT
+    from pipeline.load.loader import LoadStats as LoadStatsT
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("memos_etl")
 
 
 class _Group(click.Group):
-    """Maps every error to one stderr line and an exit code (see pipeline.errors)."""
+    """Maps every error to one stderr line and an exit code (see pipeline.core.errors)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -229,7 +229,7 @@ def chunk(
 
     Example: memos-etl chunk --workdir w --max-tokens 20000
     """
-    from pipeline.chunker import ChunkLimits, chunk_workdir
+    from pipeline.chunk import ChunkLimits, chunk_workdir
 
     setup(verbose, quiet, no_progress)
     cfg = _config(
@@ -249,7 +249,7 @@ def chunk(
 
 
 def _require_staging(workdir: Path) -> None:
-    from pipeline.staging import staged_sources
+    from pipeline.core.staging import staged_sources
 
     if not staged_sources(workdir):
         raise ConfigError(f"nothing staged in {workdir}; run `memos-etl extract` first")
@@ -286,7 +286,7 @@ def run(
 
     Example: memos-etl run configs/quickstart.yaml
     """
-    from pipeline.loader import run_pipeline
+    from pipeline.load.loader import run_pipeline
 
     progress = setup(verbose, quiet, no_progress)
     cfg = _config(config_file, {"workdir": workdir})
@@ -373,7 +373,7 @@ def _load_summary(stats: LoadStatsT) -> str:
 
 def _finish_load(stats: LoadStatsT, command: str) -> None:
     """Map a load's end state to the exit code (0, 4, 6 or 130) with one stderr line."""
-    from pipeline.errors import AuthError, LoadError, QuotaExhaustedError
+    from pipeline.core.errors import AuthError, LoadError, QuotaExhaustedError
 
     if stats.stopped == "interrupted":
         click.echo(f"interrupted; resume with: {command}", err=True)
@@ -421,7 +421,7 @@ def load(
 
     Example: memos-etl load --workdir w --target local
     """
-    from pipeline.loader import load_command
+    from pipeline.load.loader import load_command
 
     progress = setup(verbose, quiet, no_progress)
     cfg = _config(
@@ -467,7 +467,7 @@ def status(
 
     Example: memos-etl status --workdir w
     """
-    from pipeline.ledger import ledger_status
+    from pipeline.load.ledger import ledger_status
 
     setup(verbose, quiet, no_progress)
     cfg = _config(config_path, {"workdir": workdir})
@@ -631,8 +631,8 @@ def serve(
 
     Example: memos-etl serve --db w/local-memos.sqlite --port 8765 -v
     """
-    from pipeline.faults import FaultConfig, parse_forced
-    from pipeline.localapi import LocalServer, ServerConfig, run_until_signal
+    from pipeline.server.app import LocalServer, ServerConfig, run_until_signal
+    from pipeline.server.faults import FaultConfig, parse_forced
 
     setup(verbose, quiet, no_progress)
     cfg = _config(config_path, {"workdir": workdir})
@@ -713,7 +713,7 @@ def search(
 
     Example: memos-etl search --db w/local-memos.sqlite --user-id alice "refund policy"
     """
-    from pipeline.localstore import message_counts, search_store
+    from pipeline.server.store import message_counts, search_store
 
     setup(verbose, quiet, no_progress)
     cfg = _config(config_path, {"workdir": workdir})
@@ -789,9 +789,9 @@ def validate(
 
 def _dry_run_report(cfg: Config, progress: Progress, since: datetime | None, as_json: bool) -> None:
     """Shared by `validate` and `run --dry-run`: report, render, exit 3 on blocking problems."""
-    from pipeline.report import summary_text
-    from pipeline.report_html import report_paths
-    from pipeline.validate import validate as run_validation
+    from pipeline.dryrun.html import report_paths
+    from pipeline.dryrun.report import summary_text
+    from pipeline.dryrun.validate import validate as run_validation
 
     report = run_validation(cfg, progress, since=since)
     emit(report.data, as_json, summary_text(report, report_paths(cfg.workdir)))

@@ -14,9 +14,9 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from connectors.base import ConnectorOptions, get_connector
-from pipeline.config import SourceConfig, describe_validation_error
-from pipeline.errors import ConfigError, InputError
-from pipeline.models import (
+from pipeline.core.config import SourceConfig, describe_validation_error
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import (
     Distinct,
     ExtractStats,
     Message,
@@ -25,9 +25,9 @@ from pipeline.models import (
     Skipped,
     StagedPart,
 )
-from pipeline.progress import NullProgress, Progress
-from pipeline.quarantine import entry, replace_source_entries
-from pipeline.staging import StagingWriter
+from pipeline.core.progress import NullProgress, Progress
+from pipeline.core.quarantine import entry, replace_source_entries
+from pipeline.core.staging import StagingWriter
 
 SUMMARY_FILE = "_extract.json"
 

@@ -20,7 +20,7 @@ import pytest
 
 from connectors import base
 from connectors.base import ConnectorOptions
-from pipeline.models import Event, Message, Quarantined, Skipped
+from pipeline.core.models import Event, Message, Quarantined, Skipped
 
 MODULE = "memos_etl_test_jsonl"
 

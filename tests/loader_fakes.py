@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from pipeline.batches import Batch
-from pipeline.models import stable_id
+from pipeline.core.batches import Batch
+from pipeline.core.models import stable_id
 
 
 def make_batches(

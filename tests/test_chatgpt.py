@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
-from pipeline.config import SourceConfig
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.config import SourceConfig
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import ExtractStats
+from pipeline.core.quarantine import read_quarantine
+from pipeline.core.staging import read_staging
 from pipeline.extract import extract_source
-from pipeline.models import ExtractStats
-from pipeline.quarantine import read_quarantine
-from pipeline.staging import read_staging
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples"
 CLASSIC = SAMPLES / "chatgpt_export"
@@ -650,8 +650,8 @@ def test_lone_surrogate_escapes_are_staged_as_replacement_characters(tmp_path: P
 
 def test_chunked_batches_keep_every_thread_in_order(tmp_path: Path) -> None:
     """The chunker orders by (created_at, seq): clamped times keep the thread order."""
-    from pipeline.batches import read_batches
-    from pipeline.chunker import ChunkLimits, chunk_workdir
+    from pipeline.chunk import ChunkLimits, chunk_workdir
+    from pipeline.core.batches import read_batches
 
     _, rows = extract(CLASSIC, tmp_path, branches="all")
     chunk_workdir(tmp_path, ChunkLimits(max_tokens=4000, max_messages=2))

@@ -13,16 +13,23 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from connectors import chatgpt_split
-from connectors.chatgpt import Context, Options, _asset_names, _owner, conversation_files, read
-from connectors.chatgpt_split import Split, choose_split, read_in_two
+from connectors.chatgpt import split as chatgpt_split
+from connectors.chatgpt.connector import (
+    Context,
+    Options,
+    _asset_names,
+    _owner,
+    conversation_files,
+    read,
+)
+from connectors.chatgpt.split import Split, choose_split, read_in_two
 from connectors.export_files import ExportFiles
 from connectors.json_stream import iter_array
-from pipeline.config import SourceConfig
+from pipeline.core.config import SourceConfig
+from pipeline.core.models import Event, MessageTable, Quarantined, Skipped
+from pipeline.core.quarantine import read_quarantine
+from pipeline.core.staging import read_staging
 from pipeline.extract import extract_source
-from pipeline.models import Event, MessageTable, Quarantined, Skipped
-from pipeline.quarantine import read_quarantine
-from pipeline.staging import read_staging
 
 Outcome = tuple[list[dict[str, Any]], dict[str, int], list[Quarantined]]
 OPTIONS = Options(branches="all")

@@ -9,12 +9,12 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batches import Batch, read_batches
-from pipeline.chunker import ChunkLimits, ChunkStats, api_id, chunk_table, chunk_workdir
-from pipeline.config import SourceConfig
+from pipeline.chunk import ChunkLimits, ChunkStats, api_id, chunk_table, chunk_workdir
+from pipeline.core.batches import Batch, read_batches
+from pipeline.core.config import SourceConfig
+from pipeline.core.models import STAGING_SCHEMA, Message
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens
 from pipeline.extract import extract_source
-from pipeline.models import STAGING_SCHEMA, Message
-from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens
 from tests.conftest import SAMPLES, schema_for
 
 T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)

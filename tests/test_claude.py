@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.config import SourceConfig
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.config import SourceConfig
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import ExtractStats
+from pipeline.core.quarantine import read_quarantine
+from pipeline.core.staging import read_staging
 from pipeline.extract import extract_source
-from pipeline.models import ExtractStats
-from pipeline.quarantine import read_quarantine
-from pipeline.staging import read_staging
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "samples" / "claude_export"
 K1 = "c1a0de00-0001-4000-8000-000000000001"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.core.config import load_config
 from pipeline.extract import connector_options
 from tests.conftest import REPO, SHARED_SPEC, VENDORED_SPEC
 

@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.csv_export import Options, parse_timestamp, read
-from pipeline.config import SourceConfig
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.config import SourceConfig
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import Message, Quarantined
+from pipeline.core.quarantine import read_quarantine
+from pipeline.core.staging import read_staging
 from pipeline.extract import extract_source
-from pipeline.models import Message, Quarantined
-from pipeline.quarantine import read_quarantine
-from pipeline.staging import read_staging
 from tests.conftest import SAMPLES
 
 HEADER = "conversation_id,user_id,role,content,timestamp\n"

@@ -11,9 +11,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline.chunker import ChunkLimits, ChunkStats, chunk_table
-from pipeline.errors import ConfigError, LockError
-from pipeline.ledger import (
+from pipeline.chunk import ChunkLimits, ChunkStats, chunk_table
+from pipeline.core.errors import ConfigError, LockError
+from pipeline.core.lock import workdir_lock
+from pipeline.load.ledger import (
     SCHEMA_VERSION,
     Ledger,
     completes_of,
@@ -21,7 +22,6 @@ from pipeline.ledger import (
     ledger_path,
     ledger_status,
 )
-from pipeline.lock import workdir_lock
 from tests.loader_fakes import make_batches
 
 
@@ -109,8 +109,8 @@ def test_split_children_and_failures_in_status(tmp_path: Path) -> None:
 def test_lock_blocks_a_second_run(tmp_path: Path) -> None:
     with workdir_lock(tmp_path):
         code = (
-            "import sys; from pathlib import Path; from pipeline.lock import workdir_lock\n"
-            "from pipeline.errors import LockError\n"
+            "import sys; from pathlib import Path; from pipeline.core.lock import workdir_lock\n"
+            "from pipeline.core.errors import LockError\n"
             "try:\n    with workdir_lock(Path(sys.argv[1])): pass\n"
             "except LockError as e:\n    print(e); sys.exit(5)\n"
         )

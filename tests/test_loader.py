@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batches import Batch
-from pipeline.config import LoadConfig
-from pipeline.errors import PermanentLoadError
-from pipeline.ledger import Ledger, delivered_message_hashes
-from pipeline.loader import Endpoint, LoadStats, load_batches, split_body
+from pipeline.core.batches import Batch
+from pipeline.core.config import LoadConfig
+from pipeline.core.errors import PermanentLoadError
+from pipeline.load.ledger import Ledger, delivered_message_hashes
+from pipeline.load.loader import Endpoint, LoadStats, load_batches, split_body
 from tests.loader_fakes import Fake, FakeTime, make_batches
 
 KEY = "sk-secret-key-123"

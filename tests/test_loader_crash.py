@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.batches import Batch, write_batches
-from pipeline.faults import FaultConfig
-from pipeline.ledger import Ledger
-from pipeline.localapi import LocalServer, ServerConfig, start_server
-from pipeline.localstore import conversation_messages, message_counts
+from pipeline.core.batches import Batch, write_batches
+from pipeline.load.ledger import Ledger
+from pipeline.server.app import LocalServer, ServerConfig, start_server
+from pipeline.server.faults import FaultConfig
+from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches
 
 CLI = [sys.executable, "-c", "from pipeline.cli import main; main()"]

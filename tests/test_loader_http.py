@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pipeline.batches import Batch, write_batches
 from pipeline.cli import main
-from pipeline.config import LoadConfig
-from pipeline.faults import FaultConfig, ForcedAnswer
-from pipeline.ledger import Ledger, delivered_message_hashes
-from pipeline.loader import LoadStats, load_workdir
-from pipeline.localapi import LocalServer, ServerConfig, start_server
-from pipeline.localstore import conversation_messages, message_counts
-from pipeline.targets import Endpoint
+from pipeline.core.batches import Batch, write_batches
+from pipeline.core.config import LoadConfig
+from pipeline.load.ledger import Ledger, delivered_message_hashes
+from pipeline.load.loader import LoadStats, load_workdir
+from pipeline.load.targets import Endpoint
+from pipeline.server.app import LocalServer, ServerConfig, start_server
+from pipeline.server.faults import FaultConfig, ForcedAnswer
+from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches
 
 KEY = "sk-live-0123456789abcdef"
@@ -274,7 +274,7 @@ def test_quota_exhausted_stops_cleanly_and_resumes(tmp_path: Path) -> None:
 
 
 def test_lock_refuses_an_overlapping_run(tmp_path: Path) -> None:
-    from pipeline.lock import workdir_lock
+    from pipeline.core.lock import workdir_lock
 
     write_batches(tmp_path, make_batches({"a": 3}))
     with workdir_lock(tmp_path):

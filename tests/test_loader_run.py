@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.localstore import conversation_messages, message_counts
+from pipeline.server.store import conversation_messages, message_counts
 
 Row = tuple[str, str, str, str, str]  # message_id, conversation_id, role, content, timestamp
 
@@ -114,8 +114,8 @@ def test_load_and_status_have_help() -> None:
 
 
 def test_run_finishes_what_a_stopped_run_left_before_new_data(tmp_path: Path) -> None:
-    from pipeline.faults import FaultConfig, ForcedAnswer
-    from pipeline.localapi import ServerConfig, start_server
+    from pipeline.server.app import ServerConfig, start_server
+    from pipeline.server.faults import FaultConfig, ForcedAnswer
 
     export = tmp_path / "export.csv"
     write_export(export, FIRST)

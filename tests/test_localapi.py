@@ -14,8 +14,9 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from pipeline.errors import ConfigError
-from pipeline.localapi import (
+from pipeline.core.errors import ConfigError
+from pipeline.core.tokens import count_tokens
+from pipeline.server.app import (
     ENDPOINTS,
     LocalServer,
     ServerConfig,
@@ -23,14 +24,13 @@ from pipeline.localapi import (
     response_validator,
     start_server,
 )
-from pipeline.localstore import (
+from pipeline.server.store import (
     NewMessage,
     Store,
     conversation_messages,
     message_counts,
     search_store,
 )
-from pipeline.tokens import count_tokens
 
 RESPONSE_SCHEMAS = {
     "/add/message": "AddMessageResponse",

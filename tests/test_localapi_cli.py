@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
-from pipeline.localstore import Store, conversation_messages, fts_query, message_counts
+from pipeline.server.store import Store, conversation_messages, fts_query, message_counts
 
 MEMOS_ETL = str(Path(sys.executable).with_name("memos-etl"))
 
@@ -140,7 +140,7 @@ def test_serve_rejects_bad_options(tmp_path: Path, args: list[str], message: str
 def test_search_command_shows_hits_and_counts(tmp_path: Path) -> None:
     db = tmp_path / "store.sqlite"
     store = Store(db)
-    from pipeline.localstore import NewMessage
+    from pipeline.server.store import NewMessage
 
     store.add_messages(
         "alice",
@@ -191,7 +191,7 @@ def _matches(document: str, query: str) -> int | None:
     """How many of [document] the FTS query for `query` matches (None: nothing to search)."""
     import sqlite3
 
-    from pipeline.localstore import fts_text
+    from pipeline.server.store import fts_text
 
     conn = sqlite3.connect(":memory:")
     try:

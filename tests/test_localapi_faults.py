@@ -10,15 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.faults import FaultConfig, FaultInjector, ForcedAnswer, parse_forced
-from pipeline.localapi import (
+from pipeline.server.app import (
     LocalServer,
     ServerConfig,
     load_spec,
     response_validator,
     start_server,
 )
-from pipeline.localstore import message_counts
+from pipeline.server.faults import FaultConfig, FaultInjector, ForcedAnswer, parse_forced
+from pipeline.server.store import message_counts
 
 
 class FixedClock:

@@ -9,14 +9,14 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     AuthError,
     PermanentLoadError,
     QuotaExhaustedError,
     TooLargeError,
     TransientLoadError,
 )
-from pipeline.policy import (
+from pipeline.load.policy import (
     ERROR_TABLE,
     AmbiguousDeliveryError,
     classify,
@@ -25,7 +25,7 @@ from pipeline.policy import (
     parse_retry_after,
     redact,
 )
-from pipeline.ratelimit import AdaptiveRateLimiter
+from pipeline.load.ratelimit import AdaptiveRateLimiter
 from tests.loader_fakes import FakeTime
 
 

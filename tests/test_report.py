@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.checks import RequestValidator, mask, mask_text
 from pipeline.cli import main
-from pipeline.report import histogram, summary
+from pipeline.dryrun.checks import RequestValidator, mask, mask_text
+from pipeline.dryrun.report import histogram, summary
 from tests.jsonl_connector import register, write_jsonl
 
 

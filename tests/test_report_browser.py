@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config
-from pipeline.validate import validate
+from pipeline.core.config import Config
+from pipeline.dryrun.validate import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "screenshot_report.sh"

@@ -18,14 +18,14 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors import slack_zip
-from connectors.slack_zip import Options, read
+from connectors.slack import read as slack_zip
+from connectors.slack.read import Options, read
 from pipeline.cli import main
-from pipeline.config import SourceConfig, load_config
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.config import SourceConfig, load_config
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import ExtractStats, MessageTable, Quarantined, Skipped
+from pipeline.core.quarantine import read_quarantine
 from pipeline.extract import extract_source
-from pipeline.models import ExtractStats, MessageTable, Quarantined, Skipped
-from pipeline.quarantine import read_quarantine
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "samples" / "slack_export"
@@ -966,7 +966,7 @@ def test_counts_of_parts_are_distinct_over_all_parts(
 def test_workers_never_import_pandas() -> None:
     code = (
         "import sys, pyarrow as pa\n"
-        "from connectors.slack_worker import skip_pandas_probe\n"
+        "from connectors.slack.normalize import skip_pandas_probe\n"
         "skip_pandas_probe()\n"
         "assert pa.array(['a', 'b']).to_pylist() == ['a', 'b']\n"
         "assert 'pandas' not in sys.modules\n"
@@ -984,10 +984,10 @@ def test_workers_start_without_numpy_or_pandas(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from connectors.worker_start import init_slack_worker\n"
+        "from connectors.slack.workers import init_slack_worker\n"
         "init_slack_worker()\n"
-        "from connectors.slack_zip import Options, read\n"
-        "from pipeline.models import StagedPart\n"
+        "from connectors.slack.read import Options, read\n"
+        "from pipeline.core.models import StagedPart\n"
         f"parts = Path({str(tmp_path)!r})\n"
         "events = list(read(Path('data/samples/slack_export'), Options(user_id='u', workers=1),"
         " parts_dir=parts))\n"
@@ -1007,8 +1007,8 @@ def test_a_script_without_main_guard_can_use_workers(tmp_path: Path) -> None:
     script = tmp_path / "unguarded.py"
     script.write_text(
         "from pathlib import Path\n"
-        "from connectors.slack_zip import Options, read\n"
-        "from pipeline.models import StagedPart\n"
+        "from connectors.slack.read import Options, read\n"
+        "from pipeline.core.models import StagedPart\n"
         f"events = read(Path({str(SAMPLE)!r}), Options(user_id='u', workers=2),"
         f" parts_dir=Path({str(tmp_path)!r}))\n"
         "print(sum(e.rows for e in events if isinstance(e, StagedPart)))\n"

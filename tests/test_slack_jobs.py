@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from connectors import slack_zip
-from connectors.slack_model import Unit
-from connectors.slack_source import Limits, discover, open_export
-from connectors.slack_zip import Options, read, sampled_file_bytes, split_unit
-from pipeline.models import StagedPart
+from connectors.slack import read as slack_zip
+from connectors.slack.export import Limits, discover, open_export
+from connectors.slack.model import Unit
+from connectors.slack.read import Options, read, sampled_file_bytes, split_unit
+from pipeline.core.models import StagedPart
 
 LIMITS = Limits(1 << 30, 1 << 40, 100.0)
 

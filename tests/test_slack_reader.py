@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from connectors import slack_source
-from connectors.slack_source import READ_AHEAD_FILES, ExportFiles, FileReader
+from connectors.slack import export as slack_source
+from connectors.slack.export import READ_AHEAD_FILES, ExportFiles, FileReader
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "posix_fadvise"), reason="read-ahead needs posix_fadvise"

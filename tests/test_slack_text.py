@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors.slack_text import (
+from connectors.slack.text import (
     Names,
     fallback_content,
     render_blocks,

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.models import STAGING_SCHEMA, Distinct, Message, StagedPart
-from pipeline.staging import PartWriter, StagingWriter, part_path, read_staging, staged_sources
+from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
+from pipeline.core.staging import PartWriter, StagingWriter, part_path, read_staging, staged_sources
 
 
 def _message(i: int, content: str = "hello", conversation: str = "c1") -> Message:
@@ -113,7 +113,7 @@ def test_part_row_groups_stop_at_a_byte_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Long messages close a row group before its row count is reached (bounded memory)."""
-    monkeypatch.setattr("pipeline.staging.PART_ROW_GROUP_BYTES", 10_000)
+    monkeypatch.setattr("pipeline.core.staging.PART_ROW_GROUP_BYTES", 10_000)
     writer = PartWriter(tmp_path / "part.parquet")  # 16,384 rows per group by count
     for i in range(8):
         writer.add(_batch([_message(i, content="x" * 4_000)]))

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import Config
-from pipeline.models import stable_id
-from pipeline.validate import validate
+from pipeline.core.config import Config
+from pipeline.core.models import stable_id
+from pipeline.dryrun.validate import validate
 from tests.jsonl_connector import register, write_jsonl
 
 T = "2024-03-0{}T10:00:00+00:00"
@@ -337,8 +337,8 @@ def test_other_staged_sources_are_flagged(tmp_path: Path, jsonl_source: str) -> 
 
 
 def test_refuses_a_workdir_in_use(tmp_path: Path, jsonl_source: str) -> None:
-    from pipeline.errors import LockError
-    from pipeline.lock import workdir_lock
+    from pipeline.core.errors import LockError
+    from pipeline.core.lock import workdir_lock
 
     cfg = _config(tmp_path, {"chats": _basic(tmp_path)})
     with workdir_lock(cfg.workdir), pytest.raises(LockError):

@@ -10,8 +10,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import checks
-from pipeline.models import STAGING_SCHEMA
+from pipeline.core.models import STAGING_SCHEMA
+from pipeline.dryrun import checks
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 

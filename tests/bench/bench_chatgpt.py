@@ -9,7 +9,7 @@ child process so that each reports its own peak memory (ru_maxrss). Figures:
 - ours: `pipeline.extract.extract_source` end to end (stream, canonical thread, counts,
   Parquet staging table), with `parallel: off` and `parallel: on` (a helper process
   parses the second half of the file and spools its rows; see
-  connectors/chatgpt_split.py); messages staged per second of wall time, and per CPU
+  connectors/chatgpt/split.py); messages staged per second of wall time, and per CPU
   second of the busier process (main or helper): the rate the run reaches when its cores
   are not shared with other work;
 - naive: `json.load` of the whole file, every node into a pandas DataFrame, user and
@@ -36,7 +36,7 @@ from gen_chatgpt_export import write_single  # noqa: E402
 OURS = """
 import resource, sys, time, orjson
 from pathlib import Path
-from pipeline.config import SourceConfig
+from pipeline.core.config import SourceConfig
 from pipeline.extract import extract_source
 import pyarrow.parquet, pandas  # imports are not part of the measured time
 src = SourceConfig(kind="chatgpt", path=Path(sys.argv[1]), options={"parallel": sys.argv[3]})

@@ -14,10 +14,10 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pipeline.chunker import ChunkLimits, chunk_workdir
-from pipeline.models import Message
-from pipeline.staging import StagingWriter
-from pipeline.tokens import count_tokens
+from pipeline.chunk import ChunkLimits, chunk_workdir
+from pipeline.core.models import Message
+from pipeline.core.staging import StagingWriter
+from pipeline.core.tokens import count_tokens
 
 WORDS = [
     "the",

@@ -27,10 +27,10 @@ from typing import Any
 
 import httpx
 
-from pipeline.config import LoadConfig
-from pipeline.ledger import Ledger
-from pipeline.loader import _pool_sizes, load_batches
-from pipeline.targets import Endpoint
+from pipeline.core.config import LoadConfig
+from pipeline.load.ledger import Ledger
+from pipeline.load.loader import _pool_sizes, load_batches
+from pipeline.load.targets import Endpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.loader_fakes import make_batches  # noqa: E402

@@ -36,7 +36,7 @@ from gen_slack import generate  # noqa: E402
 OURS = """
 import json, resource, sys
 from pathlib import Path
-from pipeline.config import SourceConfig
+from pipeline.core.config import SourceConfig
 from pipeline.extract import extract_source
 options = {"user_id": "bench"}
 if sys.argv[3] != "auto":
@@ -45,7 +45,7 @@ src = SourceConfig(kind="slack", path=Path(sys.argv[1]), options=options)
 stats = extract_source(src, Path(sys.argv[2]))
 own = resource.getrusage(resource.RUSAGE_SELF)
 kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-worker_code = sys.modules["connectors.slack_worker"].__file__ or ""
+worker_code = sys.modules["connectors.slack.normalize"].__file__ or ""
 print(json.dumps({"compiled": not worker_code.endswith(".py"),
                   "read": stats.read, "staged": stats.staged, "skipped": stats.skipped,
                   "quarantined": stats.quarantined, "balanced": stats.balanced,

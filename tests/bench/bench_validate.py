@@ -27,10 +27,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline.chunker import ChunkLimits, chunk_workdir
-from pipeline.config import Config
+from pipeline.chunk import ChunkLimits, chunk_workdir
+from pipeline.core.config import Config
+from pipeline.dryrun.validate import validate
 from pipeline.extract import extract_source
-from pipeline.validate import validate
 
 WORDS = [
     "the", "release", "we", "shipped", "today", "fixes", "login", "bugs", "and", "deploy",
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="  %(message)s")
-    logging.getLogger("pipeline.validate").setLevel(logging.INFO)  # per-stage timings
+    logging.getLogger("pipeline.dryrun.validate").setLevel(logging.INFO)  # per-stage timings
     tmp = Path(tempfile.mkdtemp(prefix="bench-validate-"))
     try:
         path = args.path

@@ -16,7 +16,7 @@ A known `code` in the body wins over the HTTP status; an unknown non-zero code i
 success. A 2xx answer without a readable code (cut or garbled body) counts as a lost
 answer: the loader checks whether the batch landed before resending it.
 `error_from_response` and `error_from_exception` are the only places where HTTP answers
-and httpx exceptions become `pipeline.errors` types.
+and httpx exceptions become `pipeline.core.errors` types.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     AuthError,
     LoadError,
     PermanentLoadError,

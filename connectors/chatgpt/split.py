@@ -2,7 +2,7 @@
 
 The conversations are split in two at a byte offset (or, for a sharded export, at a
 file boundary): this process reads the first share while a helper process
-(`connectors.parallel`) reads the second and writes its rows as one Parquet part (into
+(`connectors.chatgpt.helper`) reads the second and writes its rows as one Parquet part (into
 the staging folder when the extract gives one, see `WRITES_PARTS`). Each process parses
 only its own share, so the two together do little more work than one, and nothing is
 copied between them.
@@ -44,12 +44,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.chatgpt import Context, Options, _asset_names, consume, read_file
+from connectors.chatgpt.connector import Context, Options, _asset_names, consume, read_file
+from connectors.chatgpt.helper import Helper
 from connectors.export_files import ExportFiles, stream_array_file
 from connectors.json_stream import StreamedElement, count_elements, find_element_start
-from connectors.parallel import Helper
-from pipeline.models import Event, MessageTable, Quarantined, Skipped, StagedPart
-from pipeline.staging import PART_ROW_GROUP_ROWS, PartWriter, part_path
+from pipeline.core.models import Event, MessageTable, Quarantined, Skipped, StagedPart
+from pipeline.core.staging import PART_ROW_GROUP_ROWS, PartWriter, part_path
 
 log = logging.getLogger(__name__)
 

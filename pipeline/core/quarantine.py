@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.models import Quarantined, excerpt
+from pipeline.core.models import Quarantined, excerpt
 
 
 def quarantine_path(workdir: Path) -> Path:

@@ -23,19 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import checks
-from pipeline.chunker import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
-from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.chunk import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
+from pipeline.core.config import Config
+from pipeline.core.errors import ConfigError
+from pipeline.core.lock import workdir_lock
+from pipeline.core.models import STAGING_SCHEMA, ExtractStats, stable_id
+from pipeline.core.progress import NullProgress, Progress
+from pipeline.core.quarantine import read_quarantine
+from pipeline.core.staging import read_labeled, staged_sources, staging_dir
+from pipeline.dryrun import checks
+from pipeline.dryrun.html import write_reports
+from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
-from pipeline.ledger import delivered_message_hashes
-from pipeline.lock import workdir_lock
-from pipeline.models import STAGING_SCHEMA, ExtractStats, stable_id
-from pipeline.progress import NullProgress, Progress
-from pipeline.quarantine import read_quarantine
-from pipeline.report import Report, ReportInputs, build_report
-from pipeline.report_html import write_reports
-from pipeline.staging import read_labeled, staged_sources, staging_dir
+from pipeline.load.ledger import delivered_message_hashes
 
 log = logging.getLogger(__name__)
 

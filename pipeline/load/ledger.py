@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.batches import Batch
+from pipeline.core.batches import Batch
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "sending", "done", "failed", "split")
@@ -181,7 +181,7 @@ class Ledger:
     def _migrate(self) -> None:
         version = self.conn.execute("pragma user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            from pipeline.errors import ConfigError
+            from pipeline.core.errors import ConfigError
 
             raise ConfigError(
                 f"{self.path} was written by a newer memos-etl (schema {version}); upgrade"

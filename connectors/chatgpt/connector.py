@@ -40,8 +40,8 @@ from connectors.export_files import ExportFiles, stream_array_file
 from connectors.json_stream import StreamedElement
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
-from pipeline.errors import ConfigError, InputError
-from pipeline.models import Event, Quarantined, Skipped
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import Event, Quarantined, Skipped
 
 SOURCE = "chatgpt"
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Options(ConnectorOptions):
     fallback); false: always the configured `user_id`."""
     parallel: Literal["auto", "on", "off"] = "auto"
     """`on`: read in two processes, each parsing its own share of the conversations (see
-    connectors/chatgpt_split.py); `auto` (default): only for exports of 64 MB and more on
+    connectors/chatgpt/split.py); `auto` (default): only for exports of 64 MB and more on
     a multi-core machine; `off`: one process (a shared machine with no core to spare)."""
 
     @field_validator("parallel", mode="before")
@@ -110,7 +110,7 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
 
     Staged messages come in `MessageTable` events (bulk), and with `parts_dir` also as one
     `StagedPart` (the helper's share); skipped nodes as `Skipped`. With `parallel: on` (or
-    `auto` and a big export) two processes share the work (`connectors.chatgpt_split`);
+    `auto` and a big export) two processes share the work (`connectors.chatgpt.split`);
     what is staged is the same either way, in the same order.
     """
     with ExportFiles(path) as export:
@@ -118,7 +118,7 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         user_id = _owner(export, options)
         ctx = Context(user_id=user_id, options=options, asset_names=_asset_names(export))
         if _two_processes(export, files, options):
-            from connectors.chatgpt_split import read_in_two  # imports this module
+            from connectors.chatgpt.split import read_in_two  # imports this module
 
             yield from read_in_two(export, files, ctx, parts_dir=parts_dir)
             return

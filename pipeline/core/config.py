@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 DEFAULT_WORKDIR = Path(".memos-etl")
 API_KEY_ENV = "MEMOS_API_KEY"

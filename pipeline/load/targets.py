@@ -14,8 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
-from pipeline.errors import ConfigError
+from pipeline.core.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
+from pipeline.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def open_target(
     if url:
         yield Endpoint(url.rstrip("/"), key)
         return
-    from pipeline.localapi import ServerConfig, start_server
+    from pipeline.server.app import ServerConfig, start_server
 
     db = local_db_path(cfg, workdir)
     db.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.checks import SEVERITY_ORDER, Finding
-from pipeline.chunker import ChunkStats
-from pipeline.config import Config
-from pipeline.models import ExtractStats
+from pipeline.chunk import ChunkStats
+from pipeline.core.config import Config
+from pipeline.core.models import ExtractStats
+from pipeline.dryrun.checks import SEVERITY_ORDER, Finding
 
 REPORT_VERSION = 1
 EXIT_OK = 0
@@ -30,7 +30,7 @@ HISTOGRAM_BINS = 20
 
 @dataclass(frozen=True)
 class ReportInputs:
-    """Everything `build_report` needs, gathered by `pipeline.validate`."""
+    """Everything `build_report` needs, gathered by `pipeline.dryrun.validate`."""
 
     workdir: Path
     config: Config

@@ -26,10 +26,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.batches import Batch
-from pipeline.chunker import MAX_ID_CHARS
-from pipeline.config import LoadConfig
-from pipeline.models import ROLES, excerpt
+from pipeline.chunk import MAX_ID_CHARS
+from pipeline.core.batches import Batch
+from pipeline.core.config import LoadConfig
+from pipeline.core.models import ROLES, excerpt
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -201,7 +201,7 @@ def example_rows(table: pa.Table) -> list[dict[str, Any]]:
     """Rows as report examples: source, file, position and ids.
 
     `source` is the configured source name when the table has a `label` column (as
-    `pipeline.staging.read_labeled` adds), else the connector's `source` value.
+    `pipeline.core.staging.read_labeled` adds), else the connector's `source` value.
     """
     first = "label" if "label" in table.column_names else "source"
     rest = EXAMPLE_COLUMNS[1:]
@@ -574,7 +574,7 @@ class RequestValidator:
 
 def request_body(batch: Batch, load: LoadConfig) -> dict[str, Any]:
     """The exact body the loader would POST for `batch` (the loader's own function)."""
-    from pipeline.loader import request_body as loader_body
+    from pipeline.load.loader import request_body as loader_body
 
     return loader_body(batch.body, load)
 

@@ -13,7 +13,7 @@ spent its time copying the helper's rows instead of parsing its own share), then
 them to an Arrow file that the parent copied into Parquet after both had finished (a
 serial tail of about a tenth of the run).
 
-The helper is `python -m connectors.parallel FOLDER`, started with `subprocess` (not
+The helper is `python -m connectors.chatgpt.helper FOLDER`, started with `subprocess` (not
 `multiprocessing`, which would re-import the caller's main module). It reads one pickled
 `(work, job)` from stdin, runs `work(job, FOLDER)` and writes `result.pickle` (or
 `error.txt`) into FOLDER. It prints nothing: a bug in it shows up as the parent's
@@ -37,7 +37,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _RESULT = "result.pickle"
 _ERROR = "error.txt"
 
@@ -58,7 +58,7 @@ class Helper:
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "connectors.parallel", str(self.folder)],
+            [sys.executable, "-m", "connectors.chatgpt.helper", str(self.folder)],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

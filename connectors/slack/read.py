@@ -35,8 +35,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
-from connectors.slack_model import Context, Job, JobResult, Settings, Unit, UserInfo
-from connectors.slack_source import (
+from connectors.slack.export import (
     ExportFiles,
     FileReader,
     Folder,
@@ -44,17 +43,18 @@ from connectors.slack_source import (
     discover,
     open_export,
 )
-from connectors.slack_worker import (
+from connectors.slack.model import Context, Job, JobResult, Settings, Unit, UserInfo
+from connectors.slack.normalize import (
     SYSTEM_SUBTYPES,
     TEMPLATE_FIELDS,
     run_in_worker,
     run_job,
     save_context,
 )
-from connectors.worker_start import init_slack_worker, main_module_hidden
-from pipeline.errors import ConfigError, InputError
-from pipeline.models import Event, MessageTable, Quarantined, Skipped
-from pipeline.staging import part_path
+from connectors.slack.workers import init_slack_worker, main_module_hidden
+from pipeline.core.errors import ConfigError, InputError
+from pipeline.core.models import Event, MessageTable, Quarantined, Skipped
+from pipeline.core.staging import part_path
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The export context, settings, work units, jobs and results cross the process boundary
 (pickled), and `Msg` is the decoding schema of a day-file message. They live apart from
-the per-message code (`connectors.slack_worker`), which is compiled when the package is
+the per-message code (`connectors.slack.normalize`), which is compiled when the package is
 built (see setup.py): compiled classes are not plain Python classes, and these must be.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from connectors.slack_source import ExportFiles
-from pipeline.models import Quarantined, StagedPart
+from connectors.slack.export import ExportFiles
+from pipeline.core.models import Quarantined, StagedPart
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,9 @@
 It speaks the MemOS Cloud API as the vendored OpenAPI spec defines it (`POST /add/message`,
 `/get/message`, `/search/memory`, `/get/status`; `{code, data, message}` bodies; errors as
 HTTP 200 with a body code; `Authorization: Token <key>`), stores into SQLite
-(`pipeline.localstore`) and answers `code: 0` only after the messages are committed.
+(`pipeline.server.store`) and answers `code: 0` only after the messages are committed.
 Faults (latency, rate limits, transient failures, dropped connections, forced answers) come
-from `pipeline.faults`, all off by default.
+from `pipeline.server.faults`, all off by default.
 
 Body codes (see docs/local-server.md):
 
@@ -53,10 +53,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from pipeline.errors import ConfigError
-from pipeline.faults import Decision, FaultConfig, FaultInjector, ForcedAnswer
-from pipeline.localstore import NewMessage, Store, Synchronous
-from pipeline.tokens import count_tokens
+from pipeline.core.errors import ConfigError
+from pipeline.core.tokens import count_tokens
+from pipeline.server.faults import Decision, FaultConfig, FaultInjector, ForcedAnswer
+from pipeline.server.store import NewMessage, Store, Synchronous
 
 __all__ = [
     "FaultConfig",
@@ -700,7 +700,7 @@ class LocalServer:
         return self._counters.snapshot()
 
     def force(self, answer: ForcedAnswer) -> None:
-        """Queue a forced answer (see `pipeline.faults.ForcedAnswer`)."""
+        """Queue a forced answer (see `pipeline.server.faults.ForcedAnswer`)."""
         self._injector.force(answer)
 
     def clear_forced(self) -> None:

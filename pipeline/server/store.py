@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import orjson
 
-from pipeline.errors import ConfigError, InputError
+from pipeline.core.errors import ConfigError, InputError
 
 SCHEMA_VERSION = 2
 Synchronous = Literal["NORMAL", "FULL"]

@@ -60,6 +60,6 @@ def init_slack_worker() -> None:
     works without it. Later code may still import numpy.
     """
     with refused_imports("numpy", "pandas"):
-        from connectors import slack_worker
+        from connectors.slack import normalize as slack_worker
 
         slack_worker.init_worker()

@@ -15,9 +15,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup, escape
 
-from pipeline import charts
-from pipeline.batches import write_json_atomic
-from pipeline.report import Report
+from pipeline.core.batches import write_json_atomic
+from pipeline.dryrun import charts
+from pipeline.dryrun.report import Report
 
 TEMPLATE = "report.html.j2"
 
@@ -48,7 +48,7 @@ def _format(value: Any) -> str:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("pipeline", "templates"),
+        loader=jinja2.PackageLoader("pipeline.dryrun", "templates"),
         autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,

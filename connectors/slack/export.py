@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 UTF8_FLAG = 0x800
 DAY_FILE = re.compile(r"\d{4}-\d{2}-\d{2}\.json")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import LockError
+from pipeline.core.errors import LockError
 
 
 def lock_path(workdir: Path) -> Path:

@@ -7,7 +7,7 @@ Guarantees:
   it is marked `sending`; a batch found `sending` (a crash, a lost answer) is checked with
   `POST /get/message` — its messages are then the newest of the conversation — and only
   resent when they are not there. So a crash or kill at any moment costs only a re-run.
-- Errors follow `pipeline.policy.ERROR_TABLE`: transient ones are retried with
+- Errors follow `pipeline.load.policy.ERROR_TABLE`: transient ones are retried with
   exponential backoff and full jitter, too-large batches are split in two (a single
   message into token parts), invalid batches fail and block the rest of their
   conversation (order), an auth error stops the run at once, quota exhaustion stops it
@@ -41,9 +41,9 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from pipeline.batches import Batch, batches_path, read_batches
-from pipeline.config import Config, LoadConfig
-from pipeline.errors import (
+from pipeline.core.batches import Batch, batches_path, read_batches
+from pipeline.core.config import Config, LoadConfig
+from pipeline.core.errors import (
     AuthError,
     ConfigError,
     LoadError,
@@ -52,17 +52,17 @@ from pipeline.errors import (
     TooLargeError,
     TransientLoadError,
 )
-from pipeline.ledger import Ledger, Row, delivered_message_hashes, ledger_path
-from pipeline.lock import workdir_lock
-from pipeline.policy import (
+from pipeline.core.lock import workdir_lock
+from pipeline.core.progress import NullProgress, Progress
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+from pipeline.load.ledger import Ledger, Row, delivered_message_hashes, ledger_path
+from pipeline.load.policy import (
     AmbiguousDeliveryError,
     error_from_exception,
     error_from_response,
 )
-from pipeline.progress import NullProgress, Progress
-from pipeline.ratelimit import AdaptiveRateLimiter, Clock, Sleep
-from pipeline.targets import Endpoint, local_db_path, open_target
-from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+from pipeline.load.ratelimit import AdaptiveRateLimiter, Clock, Sleep
+from pipeline.load.targets import Endpoint, local_db_path, open_target
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
@@ -688,8 +688,8 @@ def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
     """Ids of delivered messages whose staged content differs from what was sent."""
     if not delivered:
         return []
-    from pipeline.models import stable_id
-    from pipeline.staging import read_staging
+    from pipeline.core.models import stable_id
+    from pipeline.core.staging import read_staging
 
     table = read_staging(workdir, columns=["message_id", "content"])
     ids = table.column("message_id").to_pylist()
@@ -731,7 +731,7 @@ def run_pipeline(
     delivery are reported and resent only with `load.resend_changed`. Batches a previous
     run left pending are finished first, so nothing in flight is ever chunked twice.
     """
-    from pipeline.chunker import ChunkLimits, chunk_workdir
+    from pipeline.chunk import ChunkLimits, chunk_workdir
     from pipeline.extract import extract_source, stats_dict
 
     progress = progress or NullProgress()

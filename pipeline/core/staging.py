@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.models import STAGING_SCHEMA, Distinct, Message, StagedPart
+from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 * 1024 * 1024

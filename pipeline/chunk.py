@@ -17,10 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.batches import Batch, manifest_path, write_batches, write_json_atomic
-from pipeline.models import stable_id
-from pipeline.staging import read_labeled, staged_sources
-from pipeline.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
+from pipeline.core.batches import Batch, manifest_path, write_batches, write_json_atomic
+from pipeline.core.models import stable_id
+from pipeline.core.staging import read_labeled, staged_sources
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 
 MAX_ID_CHARS = 100
 _SHORT_PREFIX = 80

@@ -11,9 +11,9 @@ Per message: revision and deletion records, tombstones and hidden records are sk
 configured; unknown subtypes are ordinary messages. `seq` is the message's `ts` in
 microseconds: unique in its conversation and ordered like time.
 
-This module and `connectors.slack_text` are compiled with mypyc when the package is
+This module and `connectors.slack.text` are compiled with mypyc when the package is
 built (setup.py). Compiled code checks declared types at run time, so values from a day
-file stay `Any` until checked; classes that are pickled live in `connectors.slack_model`.
+file stay `Any` until checked; classes that are pickled live in `connectors.slack.model`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.slack_model import (
+from connectors.slack.export import FileReader
+from connectors.slack.model import (
     DAY_DECODER,
     MESSAGE_DECODER,
     Context,
@@ -45,11 +46,10 @@ from connectors.slack_model import (
     Unit,
     UserInfo,
 )
-from connectors.slack_source import FileReader
-from connectors.slack_text import Names, fallback_content, file_names, render_mrkdwn
-from connectors.worker_start import refused_imports
-from pipeline.models import STAGING_SCHEMA, Quarantined
-from pipeline.staging import PartWriter, large_string_array, replace_surrogates
+from connectors.slack.text import Names, fallback_content, file_names, render_mrkdwn
+from connectors.slack.workers import refused_imports
+from pipeline.core.models import STAGING_SCHEMA, Quarantined
+from pipeline.core.staging import PartWriter, large_string_array, replace_surrogates
 
 SOURCE = "slack"
 NOT_MESSAGES = frozenset({"message_changed", "message_deleted", "tombstone", "message_replied"})
@@ -699,7 +699,7 @@ def skip_pandas_probe() -> None:
 
 
 def init_worker() -> None:
-    """Worker set-up (see `connectors.worker_start`): no pandas, Arrow's system allocator.
+    """Worker set-up (see `connectors.slack.workers`): no pandas, Arrow's system allocator.
 
     It needs no context, so the pool can start while the main process still reads the
     export's listing and index.

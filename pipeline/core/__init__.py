@@ -1,0 +1,1 @@
+"""The floor: handoff formats and shared pieces every stage uses; imports nothing above it."""

@@ -1,0 +1,1 @@
+"""The dry run: what a run would send, cost and break, as a report."""

@@ -1,0 +1,1 @@
+"""Stage 3: deliver batches to a MemOS target exactly once."""

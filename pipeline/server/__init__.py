@@ -1,0 +1,1 @@
+"""The local MemOS-compatible server: app, store, fault injection."""

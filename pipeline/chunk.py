@@ -11,19 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core.batches import Batch, manifest_path, write_batches, write_json_atomic
-from pipeline.core.models import stable_id
+from pipeline.core.batches import Batch, write_batches, write_json_atomic
+from pipeline.core.memos_api import api_id, chat_time
+from pipeline.core.models import content_hash, stable_id
 from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
-
-MAX_ID_CHARS = 100
-_SHORT_PREFIX = 80
+from pipeline.core.workdir import manifest_path
 
 CHUNK_COLUMNS = [
     "source",
@@ -72,22 +71,6 @@ class ChunkStats:
             "split_messages": self.split_messages,
             "shortened_ids": len(self.shortened_ids),
         }
-
-
-def api_id(value: str) -> str:
-    """`value` if it fits the API's 100 characters, else a deterministic short form."""
-    if len(value) <= MAX_ID_CHARS:
-        return value
-    return f"{value[:_SHORT_PREFIX]}~{stable_id(value, length=16)}"
-
-
-def chat_time(ts: datetime | None) -> str | None:
-    """ISO 8601 UTC text for the API's `chat_time` (None when the time is unknown)."""
-    if ts is None:
-        return None
-    ts = ts.astimezone(timezone.utc)
-    spec = "microseconds" if ts.microsecond else "seconds"
-    return ts.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +125,7 @@ def chunk_conversation(
     def make(items: list[tuple[_Row, dict[str, Any], int]], part: tuple[int, int] | None) -> Batch:
         nonlocal index
         ids = tuple(r.message_id for r, _, _ in items)
-        hashes = tuple(stable_id(r.content, length=16) for r, _, _ in items)
+        hashes = tuple(content_hash(r.content) for r, _, _ in items)
         part_key = f"{part[0]}/{part[1]}" if part else ""
         batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes)
         sources = sorted({r.source for r, _, _ in items})

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
@@ -22,6 +26,15 @@ def openapi_spec() -> dict[str, Any]:
     path = SHARED_SPEC if SHARED_SPEC.exists() else VENDORED_SPEC
     spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return spec
+
+
+def response_validator(spec: Mapping[str, Any], schema_name: str) -> Draft202012Validator:
+    """A validator for any spec schema, $refs resolved through a registry."""
+    resource = Resource.from_contents(dict(spec), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource("urn:memos-openapi", resource)
+    return Draft202012Validator(
+        {"$ref": "urn:memos-openapi#/components/schemas/" + schema_name}, registry=registry
+    )
 
 
 def schema_for(name: str) -> dict[str, Any]:

@@ -14,12 +14,12 @@ import pytest
 from pipeline.chunk import ChunkLimits, ChunkStats, chunk_table
 from pipeline.core.errors import ConfigError, LockError
 from pipeline.core.lock import workdir_lock
+from pipeline.core.workdir import ledger_path
+from pipeline.incremental import delivered_message_hashes
 from pipeline.load.ledger import (
     SCHEMA_VERSION,
     Ledger,
     completes_of,
-    delivered_message_hashes,
-    ledger_path,
     ledger_status,
 )
 from tests.loader_fakes import make_batches

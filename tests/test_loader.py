@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from pipeline.core.batches import Batch
 from pipeline.core.config import LoadConfig
 from pipeline.core.errors import PermanentLoadError
-from pipeline.load.ledger import Ledger, delivered_message_hashes
+from pipeline.incremental import delivered_message_hashes
+from pipeline.load.ledger import Ledger
 from pipeline.load.loader import Endpoint, LoadStats, load_batches, split_body
 from tests.loader_fakes import Fake, FakeTime, make_batches
 

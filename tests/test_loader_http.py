@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.core.batches import Batch, write_batches
 from pipeline.core.config import LoadConfig
-from pipeline.load.ledger import Ledger, delivered_message_hashes
+from pipeline.incremental import delivered_message_hashes
+from pipeline.load.ledger import Ledger
 from pipeline.load.loader import LoadStats, load_workdir
 from pipeline.load.targets import Endpoint
 from pipeline.server.app import LocalServer, ServerConfig, start_server

@@ -15,13 +15,12 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from pipeline.core.errors import ConfigError
+from pipeline.core.memos_api import load_spec
 from pipeline.core.tokens import count_tokens
 from pipeline.server.app import (
     ENDPOINTS,
     LocalServer,
     ServerConfig,
-    load_spec,
-    response_validator,
     start_server,
 )
 from pipeline.server.store import (
@@ -31,6 +30,7 @@ from pipeline.server.store import (
     message_counts,
     search_store,
 )
+from tests.conftest import response_validator
 
 RESPONSE_SCHEMAS = {
     "/add/message": "AddMessageResponse",

@@ -10,15 +10,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeline.core.memos_api import load_spec
 from pipeline.server.app import (
     LocalServer,
     ServerConfig,
-    load_spec,
-    response_validator,
     start_server,
 )
 from pipeline.server.faults import FaultConfig, FaultInjector, ForcedAnswer, parse_forced
 from pipeline.server.store import message_counts
+from tests.conftest import response_validator
 
 
 class FixedClock:

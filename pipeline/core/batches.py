@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.core.workdir import batches_dir, batches_path
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -70,21 +72,6 @@ class Batch:
             body=data["body"],
             part=(part[0], part[1]) if part else None,
         )
-
-
-def batches_dir(workdir: Path) -> Path:
-    """Folder of the batch file and its manifest."""
-    return workdir / "batches"
-
-
-def batches_path(workdir: Path) -> Path:
-    """The JSONL batch file the loader reads."""
-    return batches_dir(workdir) / "batches.jsonl"
-
-
-def manifest_path(workdir: Path) -> Path:
-    """Counts and limits of the last chunk run."""
-    return batches_dir(workdir) / "manifest.json"
 
 
 def write_batches(workdir: Path, batches: Iterable[Batch]) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.core import memos_api
 from pipeline.core.errors import ConfigError
 
 DEFAULT_WORKDIR = Path(".memos-etl")
@@ -47,7 +48,7 @@ class SourceConfig(_Section):
 class ChunkConfig(_Section):
     """Batch limits per addMessage request."""
 
-    max_tokens: int = Field(default=4000, ge=64, le=20000)
+    max_tokens: int = Field(default=4000, ge=64, le=memos_api.MAX_CALL_TOKENS)
     max_messages: int = Field(default=50, ge=1, le=1000)
 
 
@@ -68,6 +69,12 @@ class LoadConfig(_Section):
     app_id: str | None = None
     local_db: Path | None = None
     """SQLite file of the embedded local target; default `<workdir>/local-memos.sqlite`."""
+
+    def request_body(self, batch_body: Mapping[str, Any]) -> dict[str, Any]:
+        """The exact `add/message` body for a batch under these load settings."""
+        return memos_api.request_body(
+            batch_body, async_mode=self.async_mode, agent_id=self.agent_id, app_id=self.app_id
+        )
 
 
 class Config(_Section):

@@ -13,11 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.core.errors import LockError
-
-
-def lock_path(workdir: Path) -> Path:
-    """The lock file of a workdir."""
-    return workdir / ".memos-etl.lock"
+from pipeline.core.workdir import lock_path
 
 
 @contextlib.contextmanager

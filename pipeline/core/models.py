@@ -172,6 +172,12 @@ def stable_id(*parts: str, length: int = 24) -> str:
     return digest[:length]
 
 
+def content_hash(content: str) -> str:
+    """The hash of a message's content as the ledger records it when the message is delivered;
+    a newer export whose content hashes differently is an edit (see `pipeline.incremental`)."""
+    return stable_id(content, length=16)
+
+
 EXCERPT_CHARS = 200
 
 

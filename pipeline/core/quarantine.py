@@ -14,11 +14,7 @@ from typing import Any
 import orjson
 
 from pipeline.core.models import Quarantined, excerpt
-
-
-def quarantine_path(workdir: Path) -> Path:
-    """Where quarantined records of every source are kept."""
-    return workdir / "quarantine.jsonl"
+from pipeline.core.workdir import quarantine_path
 
 
 def entry(source: str, item: Quarantined) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
+from pipeline.core.workdir import staging_dir
 
 ROW_GROUP_ROWS = 65_536
 ROW_GROUP_CHARS = 64 * 1024 * 1024
@@ -42,11 +43,6 @@ DICTIONARY_COLUMNS = [
 """Columns with few distinct values. Dictionary-encoding the others (ids, content,
 metadata) only costs time: Parquet gives up on them after the first page anyway."""
 _OWN_PART = "part-00000.parquet"
-
-
-def staging_dir(workdir: Path) -> Path:
-    """The folder holding one sub-folder of Parquet files per extracted source."""
-    return workdir / "staging"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -16,27 +16,23 @@ carry `mask()`ed forms only.
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.chunk import MAX_ID_CHARS
 from pipeline.core.batches import Batch
 from pipeline.core.config import LoadConfig
+from pipeline.core.memos_api import MAX_CALL_TOKENS, MAX_ID_CHARS, RequestValidator
 from pipeline.core.models import ROLES, excerpt
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
 
 MAX_EXAMPLES = 20
-API_TOKEN_LIMIT = 8000
-"""The spec's documented token limit of one request's `messages` array ("8k")."""
 USER_VOLUME_FACTOR = 10
 """A user is flagged when their message count is below median/10 or above median*10."""
 USER_VOLUME_MIN_USERS = 3
@@ -442,143 +438,6 @@ def quarantined(entries: Iterable[Mapping[str, Any]], total: int) -> Finding:
 # --- batch checks -------------------------------------------------------------------
 
 
-@functools.cache
-def _spec() -> dict[str, Any]:
-    text = importlib.resources.files("pipeline").joinpath("spec/memos-openapi.json").read_bytes()
-    return orjson.loads(text)  # type: ignore[no-any-return]
-
-
-_VALUE_KEYWORDS = {"enum", "const", "pattern", "format", "minLength", "maxLength"}
-_ARRAY_KEYWORDS = {"minItems", "maxItems", "uniqueItems", "contains", "prefixItems"}
-
-
-def _constrained_keys(schema: Any, found: set[str]) -> bool:
-    """Collect property names whose string values the schema constrains.
-
-    Returns False when the schema uses an array keyword that makes validity depend on
-    more than each item's shape; then shape caching is not sound.
-    """
-    if isinstance(schema, list):
-        return all(_constrained_keys(s, found) for s in schema)
-    if not isinstance(schema, dict):
-        return True
-    if _ARRAY_KEYWORDS & schema.keys():
-        return False
-    ok = True
-    for name, sub in schema.get("properties", {}).items():
-        if isinstance(sub, dict) and _mentions(sub, _VALUE_KEYWORDS):
-            found.add(name)
-        ok = _constrained_keys(sub, found) and ok
-    for key, sub in schema.items():
-        if key != "properties" and isinstance(sub, (dict, list)):
-            ok = _constrained_keys(sub, found) and ok
-    return ok
-
-
-def _mentions(schema: Any, keywords: set[str]) -> bool:
-    """True when `schema` or its oneOf/anyOf/allOf branches use any of `keywords` directly."""
-    if not isinstance(schema, dict):
-        return False
-    if keywords & schema.keys():
-        return True
-    return any(
-        _mentions(branch, keywords)
-        for key in ("oneOf", "anyOf", "allOf")
-        for branch in schema.get(key, [])
-    )
-
-
-def _inline_refs(schema: Any, components: Mapping[str, Any], depth: int = 0) -> Any:
-    """`schema` with local `#/components/schemas/...` refs replaced by their target."""
-    if depth > 32:
-        raise ValueError("spec $ref nesting too deep")
-    if isinstance(schema, list):
-        return [_inline_refs(s, components, depth) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
-        return _inline_refs(components[ref.rsplit("/", 1)[1]], components, depth + 1)
-    return {k: _inline_refs(v, components, depth) for k, v in schema.items()}
-
-
-class RequestValidator:
-    """`AddMessageRequest` of the vendored OpenAPI spec, compiled once.
-
-    Validating a large body with jsonschema costs milliseconds, so results are memoized
-    by the body's *shape*: the same structure with every string replaced by a marker,
-    except strings under property names the schema constrains by value (`role`, ...).
-    That is exact because the schema has no length, pattern or item-count rules (checked
-    when the validator is built; otherwise every body is validated in full).
-    """
-
-    def __init__(self) -> None:
-        from jsonschema.validators import validator_for
-
-        components = _spec()["components"]["schemas"]
-        schema = _inline_refs(components["AddMessageRequest"], components)
-        cls = validator_for({"$schema": "https://json-schema.org/draft/2020-12/schema"})
-        cls.check_schema(schema)
-        self._validator = cls(schema)
-        self._keys: set[str] = set()
-        self._cacheable = _constrained_keys(schema, self._keys)
-        self._cache: dict[Any, bool] = {}
-
-    def _shape(self, value: Any, key: str | None = None) -> Any:
-        """A hashable stand-in for `value` that validates exactly when `value` does.
-
-        Dict keys keep their order (a different order only costs one more cache entry);
-        a list becomes the set of its items' shapes, as the schema's `items` rules are the
-        same for every item.
-        """
-        kind = type(value)
-        if kind is str:
-            return ("s", value) if key in self._keys else "s"
-        if kind is dict:
-            keys = self._keys
-            return tuple(
-                [
-                    (k, (("s", v) if k in keys else "s") if type(v) is str else self._shape(v, k))
-                    for k, v in value.items()
-                ]
-            )
-        if kind is list:
-            return ("l", frozenset([self._shape(v, key) for v in value]))
-        if kind is bool:
-            return "b"
-        if kind is int or kind is float:
-            return "n"
-        return kind.__name__
-
-    def is_valid(self, body: Mapping[str, Any]) -> bool:
-        """True when `body` validates against `AddMessageRequest`."""
-        if not self._cacheable:
-            return bool(self._validator.is_valid(body))
-        shape = self._shape(body)
-        result = self._cache.get(shape)
-        if result is None:
-            result = bool(self._validator.is_valid(body))
-            self._cache[shape] = result
-        return result
-
-    def errors(self, body: Mapping[str, Any], limit: int = 3) -> list[str]:
-        """Up to `limit` one-line schema errors, each with its JSON path."""
-        out = []
-        for err in self._validator.iter_errors(body):
-            path = "/".join(str(p) for p in err.absolute_path) or "(body)"
-            out.append(f"{path}: {excerpt(mask_text(err.message), 160)}")
-            if len(out) >= limit:
-                break
-        return out
-
-
-def request_body(batch: Batch, load: LoadConfig) -> dict[str, Any]:
-    """The exact body the loader would POST for `batch` (the loader's own function)."""
-    from pipeline.load.loader import request_body as loader_body
-
-    return loader_body(batch.body, load)
-
-
 def masked_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a request body with message content masked (safe to show in a report)."""
     out = dict(body)
@@ -608,7 +467,7 @@ class BatchChecker:
 
     def check(self, batch: Batch) -> None:
         """Validate one batch and record its figures."""
-        body = request_body(batch, self.load)
+        body = self.load.request_body(batch.body)
         self.tokens.append(batch.tokens)
         self.messages.append(batch.message_count)
         ident = {
@@ -620,8 +479,10 @@ class BatchChecker:
         if not self.validator.is_valid(body):
             self.invalid += 1
             if len(self.invalid_examples) < MAX_EXAMPLES:
-                self.invalid_examples.append({**ident, "errors": self.validator.errors(body)})
-        if batch.tokens > API_TOKEN_LIMIT:
+                self.invalid_examples.append(
+                    {**ident, "errors": self.validator.errors(body, clean=mask_text)}
+                )
+        if batch.tokens > MAX_CALL_TOKENS:
             self.over_api_limit += 1
             if len(self.over_api_examples) < MAX_EXAMPLES:
                 self.over_api_examples.append({**ident, "tokens": batch.tokens})
@@ -647,7 +508,7 @@ class BatchChecker:
             ),
             Finding(
                 "over_api_token_limit",
-                f"Batches over the API's {API_TOKEN_LIMIT} tokens",
+                f"Batches over the API's {MAX_CALL_TOKENS} tokens",
                 "warning",
                 self.over_api_limit,
                 "batches",

@@ -16,6 +16,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from pipeline.core.batches import write_json_atomic
+from pipeline.core.workdir import report_paths
 from pipeline.dryrun import charts
 from pipeline.dryrun.report import Report
 
@@ -76,11 +77,6 @@ def render_html(report: Report) -> str:
     template = _environment().get_template(TEMPLATE)
     svg = {name: Markup(text) for name, text in charts.all_charts(data).items()}
     return template.render(d=data, fig=figure, charts=svg, pretty=pretty, escape=escape)
-
-
-def report_paths(workdir: Path) -> tuple[Path, Path]:
-    """Where the JSON and HTML views of the last validation are written."""
-    return workdir / "report.json", workdir / "report.html"
 
 
 def write_reports(report: Report, workdir: Path) -> tuple[Path, Path]:

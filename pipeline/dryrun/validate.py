@@ -23,19 +23,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import incremental
 from pipeline.chunk import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
 from pipeline.core.config import Config
 from pipeline.core.errors import ConfigError
 from pipeline.core.lock import workdir_lock
-from pipeline.core.models import STAGING_SCHEMA, ExtractStats, stable_id
+from pipeline.core.models import STAGING_SCHEMA, ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
-from pipeline.core.staging import read_labeled, staged_sources, staging_dir
+from pipeline.core.staging import read_labeled, staged_sources
+from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks
 from pipeline.dryrun.html import write_reports
 from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
-from pipeline.load.ledger import delivered_message_hashes
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ def _validate(
     table = read_labeled(workdir, labels, READ_COLUMNS)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
-    ledger = ledger_figures(table, delivered_message_hashes(workdir), cfg.load.resend_changed)
+    ledger = ledger_figures(
+        table, incremental.delivered_message_hashes(workdir), cfg.load.resend_changed
+    )
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
@@ -233,29 +236,18 @@ class LedgerFigures:
 def ledger_figures(
     table: pa.Table, delivered: dict[str, str], resend_changed: bool
 ) -> LedgerFigures:
-    """Which staged rows are already delivered, and which of those changed since.
-
-    `exclude` holds the ids an incremental run leaves out: every delivered id, or only the
-    unchanged ones when `resend_changed`.
-    """
-    if not delivered or table.num_rows == 0:
-        return LedgerFigures(bool(delivered), len(delivered), 0, 0, set())
-    flags = pc.is_in(table.column("message_id"), value_set=pa.array(list(delivered)))
-    hit = table.filter(flags)
-    exclude: set[str] = set()
-    changed = 0
-    examples: list[dict[str, Any]] = []
-    ids = hit.column("message_id").to_pylist()
-    contents = hit.column("content").to_pylist()
-    for i, (mid, content) in enumerate(zip(ids, contents, strict=True)):
-        if stable_id(content, length=16) != delivered[mid]:
-            changed += 1
-            if len(examples) < checks.MAX_EXAMPLES:
-                examples.append(checks.example_rows(hit.slice(i, 1))[0])
-            if resend_changed:
-                continue
-        exclude.add(mid)
-    return LedgerFigures(True, len(delivered), hit.num_rows, changed, exclude, examples)
+    """Which staged rows are already delivered, and which of those changed since: the
+    incremental rule (`pipeline.incremental.plan`), with examples for the report."""
+    delta = incremental.plan(table, delivered, resend_changed)
+    examples = checks.example_rows(delta.changed.slice(0, checks.MAX_EXAMPLES))
+    return LedgerFigures(
+        bool(delivered),
+        delta.delivered_total,
+        delta.staged_delivered,
+        delta.changed.num_rows,
+        delta.exclude,
+        examples,
+    )
 
 
 @dataclass

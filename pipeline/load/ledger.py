@@ -1,8 +1,8 @@
 """Delivery ledger: SQLite (WAL) checkpoints in `<workdir>/ledger.sqlite`.
 
-Contract other stages rely on: `delivered_message_hashes(workdir)` returns
-`{message_id: content_hash}` for every staged message the API has confirmed, and `{}`
-when no ledger exists yet. It never writes.
+Contract other stages rely on: the `delivered_messages` table holds
+`(message_id, content_hash)` for every staged message the API has confirmed;
+`pipeline.incremental` reads it (read-only) to decide what a run would send.
 
 The loader owns the rest. One row per batch moves `pending -> sending -> done | failed`
 (`split` when the API said it was too large and it was replaced by its halves, which are
@@ -27,6 +27,8 @@ from typing import Any
 import orjson
 
 from pipeline.core.batches import Batch
+from pipeline.core.errors import ConfigError
+from pipeline.core.workdir import ledger_path
 
 SCHEMA_VERSION = 1
 STATUSES = ("pending", "sending", "done", "failed", "split")
@@ -62,28 +64,6 @@ create table if not exists delivered_messages (
     delivered_at text not null
 );
 """
-
-
-def ledger_path(workdir: Path) -> Path:
-    """The ledger file of a workdir."""
-    return workdir / "ledger.sqlite"
-
-
-def delivered_message_hashes(workdir: Path) -> dict[str, str]:
-    """Message ids already delivered, with the content hash that was sent (read-only)."""
-    path = ledger_path(workdir)
-    if not path.exists():
-        return {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        has_table = conn.execute(
-            "select 1 from sqlite_master where type='table' and name='delivered_messages'"
-        ).fetchone()
-        if not has_table:
-            return {}
-        return dict(conn.execute("select message_id, content_hash from delivered_messages"))
-    finally:
-        conn.close()
 
 
 def _now() -> str:
@@ -181,8 +161,6 @@ class Ledger:
     def _migrate(self) -> None:
         version = self.conn.execute("pragma user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            from pipeline.core.errors import ConfigError
-
             raise ConfigError(
                 f"{self.path} was written by a newer memos-etl (schema {version}); upgrade"
             )
@@ -385,6 +363,11 @@ class Ledger:
                 (limit,),
             )
         ]
+
+    def user_ids(self) -> list[str]:
+        """The distinct memory owners of the batches this ledger knows, sorted."""
+        query = "select distinct user_id from batches order by user_id"
+        return [u for (u,) in self.conn.execute(query)]
 
     def delivered_count(self) -> int:
         """Messages confirmed delivered."""

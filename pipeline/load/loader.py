@@ -27,7 +27,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from pipeline.core.batches import Batch, batches_path, read_batches
+from pipeline.core.batches import Batch, read_batches
 from pipeline.core.config import Config, LoadConfig
 from pipeline.core.errors import (
     AuthError,
@@ -53,26 +52,24 @@ from pipeline.core.errors import (
     TransientLoadError,
 )
 from pipeline.core.lock import workdir_lock
+from pipeline.core.memos_api import GET_MESSAGE_LIMIT, VISIBLE_ROLES
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
-from pipeline.load.ledger import Ledger, Row, delivered_message_hashes, ledger_path
+from pipeline.core.workdir import batches_path
+from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
     error_from_exception,
     error_from_response,
 )
 from pipeline.load.ratelimit import AdaptiveRateLimiter, Clock, Sleep
-from pipeline.load.targets import Endpoint, local_db_path, open_target
+from pipeline.load.targets import Endpoint, open_target
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
 
 POOL_SHARD = 8
 """Connections per httpx client; more in flight are spread over several clients."""
-GET_MESSAGE_LIMIT = 50
-"""The API's maximum `message_limit_number` for `/get/message`."""
-VISIBLE_ROLES = ("user", "assistant")
-"""Roles `/get/message` returns."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish after the first Ctrl-C."""
 
@@ -148,17 +145,6 @@ class _Unit:
     row: Row
     body: dict[str, Any]
     client: httpx.AsyncClient
-
-
-def request_body(batch_body: dict[str, Any], cfg: LoadConfig) -> dict[str, Any]:
-    """The exact `/add/message` body: the batch's body plus the load-time fields."""
-    body = dict(batch_body)
-    body["async_mode"] = cfg.async_mode
-    if cfg.agent_id:
-        body["agent_id"] = cfg.agent_id
-    if cfg.app_id:
-        body["app_id"] = cfg.app_id
-    return body
 
 
 def split_body(
@@ -409,7 +395,7 @@ class _Loader:
         if row.status == "failed":
             return False
         was_done = row.status == "done"
-        outcome = await self.deliver(_Unit(row, request_body(batch.body, self.cfg), client))
+        outcome = await self.deliver(_Unit(row, self.cfg.request_body(batch.body), client))
         if outcome is not _Outcome.DONE:
             return False
         if not was_done:
@@ -684,112 +670,11 @@ def load_command(
         )
 
 
-def changed_messages(workdir: Path, delivered: Mapping[str, str]) -> list[str]:
-    """Ids of delivered messages whose staged content differs from what was sent."""
-    if not delivered:
-        return []
-    from pipeline.core.models import stable_id
-    from pipeline.core.staging import read_staging
-
-    table = read_staging(workdir, columns=["message_id", "content"])
-    ids = table.column("message_id").to_pylist()
-    contents = table.column("content").to_pylist()
-    return [
-        mid
-        for mid, text in zip(ids, contents, strict=True)
-        if mid in delivered and delivered[mid] != stable_id(text, length=16)
-    ]
-
-
-@dataclass
-class RunResult:
-    """What `memos-etl run` did: extract per source, chunk, and load (after finishing any
-    batches a previous run left unfinished)."""
-
-    extract: list[dict[str, Any]]
-    chunk: dict[str, Any]
-    changed: list[str]
-    load: LoadStats
-    resumed: LoadStats | None = None
-    local_db: Path | None = None
-    user_ids: list[str] = field(default_factory=list)
-
-
-def run_pipeline(
-    cfg: Config,
-    *,
-    since: datetime | None = None,
-    progress: Progress | None = None,
-    handle_signals: bool = False,
-    heartbeat: float | None = None,
-    env: Mapping[str, str] | None = None,
-) -> RunResult:
-    """extract -> chunk -> load for every source, incrementally.
-
-    Only messages never delivered are chunked (`exclude_ids`), so a conversation that grew
-    gets just its new tail as further batches; messages whose content changed since
-    delivery are reported and resent only with `load.resend_changed`. Batches a previous
-    run left pending are finished first, so nothing in flight is ever chunked twice.
-    """
-    from pipeline.chunk import ChunkLimits, chunk_workdir
-    from pipeline.extract import extract_source, stats_dict
-
-    progress = progress or NullProgress()
-    workdir = cfg.workdir
-    with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
-        resumed = None
-        if batches_path(workdir).exists() and ledger_path(workdir).exists():
-            resumed = load_workdir(
-                workdir,
-                endpoint,
-                cfg.load,
-                progress=progress,
-                handle_signals=handle_signals,
-                heartbeat=heartbeat,
-            )
-            if resumed.stopped:
-                return RunResult([], {}, [], resumed, None)
-        extracted = [
-            stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
-            for s in cfg.sources
-        ]
-        delivered = delivered_message_hashes(workdir)
-        changed = changed_messages(workdir, delivered)
-        exclude = set(delivered)
-        if cfg.load.resend_changed:
-            exclude.difference_update(changed)
-        elif changed:
-            log.warning(
-                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
-                len(changed),
-            )
-        limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-        chunked = chunk_workdir(
-            workdir, limits, exclude_ids=exclude, since=since, tags=cfg.tags_by_source()
-        )
-        stats = load_workdir(
-            workdir,
-            endpoint,
-            cfg.load,
-            progress=progress,
-            handle_signals=handle_signals,
-            heartbeat=heartbeat,
-        )
-        with Ledger.open(workdir) as ledger:
-            query = "select distinct user_id from batches order by user_id"
-            users = [u for (u,) in ledger.conn.execute(query)]
-    is_local = cfg.load.target == "local" and not cfg.load.base_url
-    local = local_db_path(cfg.load, workdir) if is_local else None
-    return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
-
-
 __all__ = [
     "Endpoint",
     "LoadStats",
     "load_batches",
     "load_workdir",
-    "request_body",
     "load_command",
-    "run_pipeline",
     "split_body",
 ]

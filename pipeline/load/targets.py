@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.core.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
 from pipeline.core.errors import ConfigError
+from pipeline.core.workdir import local_db
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Endpoint:
 
 def local_db_path(cfg: LoadConfig, workdir: Path) -> Path:
     """The embedded target's SQLite store."""
-    return cfg.local_db or workdir / "local-memos.sqlite"
+    return local_db(workdir, cfg.local_db)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,32 @@
+"""The `memos-etl` command line: parse options, call one library function, render the result.
+
+stdout carries results (a short summary, or one JSON object with `--json`); stderr carries
+logs, progress and errors (`error: ...` on one line; tracebacks only with `-vv`). One module
+per command (or pair of commands); `common` holds what they share.
+"""
+
+from __future__ import annotations
+
+import click
+
+from pipeline import __version__
+from pipeline.cli.chunk import chunk
+from pipeline.cli.common import ErrorMappingGroup
+from pipeline.cli.extract import extract
+from pipeline.cli.load import load, status
+from pipeline.cli.run import run
+from pipeline.cli.serve import search, serve
+from pipeline.cli.validate import validate
+
+
+@click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memos-etl")
+def main() -> None:
+    """Move chat history (Slack, ChatGPT, Claude, CSV) into MemOS memory, exactly once.
+
+    The flow is extract -> chunk -> load; `run CONFIG` does all of them.
+    """
+
+
+for command in (extract, chunk, load, run, status, validate, serve, search):
+    main.add_command(command)

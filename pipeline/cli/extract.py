@@ -1,0 +1,106 @@
+"""`memos-etl extract`: read exports into the staging table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pipeline.core.config import Config, SourceConfig
+from pipeline.core.workdir import quarantine_path
+
+if TYPE_CHECKING:
+    pass
+
+from pipeline.cli.common import common_options, emit, load_cli_config, plural, setup
+
+
+@click.command()
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--source", "kind", help="Connector: csv, slack, chatgpt, claude.")
+@click.option(
+    "--name",
+    help="Label of this source in the workdir (default: the source kind). "
+    "Re-extracting a name replaces what it staged before.",
+)
+@click.option("--user-id", help="Memory owner (user_id) for sources that do not carry one.")
+@common_options
+def extract(
+    path: Path | None,
+    kind: str | None,
+    name: str | None,
+    user_id: str | None,
+    config_path: Path | None,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Read an export into the Parquet staging table.
+
+    Example: memos-etl extract --source csv data/samples/support_chats.csv --workdir w
+    """
+    from pipeline.extract import extract_source, stats_dict
+
+    progress = setup(verbose, quiet, no_progress)
+    cfg = load_cli_config(config_path, {"workdir": workdir, "user_id": user_id})
+    sources = _pick_sources(cfg, kind, path, name)
+    results = [
+        stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
+        for s in sources
+    ]
+    totals = sum_counts(results)
+    totals["sources"] = results
+    totals["workdir"] = str(cfg.workdir)
+    lines = [extract_line(r) for r in results]
+    if totals["quarantined"]:
+        lines.append(f"quarantined records: {quarantine_path(cfg.workdir)}")
+    emit(totals, as_json, "\n".join(lines))
+
+
+def _pick_sources(
+    cfg: Config, kind: str | None, path: Path | None, name: str | None
+) -> list[SourceConfig]:
+    if path is not None:
+        if kind is None:
+            raise click.UsageError("--source is required with an input PATH")
+        template = next((s for s in cfg.sources if s.kind == kind), None)
+        base: dict[str, Any] = template.model_dump() if template else {"kind": kind}
+        base.update(kind=kind, path=path)
+        if name is not None:
+            base["name"] = name
+        return [SourceConfig.model_validate(base)]
+    chosen = [
+        s
+        for s in cfg.sources
+        if (kind is None or s.kind == kind) and (name is None or s.label == name)
+    ]
+    if not chosen:
+        raise click.UsageError("give an input PATH with --source, or a --config with sources")
+    return chosen
+
+
+def sum_counts(results: list[dict[str, Any]]) -> dict[str, Any]:
+    skipped: dict[str, int] = {}
+    for r in results:
+        for reason, n in r["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    return {
+        "read": sum(r["read"] for r in results),
+        "staged": sum(r["staged"] for r in results),
+        "skipped": dict(sorted(skipped.items())),
+        "quarantined": sum(r["quarantined"] for r in results),
+        "conversations": sum(r["conversations"] for r in results),
+        "users": sum(r["users"] for r in results),
+    }
+
+
+def extract_line(r: dict[str, Any]) -> str:
+    skipped = sum(r["skipped"].values())
+    return (
+        f"{r['source']}: read {r['read']}, staged {r['staged']}, skipped {skipped}, "
+        f"quarantined {r['quarantined']} ({plural(r['conversations'], 'conversation')}, "
+        f"{plural(r['users'], 'user')})"
+    )

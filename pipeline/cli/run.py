@@ -1,0 +1,102 @@
+"""`memos-etl run`: extract -> chunk -> load for every source of a config."""
+
+from __future__ import annotations
+
+import shlex
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from pipeline.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    pass
+
+from pipeline.cli.common import emit, load_cli_config, setup
+from pipeline.cli.extract import extract_line, sum_counts
+from pipeline.cli.load import finish_load, heartbeat_seconds, load_line, load_summary
+from pipeline.cli.validate import dry_run_report
+
+
+@click.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--workdir", type=click.Path(path_type=Path), help="Override the config's workdir.")
+@click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Send nothing and touch no delivery state: write the validation report instead "
+    "(same as `memos-etl validate CONFIG_FILE`).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(
+    config_file: Path,
+    workdir: Path | None,
+    since: datetime | None,
+    dry_run: bool,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Run extract -> chunk -> load for every source in CONFIG_FILE, incrementally.
+
+    Messages already delivered are skipped, so a scheduled re-run sends only what is new.
+    With --dry-run nothing is sent: the validation report is written instead.
+
+    Example: memos-etl run configs/quickstart.yaml
+    """
+    from pipeline.run import run_pipeline
+
+    progress = setup(verbose, quiet, no_progress)
+    cfg = load_cli_config(config_file, {"workdir": workdir})
+    if not cfg.sources:
+        raise ConfigError(f"{config_file}: no sources configured")
+    when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    if dry_run:
+        dry_run_report(cfg, progress, when, as_json)
+        return
+    result = run_pipeline(
+        cfg, since=when, progress=progress, handle_signals=True, heartbeat=heartbeat_seconds(quiet)
+    )
+    extract_totals = sum_counts(result.extract)
+    out: dict[str, Any] = {
+        "extract": {**extract_totals, "sources": result.extract},
+        "chunk": result.chunk,
+        "changed": {"count": len(result.changed), "message_ids": result.changed[:20]},
+        "load": result.load.to_json(),
+        "resumed": result.resumed.to_json() if result.resumed else None,
+        "workdir": str(cfg.workdir),
+    }
+    lines = [extract_line(r) for r in result.extract]
+    if result.resumed and (result.resumed.sent_batches or result.resumed.stopped):
+        lines.append("finished a previous run: " + load_line(result.resumed))
+    if result.chunk:
+        lines.append(
+            f"chunk: {result.chunk['batches']} batches from {result.chunk['batched']} "
+            f"new messages ({result.chunk['excluded']} already delivered or excluded)"
+        )
+    if result.changed:
+        lines.append(
+            f"{len(result.changed)} delivered messages changed since; not resent "
+            "(set load.resend_changed: true to send the new version)"
+            if not cfg.load.resend_changed
+            else f"{len(result.changed)} changed messages resent"
+        )
+    if result.resumed is None or not result.resumed.stopped:
+        lines.append(load_summary(result.load))
+    if result.local_db and result.user_ids and result.load.complete:
+        owner = cfg.user_id if cfg.user_id in result.user_ids else result.user_ids[0]
+        search = (
+            f"memos-etl search --db {shlex.quote(str(result.local_db))} "
+            f'--user-id {shlex.quote(owner)} "your question"'
+        )
+        out["search_command"] = search
+        lines.append(f"try: {search}")
+    emit(out, as_json, "\n".join(lines))
+    finish_load(result.load, f"memos-etl run {shlex.quote(str(config_file))}")

@@ -1,0 +1,60 @@
+"""`memos-etl validate`: the dry run."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from pipeline.core.config import Config
+from pipeline.core.progress import Progress
+
+if TYPE_CHECKING:
+    pass
+
+from pipeline.cli.common import emit, load_cli_config, setup
+
+
+@click.command()
+@click.argument("config_file", type=click.Path(path_type=Path))
+@click.option("--workdir", type=click.Path(path_type=Path), help="Override the config's workdir.")
+@click.option("-v", "--verbose", count=True, help="More logging; -vv adds tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
+def validate(
+    config_file: Path,
+    workdir: Path | None,
+    verbose: int,
+    quiet: bool,
+    as_json: bool,
+    no_progress: bool,
+    since: datetime | None,
+) -> None:
+    """Dry run: extract and chunk CONFIG_FILE's sources, check everything, send nothing.
+
+    Prints a summary (or the report as JSON with --json) and writes report.json and a
+    self-contained report.html into the workdir. Exits 3 when the API would reject
+    something (see docs/report.md), 0 otherwise.
+
+    Example: memos-etl validate configs/quickstart.yaml
+    """
+    progress = setup(verbose, quiet, no_progress)
+    cfg = load_cli_config(config_file, {"workdir": workdir})
+    when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    dry_run_report(cfg, progress, when, as_json)
+
+
+def dry_run_report(cfg: Config, progress: Progress, since: datetime | None, as_json: bool) -> None:
+    """Shared by `validate` and `run --dry-run`: report, render, exit 3 on blocking problems."""
+    from pipeline.core.workdir import report_paths
+    from pipeline.dryrun.report import summary_text
+    from pipeline.dryrun.validate import validate as run_validation
+
+    report = run_validation(cfg, progress, since=since)
+    emit(report.data, as_json, summary_text(report, report_paths(cfg.workdir)))
+    if report.exit_code:
+        click.get_current_context().exit(report.exit_code)

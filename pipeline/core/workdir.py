@@ -1,0 +1,66 @@
+"""What lives in a workdir: the one place that names its files.
+
+Every stage reads the previous stage's files and writes its own, so each path has exactly one
+writer. Stages, the dry run, the CLI and the tests ask this module for paths instead of
+spelling them, so the layout can change in one place:
+
+    <workdir>/
+      staging/<source>/part-*.parquet   extract: the staging table, one folder per source
+      batches/batches.jsonl             chunk: addMessage batches in delivery order
+      batches/manifest.json             chunk: counts of the last chunk
+      ledger.sqlite                     load: delivery state (batches, delivered messages)
+      quarantine.jsonl                  extract: unreadable input records, per source
+      report.json, report.html          validate: the dry-run report
+      local-memos.sqlite                load: the embedded local target's store (default)
+      .memos-etl.lock                   every writer: the workdir lock
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def staging_dir(workdir: Path) -> Path:
+    """Folder of the staging table (one subfolder per source name)."""
+    return workdir / "staging"
+
+
+def batches_dir(workdir: Path) -> Path:
+    """Folder of the chunker's output."""
+    return workdir / "batches"
+
+
+def batches_path(workdir: Path) -> Path:
+    """The batch file: one JSON batch per line, in delivery order."""
+    return batches_dir(workdir) / "batches.jsonl"
+
+
+def manifest_path(workdir: Path) -> Path:
+    """Counts of the last chunk."""
+    return batches_dir(workdir) / "manifest.json"
+
+
+def ledger_path(workdir: Path) -> Path:
+    """The delivery ledger (SQLite)."""
+    return workdir / "ledger.sqlite"
+
+
+def quarantine_path(workdir: Path) -> Path:
+    """Unreadable input records, one JSON object per line."""
+    return workdir / "quarantine.jsonl"
+
+
+def report_paths(workdir: Path) -> tuple[Path, Path]:
+    """The dry-run report: `report.json` and `report.html`."""
+    return workdir / "report.json", workdir / "report.html"
+
+
+def local_db(workdir: Path, configured: Path | None = None) -> Path:
+    """The embedded local target's SQLite store: `configured` (`load.local_db` or `--db`),
+    else `<workdir>/local-memos.sqlite`."""
+    return configured or workdir / "local-memos.sqlite"
+
+
+def lock_path(workdir: Path) -> Path:
+    """The advisory lock file every writer takes."""
+    return workdir / ".memos-etl.lock"

@@ -14,14 +14,8 @@ import pyarrow as pa
 import pytest
 
 from connectors.chatgpt import split as chatgpt_split
-from connectors.chatgpt.connector import (
-    Context,
-    Options,
-    _asset_names,
-    _owner,
-    conversation_files,
-    read,
-)
+from connectors.chatgpt.connector import read
+from connectors.chatgpt.read import Context, Options, _owner, asset_names, conversation_files
 from connectors.chatgpt.split import Split, choose_split, read_in_two
 from connectors.export_files import ExportFiles
 from connectors.json_stream import iter_array
@@ -57,7 +51,7 @@ def two_processes(path: Path, split: Split | None) -> Outcome:
     with ExportFiles(path) as export:
         files = conversation_files(export)
         ctx = Context(
-            user_id=_owner(export, OPTIONS), options=OPTIONS, asset_names=_asset_names(export)
+            user_id=_owner(export, OPTIONS), options=OPTIONS, asset_names=asset_names(export)
         )
         return collect(read_in_two(export, files, ctx, split))
 

@@ -44,8 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.chatgpt.connector import Context, Options, _asset_names, consume, read_file
 from connectors.chatgpt.helper import Helper
+from connectors.chatgpt.read import Context, Options, asset_names, consume, read_file
 from connectors.export_files import ExportFiles, stream_array_file
 from connectors.json_stream import StreamedElement, count_elements, find_element_start
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped, StagedPart
@@ -130,7 +130,7 @@ def _helper_work(job: _Job, folder: Path) -> _Result:
     writer = PartWriter(Path(job.part) if job.part is not None else folder / _PART)
     with ExportFiles(job.path) as export:
         first = _conversations_before(export, job.files[job.split.file], job.split.offset)
-        ctx = Context(user_id=job.user_id, options=options, asset_names=_asset_names(export))
+        ctx = Context(user_id=job.user_id, options=options, asset_names=asset_names(export))
         for i, name in enumerate(job.files[job.split.file :]):
             start, index = (job.split.offset, first) if i == 0 else (0, 0)
             for event in read_file(export, name, ctx, start=start, index=index):

@@ -46,8 +46,8 @@ from connectors.slack.model import (
     Unit,
     UserInfo,
 )
+from connectors.slack.startup import refused_imports
 from connectors.slack.text import Names, fallback_content, file_names, render_mrkdwn
-from connectors.slack.workers import refused_imports
 from pipeline.core.models import STAGING_SCHEMA, Quarantined
 from pipeline.core.staging import PartWriter, large_string_array, replace_surrogates
 

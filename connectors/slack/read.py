@@ -51,7 +51,8 @@ from connectors.slack.normalize import (
     run_job,
     save_context,
 )
-from connectors.slack.workers import init_slack_worker, main_module_hidden
+from connectors.slack.startup import main_module_hidden
+from connectors.slack.workers import init_slack_worker
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped
 from pipeline.core.staging import part_path

@@ -1,9 +1,10 @@
-"""Build step: compiles the Slack connector's per-message code with mypyc.
+"""Build step: optionally compiles the Slack connector's per-message code with mypyc.
 
-mypyc (part of mypy) turns these type-checked modules into C extensions: the same
-source, with less interpreter work per message. Without a C compiler, or with
-MEMOS_ETL_PURE_PYTHON set, the package installs as plain Python and works the same.
-Everything else about the package is declared in pyproject.toml.
+Compiling is opt-in: set `MEMOS_ETL_COMPILE=1` when building a wheel or running a regular
+(non-editable) `pip install .`. mypyc (part of mypy) turns the modules in `COMPILED` into
+C extensions: the same source, with less interpreter work per message. Without the
+variable the package is plain Python. An editable install is never compiled, so the code
+you edit is always the code that runs. Everything else is declared in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -16,24 +17,30 @@ from setuptools import Extension, setup
 COMPILED = ["connectors/slack/normalize.py", "connectors/slack/text.py"]
 """Modules compiled by mypyc: the per-message work of Slack extraction."""
 
-BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+COMPILE_ENV = "MEMOS_ETL_COMPILE"
+"""Set to 1 to compile `COMPILED` (needs a C compiler)."""
+
+BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "install"}
 """setup.py commands that build extensions (the metadata steps skip mypyc's type check)."""
+
+EDITABLE_COMMANDS = {"editable_wheel", "develop"}
 
 
 def compiled_extensions() -> list[Extension]:
-    """The mypyc extensions, optional so that a failed C build falls back to Python."""
-    if os.environ.get("MEMOS_ETL_PURE_PYTHON") or not BUILD_COMMANDS & set(sys.argv[1:]):
+    """The mypyc extensions when compiling was asked for; a failed compile is an error."""
+    if os.environ.get(COMPILE_ENV) != "1":
         return []
-    try:
-        from mypyc.build import mypycify
+    commands = set(sys.argv[1:])
+    if EDITABLE_COMMANDS & commands:
+        sys.exit(
+            f"memos-etl: {COMPILE_ENV}=1 is for `pip install .` or wheel builds; an editable "
+            "install runs the source you edit, so it is never compiled (unset the variable)"
+        )
+    if not BUILD_COMMANDS & commands:
+        return []
+    from mypyc.build import mypycify
 
-        extensions = mypycify(COMPILED, opt_level="3", group_name="connectors.slack.native")
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 (any failure: install as Python)
-        sys.stderr.write(f"memos-etl: not compiling {', '.join(COMPILED)} ({exc!r})\n")
-        return []
-    for extension in extensions:
-        extension.optional = True
-    return extensions
+    return list(mypycify(COMPILED, opt_level="3", group_name="connectors.slack.native"))
 
 
 setup(ext_modules=compiled_extensions())

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.errors import ConfigError
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.core.workdir import staging_dir
 
@@ -142,6 +143,29 @@ class PartWriter:
         return StagedPart(str(self.path), self.rows, Distinct.merge(self._distinct))
 
 
+def source_dir(workdir: Path, name: str) -> Path:
+    """`<workdir>/staging/<name>`, guaranteed to be a direct child of the staging folder.
+
+    The writer renames, replaces and deletes this folder, so a name that is a path
+    (`..`, `a/b`, an absolute path, a leading dot used by temp folders) is refused with
+    `ConfigError` here even if it slipped past config validation.
+    """
+    root = staging_dir(workdir)
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if (
+        not name
+        or name.startswith(".")
+        or "\0" in name
+        or any(sep in name for sep in seps)
+        or Path(name).is_absolute()
+    ):
+        raise ConfigError(f"source name {name!r} cannot be used as a staging folder name")
+    path = root / name
+    if Path(os.path.normpath(path)).parent != Path(os.path.normpath(root)):
+        raise ConfigError(f"source name {name!r} leaves the staging folder {root}")
+    return path
+
+
 class StagingWriter:
     """Streams messages of one source into `staging/<name>/part-NNNNN.parquet`.
 
@@ -150,8 +174,8 @@ class StagingWriter:
     """
 
     def __init__(self, workdir: Path, name: str, *, row_group_rows: int = ROW_GROUP_ROWS):
-        self.final_dir = staging_dir(workdir) / name
-        self.tmp_dir = staging_dir(workdir) / f".{name}.tmp"
+        self.final_dir = source_dir(workdir, name)
+        self.tmp_dir = self.final_dir.with_name(f".{name}.tmp")
         self.row_group_rows = row_group_rows
         self.rows_written = 0
         self._buffer: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
@@ -275,7 +299,7 @@ def _read_sources(
 
     parts = []
     for label in labels:
-        files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
+        files = [str(f) for f in sorted(source_dir(workdir, label).glob("*.parquet"))]
         if not files:
             continue
         part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)

@@ -95,6 +95,10 @@ class LoadConfig(_Section):
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
     timeout: float = Field(default=30.0, gt=0)
+    max_retry_after: float = Field(default=300.0, gt=0)
+    """Longest wait a server's Retry-After can impose, in seconds (longer values are cut)."""
+    allow_insecure_http: bool = False
+    """Allow sending a key over plain http to a host other than loopback (see targets)."""
     resend_changed: bool = False
     async_mode: bool = False
     agent_id: str | None = None

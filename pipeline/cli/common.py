@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from pipeline.core.config import Config, load_config
+from pipeline.core.config import DEFAULT_WORKDIR, Config, load_config
+from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import MemosError
 from pipeline.core.progress import NullProgress, Progress, TqdmProgress
 
@@ -37,6 +38,10 @@ class ErrorMappingGroup(click.Group):
         except KeyboardInterrupt:
             fail(ctx, "interrupted", 130)
         except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+            if is_disk_full(exc):  # not a bug: say where, and how much space is left
+                workdir = ctx.meta.get("memos_etl.workdir", DEFAULT_WORKDIR)
+                full = disk_full_error(workdir, exc)
+                fail(ctx, f"{full} ({type(exc).__name__}: {exc})", full.exit_code)
             fail(ctx, f"unexpected failure: {type(exc).__name__}: {exc}", 1, bug=True)
 
 
@@ -99,7 +104,9 @@ def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
 
 
 def load_cli_config(config_path: Path | None, overrides: dict[str, Any]) -> Config:
-    return load_config(config_path, overrides)
+    cfg = load_config(config_path, overrides)
+    click.get_current_context().meta["memos_etl.workdir"] = cfg.workdir
+    return cfg
 
 
 def plural(n: int, word: str) -> str:

@@ -9,6 +9,7 @@ a half-written source behind. pandas, pyarrow and DuckDB read the result as-is, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import ConfigError
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.core.workdir import staging_dir
@@ -248,21 +250,35 @@ class StagingWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.flush()
-        if self._writer is not None:
-            self._writer.close()
         if exc_type is not None:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._discard()
+            if exc is not None and is_disk_full(exc):
+                raise disk_full_error(self.tmp_dir, exc) from exc
             return
-        if self._writer is None and not self._adopted:  # nothing staged: still a readable file
-            pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
+        try:
+            self.flush()
+            if self._writer is not None:
+                self._writer.close()
+            if self._writer is None and not self._adopted:  # nothing staged: a readable file
+                pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
+        except OSError as error:  # e.g. the disk filled up on the last row group
+            self._discard()
+            if is_disk_full(error):
+                raise disk_full_error(self.tmp_dir, error) from error
+            raise
         old = self.final_dir.with_name(f".{self.final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.final_dir.exists():
             os.replace(self.final_dir, old)
         os.replace(self.tmp_dir, self.final_dir)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _discard(self) -> None:
+        """Close the writer (ignoring a second failure) and remove the temp folder."""
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 def staged_sources(workdir: Path) -> list[str]:

@@ -159,6 +159,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds
 
 
+def cap_retry_after(seconds: float, cap: float) -> float:
+    """A server-requested wait cut to `cap` (`load.max_retry_after`).
+
+    A huge Retry-After (a day, a date in 2100, a client clock far behind) must not park
+    the loader, which holds the workdir lock, for that long: it waits at most `cap`, then
+    retries as usual, and the batch fails once its attempts are used up.
+    """
+    return min(seconds, cap)
+
+
 def _body(response: httpx.Response) -> dict[str, Any] | None:
     try:
         data = orjson.loads(response.content)

@@ -18,11 +18,12 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.batches import Batch, write_batches, write_json_atomic
+from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.memos_api import api_id, chat_time
 from pipeline.core.models import content_hash, stable_id
 from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
-from pipeline.core.workdir import manifest_path
+from pipeline.core.workdir import batches_dir, manifest_path
 
 CHUNK_COLUMNS = [
     "source",
@@ -274,7 +275,17 @@ def chunk_workdir(
     """
     stats = ChunkStats()
     table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
-    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags))
-    manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
-    write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
+    try:
+        batches = chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags)
+        write_batches(workdir, batches)
+        manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
+        write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
+    except BaseException as exc:
+        # a half-written temp file (disk full, Ctrl-C) would keep the disk full: remove it;
+        # the previous batch file, if any, is untouched
+        for tmp in batches_dir(workdir).glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise disk_full_error(batches_dir(workdir), exc) from exc
+        raise
     return stats

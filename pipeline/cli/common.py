@@ -4,6 +4,7 @@ errors to exit codes."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from pipeline.core.config import Config, load_config
+from pipeline.core.config import DEFAULT_WORKDIR, Config, load_config
+from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import MemosError
 from pipeline.core.progress import NullProgress, Progress, TqdmProgress
 
@@ -22,6 +24,33 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("memos_etl")
+
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""C0 controls except tab and newline, DEL, and C1 controls (0x9b is a one-byte CSI)."""
+_JSON_UNSAFE = re.compile(r"[\x7f-\x9f]")
+"""What orjson leaves raw: it escapes C0 itself, but writes DEL and C1 as they are."""
+
+
+def safe_text(text: str) -> str:
+    """`text` with every terminal control character shown as a visible `\\xNN` escape.
+
+    Message content, ids and server error texts are untrusted: an ESC sequence in them
+    could retitle the window, clear the screen or recolour the terminal (OSC, CSI). With
+    ESC itself made visible, the rest of a sequence is inert text. Newline and tab stay.
+    """
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def safe_json(text: str) -> str:
+    """JSON text with DEL and C1 controls also escaped (`\\u009b`): still the same JSON."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Log lines with terminal control characters neutralised (see `safe_text`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record))
 
 
 class ErrorMappingGroup(click.Group):
@@ -37,6 +66,10 @@ class ErrorMappingGroup(click.Group):
         except KeyboardInterrupt:
             fail(ctx, "interrupted", 130)
         except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+            if is_disk_full(exc):  # not a bug: say where, and how much space is left
+                workdir = ctx.meta.get("memos_etl.workdir", DEFAULT_WORKDIR)
+                full = disk_full_error(workdir, exc)
+                fail(ctx, f"{full} ({type(exc).__name__}: {exc})", full.exit_code)
             fail(ctx, f"unexpected failure: {type(exc).__name__}: {exc}", 1, bug=True)
 
 
@@ -45,7 +78,7 @@ def fail(ctx: click.Context, message: str, code: int, *, bug: bool = False) -> N
     if verbose >= 2 or (bug and verbose >= 1):
         traceback.print_exc(file=sys.stderr)
     hint = " (run with -vv for the traceback)" if bug and verbose < 2 else ""
-    click.echo(f"error: {message}{hint}", err=True)
+    click.echo(safe_text(f"error: {message}{hint}"), err=True)
     ctx.exit(code)
 
 
@@ -82,24 +115,27 @@ def setup(verbose: int, quiet: bool, no_progress: bool) -> Progress:
         if quiet
         else (logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING)
     )
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(message)s", force=True
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(levelname)s %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     if quiet or no_progress:
         return NullProgress()
     return TqdmProgress(disable=None)
 
 
 def emit(result: dict[str, Any], as_json: bool, text: str) -> None:
-    """Print a command's result: JSON (sorted keys) or the human summary."""
+    """Print a command's result: JSON (sorted keys) or the human summary, with terminal
+    control characters from data or servers neutralised either way."""
     if as_json:
-        click.echo(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode())
+        click.echo(safe_json(orjson.dumps(result, option=orjson.OPT_SORT_KEYS).decode()))
     else:
-        click.echo(text)
+        click.echo(safe_text(text))
 
 
 def load_cli_config(config_path: Path | None, overrides: dict[str, Any]) -> Config:
-    return load_config(config_path, overrides)
+    cfg = load_config(config_path, overrides)
+    click.get_current_context().meta["memos_etl.workdir"] = cfg.workdir
+    return cfg
 
 
 def plural(n: int, word: str) -> str:

@@ -6,8 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import ValidationError
 
-from pipeline.core.config import Config, SourceConfig
+from pipeline.core.config import (
+    SOURCE_NAME_RULE,
+    Config,
+    SourceConfig,
+    check_source_name,
+    describe_validation_error,
+)
+from pipeline.core.errors import ConfigError
 from pipeline.core.workdir import quarantine_path
 
 if TYPE_CHECKING:
@@ -63,6 +71,11 @@ def extract(
 def _pick_sources(
     cfg: Config, kind: str | None, path: Path | None, name: str | None
 ) -> list[SourceConfig]:
+    if name is not None:
+        try:
+            check_source_name(name)
+        except ValueError:
+            raise ConfigError(f"--name {name!r}: {SOURCE_NAME_RULE}") from None
     if path is not None:
         if kind is None:
             raise click.UsageError("--source is required with an input PATH")
@@ -71,7 +84,10 @@ def _pick_sources(
         base.update(kind=kind, path=path)
         if name is not None:
             base["name"] = name
-        return [SourceConfig.model_validate(base)]
+        try:
+            return [SourceConfig.model_validate(base)]
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, "--source/--name")) from None
     chosen = [
         s
         for s in cfg.sources

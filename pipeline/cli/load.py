@@ -79,6 +79,11 @@ def finish_load(stats: LoadStatsT, command: str) -> None:
 @click.option("--rate", type=float, help="Request ceiling per second (default 10; MemOS ≤ 50).")
 @click.option("--max-in-flight", type=int, help="Concurrent requests (default 16).")
 @click.option("--retry-failed", is_flag=True, help="Re-queue failed batches (after a fix).")
+@click.option(
+    "--allow-insecure-http",
+    is_flag=True,
+    help="Allow sending the key over plain http to a non-loopback host (docs/security.md).",
+)
 @common_options
 def load(
     target: str | None,
@@ -86,6 +91,7 @@ def load(
     rate: float | None,
     max_in_flight: int | None,
     retry_failed: bool,
+    allow_insecure_http: bool,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -112,6 +118,7 @@ def load(
                 "base_url": base_url,
                 "rate": rate,
                 "max_in_flight": max_in_flight,
+                "allow_insecure_http": True if allow_insecure_http else None,
             },
         },
     )
@@ -129,6 +136,8 @@ def load(
     parts.append(f"--workdir {shlex.quote(str(cfg.workdir))} --target {cfg.load.target}")
     if base_url:
         parts.append(f"--base-url {shlex.quote(base_url)}")
+    if allow_insecure_http:
+        parts.append("--allow-insecure-http")
     finish_load(stats, " ".join(parts))
 
 

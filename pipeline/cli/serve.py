@@ -63,6 +63,33 @@ def _local_db(cfg: Config, db_path: Path | None) -> Path:
     show_default=True,
     help="SQLite synchronous: full also survives power loss.",
 )
+@click.option(
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Largest request body; above it: HTTP 413, code 40305, nothing read.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    help="Open connections at most; one more gets 503 "
+    "[default: 512, or the open-file limit minus 64 if lower].",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request's headers may take to arrive.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds a request's body may take to arrive.",
+)
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0, help="Fault: added delay.")
 @click.option(
     "--jitter-ms",
@@ -124,6 +151,10 @@ def serve(
     token: str | None,
     max_input_tokens: int,
     synchronous: str,
+    max_body_bytes: int,
+    max_connections: int | None,
+    header_timeout: float,
+    body_timeout: float,
     latency_ms: float,
     jitter_ms: float,
     qps_limit: float | None,
@@ -148,7 +179,7 @@ def serve(
 
     Example: memos-etl serve --db w/local-memos.sqlite --port 8765 -v
     """
-    from pipeline.server.app import LocalServer, ServerConfig, run_until_signal
+    from pipeline.server.app import LocalServer, ServerConfig, ServerLimits, run_until_signal
     from pipeline.server.faults import FaultConfig, parse_forced
 
     setup(verbose, quiet, no_progress)
@@ -169,8 +200,15 @@ def serve(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    limits = ServerLimits(
+        max_body_bytes=max_body_bytes,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        **({"max_connections": max_connections} if max_connections else {}),
+    )
     config = ServerConfig(
         db_path=_local_db(cfg, db_path),
+        limits=limits,
         host=host,
         port=port,
         token=token or None,

@@ -8,12 +8,20 @@ Secrets never live here: the API key comes only from `MEMOS_API_KEY`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.core import memos_api
 from pipeline.core.errors import ConfigError
@@ -22,6 +30,25 @@ DEFAULT_WORKDIR = Path(".memos-etl")
 API_KEY_ENV = "MEMOS_API_KEY"
 BASE_URL_ENV = "MEMOS_BASE_URL"
 CLOUD_BASE_URL = "https://memos.memtensor.cn/api/openmem/v1"
+
+
+SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""A source name: it becomes a folder name under `<workdir>/staging/`, so it is an
+identifier, never a path (no `/`, no `..`, no leading dot, which marks temp folders)."""
+SOURCE_NAME_RULE = (
+    "a source name is 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+)
+
+
+def check_source_name(name: str) -> str:
+    """`name` if it is a valid source name, else `ValueError` saying the rule.
+
+    A name is joined to `<workdir>/staging/` and that folder is replaced and deleted on
+    every extract, so anything path-like (`..`, `/x`, `a/b`) must never get through.
+    """
+    if not SOURCE_NAME_RE.fullmatch(name):
+        raise ValueError(f"not a valid source name: {SOURCE_NAME_RULE}")
+    return name
 
 
 class _Section(BaseModel):
@@ -38,6 +65,11 @@ class SourceConfig(_Section):
     user_id: str | None = None
     tags: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, name: str | None) -> str | None:
+        return None if name is None else check_source_name(name)
 
     @property
     def label(self) -> str:
@@ -63,6 +95,10 @@ class LoadConfig(_Section):
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
     timeout: float = Field(default=30.0, gt=0)
+    max_retry_after: float = Field(default=300.0, gt=0)
+    """Longest wait a server's Retry-After can impose, in seconds (longer values are cut)."""
+    allow_insecure_http: bool = False
+    """Allow sending a key over plain http to a host other than loopback (see targets)."""
     resend_changed: bool = False
     async_mode: bool = False
     agent_id: str | None = None
@@ -94,9 +130,10 @@ class Config(_Section):
     def _unique_source_names(self) -> Config:
         seen: set[str] = set()
         for source in self.sources:
-            if source.label in seen:
+            # casefold: on macOS and Windows `Slack` and `slack` are one staging folder
+            if source.label.casefold() in seen:
                 raise ValueError(f"two sources are named {source.label!r}; give each a `name`")
-            seen.add(source.label)
+            seen.add(source.label.casefold())
         return self
 
 

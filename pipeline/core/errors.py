@@ -4,6 +4,7 @@
      ├── ConfigError               exit 2: bad config file, flag or environment
      ├── InputError                exit 3: an export that cannot be read at all
      ├── LockError                 exit 5: another run holds the workdir lock
+     ├── DiskFullError             exit 7: the disk is full, the workdir cannot be written
      └── LoadError                 exit 4: delivery did not complete
           ├── TransientLoadError   retried with backoff (429, 5xx, timeouts, 40300, 50xxx)
           ├── PermanentLoadError   the batch is marked failed, the run continues
@@ -39,6 +40,13 @@ class LockError(MemosError):
     """Another memos-etl run holds the workdir lock."""
 
     exit_code = 5
+
+
+class DiskFullError(MemosError):
+    """A write failed for lack of space (ENOSPC, EDQUOT, SQLITE_FULL); nothing is corrupt,
+    and the same command resumes once space is freed (see `pipeline.core.diskfull`)."""
+
+    exit_code = 7
 
 
 class LoadError(MemosError):

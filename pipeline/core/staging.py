@@ -9,6 +9,7 @@ a half-written source behind. pandas, pyarrow and DuckDB read the result as-is, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core.diskfull import disk_full_error, is_disk_full
+from pipeline.core.errors import ConfigError
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.core.workdir import staging_dir
 
@@ -142,6 +145,29 @@ class PartWriter:
         return StagedPart(str(self.path), self.rows, Distinct.merge(self._distinct))
 
 
+def source_dir(workdir: Path, name: str) -> Path:
+    """`<workdir>/staging/<name>`, guaranteed to be a direct child of the staging folder.
+
+    The writer renames, replaces and deletes this folder, so a name that is a path
+    (`..`, `a/b`, an absolute path, a leading dot used by temp folders) is refused with
+    `ConfigError` here even if it slipped past config validation.
+    """
+    root = staging_dir(workdir)
+    seps = {"/", "\\", os.sep, os.altsep or "/"}
+    if (
+        not name
+        or name.startswith(".")
+        or "\0" in name
+        or any(sep in name for sep in seps)
+        or Path(name).is_absolute()
+    ):
+        raise ConfigError(f"source name {name!r} cannot be used as a staging folder name")
+    path = root / name
+    if Path(os.path.normpath(path)).parent != Path(os.path.normpath(root)):
+        raise ConfigError(f"source name {name!r} leaves the staging folder {root}")
+    return path
+
+
 class StagingWriter:
     """Streams messages of one source into `staging/<name>/part-NNNNN.parquet`.
 
@@ -150,8 +176,8 @@ class StagingWriter:
     """
 
     def __init__(self, workdir: Path, name: str, *, row_group_rows: int = ROW_GROUP_ROWS):
-        self.final_dir = staging_dir(workdir) / name
-        self.tmp_dir = staging_dir(workdir) / f".{name}.tmp"
+        self.final_dir = source_dir(workdir, name)
+        self.tmp_dir = self.final_dir.with_name(f".{name}.tmp")
         self.row_group_rows = row_group_rows
         self.rows_written = 0
         self._buffer: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
@@ -224,21 +250,35 @@ class StagingWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.flush()
-        if self._writer is not None:
-            self._writer.close()
         if exc_type is not None:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._discard()
+            if exc is not None and is_disk_full(exc):
+                raise disk_full_error(self.tmp_dir, exc) from exc
             return
-        if self._writer is None and not self._adopted:  # nothing staged: still a readable file
-            pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
+        try:
+            self.flush()
+            if self._writer is not None:
+                self._writer.close()
+            if self._writer is None and not self._adopted:  # nothing staged: a readable file
+                pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
+        except OSError as error:  # e.g. the disk filled up on the last row group
+            self._discard()
+            if is_disk_full(error):
+                raise disk_full_error(self.tmp_dir, error) from error
+            raise
         old = self.final_dir.with_name(f".{self.final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if self.final_dir.exists():
             os.replace(self.final_dir, old)
         os.replace(self.tmp_dir, self.final_dir)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _discard(self) -> None:
+        """Close the writer (ignoring a second failure) and remove the temp folder."""
+        if self._writer is not None:
+            with contextlib.suppress(OSError):
+                self._writer.close()
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
 def staged_sources(workdir: Path) -> list[str]:
@@ -275,7 +315,7 @@ def _read_sources(
 
     parts = []
     for label in labels:
-        files = [str(f) for f in sorted((staging_dir(workdir) / label).glob("*.parquet"))]
+        files = [str(f) for f in sorted(source_dir(workdir, label).glob("*.parquet"))]
         if not files:
             continue
         part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)

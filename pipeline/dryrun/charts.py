@@ -32,6 +32,10 @@ _STYLE: dict[str, Any] = {
 }
 _BLUE = "#3465a4"
 _RED = "#cc0000"
+TIMELINE_YEARS = (1900, 2199)
+"""Years the timeline draws. Matplotlib only handles years 1-9999 and pads the axis past
+the data, so a message dated 0001 or 9999 would crash the report; such outliers are left
+out of the chart (with a note under it) and stay in report.json."""
 
 
 @contextmanager
@@ -58,14 +62,23 @@ def _empty(fig: Figure, message: str) -> None:
 
 def timeline(data: dict[str, Any]) -> str:
     """Messages over time per source (one line per source)."""
-    series: dict[str, list[list[Any]]] = data["timeline"]["series"]
+    series, outside = _drawable(data["timeline"]["series"])
+    first, last = TIMELINE_YEARS
+    note = (
+        f"{outside:,} message{'s' if outside != 1 else ''} dated before {first} or after "
+        f"{last} not drawn (see report.json)"
+        if outside
+        else None
+    )
     with _figure("timeline") as fig:
         if not series:
-            _empty(fig, "no timestamps")
+            _empty(fig, note or "no timestamps")
             return _svg(fig)
         ax = fig.add_subplot()
+        if note:
+            ax.set_title(note, fontsize=8, color="#666666", loc="left")
         for source, points in series.items():
-            xs: list[Any] = [date.fromisoformat(p[0]) for p in points]
+            xs: list[Any] = [p[0] for p in points]
             ys = [p[1] for p in points]
             ax.plot(
                 xs,
@@ -85,6 +98,23 @@ def timeline(data: dict[str, Any]) -> str:
         ax.xaxis.set_major_formatter(formatter)
         ax.legend(loc="best", frameon=False)
         return _svg(fig)
+
+
+def _drawable(
+    series: dict[str, list[list[Any]]],
+) -> tuple[dict[str, list[tuple[date, int]]], int]:
+    """The points inside `TIMELINE_YEARS` per source, and how many messages were left out."""
+    first, last = TIMELINE_YEARS
+    kept: dict[str, list[tuple[date, int]]] = {}
+    outside = 0
+    for source, points in series.items():
+        for day, count in points:
+            when = date.fromisoformat(day)
+            if first <= when.year <= last:
+                kept.setdefault(source, []).append((when, count))
+            else:
+                outside += count
+    return kept, outside
 
 
 def _bars(fig: Figure, hist: dict[str, Any], xlabel: str, log_x: bool) -> Any:

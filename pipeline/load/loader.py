@@ -59,6 +59,7 @@ from pipeline.core.workdir import batches_path
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
+    cap_retry_after,
     error_from_exception,
     error_from_response,
 )
@@ -72,6 +73,8 @@ POOL_SHARD = 8
 """Connections per httpx client; more in flight are spread over several clients."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish after the first Ctrl-C."""
+LONG_WAIT = 60.0
+"""A server-imposed wait at least this long is logged as a warning (shorter ones at -v)."""
 
 
 @dataclass
@@ -253,9 +256,28 @@ class _Loader:
             self.limiter.on_success()
             data = orjson.loads(response.content)
             return data if isinstance(data, dict) else {}
+        if isinstance(error, TransientLoadError) and error.retry_after is not None:
+            error.retry_after = self._capped_retry_after(error.retry_after, path)
         if isinstance(error, TransientLoadError) and error.rate_limited:
             self.limiter.on_rate_limited(error.retry_after)
         raise error
+
+    def _capped_retry_after(self, asked: float, path: str) -> float:
+        """The server's Retry-After, at most `load.max_retry_after`; the wait is logged
+        (a warning when long or cut) so a loader holding the lock is never silently idle."""
+        wait = cap_retry_after(asked, self.cfg.max_retry_after)
+        if wait < asked:
+            log.warning(
+                "%s: the server asked to wait %.0f s (Retry-After); waiting %.0f s "
+                "(load.max_retry_after)",
+                path,
+                asked,
+                wait,
+            )
+        else:
+            level = logging.WARNING if wait >= LONG_WAIT else logging.INFO
+            log.log(level, "%s: the server asked to wait %.1f s (Retry-After)", path, wait)
+        return wait
 
     async def _landed(self, unit: _Unit) -> bool:
         """Whether the unit's messages are already the newest of its conversation.
@@ -288,7 +310,7 @@ class _Loader:
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientLoadError) and exc.retry_after:
-            return exc.retry_after
+            return min(exc.retry_after, self.cfg.max_retry_after)
         high = min(self.cfg.backoff_max, self.cfg.backoff_initial * 2 ** (state.attempt_number - 1))
         return self.rng.uniform(0, high)
 
@@ -446,17 +468,26 @@ class _Loader:
         )
 
         async def worker(client: httpx.AsyncClient) -> None:
-            while heap and not self.stopping.is_set():
-                _, i, lane = heapq.heappop(heap)
-                if await self.deliver_next(lane, client) and lane:
-                    heapq.heappush(heap, (-len(lane), i, lane))
+            try:
+                while heap and not self.stopping.is_set():
+                    _, i, lane = heapq.heappop(heap)
+                    if await self.deliver_next(lane, client) and lane:
+                        heapq.heappush(heap, (-len(lane), i, lane))
+            except Exception as exc:
+                # e.g. the ledger cannot be written (disk full): stop every worker now;
+                # the error is raised below, never left for a misleading "N pending"
+                self.stop("error", f"{type(exc).__name__}: {exc}", now=True)
+                raise
 
         n = min(self.cfg.max_in_flight, len(heap))
         self.workers = [
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
-        await asyncio.gather(*self.workers, return_exceptions=True)
+        results = await asyncio.gather(*self.workers, return_exceptions=True)
         self.progress.close()
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
 
 
 def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:

@@ -101,11 +101,40 @@ class AmbiguousDeliveryError(TransientLoadError):
     """The request may have reached the server (lost answer): check before resending."""
 
 
+REDACT_MIN_PIECE = 8
+"""A run of at least this many characters of the key, anywhere in a text, is redacted too:
+a proxy or debug page may echo the key cut short or split across lines."""
+SERVER_TEXT_CHARS = 200
+"""How much of a non-JSON error body is kept (after redaction) for logs and the ledger."""
+
+
 def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` replaced by `***`."""
-    if secret:
-        text = text.replace(secret, "***")
-    return text
+    """`text` with `secret`, and every run of ≥ `REDACT_MIN_PIECE` of its characters, as `***`.
+
+    Callers redact the whole text first and shorten it afterwards: cutting first could
+    leave a key prefix that no longer matches the full key.
+    """
+    if not secret:
+        return text
+    text = text.replace(secret, "***")
+    if len(secret) < REDACT_MIN_PIECE:
+        return text
+    hidden = bytearray(len(text))
+    for start in range(len(secret) - REDACT_MIN_PIECE + 1):
+        piece = secret[start : start + REDACT_MIN_PIECE]
+        at = text.find(piece)
+        while at != -1:
+            hidden[at : at + REDACT_MIN_PIECE] = b"\x01" * REDACT_MIN_PIECE
+            at = text.find(piece, at + 1)
+    if not any(hidden):
+        return text
+    out: list[str] = []
+    for i, char in enumerate(text):
+        if not hidden[i]:
+            out.append(char)
+        elif i == 0 or not hidden[i - 1]:
+            out.append("***")
+    return "".join(out)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -130,6 +159,16 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return seconds
 
 
+def cap_retry_after(seconds: float, cap: float) -> float:
+    """A server-requested wait cut to `cap` (`load.max_retry_after`).
+
+    A huge Retry-After (a day, a date in 2100, a client clock far behind) must not park
+    the loader, which holds the workdir lock, for that long: it waits at most `cap`, then
+    retries as usual, and the batch fails once its attempts are used up.
+    """
+    return min(seconds, cap)
+
+
 def _body(response: httpx.Response) -> dict[str, Any] | None:
     try:
         data = orjson.loads(response.content)
@@ -152,9 +191,13 @@ def error_from_response(
     success = data.get("success") if isinstance(data, dict) else None
     if response.is_success and code == 0 and success is not False:
         return None
-    server_text = str(body.get("message", "")) if body else response.text[:200]
     label = f"code {code}" if code is not None else f"HTTP {response.status_code}"
-    message = redact(f"{label}: {server_text}".strip().rstrip(":"), secret)
+    if body:
+        message = redact(f"{label}: {body.get('message', '')}".strip().rstrip(":"), secret)
+    else:  # redact, then cut: a key straddling the cut must not leave its prefix behind
+        head = response.text[: SERVER_TEXT_CHARS + 2 * len(secret or "")]
+        server_text = redact(head, secret)[:SERVER_TEXT_CHARS]
+        message = f"{label}: {server_text}".strip().rstrip(":")
     status = response.status_code
     if response.is_success and code is None:
         # a 2xx whose body is cut or unreadable: the request may well have been stored

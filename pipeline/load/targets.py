@@ -4,15 +4,22 @@
 environment; `local` starts the embedded server on 127.0.0.1 in this process, storing into
 `LoadConfig.local_db` (default `<workdir>/local-memos.sqlite`), unless a URL is given.
 The key is never logged: `Endpoint.__repr__` hides it and error texts are redacted.
+
+Where a key may go (see docs/security.md): `MEMOS_API_KEY` only to the `memos` target,
+never to `local`; a `local` URL gets the serve token `MEMOS_ETL_SERVE_TOKEN` if set. No key
+travels over plain `http://` to a host other than loopback unless
+`load.allow_insecure_http` (`--allow-insecure-http`) says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.core.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
 from pipeline.core.errors import ConfigError
@@ -29,6 +36,38 @@ class Endpoint:
     def __repr__(self) -> str:
         shown = "***" if self.api_key else None
         return f"Endpoint(base_url={self.base_url!r}, api_key={shown})"
+
+
+SERVE_TOKEN_ENV = "MEMOS_ETL_SERVE_TOKEN"
+"""The token of a `memos-etl serve` (its `--token`); the only key a `local` URL is sent."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def check_key_transport(url: str, key_name: str, *, allow_insecure_http: bool) -> None:
+    """Refuse (`ConfigError`, exit 2) to send a key where it could be read on the way.
+
+    A key goes over `https://`, or over plain `http://` to a loopback host (the traffic
+    never leaves the machine); anything else needs `allow_insecure_http`.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"base URL {url!r} is not an http(s) URL with a host")
+    if scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise ConfigError(
+            f"refusing to send {key_name} over plain http to {parts.hostname}: use https, "
+            "or allow it with --allow-insecure-http (load.allow_insecure_http: true)"
+        )
 
 
 def local_db_path(cfg: LoadConfig, workdir: Path) -> Path:
@@ -53,10 +92,15 @@ def open_target(
             raise ConfigError(
                 f"{API_KEY_ENV} is not set: export your MemOS API key to load into MemOS"
             )
-        yield Endpoint((url or env.get(BASE_URL_ENV) or CLOUD_BASE_URL).rstrip("/"), key)
+        url = (url or env.get(BASE_URL_ENV) or CLOUD_BASE_URL).rstrip("/")
+        check_key_transport(url, API_KEY_ENV, allow_insecure_http=cfg.allow_insecure_http)
+        yield Endpoint(url, key)
         return
-    if url:
-        yield Endpoint(url.rstrip("/"), key)
+    if url:  # a running `memos-etl serve`: never the MemOS key, only its own token
+        token = env.get(SERVE_TOKEN_ENV) or None
+        if token:
+            check_key_transport(url, SERVE_TOKEN_ENV, allow_insecure_http=cfg.allow_insecure_http)
+        yield Endpoint(url.rstrip("/"), token)
         return
     from pipeline.server.app import ServerConfig, start_server
 

@@ -52,6 +52,14 @@ from pipeline.core.errors import ConfigError
 from pipeline.core.memos_api import MAX_CALL_TOKENS, MAX_ID_CHARS, fast_check, schema_validator
 from pipeline.core.tokens import count_tokens
 from pipeline.server.faults import Decision, FaultConfig, FaultInjector, ForcedAnswer
+from pipeline.server.limits import (
+    BodyTimeout,
+    BodyTooLarge,
+    ClientGone,
+    ServerLimits,
+    guarded_protocol,
+    read_body,
+)
 from pipeline.server.store import NewMessage, Store, Synchronous
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
     "ForcedAnswer",
     "LocalServer",
     "ServerConfig",
+    "ServerLimits",
     "ServerStats",
     "create_app",
     "run_until_signal",
@@ -107,7 +116,8 @@ class ServerConfig:
     """How to run one server. `port=0` picks a free port; `token=None` turns auth off.
 
     `host` other than a loopback address requires a token. `synchronous` is SQLite's
-    setting: NORMAL survives a killed server, FULL also a power loss.
+    setting: NORMAL survives a killed server, FULL also a power loss. `limits` bound what
+    one client can cost (body size, header and body time, connections).
     """
 
     db_path: Path
@@ -117,6 +127,7 @@ class ServerConfig:
     max_input_tokens: int = MAX_CALL_TOKENS
     faults: FaultConfig = FaultConfig()
     synchronous: Synchronous = "NORMAL"
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     def __post_init__(self) -> None:
         if self.token == "":
@@ -155,6 +166,13 @@ class ServerStats:
     dropped_after: int
     messages_stored: int
     injected_latency_ms: float
+    body_bytes_read: int = 0
+    """Request body bytes the app read (an unauthenticated or refused body adds none)."""
+    bodies_too_large: int = 0
+    body_timeouts: int = 0
+    header_timeouts: int = 0
+    headers_too_large: int = 0
+    connections_refused: int = 0
 
 
 class _Counters:
@@ -195,6 +213,12 @@ class _Counters:
                 dropped_after=n["drop_after"],
                 messages_stored=n["messages_stored"],
                 injected_latency_ms=self._latency_ms,
+                body_bytes_read=n["body_bytes"],
+                bodies_too_large=n["bodies_too_large"],
+                body_timeouts=n["body_timeouts"],
+                header_timeouts=n["header_timeouts"],
+                headers_too_large=n["headers_too_large"],
+                connections_refused=n["connections_refused"],
             )
 
 
@@ -322,8 +346,7 @@ class _Api:
         started = time.perf_counter()
         path = request.url.path
         self.counters.add("requests")
-        body = await request.body()
-        response = await self._respond(request, path, body)
+        response = await self._respond(request, path)
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "%s %s -> %s %.1fms",
@@ -334,10 +357,30 @@ class _Api:
             )
         return response
 
-    async def _respond(self, request: Request, path: str, body: bytes) -> _Answer:
+    async def _respond(self, request: Request, path: str) -> _Answer:
+        # the token is checked before one byte of the body is read: an unauthenticated
+        # client costs no memory whatever it sends (the connection is closed after)
         auth_error = self._check_auth(request.headers.get("authorization"))
         if auth_error is not None:
-            return self._error(auth_error)
+            return self._error(auth_error, _CLOSE)
+        limits = self.config.limits
+        try:
+            body = await read_body(
+                request.receive,
+                request.headers.get("content-length"),
+                limits,
+                lambda n: self.counters.add("body_bytes", n),
+            )
+        except BodyTooLarge:
+            self.counters.add("bodies_too_large")
+            message = f"request body over {limits.max_body_bytes} bytes"
+            return self._error(ApiError(40305, message, http_status=413), _CLOSE)
+        except BodyTimeout:
+            self.counters.add("body_timeouts")
+            message = f"request body not received within {limits.body_timeout:g} s"
+            return self._error(ApiError(40000, message, http_status=408), _CLOSE)
+        except ClientGone:
+            return self._error(ApiError(40000, "client disconnected"), _CLOSE)
         payload: Any
         try:
             payload = orjson.loads(body)
@@ -527,6 +570,8 @@ class _Answer(Response):
         )
 
 
+_CLOSE: Mapping[str, str] = MappingProxyType({"connection": "close"})
+"""Header of answers given before the body was read: the connection cannot be reused."""
 _DROPPED_PLACEHOLDER = orjson.dumps({"code": 0, "data": {}, "message": "ok"})
 
 
@@ -612,6 +657,8 @@ class LocalServer:
         self.url = f"http://{host}:{self.port}"
         uv_config = uvicorn.Config(
             app,
+            http=guarded_protocol(config.limits, self._counters.add),
+            timeout_keep_alive=config.limits.keep_alive_timeout,
             log_config=None,
             access_log=False,
             lifespan="on",

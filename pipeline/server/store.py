@@ -243,7 +243,7 @@ class Store:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         return task_id
 
@@ -277,6 +277,16 @@ class Store:
         return None if row is None else str(row[0])
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so.
+
+    On SQLITE_FULL (and a few other errors) SQLite rolls the transaction back itself; a
+    second ROLLBACK would raise "no transaction is active" and hide the real error.
+    """
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 def index_pending(conn: sqlite3.Connection, max_rows: int | None = None) -> int:
     """See `Store.index_pending`."""
     conn.execute("BEGIN IMMEDIATE")
@@ -294,7 +304,7 @@ def index_pending(conn: sqlite3.Connection, max_rows: int | None = None) -> int:
             conn.execute("UPDATE fts_state SET indexed_seq = ? WHERE id = 1", (rows[-1][0],))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return len(rows)
 

@@ -46,11 +46,15 @@ class ChunkLimits:
 
 @dataclass
 class ChunkStats:
-    """What a chunk run produced; `messages == batched + excluded`."""
+    """What a chunk run produced; `messages == batched + excluded` (`excluded` includes the
+    `duplicates`)."""
 
     messages: int = 0
     batched: int = 0
     excluded: int = 0
+    duplicates: int = 0
+    """Staged rows left out because another row has the same message id and content (the
+    same export staged under two source names)."""
     batches: int = 0
     conversations: int = 0
     users: int = 0
@@ -64,6 +68,7 @@ class ChunkStats:
             "messages": self.messages,
             "batched": self.batched,
             "excluded": self.excluded,
+            "duplicates": self.duplicates,
             "batches": self.batches,
             "conversations": self.conversations,
             "users": self.users,
@@ -225,6 +230,7 @@ def chunk_table(
         and (since is None or ts is None or ts >= since)
         for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
     ]
+    _drop_duplicates(cols["message_id"], cols["content"], keep, stats)
     kept = [i for i in range(n) if keep[i]]
     tokens = [0] * n
     for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
@@ -258,6 +264,31 @@ def chunk_table(
         users.add(user)
         yield from chunk_conversation(user, conv, _ordered(rows), limits, stats, tags)
     stats.users = len(users)
+
+
+def _drop_duplicates(
+    ids: Sequence[str], contents: Sequence[str], keep: list[bool], stats: ChunkStats
+) -> None:
+    """Keep only the first of rows with the same message id and content: a message is
+    identified by its source kind and native id (the `message_id`), so two source names
+    staging the same export must not deliver it twice. Same id with other content is left
+    alone (it is counted by the dry run's duplicate-id check)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for mid in ids:
+        (repeated if mid in seen else seen).add(mid)
+    if not repeated:
+        return
+    first: set[tuple[str, str]] = set()
+    for i, mid in enumerate(ids):
+        if mid not in repeated or not keep[i]:
+            continue
+        key = (mid, content_hash(contents[i]))
+        if key in first:
+            keep[i] = False
+            stats.duplicates += 1
+        else:
+            first.add(key)
 
 
 def chunk_workdir(

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline import incremental
 from pipeline.chunk import ChunkLimits, chunk_workdir
 from pipeline.core.config import Config
+from pipeline.core.destination import destination_for
 from pipeline.core.lock import workdir_lock
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import read_staging
@@ -25,6 +26,7 @@ from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.ledger import Ledger
 from pipeline.load.loader import LoadStats, load_workdir
+from pipeline.load.preflight import preflight
 from pipeline.load.targets import local_db_path, open_target
 
 log = logging.getLogger("memos_etl.run")
@@ -52,22 +54,31 @@ def run_pipeline(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     env: Mapping[str, str] | None = None,
+    command: str = "memos-etl run",
+    settings: dict[str, Any] | None = None,
 ) -> RunResult:
     """extract -> chunk -> load for every source, incrementally.
 
     Only messages never delivered are chunked, so a conversation that grew gets just its
     new tail as further batches; messages whose content changed since delivery are
-    reported and resent only with `load.resend_changed`.
+    reported and resent only with `load.resend_changed`. "Delivered" means delivered to
+    this config's destination (`pipeline.core.destination`); the destination is probed
+    first (`preflight`), so a wrong URL or key stops the run before anything is extracted.
     """
     progress = progress or NullProgress()
     workdir = cfg.workdir
+    dest = destination_for(cfg.load, workdir, env=env)
     with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
+        preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
         resumed = None
         if batches_path(workdir).exists() and ledger_path(workdir).exists():
             resumed = load_workdir(
                 workdir,
                 endpoint,
                 cfg.load,
+                destination=dest,
+                command=command,
+                settings=settings,
                 progress=progress,
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
@@ -75,10 +86,19 @@ def run_pipeline(
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
         extracted = [
-            stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
+            stats_dict(
+                extract_source(
+                    s,
+                    workdir,
+                    default_user_id=cfg.user_id,
+                    progress=progress,
+                    max_quarantined_share=cfg.extract.max_quarantined_share,
+                    require_staged=True,
+                )
+            )
             for s in cfg.sources
         ]
-        delivered = incremental.delivered_message_hashes(workdir)
+        delivered = incremental.delivered_message_hashes(workdir, dest)
         staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
             incremental.plan(staged, delivered, cfg.load.resend_changed)
@@ -103,11 +123,14 @@ def run_pipeline(
             workdir,
             endpoint,
             cfg.load,
+            destination=dest,
+            command=command,
+            settings=settings,
             progress=progress,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
         )
-        with Ledger.open(workdir) as ledger:
+        with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,25 @@ def run_pipeline(
         )
         with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()
+    if resumed is not None:
+        stats = _whole_run(resumed, stats)
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None
     return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
+
+
+def _whole_run(resumed: LoadStats, final: LoadStats) -> LoadStats:
+    """The run's load counts over both of its load steps (finishing the previous batch
+    file, then the new batches): what was sent, verified and requested adds up; the end
+    state (done, failed, pending) is the new batch file's."""
+    whole = replace(final, retries=resumed.retries + final.retries)
+    whole.sent_batches += resumed.sent_batches
+    whole.sent_messages += resumed.sent_messages
+    whole.verified_landed += resumed.verified_landed
+    whole.verified_messages += resumed.verified_messages
+    whole.duplicate_messages += resumed.duplicate_messages
+    whole.split += resumed.split
+    whole.requests += resumed.requests
+    whole.peak_in_flight = max(resumed.peak_in_flight, final.peak_in_flight)
+    whole.duration += resumed.duration
+    return whole

@@ -9,6 +9,7 @@ twice; then every source is extracted, only messages the destination has not rec
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -85,6 +86,7 @@ def run_pipeline(
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
+        started = time.monotonic()
         extracted = [
             stats_dict(
                 extract_source(
@@ -98,6 +100,8 @@ def run_pipeline(
             )
             for s in cfg.sources
         ]
+        log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
+        started = time.monotonic()
         delivered = incremental.delivered_message_hashes(workdir, dest)
         staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
@@ -118,6 +122,12 @@ def run_pipeline(
             exclude_ids=delta.exclude if delta else set(),
             since=since,
             tags=cfg.tags_by_source(),
+        )
+        log.info(
+            "chunk: %d batches from %d new messages in %.1f s",
+            chunked.batches,
+            chunked.batched,
+            time.monotonic() - started,
         )
         stats = load_workdir(
             workdir,

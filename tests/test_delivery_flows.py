@@ -575,3 +575,26 @@ def test_ctrl_c_hint_keeps_rate_and_destination(tmp_path: Path) -> None:
         done = _run_hint(hint, {"MEMOS_API_KEY": KEY})
         assert done.returncode == 0, done.stderr
     assert_exactly_once(tmp_path / "server.sqlite", data)
+
+
+# --- the dry run --------------------------------------------------------------------------
+
+
+def test_dry_run_shows_red_banners_for_quarantine_and_nothing_to_send(tmp_path: Path) -> None:
+    from tests.conftest import SAMPLES
+
+    w = tmp_path / "w"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"workdir: {w}\nuser_id: u\nsources:\n"
+        f"  - kind: csv\n    path: {SAMPLES / 'broken_chats.csv'}\n"
+    )
+    ok(cli("validate", str(config)))
+    report = orjson.loads((w / "report.json").read_bytes())
+    assert len(report["alerts"]) == 1 and "quarantined" in report["alerts"][0]
+    assert 'class="banner blocked alert"' in (w / "report.html").read_text(encoding="utf-8")
+    ok(cli("run", str(config)))
+    again = ok(cli("validate", str(config)))
+    assert "attention: nothing would be sent" in again.stdout
+    report = orjson.loads((w / "report.json").read_bytes())
+    assert any("nothing would be sent" in a for a in report["alerts"])

@@ -16,9 +16,13 @@ if TYPE_CHECKING:
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
 
-def heartbeat_seconds(quiet: bool) -> float | None:
-    """A periodic progress log line when stderr is not a terminal (tqdm hides itself there)."""
-    if quiet or sys.stderr.isatty():
+def heartbeat_seconds(quiet: bool, verbose: int = 0) -> float | None:
+    """A periodic progress log line when stderr is not a terminal (tqdm hides itself
+    there) or with -v. Per-request lines (the embedded server's, httpx's) only with -vv."""
+    if verbose < 2:
+        for name in ("memos_etl.localapi", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if quiet or (sys.stderr.isatty() and not verbose):
         return None
     logging.getLogger("memos_etl.progress").setLevel(logging.INFO)
     return 10.0
@@ -148,7 +152,7 @@ def load(
         retry_failed=retry_failed,
         progress=progress,
         handle_signals=True,
-        heartbeat=heartbeat_seconds(quiet),
+        heartbeat=heartbeat_seconds(quiet, verbose),
         settings=settings,
         command=command,
     )

@@ -211,6 +211,7 @@ def build_report(inp: ReportInputs) -> Report:
             "errors": errors,
             "warnings": warnings,
         },
+        "alerts": _alerts(sum(s["quarantined"] for s in sources), chunk.batched),
         "skipped": dict(sorted(skipped_total.items())),
         "sources": sources,
         "ledger": {
@@ -258,6 +259,17 @@ def build_report(inp: ReportInputs) -> Report:
     return Report(data)
 
 
+def _alerts(quarantined: int, to_send: int) -> list[str]:
+    """What the report must show in red even when nothing would be rejected: unreadable
+    records, and a run that would send nothing at all."""
+    out = []
+    if quarantined:
+        out.append(f"{quarantined:,} records were quarantined (unreadable): see quarantine.jsonl")
+    if to_send == 0:
+        out.append("nothing would be sent: no message is new for this destination")
+    return out
+
+
 def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
     """The terminal summary: the figures a team lead asks first, then the top problems."""
     d = report.data
@@ -289,6 +301,7 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
         more = len(d["problems"]) - len(problems)
         if more:
             lines.append(f"  … and {more} more (see the report)")
+    lines += [f"attention: {alert}" for alert in d.get("alerts", [])]
     if report.ok:
         lines.append("result: OK, nothing would be rejected")
     else:

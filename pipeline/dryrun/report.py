@@ -211,7 +211,7 @@ def build_report(inp: ReportInputs) -> Report:
             "errors": errors,
             "warnings": warnings,
         },
-        "alerts": _alerts(sum(s["quarantined"] for s in sources), chunk.batched),
+        "alerts": [],
         "skipped": dict(sorted(skipped_total.items())),
         "sources": sources,
         "ledger": {
@@ -256,6 +256,7 @@ def build_report(inp: ReportInputs) -> Report:
         ],
         "samples": inp.samples,
     }
+    data["alerts"] = _alerts(int(data["totals"]["quarantined"]), chunk.batched)
     return Report(data)
 
 

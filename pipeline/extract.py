@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -26,6 +27,7 @@ from pipeline.core.config import SourceConfig, describe_validation_error
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import (
     Distinct,
+    Event,
     ExtractStats,
     Message,
     MessageTable,
@@ -139,7 +141,7 @@ def extract_source(
             if connector.writes_parts
             else connector.read(source.path, options)
         )
-        for event in events:
+        for event in _with_kind_hint(events, source):
             if isinstance(event, Message):
                 read += 1
                 writer.write(event)
@@ -189,6 +191,21 @@ def extract_source(
     progress.close()
     replace_source_entries(workdir, source.label, quarantined)
     return stats
+
+
+def _with_kind_hint(events: Iterator[Event], source: SourceConfig) -> Iterator[Event]:
+    """The connector's events; an export it cannot read at all gets a hint when its layout
+    is another connector's (a Claude export given as `--source chatgpt`)."""
+    try:
+        yield from events
+    except (ConfigError, InputError) as exc:
+        guess = [k for k in detect.detect(source.path) if k != source.kind]
+        if not guess:
+            raise
+        raise type(exc)(
+            f"{exc}; {source.path} looks like a {' or '.join(guess)} export: "
+            f"try --source {guess[0]}"
+        ) from None
 
 
 class _Pairs:

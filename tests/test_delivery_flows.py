@@ -385,6 +385,8 @@ def test_wrong_kind_is_exit_3_with_a_hint(tmp_path: Path) -> None:
     result = cli("extract", "--source", "chatgpt", export, "--workdir", str(w), "--user-id", "u")
     assert result.exit_code == 3, result.stderr
     assert "nothing staged" in result.stderr and "--source claude" in result.stderr
+    no_owner = cli("extract", "--source", "chatgpt", export, "--workdir", str(w))
+    assert no_owner.exit_code == 2 and "try --source claude" in no_owner.stderr
     auto = cli("extract", "--source", "auto", str(SAMPLES / "claude_export"), "--workdir", str(w))
     assert auto.exit_code == 0, auto.stderr
     assert "detected a claude export" in auto.stderr

@@ -298,14 +298,22 @@ def chunk_workdir(
     *,
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
+    excluded_for: str | None = None,
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts.
 
     `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
+    `excluded_for` names the destination `exclude_ids` came from; the manifest keeps it, so
+    a load into another destination knows the batch file leaves messages out.
     """
     stats = ChunkStats()
     table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
     write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags))
-    manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
+    manifest: dict[str, object] = {
+        "max_tokens": limits.max_tokens,
+        "max_messages": limits.max_messages,
+    }
+    if excluded_for is not None and stats.excluded > stats.duplicates:
+        manifest["excluded_for"] = excluded_for
     write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
     return stats

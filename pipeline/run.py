@@ -1,8 +1,9 @@
 """`memos-etl run`: extract -> chunk -> load for every source of a config, incrementally.
 
 The orchestrator: the only module besides the dry run that chains the stages. Batches a
-previous run left unfinished are delivered first, so nothing in flight is ever chunked
-twice; then every source is extracted, only messages the destination has not received
+previous run left unfinished for the same destination are delivered first, so nothing in
+flight is ever chunked twice (a batch file cut for another destination is left to it);
+then every source is extracted, only messages the destination has not received
 (`pipeline.incremental`) are chunked, and the new batches are loaded.
 """
 
@@ -26,7 +27,7 @@ from pipeline.core.staging import read_staging
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import LoadStats, load_workdir
+from pipeline.load.loader import LoadStats, batch_file_cut_for, load_workdir
 from pipeline.load.preflight import preflight
 from pipeline.load.targets import local_db_path, open_target
 
@@ -72,7 +73,12 @@ def run_pipeline(
     with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
         preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
         resumed = None
-        if batches_path(workdir).exists() and ledger_path(workdir).exists():
+        cut_for = batch_file_cut_for(workdir)
+        if (
+            batches_path(workdir).exists()
+            and ledger_path(workdir).exists()
+            and cut_for in (None, dest.id)
+        ):
             resumed = load_workdir(
                 workdir,
                 endpoint,
@@ -122,6 +128,7 @@ def run_pipeline(
             exclude_ids=delta.exclude if delta else set(),
             since=since,
             tags=cfg.tags_by_source(),
+            excluded_for=dest.id,
         )
         log.info(
             "chunk: %d batches from %d new messages in %.1f s",

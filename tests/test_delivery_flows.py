@@ -133,16 +133,38 @@ def test_local_first_then_memos_sends_everything_to_memos(tmp_path: Path) -> Non
 
 def test_run_with_a_second_config_target_sends_everything(tmp_path: Path) -> None:
     data = rows(24)
-    export = write_csv(tmp_path / "chats.csv", data)
+    export = write_csv(tmp_path / "chats.csv", rows(16))
     w = tmp_path / "w"
     local = tmp_path / "local.yaml"
     local.write_text(f"workdir: {w}\nsources:\n  - kind: csv\n    path: {export}\n")
+    ok(cli("run", str(local)))
+    write_csv(export, data)  # the export grew: the batch file now holds only the new tail
     ok(cli("run", str(local)))
     with server(tmp_path, token=KEY) as srv:
         cloud = tmp_path / "cloud.yaml"
         cloud.write_text(local.read_text() + "load:\n  target: memos\n")
         result = ok(cli("run", str(cloud), "--json", env=memos_env(srv)))
         assert orjson.loads(result.stdout)["load"]["sent"]["messages"] == 24
+    assert_exactly_once(tmp_path / "server.sqlite", data)
+    assert_exactly_once(w / "local-memos.sqlite", data)
+
+
+def test_load_refuses_a_batch_file_run_cut_for_another_destination(tmp_path: Path) -> None:
+    """After `run` into the local store, the batch file holds only the new tail: loading
+    it into MemOS would skip the rest, so `load` says to chunk first."""
+    data = rows(20)
+    export = write_csv(tmp_path / "chats.csv", rows(12))
+    w = tmp_path / "w"
+    config = tmp_path / "local.yaml"
+    config.write_text(f"workdir: {w}\nsources:\n  - kind: csv\n    path: {export}\n")
+    ok(cli("run", str(config)))
+    write_csv(export, data)
+    ok(cli("run", str(config)))
+    with server(tmp_path, token=KEY) as srv:
+        refused = cli("load", "--workdir", str(w), "--target", "memos", env=memos_env(srv))
+        assert refused.exit_code == 3 and "memos-etl chunk" in refused.stderr
+        ok(cli("chunk", "--workdir", str(w)))
+        ok(cli("load", "--workdir", str(w), "--target", "memos", env=memos_env(srv)))
     assert_exactly_once(tmp_path / "server.sqlite", data)
     assert_exactly_once(w / "local-memos.sqlite", data)
 

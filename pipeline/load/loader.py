@@ -22,6 +22,7 @@ import heapq
 import logging
 import math
 import random
+import shlex
 import signal
 import time
 from collections import Counter, deque
@@ -47,6 +48,7 @@ from pipeline.core.destination import EMBEDDED, Destination, destination_for
 from pipeline.core.errors import (
     AuthError,
     ConfigError,
+    InputError,
     LoadError,
     PermanentLoadError,
     QuotaExhaustedError,
@@ -57,7 +59,7 @@ from pipeline.core.lock import workdir_lock
 from pipeline.core.memos_api import GET_MESSAGE_LIMIT, VISIBLE_ROLES
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
-from pipeline.core.workdir import batches_path
+from pipeline.core.workdir import batches_path, manifest_path
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
@@ -647,6 +649,7 @@ def load_workdir(
     if not batches_path(workdir).exists():
         raise ConfigError(f"no batches in {workdir}; run `memos-etl chunk` first")
     with Ledger.open(workdir, destination) as ledger:
+        _check_batch_file_is_for(workdir, ledger.destination)
         if settings is not None:
             ledger.remember_settings(settings)
         plan = incremental.filter_batches(
@@ -681,6 +684,29 @@ def load_workdir(
             stats.messages += plan.already_messages
             ledger.end_run(run_id, run_counts(stats))
         return stats
+
+
+def batch_file_cut_for(workdir: Path) -> str | None:
+    """The destination id `run` cut the batch file for (leaving out what it had), if any."""
+    try:
+        manifest = orjson.loads(manifest_path(workdir).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    cut_for = manifest.get("excluded_for") if isinstance(manifest, dict) else None
+    return str(cut_for) if cut_for else None
+
+
+def _check_batch_file_is_for(workdir: Path, destination: Destination) -> None:
+    """Refuse a batch file `run` cut for another destination: it leaves out what that
+    destination already had, which this one may lack (`chunk` batches everything)."""
+    cut_for = batch_file_cut_for(workdir)
+    if cut_for and cut_for != destination.id:
+        raise InputError(
+            f"the batch file in {workdir} was made by `run` for another destination and "
+            f"leaves out messages {destination.describe()} may not have; run "
+            f"`memos-etl chunk --workdir {shlex.quote(str(workdir))}` first (nothing is "
+            "sent twice: messages a destination has are skipped)"
+        )
 
 
 def run_counts(stats: LoadStats) -> dict[str, Any]:

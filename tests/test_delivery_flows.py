@@ -340,6 +340,10 @@ def test_reset_forgets_one_destination_only(tmp_path: Path) -> None:
     with server(tmp_path) as srv:
         ok(cli("load", "--workdir", str(w), "--base-url", srv.url))
         ok(cli("load", "--workdir", str(w)))
+        unknown = ok(
+            cli("reset", "--workdir", str(w), "--target", "memos", "--json", env=memos_env(srv))
+        )
+        assert orjson.loads(unknown.stdout)["forgotten"] == 0
         refused = cli("reset", "--workdir", str(w), "--base-url", srv.url)
         assert refused.exit_code == 1  # asked, no answer: nothing forgotten
         result = ok(cli("reset", "--workdir", str(w), "--base-url", srv.url, "--yes", "--json"))

@@ -82,15 +82,22 @@ def reset(
     from pipeline.core.destination import destination_for
     from pipeline.core.lock import workdir_lock
     from pipeline.core.workdir import ledger_path
-    from pipeline.load.ledger import Ledger
+    from pipeline.load.ledger import Ledger, ledger_status
 
     setup(verbose, quiet, no_progress)
     cfg = load_cli_config(
         config_path, {"workdir": workdir, "load": {"target": target, "base_url": base_url}}
     )
     dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
-    if not ledger_path(cfg.workdir).exists():
-        emit({"forgotten": 0}, as_json, f"no ledger in {cfg.workdir}; nothing to forget")
+    known = ledger_path(cfg.workdir).exists() and any(
+        d["dest_id"] == dest.id for d in ledger_status(cfg.workdir)["destinations"]
+    )
+    if not known:
+        emit(
+            {"forgotten": 0, "destination": dest.describe()},
+            as_json,
+            f"no deliveries to {dest.describe()} in {cfg.workdir}; nothing to forget",
+        )
         return
     if not yes:
         click.confirm(

@@ -64,6 +64,14 @@ def known_sources() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def module_name(name: str) -> str:
+    """The module of a registered source kind (for `connectors.detect`)."""
+    found = _REGISTRY.get(name)
+    if found is None:
+        raise ConfigError(f"unknown source {name!r}; choose one of: {', '.join(known_sources())}")
+    return found
+
+
 def get_connector(name: str) -> Connector:
     """Look up a connector by source name; unknown names are a `ConfigError`."""
     module_name = _REGISTRY.get(name)

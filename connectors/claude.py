@@ -331,3 +331,11 @@ def _content(msg: dict[str, Any], options: Options) -> tuple[str, dict[str, Any]
         names = [f.get("file_name") for f in files + named]
         text = " ".join(f"[file: {n}]" if n else "[file]" for n in names)
     return text, extra
+
+
+def looks_like(path: Path) -> bool:
+    """`--source auto`: a `conversations.json` (or the file itself) holding
+    `chat_messages` (cheap; never raises)."""
+    from connectors.detect import json_export_has
+
+    return json_export_has(path, b"chat_messages")

@@ -292,3 +292,11 @@ def _has_surrogates(text: str) -> bool:
 
 def _printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def looks_like(path: Path) -> bool:
+    """`--source auto`: a single `.csv`/`.tsv` file (cheap; never raises)."""
+    try:
+        return path.is_file() and path.suffix.lower() in (".csv", ".tsv")
+    except OSError:
+        return False

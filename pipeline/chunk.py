@@ -47,11 +47,15 @@ class ChunkLimits:
 
 @dataclass
 class ChunkStats:
-    """What a chunk run produced; `messages == batched + excluded`."""
+    """What a chunk run produced; `messages == batched + excluded` (`excluded` includes the
+    `duplicates`)."""
 
     messages: int = 0
     batched: int = 0
     excluded: int = 0
+    duplicates: int = 0
+    """Staged rows left out because another row has the same message id and content (the
+    same export staged under two source names)."""
     batches: int = 0
     conversations: int = 0
     users: int = 0
@@ -65,6 +69,7 @@ class ChunkStats:
             "messages": self.messages,
             "batched": self.batched,
             "excluded": self.excluded,
+            "duplicates": self.duplicates,
             "batches": self.batches,
             "conversations": self.conversations,
             "users": self.users,
@@ -226,6 +231,7 @@ def chunk_table(
         and (since is None or ts is None or ts >= since)
         for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
     ]
+    _drop_duplicates(cols["message_id"], cols["content"], keep, stats)
     kept = [i for i in range(n) if keep[i]]
     tokens = [0] * n
     for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
@@ -261,6 +267,31 @@ def chunk_table(
     stats.users = len(users)
 
 
+def _drop_duplicates(
+    ids: Sequence[str], contents: Sequence[str], keep: list[bool], stats: ChunkStats
+) -> None:
+    """Keep only the first of rows with the same message id and content: a message is
+    identified by its source kind and native id (the `message_id`), so two source names
+    staging the same export must not deliver it twice. Same id with other content is left
+    alone (it is counted by the dry run's duplicate-id check)."""
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for mid in ids:
+        (repeated if mid in seen else seen).add(mid)
+    if not repeated:
+        return
+    first: set[tuple[str, str]] = set()
+    for i, mid in enumerate(ids):
+        if mid not in repeated or not keep[i]:
+            continue
+        key = (mid, content_hash(contents[i]))
+        if key in first:
+            keep[i] = False
+            stats.duplicates += 1
+        else:
+            first.add(key)
+
+
 def chunk_workdir(
     workdir: Path,
     limits: ChunkLimits,
@@ -268,17 +299,25 @@ def chunk_workdir(
     *,
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
+    excluded_for: str | None = None,
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts.
 
     `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
+    `excluded_for` names the destination `exclude_ids` came from; the manifest keeps it, so
+    a load into another destination knows the batch file leaves messages out.
     """
     stats = ChunkStats()
     table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
     try:
         batches = chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags)
         write_batches(workdir, batches)
-        manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
+        manifest: dict[str, object] = {
+            "max_tokens": limits.max_tokens,
+            "max_messages": limits.max_messages,
+        }
+        if excluded_for is not None and stats.excluded > stats.duplicates:
+            manifest["excluded_for"] = excluded_for
         write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
     except BaseException as exc:
         # a half-written temp file (disk full, Ctrl-C) would keep the disk full: remove it;

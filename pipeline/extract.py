@@ -2,22 +2,32 @@
 
 Every event a connector yields is counted, so the returned `ExtractStats` always
 satisfies read == staged + sum(skipped) + quarantined.
+
+Bad input is loud: an export that stages nothing (wrong kind, empty, garbage, wrong
+encoding), or one whose quarantined share is over `max_quarantined_share`, raises
+`InputError` (exit 3) with a hint, and the source's previous staging stays as it was. The
+quarantine file still gets the reasons. Kind `auto` picks the connector from the export's
+layout (`connectors.detect`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 from pydantic import ValidationError
 
+from connectors import detect
 from connectors.base import ConnectorOptions, get_connector
 from pipeline.core.config import SourceConfig, describe_validation_error
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import (
     Distinct,
+    Event,
     ExtractStats,
     Message,
     MessageTable,
@@ -28,8 +38,60 @@ from pipeline.core.models import (
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import entry, replace_source_entries
 from pipeline.core.staging import StagingWriter
+from pipeline.core.workdir import quarantine_path
 
 SUMMARY_FILE = "_extract.json"
+AUTO = "auto"
+"""The source kind that asks `connectors.detect` to pick the connector."""
+log = logging.getLogger("memos_etl.extract")
+
+
+def resolve_auto(source: SourceConfig, *, keep_label: bool = True) -> SourceConfig:
+    """`source` with kind `auto` replaced by the detected kind; other sources are returned
+    as they are. `InputError` when no single kind fits. With `keep_label` the source keeps
+    its name (`auto` if it had none, so a config's names stay valid); without, an unnamed
+    source is named after the detected kind."""
+    if source.kind != AUTO:
+        return source
+    kind = detect.choose(source.path)
+    log.info("%s looks like a %s export", source.path, kind)
+    update: dict[str, object] = {"kind": kind}
+    if keep_label:
+        update["name"] = source.label
+    return source.model_copy(update=update)
+
+
+def _refuse(
+    source: SourceConfig,
+    read: int,
+    staged: int,
+    skipped: int,
+    quarantined: int,
+    share: float | None,
+    required: bool,
+) -> str | None:
+    """Why this extract must fail loudly, or None."""
+    where = f"{source.path} (as --source {source.kind})"
+    if staged == 0 and required:
+        guess = [k for k in detect.detect(source.path) if k != source.kind]
+        hint = (
+            f"it looks like a {' or '.join(guess)} export: try --source {guess[0]}"
+            if guess
+            else "check the file and its kind (--source auto detects it)"
+        )
+        if quarantined:
+            hint += "; reasons in {quarantine}"
+        return (
+            f"nothing staged from {where}: read {read} records, skipped {skipped}, "
+            f"quarantined {quarantined}; {hint}"
+        )
+    if share is not None and read and quarantined / read > share:
+        return (
+            f"{quarantined} of {read} records of {where} were quarantined, over the "
+            f"allowed share {share:g} (extract.max_quarantined_share); reasons in "
+            "{quarantine}"
+        )
+    return None
 
 
 def connector_options(source: SourceConfig, default_user_id: str | None) -> ConnectorOptions:
@@ -52,9 +114,17 @@ def extract_source(
     *,
     default_user_id: str | None = None,
     progress: Progress | None = None,
+    max_quarantined_share: float | None = None,
+    require_staged: bool = False,
 ) -> ExtractStats:
-    """Read `source` into `<workdir>/staging/<label>/` and its bad records into quarantine."""
+    """Read `source` into `<workdir>/staging/<label>/` and its bad records into quarantine.
+
+    Raises `InputError` when `require_staged` and nothing was staged, or when more than
+    `max_quarantined_share` of the records were quarantined (None: no limit); the source's
+    previous staging is kept then. (The dry run reports such exports instead.)
+    """
     progress = progress or NullProgress()
+    source = resolve_auto(source)
     connector = get_connector(source.kind)
     options = connector_options(source, default_user_id)
     if not source.path.exists():
@@ -71,7 +141,7 @@ def extract_source(
             if connector.writes_parts
             else connector.read(source.path, options)
         )
-        for event in events:
+        for event in _with_kind_hint(events, source):
             if isinstance(event, Message):
                 read += 1
                 writer.write(event)
@@ -95,6 +165,18 @@ def extract_source(
                 pairs.add(event.distinct)
                 progress.advance(event.rows)
         writer.flush()
+        why = _refuse(
+            source,
+            read,
+            writer.rows_written,
+            sum(skipped.values()),
+            len(quarantined),
+            max_quarantined_share,
+            require_staged,
+        )
+        if why is not None:
+            replace_source_entries(workdir, source.label, quarantined)
+            raise InputError(why.replace("{quarantine}", str(quarantine_path(workdir))))
         distinct = pairs.result()
         stats = ExtractStats(
             source=source.label,
@@ -109,6 +191,21 @@ def extract_source(
     progress.close()
     replace_source_entries(workdir, source.label, quarantined)
     return stats
+
+
+def _with_kind_hint(events: Iterator[Event], source: SourceConfig) -> Iterator[Event]:
+    """The connector's events; an export it cannot read at all gets a hint when its layout
+    is another connector's (a Claude export given as `--source chatgpt`)."""
+    try:
+        yield from events
+    except (ConfigError, InputError) as exc:
+        guess = [k for k in detect.detect(source.path) if k != source.kind]
+        if not guess:
+            raise
+        raise type(exc)(
+            f"{exc}; {source.path} looks like a {' or '.join(guess)} export: "
+            f"try --source {guess[0]}"
+        ) from None
 
 
 class _Pairs:

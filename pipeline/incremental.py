@@ -1,45 +1,230 @@
 """The one rule for "what would be sent to a destination", shared by `run`, `load` and the dry run.
 
-A staged message is left out of the next batches when the ledger records it as delivered.
+A message is identified by its `message_id` (source kind + native id, so the same export
+staged under two source names is one message). It is left out when the ledger records it
+as delivered *to this destination* (`pipeline.core.destination`): deliveries to one
+destination never count for another. `run` and the dry run apply the rule to staged rows
+before chunking (`plan`); `load` applies it to the batch file (`filter_batches`), so a
+batch file chunked before a delivery, with other limits, or from overlapping sources
+sends each message once whatever the order of commands.
 A delivered message whose staged content has changed since (an edit in a newer export) is
 left out too, and reported, unless `load.resend_changed` is set: then it is sent again.
 Because `run` and `validate` both call `plan`, the dry run's "to send" is exactly what a
 run sends.
 
 This module reads the ledger's `delivered_messages` table read-only (the table's writer is
-`pipeline.load.ledger`); it imports nothing from the load stage, so the dry run can use it
-without importing the loader.
+`pipeline.load.ledger`) and owns the checks that refuse an empty, truncated, foreign or
+newer ledger (`verify_ledger_file`); it imports nothing from the load stage, so the dry
+run can use it without importing the loader.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.core.models import content_hash
+from pipeline.core.batches import Batch
+from pipeline.core.destination import Destination, local_default
+from pipeline.core.errors import LedgerError
+from pipeline.core.models import content_hash, stable_id
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens
 from pipeline.core.workdir import ledger_path
 
+SCHEMA_VERSION = 2
+"""The ledger schema this memos-etl writes (`PRAGMA user_version`)."""
+APPLICATION_ID = 0x4D454D4F
+"""`PRAGMA application_id` of a memos-etl ledger ("MEMO"); version-1 ledgers carry 0."""
+LEGACY_DEST = "legacy"
+"""`dest_id` of version-1 deliveries whose destination cannot be known (see the ledger)."""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
-def delivered_message_hashes(workdir: Path) -> dict[str, str]:
-    """Message ids already delivered, with the content hash that was sent (read-only)."""
+
+def verify_ledger_file(path: Path) -> None:
+    """Refuse a ledger that cannot be trusted, before anything is read or sent.
+
+    An empty (0-byte) file, a file that is not SQLite, one shorter than its header says
+    (truncated), another program's database, or a newer schema raises `LedgerError`
+    (exit 3): taking any of them as "nothing delivered yet" would send everything again.
+    A missing file is fine (a first load creates it).
+    """
+    if not path.exists():
+        return
+    hint = (
+        "restore it from a backup, or move it away to start over (then every message is sent again)"
+    )
+    size = path.stat().st_size
+    if size == 0:
+        raise LedgerError(f"{path} is empty (0 bytes), not a ledger; {hint}")
+    with path.open("rb") as fh:
+        header = fh.read(100)
+    if not header.startswith(_SQLITE_MAGIC):
+        raise LedgerError(f"{path} is not a memos-etl ledger (not SQLite); {hint}")
+    if len(header) < 100:
+        raise LedgerError(f"{path} is truncated ({size} bytes); {hint}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[92:96] == header[96:100]
+    wal = Path(f"{path}-wal")
+    # with a non-empty write-ahead log, a checkpoint a crash interrupted may have written
+    # the header before the pages: SQLite completes it from the log, so size says nothing
+    pending_log = wal.exists() and wal.stat().st_size > 0
+    if valid and pages and not pending_log and size < pages * page_size:
+        raise LedgerError(f"{path} is truncated ({size} of {pages * page_size} bytes); {hint}")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = conn.execute("pragma user_version").fetchone()[0]
+            app = conn.execute("pragma application_id").fetchone()[0]
+            tables = {
+                n for (n,) in conn.execute("select name from sqlite_master where type='table'")
+            }
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path} is damaged ({exc}); {hint}") from None
+    if version > SCHEMA_VERSION:
+        raise LedgerError(
+            f"{path} was written by a newer memos-etl (schema {version}, this one reads "
+            f"{SCHEMA_VERSION}); upgrade memos-etl"
+        )
+    ours = app == APPLICATION_ID or (
+        app == 0
+        and (
+            (version == 0 and not tables)
+            or (version == 1 and {"batches", "delivered_messages"} <= tables)
+        )
+    )
+    if not ours:
+        raise LedgerError(f"{path} is another program's database, not a memos-etl ledger; {hint}")
+
+
+def delivered_message_hashes(
+    workdir: Path, destination: Destination | None = None
+) -> dict[str, str]:
+    """Message ids already delivered to `destination` (default: the workdir's local store),
+    with the content hash that was sent (read-only)."""
+    dest = destination or local_default(workdir)
     path = ledger_path(workdir)
     if not path.exists():
         return {}
+    verify_ledger_file(path)
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        has_table = conn.execute(
-            "select 1 from sqlite_master where type='table' and name='delivered_messages'"
-        ).fetchone()
-        if not has_table:
+        version = conn.execute("pragma user_version").fetchone()[0]
+        if version == 0:
             return {}
-        return dict(conn.execute("select message_id, content_hash from delivered_messages"))
+        if version == 1:
+            owner = local_default(workdir)
+            if Path(owner.account).exists() and dest != owner:
+                return {}
+            return dict(conn.execute("select message_id, content_hash from delivered_messages"))
+        ids = [dest.id]
+        if not conn.execute("select count(*) from destinations").fetchone()[0]:
+            ids.append(LEGACY_DEST)
+        marks = ",".join("?" * len(ids))
+        return dict(
+            conn.execute(
+                "select message_id, content_hash from delivered_messages"
+                f" where dest_id in ({marks})",
+                ids,
+            )
+        )
     finally:
         conn.close()
+
+
+@dataclass
+class BatchPlan:
+    """The batch file after the rule: what is left to send, and what was left out."""
+
+    batches: list[Batch]
+    already_batches: int = 0
+    """Batches every message of which this destination already has."""
+    already_messages: int = 0
+    """Messages left out because this destination already has them."""
+    duplicate_messages: int = 0
+    """Messages left out because an earlier batch of the file carries them."""
+    changed: list[str] = field(default_factory=list)
+    """Delivered messages whose content changed since (sent only with `resend_changed`)."""
+
+
+def filter_batches(
+    batches: Iterable[Batch], delivered: Mapping[str, str], resend_changed: bool
+) -> BatchPlan:
+    """Drop from `batches` every message the destination has, and every message an earlier
+    batch already carries (same id and content). A batch that loses some messages is
+    rebuilt (with the id the chunker would give it), one that loses all is left out.
+    Parts of a split message go or stay together."""
+    plan = BatchPlan([])
+    seen: set[tuple[str, str]] = set()
+    changed: set[str] = set()
+    dropped_parts: set[str] = set()
+
+    def verdict(mid: str, digest: str) -> str:
+        """ "send", "already" or "duplicate" for one message."""
+        sent = delivered.get(mid)
+        if sent is not None and sent != digest and mid not in changed:
+            changed.add(mid)
+            plan.changed.append(mid)
+        if sent is not None and (sent == digest or not resend_changed):
+            return "already"
+        return "duplicate" if (mid, digest) in seen else "send"
+
+    for batch in batches:
+        if batch.part is not None:  # one message in parts: decided by its first part
+            mid = batch.message_ids[0]
+            if batch.part[0] == 1:
+                what = verdict(mid, batch.content_hashes[0])
+                seen.add((mid, batch.content_hashes[0]))
+                if what == "send":
+                    dropped_parts.discard(mid)
+                else:
+                    dropped_parts.add(mid)
+                    plan.already_batches += what == "already"
+                    plan.already_messages += what == "already"
+                    plan.duplicate_messages += what == "duplicate"
+            if mid not in dropped_parts:
+                plan.batches.append(batch)
+            continue
+        keep: list[int] = []
+        for i, (mid, digest) in enumerate(
+            zip(batch.message_ids, batch.content_hashes, strict=True)
+        ):
+            what = verdict(mid, digest)
+            seen.add((mid, digest))
+            if what == "send":
+                keep.append(i)
+            elif what == "already":
+                plan.already_messages += 1
+            else:
+                plan.duplicate_messages += 1
+        if len(keep) == len(batch.message_ids):
+            plan.batches.append(batch)
+        elif not keep:
+            plan.already_batches += 1
+        else:
+            plan.batches.append(_subset(batch, keep))
+    return plan
+
+
+def _subset(batch: Batch, keep: list[int]) -> Batch:
+    """`batch` with only the messages at `keep` (never a part batch: it has one message)."""
+    ids = tuple(batch.message_ids[i] for i in keep)
+    hashes = tuple(batch.content_hashes[i] for i in keep)
+    messages = [batch.body["messages"][i] for i in keep]
+    batch_id = stable_id(batch.user_id, batch.conversation_id, "", *ids, *hashes)
+    info = {**batch.body.get("info", {}), "batch_id": batch_id, "first_message_id": ids[0][:1000]}
+    tokens = sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in messages)
+    body = {**batch.body, "messages": messages, "info": info}
+    return replace(
+        batch, batch_id=batch_id, message_ids=ids, content_hashes=hashes, body=body, tokens=tokens
+    )
 
 
 @dataclass

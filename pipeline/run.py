@@ -1,16 +1,18 @@
 """`memos-etl run`: extract -> chunk -> load for every source of a config, incrementally.
 
 The orchestrator: the only module besides the dry run that chains the stages. Batches a
-previous run left unfinished are delivered first, so nothing in flight is ever chunked
-twice; then every source is extracted, only messages the destination has not received
+previous run left unfinished for the same destination are delivered first, so nothing in
+flight is ever chunked twice (a batch file cut for another destination is left to it);
+then every source is extracted, only messages the destination has not received
 (`pipeline.incremental`) are chunked, and the new batches are loaded.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,13 +20,15 @@ from typing import Any
 from pipeline import incremental
 from pipeline.chunk import ChunkLimits, chunk_workdir
 from pipeline.core.config import Config
+from pipeline.core.destination import destination_for
 from pipeline.core.lock import workdir_lock
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import read_staging
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import LoadStats, load_workdir
+from pipeline.load.loader import LoadStats, batch_file_cut_for, load_workdir
+from pipeline.load.preflight import preflight
 from pipeline.load.targets import local_db_path, open_target
 
 log = logging.getLogger("memos_etl.run")
@@ -52,33 +56,59 @@ def run_pipeline(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     env: Mapping[str, str] | None = None,
+    command: str = "memos-etl run",
+    settings: dict[str, Any] | None = None,
 ) -> RunResult:
     """extract -> chunk -> load for every source, incrementally.
 
     Only messages never delivered are chunked, so a conversation that grew gets just its
     new tail as further batches; messages whose content changed since delivery are
-    reported and resent only with `load.resend_changed`.
+    reported and resent only with `load.resend_changed`. "Delivered" means delivered to
+    this config's destination (`pipeline.core.destination`); the destination is probed
+    first (`preflight`), so a wrong URL or key stops the run before anything is extracted.
     """
     progress = progress or NullProgress()
     workdir = cfg.workdir
+    dest = destination_for(cfg.load, workdir, env=env)
     with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
+        preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
         resumed = None
-        if batches_path(workdir).exists() and ledger_path(workdir).exists():
+        cut_for = batch_file_cut_for(workdir)
+        if (
+            batches_path(workdir).exists()
+            and ledger_path(workdir).exists()
+            and cut_for in (None, dest.id)
+        ):
             resumed = load_workdir(
                 workdir,
                 endpoint,
                 cfg.load,
+                destination=dest,
+                command=command,
+                settings=settings,
                 progress=progress,
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
+        started = time.monotonic()
         extracted = [
-            stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
+            stats_dict(
+                extract_source(
+                    s,
+                    workdir,
+                    default_user_id=cfg.user_id,
+                    progress=progress,
+                    max_quarantined_share=cfg.extract.max_quarantined_share,
+                    require_staged=True,
+                )
+            )
             for s in cfg.sources
         ]
-        delivered = incremental.delivered_message_hashes(workdir)
+        log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
+        started = time.monotonic()
+        delivered = incremental.delivered_message_hashes(workdir, dest)
         staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
             incremental.plan(staged, delivered, cfg.load.resend_changed)
@@ -98,17 +128,46 @@ def run_pipeline(
             exclude_ids=delta.exclude if delta else set(),
             since=since,
             tags=cfg.tags_by_source(),
+            excluded_for=dest.id,
+        )
+        log.info(
+            "chunk: %d batches from %d new messages in %.1f s",
+            chunked.batches,
+            chunked.batched,
+            time.monotonic() - started,
         )
         stats = load_workdir(
             workdir,
             endpoint,
             cfg.load,
+            destination=dest,
+            command=command,
+            settings=settings,
             progress=progress,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
         )
-        with Ledger.open(workdir) as ledger:
+        with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()
+    if resumed is not None:
+        stats = _whole_run(resumed, stats)
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None
     return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
+
+
+def _whole_run(resumed: LoadStats, final: LoadStats) -> LoadStats:
+    """The run's load counts over both of its load steps (finishing the previous batch
+    file, then the new batches): what was sent, verified and requested adds up; the end
+    state (done, failed, pending) is the new batch file's."""
+    whole = replace(final, retries=resumed.retries + final.retries)
+    whole.sent_batches += resumed.sent_batches
+    whole.sent_messages += resumed.sent_messages
+    whole.verified_landed += resumed.verified_landed
+    whole.verified_messages += resumed.verified_messages
+    whole.duplicate_messages += resumed.duplicate_messages
+    whole.split += resumed.split
+    whole.requests += resumed.requests
+    whole.peak_in_flight = max(resumed.peak_in_flight, final.peak_in_flight)
+    whole.duration += resumed.duration
+    return whole

@@ -503,7 +503,8 @@ def test_cli_extract_json(tmp_path: Path) -> None:
 
 
 def test_cli_without_owner_exits_2_with_one_line(tmp_path: Path) -> None:
-    export = write_export(tmp_path / "e", [conversation("x", [node("r", None)], "r")], None)
+    nodes = [node("r", None), node("u", "r", "user", "hello", 1_700_000_001.0)]
+    export = write_export(tmp_path / "e", [conversation("x", nodes, "u")], None)
     result = CliRunner().invoke(
         main, ["extract", "--source", "chatgpt", str(export), "--workdir", str(tmp_path / "w")]
     )

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.chunk import ChunkLimits, ChunkStats, chunk_table
-from pipeline.core.errors import ConfigError, LockError
+from pipeline.core.errors import LedgerError, LockError
 from pipeline.core.lock import workdir_lock
 from pipeline.core.workdir import ledger_path
 from pipeline.incremental import delivered_message_hashes
@@ -40,7 +40,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(ledger_path(tmp_path))
     conn.execute(f"pragma user_version={SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(ConfigError, match="newer memos-etl"):
+    with pytest.raises(LedgerError, match="newer memos-etl"):
         Ledger.open(tmp_path)
 
 

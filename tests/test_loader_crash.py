@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from pipeline.core.batches import Batch, write_batches
+from pipeline.core.config import LoadConfig
+from pipeline.core.destination import Destination, destination_for
 from pipeline.load.ledger import Ledger
 from pipeline.server.app import LocalServer, ServerConfig, start_server
 from pipeline.server.faults import FaultConfig
@@ -35,6 +37,11 @@ def stored(db: Path) -> dict[tuple[str, str], list[str]]:
     return {
         key: [m["content"] for m in conversation_messages(db, *key)] for key in message_counts(db)
     }
+
+
+def served(workdir: Path, server: LocalServer) -> Destination:
+    """The destination `load --target local --base-url <server>` delivers to."""
+    return destination_for(LoadConfig(target="local"), workdir, base_url=server.url, env={})
 
 
 def assert_prefix_state(db: Path, want: dict[tuple[str, str], list[str]]) -> int:
@@ -92,7 +99,9 @@ def test_sigkill_at_random_points_then_rerun_is_exact(tmp_path: Path) -> None:
             proc.communicate(timeout=30)
             kills += 1
             assert_prefix_state(db, want)
-            with Ledger.open(tmp_path) as ledger:  # the ledger opens and reads cleanly
+            with Ledger.open(
+                tmp_path, served(tmp_path, server)
+            ) as ledger:  # the ledger opens and reads cleanly
                 assert sum(c["batches"] for c in ledger.status_counts().values()) == len(batches)
         assert kills >= 3
         final = start_load(tmp_path, server)
@@ -115,7 +124,7 @@ def test_ctrl_c_exits_130_consistent_and_resumable(tmp_path: Path) -> None:
         assert proc.returncode == 130, err
         assert "resume with: memos-etl load --workdir" in err
         assert_prefix_state(db, want)
-        with Ledger.open(tmp_path) as ledger:
+        with Ledger.open(tmp_path, served(tmp_path, server)) as ledger:
             counts = ledger.status_counts()
         assert counts["sending"]["batches"] == 0  # in-flight requests were finished
         assert 0 < counts["done"]["batches"] < len(batches)
@@ -132,6 +141,7 @@ def test_second_ctrl_c_exits_at_once_and_stays_consistent(tmp_path: Path) -> Non
     db = tmp_path / "server.sqlite"
     slow = FaultConfig(latency_ms=3000)
     with start_server(ServerConfig(db_path=db, faults=slow)) as server:
+        port = server.port
         proc = start_load(tmp_path, server)
         wait_for_requests(server, proc, 8)  # eight requests now wait 3 s each
         proc.send_signal(signal.SIGINT)
@@ -141,10 +151,11 @@ def test_second_ctrl_c_exits_at_once_and_stays_consistent(tmp_path: Path) -> Non
         # for them (instead of abandoning them on the second Ctrl-C) would time out here
         _, err = proc.communicate(timeout=2.5)
         assert proc.returncode == 130, err
-        with Ledger.open(tmp_path) as ledger:
+        with Ledger.open(tmp_path, served(tmp_path, server)) as ledger:
             assert ledger.status_counts()["sending"]["batches"] > 0  # abandoned, uncertain
     time.sleep(3.2)  # let the abandoned requests land in the store
-    with start_server(ServerConfig(db_path=db)) as server:
+    # the same store at the same URL: the same destination (a new port would be a new one)
+    with start_server(ServerConfig(db_path=db, port=port)) as server:
         again = start_load(tmp_path, server)
         _, err2 = again.communicate(timeout=60)
         assert again.returncode == 0, err2

@@ -228,7 +228,8 @@ def test_auth_failure_exits_6_without_leaking_key_and_resumes(
         assert bad.exit_code == 6, bad.stderr
         assert "API key rejected" in bad.stderr
         assert KEY[::-1] not in bad.output and KEY not in bad.output
-        assert json.loads(bad.stdout)["pending"] == len(batches)
+        # the preflight request found it: nothing was sent, no batch was touched
+        assert bad.stdout == "" and stored(tmp_path / "server.sqlite") == {}
         monkeypatch.setenv("MEMOS_API_KEY", KEY)
         good = runner.invoke(main, ["load", "--workdir", str(tmp_path), "--target", "memos"])
         assert good.exit_code == 0, good.stderr

@@ -138,7 +138,8 @@ def test_run_finishes_what_a_stopped_run_left_before_new_data(tmp_path: Path) ->
         assert second.exit_code == 0, second.stderr
         out = json.loads(second.stdout)
         assert out["resumed"]["sent"]["messages"] == 2  # B's pending batch, first
-        assert out["load"]["sent"]["messages"] == 1  # then only the new message
+        # then only the new message; the run's totals count both steps
+        assert out["load"]["sent"]["messages"] == 3
     got = {
         conv: [m["content"] for m in conversation_messages(db, user, conv)]
         for user, conv in message_counts(db)

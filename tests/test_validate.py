@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -224,16 +223,16 @@ def test_secrets_and_personal_data_are_reported_masked(tmp_path: Path, jsonl_sou
 
 
 def _ledger(workdir: Path, rows: dict[str, str]) -> Path:
+    """A real ledger recording `rows` as delivered to the workdir's local store."""
+    from pipeline.load.ledger import Ledger
+
     workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "ledger.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "create table delivered_messages (message_id text primary key, "
-            "content_hash text not null)"
+    with Ledger.open(workdir) as ledger:
+        ledger.conn.executemany(
+            "insert into delivered_messages values (?, ?, ?, 'b', '2026-01-01')",
+            [(ledger.dest, m, h) for m, h in rows.items()],
         )
-        conn.executemany("insert into delivered_messages values (?, ?)", rows.items())
-    conn.close()
-    return path
+    return workdir / "ledger.sqlite"
 
 
 @pytest.mark.parametrize("resend_changed", [False, True])

@@ -63,3 +63,11 @@ def _two_processes(export: ExportFiles, files: list[str], options: Options) -> b
     if (os.cpu_count() or 1) < 2:
         return False
     return sum(export.size(name) for name in files) >= PARALLEL_MIN_BYTES
+
+
+def looks_like(path: Path) -> bool:
+    """`--source auto`: a `conversations.json` (or the file itself) holding a message
+    `mapping` (cheap; never raises)."""
+    from connectors.detect import json_export_has
+
+    return json_export_has(path, b"mapping")

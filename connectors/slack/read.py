@@ -565,3 +565,12 @@ class _Merger:
         if self.tables:
             yield MessageTable(pa.concat_tables(self.tables))
         self.tables, self.rows = [], 0
+
+
+def looks_like(path: Path) -> bool:
+    """`--source auto`: a folder or ZIP with Slack's `channels.json`, `dms.json`,
+    `groups.json` or `mpims.json` (cheap; never raises)."""
+    from connectors.detect import member_names
+
+    markers = {"channels.json", "dms.json", "groups.json", "mpims.json"}
+    return any(n.rsplit("/", 1)[-1] in markers for n in member_names(path))

@@ -12,6 +12,7 @@ import click
 from pipeline import __version__
 from pipeline.cli.chunk import chunk
 from pipeline.cli.common import ErrorMappingGroup
+from pipeline.cli.delivery import check, history, reset
 from pipeline.cli.extract import extract
 from pipeline.cli.load import load, status
 from pipeline.cli.run import run
@@ -28,5 +29,5 @@ def main() -> None:
     """
 
 
-for command in (extract, chunk, load, run, status, validate, serve, search):
+for command in (extract, chunk, load, run, status, validate, serve, search, check, reset, history):
     main.add_command(command)

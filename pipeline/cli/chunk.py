@@ -38,6 +38,7 @@ def chunk(
     Example: memos-etl chunk --workdir w --max-tokens 20000
     """
     from pipeline.chunk import ChunkLimits, chunk_workdir
+    from pipeline.core.lock import workdir_lock
 
     setup(verbose, quiet, no_progress)
     cfg = load_cli_config(
@@ -46,13 +47,16 @@ def chunk(
     )
     require_staging(cfg.workdir)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-    stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source())
+    with workdir_lock(cfg.workdir):
+        stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source())
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     emit(
         result,
         as_json,
         f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
-        f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split)",
+        f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split"
+        + (f"; {stats.duplicates} duplicates left out" if stats.duplicates else "")
+        + ")",
     )
 
 

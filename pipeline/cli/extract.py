@@ -26,7 +26,12 @@ from pipeline.cli.common import common_options, emit, load_cli_config, plural, s
 
 @click.command()
 @click.argument("path", required=False, type=click.Path(path_type=Path))
-@click.option("--source", "kind", help="Connector: csv, slack, chatgpt, claude.")
+@click.option(
+    "--source",
+    "kind",
+    help="Connector: csv, slack, chatgpt, claude, or auto (detected from the export's layout).",
+)
+@click.option("--encoding", help="Text encoding of the export (CSV), e.g. cp1252 or utf-16.")
 @click.option(
     "--name",
     help="Label of this source in the workdir (default: the source kind). "
@@ -37,6 +42,7 @@ from pipeline.cli.common import common_options, emit, load_cli_config, plural, s
 def extract(
     path: Path | None,
     kind: str | None,
+    encoding: str | None,
     name: str | None,
     user_id: str | None,
     config_path: Path | None,
@@ -48,17 +54,40 @@ def extract(
 ) -> None:
     """Read an export into the Parquet staging table.
 
+    Exit 3 when the export stages nothing (wrong kind, empty, wrong encoding) or more
+    than extract.max_quarantined_share of its records are quarantined; 5 when another
+    memos-etl command is using the workdir.
+
     Example: memos-etl extract --source csv data/samples/support_chats.csv --workdir w
     """
-    from pipeline.extract import extract_source, stats_dict
+    from pipeline.core.lock import workdir_lock
+    from pipeline.extract import extract_source, resolve_auto, stats_dict
 
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_path, {"workdir": workdir, "user_id": user_id})
     sources = _pick_sources(cfg, kind, path, name)
-    results = [
-        stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
-        for s in sources
-    ]
+    if encoding is not None:
+        sources = [
+            s.model_copy(update={"options": {**s.options, "encoding": encoding}}) for s in sources
+        ]
+    with workdir_lock(cfg.workdir):
+        resolved = [resolve_auto(s, keep_label=path is None) for s in sources]
+        for before, after in zip(sources, resolved, strict=True):
+            if before.kind != after.kind:
+                click.echo(f"{after.path}: detected a {after.kind} export", err=True)
+        results = [
+            stats_dict(
+                extract_source(
+                    s,
+                    cfg.workdir,
+                    default_user_id=cfg.user_id,
+                    progress=progress,
+                    max_quarantined_share=cfg.extract.max_quarantined_share,
+                    require_staged=True,
+                )
+            )
+            for s in resolved
+        ]
     totals = sum_counts(results)
     totals["sources"] = results
     totals["workdir"] = str(cfg.workdir)
@@ -78,7 +107,7 @@ def _pick_sources(
             raise ConfigError(f"--name {name!r}: {SOURCE_NAME_RULE}") from None
     if path is not None:
         if kind is None:
-            raise click.UsageError("--source is required with an input PATH")
+            raise click.UsageError("--source is required with an input PATH (or --source auto)")
         template = next((s for s in cfg.sources if s.kind == kind), None)
         base: dict[str, Any] = template.model_dump() if template else {"kind": kind}
         base.update(kind=kind, path=path)

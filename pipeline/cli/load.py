@@ -6,7 +6,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,20 +16,47 @@ if TYPE_CHECKING:
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
 
-def heartbeat_seconds(quiet: bool) -> float | None:
-    """A periodic progress log line when stderr is not a terminal (tqdm hides itself there)."""
-    if quiet or sys.stderr.isatty():
+def heartbeat_seconds(quiet: bool, verbose: int = 0) -> float | None:
+    """A periodic progress log line when stderr is not a terminal (tqdm hides itself
+    there) or with -v. Per-request lines (the embedded server's, httpx's) only with -vv."""
+    if verbose < 2:
+        for name in ("memos_etl.localapi", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if quiet or (sys.stderr.isatty() and not verbose):
         return None
     logging.getLogger("memos_etl.progress").setLevel(logging.INFO)
     return 10.0
 
 
 def load_line(stats: LoadStatsT) -> str:
+    """The one vocabulary of counts (messages): sent, verified landed, already delivered,
+    failed and pending batches, requests."""
     return (
-        f"sent {stats.sent_batches} batches ({stats.sent_messages} messages), "
-        f"already delivered {stats.already_batches}, failed {stats.failed}, "
-        f"pending {stats.pending}"
+        f"sent {stats.sent_messages} messages ({stats.sent_batches} batches), "
+        f"verified landed {stats.verified_messages}, "
+        f"already delivered {stats.already_messages}, failed {stats.failed} batches, "
+        f"pending {stats.pending} batches"
     )
+
+
+def resume_command(settings: dict[str, Any], *extra: str) -> str:
+    """A complete `memos-etl load` command for the same destination and the same settings
+    (what `status`, Ctrl-C and failures print; running it as printed resumes)."""
+    parts = ["memos-etl load"]
+    if settings.get("config"):
+        parts.append(f"--config {shlex.quote(str(settings['config']))}")
+    parts.append(f"--workdir {shlex.quote(str(settings['workdir']))}")
+    parts.append(f"--target {settings['target']}")
+    if settings.get("base_url"):
+        parts.append(f"--base-url {shlex.quote(str(settings['base_url']))}")
+    if settings.get("rate") is not None:
+        parts.append(f"--rate {settings['rate']:g}")
+    if settings.get("max_in_flight") is not None:
+        parts.append(f"--max-in-flight {settings['max_in_flight']}")
+    if settings.get("allow_insecure_http"):
+        parts.append("--allow-insecure-http")
+    parts.extend(extra)
+    return " ".join(parts)
 
 
 def load_summary(stats: LoadStatsT) -> str:
@@ -37,7 +64,9 @@ def load_summary(stats: LoadStatsT) -> str:
     retries = ", ".join(f"{k} {v}" for k, v in data["retries"].items()) or "none"
     lines = [
         f"load: {load_line(stats)} (blocked behind a failure {stats.blocked}); "
-        f"split {stats.split}; verified already landed {stats.verified_landed}",
+        f"split {stats.split}"
+        + (f"; duplicates skipped {stats.duplicate_messages}" if stats.duplicate_messages else "")
+        + (f"; changed since delivery, not resent {len(stats.changed)}" if stats.changed else ""),
         f"retries: {retries}",
         f"requests: {stats.requests} in {data['duration_s']:.1f} s "
         f"({data['requests_per_s']:.1f}/s)",
@@ -106,7 +135,8 @@ def load(
 
     Example: memos-etl load --workdir w --target local
     """
-    from pipeline.load.loader import load_command
+    from pipeline.core.destination import destination_for
+    from pipeline.load.loader import load_command, load_settings
 
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(
@@ -122,23 +152,22 @@ def load(
             },
         },
     )
+    dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
+    settings = load_settings(cfg, config_path, dest)
+    command = resume_command(settings)
     stats = load_command(
         cfg,
+        base_url=base_url,
         retry_failed=retry_failed,
         progress=progress,
         handle_signals=True,
-        heartbeat=heartbeat_seconds(quiet),
+        heartbeat=heartbeat_seconds(quiet, verbose),
+        settings=settings,
+        command=command,
     )
-    emit({**stats.to_json(), "workdir": str(cfg.workdir)}, as_json, load_summary(stats))
-    parts = ["memos-etl load"]
-    if config_path:
-        parts.append(f"--config {shlex.quote(str(config_path))}")
-    parts.append(f"--workdir {shlex.quote(str(cfg.workdir))} --target {cfg.load.target}")
-    if base_url:
-        parts.append(f"--base-url {shlex.quote(base_url)}")
-    if allow_insecure_http:
-        parts.append("--allow-insecure-http")
-    finish_load(stats, " ".join(parts))
+    out = {**stats.to_json(), "workdir": str(cfg.workdir), "destination": dest.describe()}
+    emit(out, as_json, f"destination: {dest.describe()}\n{load_summary(stats)}")
+    finish_load(stats, command)
 
 
 @click.command()
@@ -163,26 +192,47 @@ def status(
     if not info["exists"]:
         emit(info, as_json, f"no ledger in {cfg.workdir} yet; nothing was loaded")
         return
-    counts = info["batches"]
     lines = [f"ledger: {info['ledger']}"]
-    lines += [
-        f"{name:>8}: {c['batches']} batches, {c['messages']} messages"
-        for name, c in counts.items()
-        if c["batches"]
-    ]
-    lines.append(f"delivered messages: {info['delivered_messages']}")
-    if info["uncertain"]:
-        lines.append(f"uncertain (checked before resending): {info['uncertain']} batches")
-    lines += [
-        f"failed: conversation {f['conversation_id']} batch {f['batch_id']}: {f['error']}"
-        for f in info["failures"]
-    ]
-    if info["failures"]:
+    if info.get("unattributed_delivered"):
         lines.append(
-            "after fixing the cause: memos-etl load --retry-failed "
-            f"--workdir {shlex.quote(str(cfg.workdir))}"
+            f"delivered before destinations were recorded: {info['unattributed_delivered']} "
+            "messages (the first destination loaded adopts them)"
         )
+    for dest in info["destinations"]:
+        lines.append(f"destination: {dest['describe']}")
+        lines += [
+            f"  {name:>8}: {c['batches']} batches, {c['messages']} messages"
+            for name, c in dest["batches"].items()
+            if c["batches"]
+        ]
+        lines.append(f"  delivered messages: {dest['delivered_messages']}")
+        if dest["uncertain"]:
+            lines.append(f"  uncertain (checked before resending): {dest['uncertain']} batches")
+        lines += [
+            f"  failed: conversation {f['conversation_id']} batch {f['batch_id']}: {f['error']}"
+            for f in dest["failures"]
+        ]
+        settings = dest["settings"] or _default_settings(dest, cfg.workdir)
+        unfinished = dest["batches"]["pending"]["batches"] + dest["batches"]["sending"]["batches"]
+        if dest["failures"]:
+            hint = resume_command(settings, "--retry-failed")
+            lines.append(f"  after fixing the cause: {hint}")
+            dest["resume_command"] = hint
+        elif unfinished:
+            hint = resume_command(settings)
+            lines.append(f"  resume with: {hint}")
+            dest["resume_command"] = hint
     emit(info, as_json, "\n".join(lines))
+
+
+def _default_settings(dest: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    """Resume settings for a destination loaded before settings were recorded."""
+    embedded = dest["base_url"] == "embedded"
+    return {
+        "workdir": str(workdir),
+        "target": dest["kind"],
+        "base_url": None if embedded else dest["base_url"],
+    }
 
 
 # --- local MemOS-compatible server: serve, search -------------------------------------------

@@ -51,6 +51,8 @@ def run(
 
     Example: memos-etl run configs/quickstart.yaml
     """
+    from pipeline.core.destination import destination_for
+    from pipeline.load.loader import load_settings
     from pipeline.run import run_pipeline
 
     progress = setup(verbose, quiet, no_progress)
@@ -61,8 +63,17 @@ def run(
     if dry_run:
         dry_run_report(cfg, progress, when, as_json)
         return
+    command = f"memos-etl run {shlex.quote(str(config_file))}"
+    if workdir is not None:
+        command += f" --workdir {shlex.quote(str(workdir))}"
     result = run_pipeline(
-        cfg, since=when, progress=progress, handle_signals=True, heartbeat=heartbeat_seconds(quiet)
+        cfg,
+        since=when,
+        progress=progress,
+        handle_signals=True,
+        heartbeat=heartbeat_seconds(quiet, verbose),
+        command=command,
+        settings=load_settings(cfg, config_file, destination_for(cfg.load, cfg.workdir)),
     )
     extract_totals = sum_counts(result.extract)
     out: dict[str, Any] = {
@@ -79,7 +90,13 @@ def run(
     if result.chunk:
         lines.append(
             f"chunk: {result.chunk['batches']} batches from {result.chunk['batched']} "
-            f"new messages ({result.chunk['excluded']} already delivered or excluded)"
+            f"new messages ({result.chunk['excluded']} already delivered or excluded"
+            + (
+                f", of them {result.chunk['duplicates']} duplicates"
+                if result.chunk.get("duplicates")
+                else ""
+            )
+            + ")"
         )
     if result.changed:
         lines.append(
@@ -99,4 +116,4 @@ def run(
         out["search_command"] = search
         lines.append(f"try: {search}")
     emit(out, as_json, "\n".join(lines))
-    finish_load(result.load, f"memos-etl run {shlex.quote(str(config_file))}")
+    finish_load(result.load, command)

@@ -77,6 +77,15 @@ class SourceConfig(_Section):
         return self.name or self.kind
 
 
+class ExtractConfig(_Section):
+    """How much bad input an extract tolerates."""
+
+    max_quarantined_share: float = Field(default=0.8, ge=0, le=1)
+    """An extract fails (exit 3) when more than this share of the records read is
+    quarantined: that many unreadable records mean the wrong kind or encoding far more
+    often than a few damaged rows. 1 turns the check off."""
+
+
 class ChunkConfig(_Section):
     """Batch limits per addMessage request."""
 
@@ -119,6 +128,7 @@ class Config(_Section):
     workdir: Path = DEFAULT_WORKDIR
     user_id: str | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
 

@@ -3,6 +3,8 @@
     MemosError                     exit 1 unless a subclass says otherwise
      ├── ConfigError               exit 2: bad config file, flag or environment
      ├── InputError                exit 3: an export that cannot be read at all
+     │    ├── LedgerError          exit 3: a damaged, foreign or newer ledger (nothing sent)
+     │    └── UnreachableError     exit 3: the destination cannot be reached (preflight)
      ├── LockError                 exit 5: another run holds the workdir lock
      ├── DiskFullError             exit 7: the disk is full, the workdir cannot be written
      └── LoadError                 exit 4: delivery did not complete
@@ -34,6 +36,15 @@ class InputError(MemosError):
     """An input export cannot be read at all (missing, wrong encoding, wrong layout)."""
 
     exit_code = 3
+
+
+class LedgerError(InputError):
+    """The ledger file is empty, damaged, foreign or from a newer memos-etl: nothing is sent,
+    because guessing would resend (or skip) deliveries."""
+
+
+class UnreachableError(InputError):
+    """The destination did not answer the preflight request (DNS, refused, timeout)."""
 
 
 class LockError(MemosError):

@@ -211,6 +211,7 @@ def build_report(inp: ReportInputs) -> Report:
             "errors": errors,
             "warnings": warnings,
         },
+        "alerts": [],
         "skipped": dict(sorted(skipped_total.items())),
         "sources": sources,
         "ledger": {
@@ -255,7 +256,19 @@ def build_report(inp: ReportInputs) -> Report:
         ],
         "samples": inp.samples,
     }
+    data["alerts"] = _alerts(int(data["totals"]["quarantined"]), chunk.batched)
     return Report(data)
+
+
+def _alerts(quarantined: int, to_send: int) -> list[str]:
+    """What the report must show in red even when nothing would be rejected: unreadable
+    records, and a run that would send nothing at all."""
+    out = []
+    if quarantined:
+        out.append(f"{quarantined:,} records were quarantined (unreadable): see quarantine.jsonl")
+    if to_send == 0:
+        out.append("nothing would be sent: no message is new for this destination")
+    return out
 
 
 def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
@@ -289,6 +302,7 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
         more = len(d["problems"]) - len(problems)
         if more:
             lines.append(f"  … and {more} more (see the report)")
+    lines += [f"attention: {alert}" for alert in d.get("alerts", [])]
     if report.ok:
         lines.append("result: OK, nothing would be rejected")
     else:

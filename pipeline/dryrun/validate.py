@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pipeline import incremental
 from pipeline.chunk import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
 from pipeline.core.config import Config
+from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
 from pipeline.core.lock import workdir_lock
 from pipeline.core.models import STAGING_SCHEMA, ExtractStats
@@ -84,9 +85,8 @@ def _validate(
     table = read_labeled(workdir, labels, READ_COLUMNS)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
-    ledger = ledger_figures(
-        table, incremental.delivered_message_hashes(workdir), cfg.load.resend_changed
-    )
+    delivered = incremental.delivered_message_hashes(workdir, destination_for(cfg.load, workdir))
+    ledger = ledger_figures(table, delivered, cfg.load.resend_changed)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)

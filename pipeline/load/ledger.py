@@ -1,8 +1,12 @@
 """Delivery ledger: SQLite (WAL) checkpoints in `<workdir>/ledger.sqlite`.
 
-Contract other stages rely on: the `delivered_messages` table holds
-`(message_id, content_hash)` for every staged message the API has confirmed;
-`pipeline.incremental` reads it (read-only) to decide what a run would send.
+Every row is keyed by destination (`pipeline.core.destination`): one workdir can deliver
+to several, and a delivery to one says nothing about another. An open `Ledger` works for
+one destination. Contract other stages rely on: the `delivered_messages` table holds
+`(dest_id, message_id, content_hash)` for every staged message the destination has
+confirmed; `pipeline.incremental` reads it (read-only) to decide what would be sent.
+`destinations` remembers each destination's last load settings (for complete resume
+hints), `runs` one line per load (`memos-etl history`).
 
 The loader owns the rest. One row per batch moves `pending -> sending -> done | failed`
 (`split` when the API said it was too large and it was replaced by its halves, which are
@@ -11,7 +15,12 @@ only after the API confirmed it (code 0), in the same transaction that records i
 messages in `delivered_messages`; a message split into parts is recorded with its last
 part. `sending` means "maybe delivered": the loader checks the service before resending.
 Every state change is one committed transaction, so a crash at any moment leaves a
-consistent file. The schema is versioned with `PRAGMA user_version`.
+consistent file. The schema is versioned with `PRAGMA user_version` and marked with
+`PRAGMA application_id`; an empty, damaged, foreign or newer file is refused
+(`LedgerError`, exit 3) before anything is sent. A version-1 ledger (no destinations) is
+migrated in place: its deliveries are kept and attributed to the workdir's default local
+store when that store exists (the only target that could have written it without a
+base URL), else to a placeholder that the first destination loaded adopts.
 """
 
 from __future__ import annotations
@@ -27,10 +36,15 @@ from typing import Any
 import orjson
 
 from pipeline.core.batches import Batch
-from pipeline.core.errors import ConfigError
+from pipeline.core.destination import Destination, local_default
 from pipeline.core.workdir import ledger_path
+from pipeline.incremental import (
+    APPLICATION_ID,
+    LEGACY_DEST,
+    SCHEMA_VERSION,
+    verify_ledger_file,
+)
 
-SCHEMA_VERSION = 1
 STATUSES = ("pending", "sending", "done", "failed", "split")
 
 _SCHEMA_V1 = """
@@ -64,6 +78,72 @@ create table if not exists delivered_messages (
     delivered_at text not null
 );
 """
+
+_SCHEMA_V2 = """
+create table destinations (
+    dest_id      text primary key,
+    kind         text not null,
+    base_url     text not null,
+    account      text not null,
+    settings     text,
+    created_at   text not null,
+    last_used_at text not null
+);
+create table batches (
+    dest_id         text not null,
+    batch_id        text not null,
+    parent_id       text,
+    position        integer not null,
+    user_id         text not null,
+    conversation_id text not null,
+    message_count   integer not null,
+    tokens          integer not null,
+    status          text not null default 'pending'
+                    check (status in ('pending', 'sending', 'done', 'failed', 'split')),
+    uncertain       integer not null default 0,
+    attempts        integer not null default 0,
+    error_code      integer,
+    error_message   text,
+    task_id         text,
+    body            text,
+    completes       text not null,
+    created_at      text not null,
+    updated_at      text not null,
+    done_at         text,
+    primary key (dest_id, batch_id)
+);
+create index batches_parent on batches(dest_id, parent_id, position);
+create index batches_status on batches(dest_id, status);
+create table delivered_messages (
+    dest_id      text not null,
+    message_id   text not null,
+    content_hash text not null,
+    batch_id     text not null,
+    delivered_at text not null,
+    primary key (dest_id, message_id)
+);
+create table runs (
+    run_id      integer primary key autoincrement,
+    dest_id     text not null,
+    command     text not null,
+    started_at  text not null,
+    ended_at    text,
+    sent        integer not null default 0,
+    verified    integer not null default 0,
+    already     integer not null default 0,
+    failed      integer not null default 0,
+    pending     integer not null default 0,
+    requests    integer not null default 0,
+    duration_s  real,
+    stopped     text
+);
+"""
+
+_BATCH_COLUMNS_V1 = (
+    "batch_id, parent_id, position, user_id, conversation_id, message_count, tokens, status,"
+    " uncertain, attempts, error_code, error_message, task_id, body, completes, created_at,"
+    " updated_at, done_at"
+)
 
 
 def _now() -> str:
@@ -130,21 +210,29 @@ def _row(values: Sequence[Any]) -> Row:
 
 
 class Ledger:
-    """An open ledger; use as a context manager. One connection, one thread."""
+    """An open ledger for one destination; use as a context manager. One connection, one
+    thread. Without `destination`, the workdir's default local store."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, destination: Destination | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        verify_ledger_file(path)
         self.path = path
+        self.destination = destination or local_default(path.parent)
+        self.dest = self.destination.id
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-        self.conn.execute("pragma journal_mode=wal")
-        self.conn.execute("pragma synchronous=normal")
-        self.conn.execute("pragma foreign_keys=on")
-        self._migrate()
+        try:
+            self.conn.execute("pragma journal_mode=wal")
+            self.conn.execute("pragma synchronous=normal")
+            migrate(self.conn, path)
+            self._register()
+        except BaseException:
+            self.conn.close()
+            raise
 
     @classmethod
-    def open(cls, workdir: Path) -> Ledger:
-        """Open (creating or migrating) the ledger of `workdir`."""
-        return cls(ledger_path(workdir))
+    def open(cls, workdir: Path, destination: Destination | None = None) -> Ledger:
+        """Open (creating or migrating) the ledger of `workdir` for `destination`."""
+        return cls(ledger_path(workdir), destination)
 
     def __enter__(self) -> Ledger:
         return self
@@ -158,20 +246,80 @@ class Ledger:
         """Close the connection (every change is already committed)."""
         self.conn.close()
 
-    def _migrate(self) -> None:
-        version = self.conn.execute("pragma user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise ConfigError(
-                f"{self.path} was written by a newer memos-etl (schema {version}); upgrade"
+    def _register(self) -> None:
+        """Record this destination; it adopts a version-1 ledger's unattributed rows when it
+        is the first destination loaded since the migration."""
+        d = self.destination
+        now = _now()
+        with self._tx():
+            known = self.conn.execute(
+                "select 1 from destinations where dest_id = ?", (self.dest,)
+            ).fetchone()
+            if known:
+                return
+            self.conn.execute(
+                "insert into destinations (dest_id, kind, base_url, account, created_at,"
+                " last_used_at) values (?, ?, ?, ?, ?, ?)",
+                (self.dest, d.kind, d.base_url, d.account, now, now),
             )
-        if version < 1:
-            self.conn.executescript(
-                f"begin immediate; {_SCHEMA_V1}; pragma user_version=1; commit;"
-            )
+            others = self.conn.execute(
+                "select count(*) from destinations where dest_id != ?", (self.dest,)
+            ).fetchone()[0]
+            if not others:
+                for table in ("batches", "delivered_messages", "runs"):
+                    self.conn.execute(
+                        f"update {table} set dest_id = ? where dest_id = ?",  # noqa: S608
+                        (self.dest, LEGACY_DEST),
+                    )
 
     def _tx(self) -> _Transaction:
         """A `with` block that commits (or rolls back) one transaction."""
         return _Transaction(self.conn)
+
+    # --- destinations and runs ------------------------------------------------------
+
+    def remember_settings(self, settings: dict[str, Any]) -> None:
+        """Keep this destination's last load settings (for complete resume hints)."""
+        self.conn.execute(
+            "update destinations set settings = ?, last_used_at = ? where dest_id = ?",
+            (orjson.dumps(settings).decode(), _now(), self.dest),
+        )
+
+    def start_run(self, command: str) -> int:
+        """A new line of `memos-etl history`; returns its id."""
+        cur = self.conn.execute(
+            "insert into runs (dest_id, command, started_at) values (?, ?, ?)",
+            (self.dest, command, _now()),
+        )
+        return int(cur.lastrowid or 0)
+
+    def end_run(self, run_id: int, counts: dict[str, Any]) -> None:
+        """Close a run with its counts (see `memos-etl history`)."""
+        self.conn.execute(
+            "update runs set ended_at = ?, sent = ?, verified = ?, already = ?, failed = ?,"
+            " pending = ?, requests = ?, duration_s = ?, stopped = ? where run_id = ?",
+            (
+                _now(),
+                counts.get("sent", 0),
+                counts.get("verified", 0),
+                counts.get("already", 0),
+                counts.get("failed", 0),
+                counts.get("pending", 0),
+                counts.get("requests", 0),
+                counts.get("duration_s"),
+                counts.get("stopped"),
+                run_id,
+            ),
+        )
+
+    def delivered(self) -> dict[str, str]:
+        """`{message_id: content_hash}` confirmed by this destination."""
+        return dict(
+            self.conn.execute(
+                "select message_id, content_hash from delivered_messages where dest_id = ?",
+                (self.dest,),
+            )
+        )
 
     # --- planning -------------------------------------------------------------------
 
@@ -180,6 +328,7 @@ class Ledger:
         now = _now()
         rows = (
             (
+                self.dest,
                 b.batch_id,
                 pos,
                 b.user_id,
@@ -194,9 +343,9 @@ class Ledger:
         )
         with self._tx():
             self.conn.executemany(
-                "insert or ignore into batches (batch_id, position, user_id, conversation_id,"
-                " message_count, tokens, completes, created_at, updated_at)"
-                " values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "insert or ignore into batches (dest_id, batch_id, position, user_id,"
+                " conversation_id, message_count, tokens, completes, created_at, updated_at)"
+                " values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -208,7 +357,8 @@ class Ledger:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for values in self.conn.execute(
-                f"select {_ROW_COLUMNS} from batches where batch_id in ({marks})", chunk
+                f"select {_ROW_COLUMNS} from batches where dest_id = ? and batch_id in ({marks})",
+                [self.dest, *chunk],
             ):
                 row = _row(values)
                 out[row.batch_id] = row
@@ -217,7 +367,8 @@ class Ledger:
     def get(self, batch_id: str) -> Row | None:
         """One batch's row."""
         values = self.conn.execute(
-            f"select {_ROW_COLUMNS} from batches where batch_id = ?", (batch_id,)
+            f"select {_ROW_COLUMNS} from batches where dest_id = ? and batch_id = ?",
+            (self.dest, batch_id),
         ).fetchone()
         return _row(values) if values else None
 
@@ -226,8 +377,9 @@ class Ledger:
         return [
             _row(v)
             for v in self.conn.execute(
-                f"select {_ROW_COLUMNS} from batches where parent_id = ? order by position",
-                (parent_id,),
+                f"select {_ROW_COLUMNS} from batches where dest_id = ? and parent_id = ?"
+                " order by position",
+                (self.dest, parent_id),
             )
         ]
 
@@ -235,8 +387,9 @@ class Ledger:
         """Re-queue failed batches as pending; returns how many."""
         with self._tx():
             cur = self.conn.execute(
-                "update batches set status = 'pending', updated_at = ? where status = 'failed'",
-                (_now(),),
+                "update batches set status = 'pending', updated_at = ?"
+                " where dest_id = ? and status = 'failed'",
+                (_now(), self.dest),
             )
         return cur.rowcount
 
@@ -246,8 +399,8 @@ class Ledger:
         """About to send: from now on the batch may have landed (uncertain)."""
         self.conn.execute(  # one statement: atomic on its own in autocommit mode
             "update batches set status = 'sending', uncertain = 1,"
-            " attempts = attempts + 1, updated_at = ? where batch_id = ?",
-            (_now(), batch_id),
+            " attempts = attempts + 1, updated_at = ? where dest_id = ? and batch_id = ?",
+            (_now(), self.dest, batch_id),
         )
 
     def note_error(self, batch_id: str, code: int | None, message: str, uncertain: bool) -> None:
@@ -255,8 +408,8 @@ class Ledger:
         with self._tx():
             self.conn.execute(
                 "update batches set error_code = ?, error_message = ?, uncertain = ?,"
-                " updated_at = ? where batch_id = ?",
-                (code, message, int(uncertain), _now(), batch_id),
+                " updated_at = ? where dest_id = ? and batch_id = ?",
+                (code, message, int(uncertain), _now(), self.dest, batch_id),
             )
 
     def mark_done(
@@ -267,13 +420,14 @@ class Ledger:
         with self._tx():
             self.conn.execute(
                 "update batches set status = 'done', uncertain = 0, task_id = ?, done_at = ?,"
-                " updated_at = ? where batch_id = ?",
-                (task_id, now, now, batch_id),
+                " updated_at = ? where dest_id = ? and batch_id = ?",
+                (task_id, now, now, self.dest, batch_id),
             )
             self.conn.executemany(
                 "insert or replace into delivered_messages"
-                " (message_id, content_hash, batch_id, delivered_at) values (?, ?, ?, ?)",
-                [(m, h, batch_id, now) for m, h in completes],
+                " (dest_id, message_id, content_hash, batch_id, delivered_at)"
+                " values (?, ?, ?, ?, ?)",
+                [(self.dest, m, h, batch_id, now) for m, h in completes],
             )
 
     def mark_failed(
@@ -283,8 +437,8 @@ class Ledger:
         with self._tx():
             self.conn.execute(
                 "update batches set status = 'failed', error_code = ?, error_message = ?,"
-                " uncertain = ?, updated_at = ? where batch_id = ?",
-                (code, message, int(uncertain), _now(), batch_id),
+                " uncertain = ?, updated_at = ? where dest_id = ? and batch_id = ?",
+                (code, message, int(uncertain), _now(), self.dest, batch_id),
             )
 
     def mark_pending(
@@ -294,8 +448,8 @@ class Ledger:
         with self._tx():
             self.conn.execute(
                 "update batches set status = 'pending', error_code = ?, error_message = ?,"
-                " uncertain = ?, updated_at = ? where batch_id = ?",
-                (code, message, int(uncertain), _now(), batch_id),
+                " uncertain = ?, updated_at = ? where dest_id = ? and batch_id = ?",
+                (code, message, int(uncertain), _now(), self.dest, batch_id),
             )
 
     def mark_split(
@@ -306,11 +460,12 @@ class Ledger:
         ids = [f"{parent.batch_id}.{k}" for k in range(1, len(children) + 1)]
         with self._tx():
             self.conn.executemany(
-                "insert or replace into batches (batch_id, parent_id, position, user_id,"
-                " conversation_id, message_count, tokens, body, completes, created_at,"
-                " updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "insert or replace into batches (dest_id, batch_id, parent_id, position,"
+                " user_id, conversation_id, message_count, tokens, body, completes,"
+                " created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
+                        self.dest,
                         cid,
                         parent.batch_id,
                         k,
@@ -330,8 +485,8 @@ class Ledger:
             )
             self.conn.execute(
                 "update batches set status = 'split', uncertain = 0, updated_at = ?"
-                " where batch_id = ?",
-                (now, parent.batch_id),
+                " where dest_id = ? and batch_id = ?",
+                (now, self.dest, parent.batch_id),
             )
         return self.children(parent.batch_id)
 
@@ -343,9 +498,9 @@ class Ledger:
         if batch_ids is None:
             query = (
                 "select status, count(*), sum(message_count) from batches"
-                " where parent_id is null group by status"
+                " where dest_id = ? and parent_id is null group by status"
             )
-            for status, n, m in self.conn.execute(query):
+            for status, n, m in self.conn.execute(query, (self.dest,)):
                 out[status] = {"batches": n, "messages": m or 0}
             return out
         for row in self.rows(batch_ids).values():
@@ -358,28 +513,85 @@ class Ledger:
         return [
             _row(v)
             for v in self.conn.execute(
-                f"select {_ROW_COLUMNS} from batches where status = 'failed'"
+                f"select {_ROW_COLUMNS} from batches where dest_id = ? and status = 'failed'"
                 " order by updated_at limit ?",
-                (limit,),
+                (self.dest, limit),
             )
         ]
 
     def user_ids(self) -> list[str]:
         """The distinct memory owners of the batches this ledger knows, sorted."""
-        query = "select distinct user_id from batches order by user_id"
-        return [u for (u,) in self.conn.execute(query)]
+        query = "select distinct user_id from batches where dest_id = ? order by user_id"
+        return [u for (u,) in self.conn.execute(query, (self.dest,))]
 
     def delivered_count(self) -> int:
         """Messages confirmed delivered."""
-        return int(self.conn.execute("select count(*) from delivered_messages").fetchone()[0])
+        return int(
+            self.conn.execute(
+                "select count(*) from delivered_messages where dest_id = ?", (self.dest,)
+            ).fetchone()[0]
+        )
 
     def unfinished(self) -> int:
         """Top-level batches pending or sending (a previous run did not finish them)."""
         return int(
             self.conn.execute(
-                "select count(*) from batches where status in ('pending', 'sending')"
-                " and parent_id is null"
+                "select count(*) from batches where dest_id = ? and status in"
+                " ('pending', 'sending') and parent_id is null",
+                (self.dest,),
             ).fetchone()[0]
+        )
+
+    def forget(self) -> int:
+        """Forget every delivery and batch of this destination (`memos-etl reset`); returns
+        the number of delivered messages forgotten."""
+        with self._tx():
+            n = self.delivered_count()
+            for table in ("delivered_messages", "batches", "runs", "destinations"):
+                self.conn.execute(
+                    f"delete from {table} where dest_id = ?",  # noqa: S608
+                    (self.dest,),
+                )
+        return n
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a ledger to `SCHEMA_VERSION` (a new file gets the schema; a version-1 ledger
+    keeps its rows, attributed as the module docstring says)."""
+    version = conn.execute("pragma user_version").fetchone()[0]
+    if version == SCHEMA_VERSION:
+        return
+    if version == 0:
+        conn.executescript(
+            f"begin immediate; {_SCHEMA_V2}; pragma application_id={APPLICATION_ID};"
+            f" pragma user_version={SCHEMA_VERSION}; commit;"
+        )
+        return
+    # version 1: one implicit destination; keep every row, attributed to it
+    owner = local_default(path.parent)
+    legacy = owner.id if Path(owner.account).exists() else LEGACY_DEST
+    now = _now()
+    conn.executescript(
+        "begin immediate;"
+        " alter table batches rename to batches_v1;"
+        " alter table delivered_messages rename to delivered_v1;"
+        " drop index if exists batches_parent; drop index if exists batches_status;"
+        f" {_SCHEMA_V2};"
+        f" insert into batches (dest_id, {_BATCH_COLUMNS_V1})"
+        f"  select '{legacy}', {_BATCH_COLUMNS_V1} from batches_v1;"
+        " insert into delivered_messages"
+        "  (dest_id, message_id, content_hash, batch_id, delivered_at)"
+        f"  select '{legacy}', message_id, content_hash, batch_id, delivered_at"
+        "  from delivered_v1;"
+        " drop table batches_v1; drop table delivered_v1;"
+        f" pragma application_id={APPLICATION_ID};"
+        f" pragma user_version={SCHEMA_VERSION}; commit;"
+    )
+    if legacy == owner.id:
+        conn.execute(
+            "insert or ignore into destinations (dest_id, kind, base_url, account,"
+            " created_at, last_used_at) values (?, ?, ?, ?, ?, ?)",
+            (owner.id, owner.kind, owner.base_url, owner.account, now, now),
         )
 
 
@@ -402,41 +614,140 @@ class _Transaction:
             self.conn.execute("rollback")
 
 
-def ledger_status(workdir: Path) -> dict[str, Any]:
-    """What the ledger knows (read-only): batch counts by status, delivered messages, the
-    batches a crash left uncertain, and the first failures with their errors."""
+def _open_for_reading(workdir: Path) -> sqlite3.Connection | None:
+    """The ledger, checked and migrated, without registering any destination; None when
+    the workdir has no ledger yet."""
     path = ledger_path(workdir)
     if not path.exists():
+        return None
+    verify_ledger_file(path)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    migrate(conn, path)
+    return conn
+
+
+def ledger_status(workdir: Path) -> dict[str, Any]:
+    """What the ledger knows, per destination (read-only): batch counts by status,
+    delivered messages, the batches a crash left uncertain, the first failures, and the
+    destination's last load settings."""
+    path = ledger_path(workdir)
+    conn = _open_for_reading(workdir)
+    if conn is None:
         return {
             "ledger": str(path),
             "exists": False,
+            "destinations": [],
             "batches": {},
             "delivered_messages": 0,
             "uncertain": 0,
             "failures": [],
         }
-    with Ledger(path) as ledger:
-        counts = ledger.status_counts()
-        uncertain = ledger.conn.execute(
-            "select count(*) from batches where uncertain = 1 and status != 'done'"
-        ).fetchone()[0]
-        failures = [
-            {
-                "batch_id": r.batch_id,
-                "user_id": r.user_id,
-                "conversation_id": r.conversation_id,
-                "attempts": r.attempts,
-                "code": r.error_code,
-                "error": r.error_message,
-            }
-            for r in ledger.failed()
+    try:
+        dests = [
+            Destination(kind, url, account)
+            for kind, url, account in conn.execute(
+                "select kind, base_url, account from destinations order by created_at"
+            )
         ]
-        return {
-            "ledger": str(path),
-            "exists": True,
-            "schema_version": SCHEMA_VERSION,
-            "batches": counts,
-            "delivered_messages": ledger.delivered_count(),
-            "uncertain": int(uncertain),
-            "failures": failures,
+        settings = {
+            d: orjson.loads(v) if v else None
+            for d, v in conn.execute("select dest_id, settings from destinations")
         }
+        legacy = conn.execute(
+            "select count(*) from delivered_messages where dest_id = ?", (LEGACY_DEST,)
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    out: list[dict[str, Any]] = []
+    totals = {s: {"batches": 0, "messages": 0} for s in STATUSES}
+    for dest in dests:
+        with Ledger(path, dest) as ledger:
+            counts = ledger.status_counts()
+            uncertain = ledger.conn.execute(
+                "select count(*) from batches where dest_id = ? and uncertain = 1"
+                " and status != 'done'",
+                (ledger.dest,),
+            ).fetchone()[0]
+            failures = [
+                {
+                    "batch_id": r.batch_id,
+                    "user_id": r.user_id,
+                    "conversation_id": r.conversation_id,
+                    "attempts": r.attempts,
+                    "code": r.error_code,
+                    "error": r.error_message,
+                }
+                for r in ledger.failed()
+            ]
+            delivered = ledger.delivered_count()
+        for status, c in counts.items():
+            totals[status]["batches"] += c["batches"]
+            totals[status]["messages"] += c["messages"]
+        out.append(
+            {
+                "dest_id": dest.id,
+                "kind": dest.kind,
+                "base_url": dest.base_url,
+                "account": dest.account,
+                "describe": dest.describe(),
+                "settings": settings.get(dest.id),
+                "batches": counts,
+                "delivered_messages": delivered,
+                "uncertain": int(uncertain),
+                "failures": failures,
+            }
+        )
+    return {
+        "ledger": str(path),
+        "exists": True,
+        "schema_version": SCHEMA_VERSION,
+        "destinations": out,
+        "unattributed_delivered": int(legacy),
+        "batches": totals,
+        "delivered_messages": sum(d["delivered_messages"] for d in out),
+        "uncertain": sum(d["uncertain"] for d in out),
+        "failures": [f for d in out for f in d["failures"]][:20],
+    }
+
+
+def run_history(workdir: Path, limit: int = 50) -> list[dict[str, Any]]:
+    """The last `limit` loads, newest first (`memos-etl history`)."""
+    conn = _open_for_reading(workdir)
+    if conn is None:
+        return []
+    try:
+        dests = {
+            d: Destination(k, u, a).describe()
+            for d, k, u, a in conn.execute(
+                "select dest_id, kind, base_url, account from destinations"
+            )
+        }
+        rows = conn.execute(
+            "select run_id, dest_id, command, started_at, ended_at, sent, verified, already,"
+            " failed, pending, requests, duration_s, stopped from runs"
+            " order by run_id desc limit ?",
+            (limit,),
+        ).fetchall()
+    finally:
+        conn.close()
+    keys = (
+        "run_id",
+        "dest_id",
+        "command",
+        "started_at",
+        "ended_at",
+        "sent",
+        "verified",
+        "already_delivered",
+        "failed",
+        "pending",
+        "requests",
+        "duration_s",
+        "stopped",
+    )
+    out = []
+    for values in rows:
+        item = dict(zip(keys, values, strict=True))
+        item["destination"] = dests.get(item["dest_id"], item["dest_id"])
+        out.append(item)
+    return out

@@ -22,6 +22,7 @@ import heapq
 import logging
 import math
 import random
+import shlex
 import signal
 import time
 from collections import Counter, deque
@@ -40,11 +41,14 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from pipeline import incremental
 from pipeline.core.batches import Batch, read_batches
 from pipeline.core.config import Config, LoadConfig
+from pipeline.core.destination import EMBEDDED, Destination, destination_for
 from pipeline.core.errors import (
     AuthError,
     ConfigError,
+    InputError,
     LoadError,
     PermanentLoadError,
     QuotaExhaustedError,
@@ -55,7 +59,7 @@ from pipeline.core.lock import workdir_lock
 from pipeline.core.memos_api import GET_MESSAGE_LIMIT, VISIBLE_ROLES
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
-from pipeline.core.workdir import batches_path
+from pipeline.core.workdir import batches_path, manifest_path
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
@@ -63,6 +67,7 @@ from pipeline.load.policy import (
     error_from_exception,
     error_from_response,
 )
+from pipeline.load.preflight import preflight
 from pipeline.load.ratelimit import AdaptiveRateLimiter, Clock, Sleep
 from pipeline.load.targets import Endpoint, open_target
 
@@ -87,7 +92,10 @@ class LoadStats:
     sent_messages: int = 0
     already_batches: int = 0
     already_messages: int = 0
+    duplicate_messages: int = 0
+    changed: list[str] = field(default_factory=list)
     verified_landed: int = 0
+    verified_messages: int = 0
     split: int = 0
     requests: int = 0
     peak_in_flight: int = 0
@@ -117,7 +125,10 @@ class LoadStats:
                 "batches": self.already_batches,
                 "messages": self.already_messages,
             },
+            "duplicates_skipped": self.duplicate_messages,
+            "changed_not_resent": len(self.changed),
             "verified_landed": self.verified_landed,
+            "verified_messages": self.verified_messages,
             "done": self.done,
             "failed": self.failed,
             "pending": self.pending,
@@ -220,6 +231,7 @@ class _Loader:
         self._last_beat = clock()
         self._messages_todo = 0
         self._in_flight = 0
+        self._verified: set[str] = set()
 
     # --- stopping -------------------------------------------------------------------
 
@@ -400,6 +412,7 @@ class _Loader:
             return self._fail(row, exc, uncertain=uncertain[0])
         if landed:
             self.stats.verified_landed += 1
+            self._verified.add(row.batch_id)
         self.ledger.mark_done(row.batch_id, task_id, row.completes)
         return _Outcome.DONE
 
@@ -421,8 +434,11 @@ class _Loader:
         if outcome is not _Outcome.DONE:
             return False
         if not was_done:
-            self.stats.sent_batches += 1
-            self.stats.sent_messages += batch.message_count
+            if batch.batch_id in self._verified:  # found landed: not sent by this run
+                self.stats.verified_messages += batch.message_count
+            else:
+                self.stats.sent_batches += 1
+                self.stats.sent_messages += batch.message_count
             self.progress.advance(batch.message_count)
             self._beat()
         return True
@@ -644,33 +660,116 @@ def load_workdir(
     endpoint: Endpoint,
     cfg: LoadConfig,
     *,
+    destination: Destination | None = None,
+    command: str = "memos-etl load",
+    settings: dict[str, Any] | None = None,
     progress: Progress | None = None,
     retry_failed: bool = False,
     handle_signals: bool = False,
     heartbeat: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> LoadStats:
-    """Load `<workdir>/batches/batches.jsonl` through the ledger (synchronous entry point).
+    """Load `<workdir>/batches/batches.jsonl` into `destination` through the ledger
+    (synchronous entry point; default destination: the workdir's local store).
 
-    The caller holds the workdir lock.
+    Messages the destination already has, or that an earlier batch carries, are dropped
+    first (`pipeline.incremental.filter_batches`), so however the batch file was made, each
+    message is sent once. The run is recorded for `memos-etl history` and `settings` kept
+    as the destination's last load settings. The caller holds the workdir lock.
     """
     if not batches_path(workdir).exists():
         raise ConfigError(f"no batches in {workdir}; run `memos-etl chunk` first")
-    batches = list(read_batches(workdir))
-    with Ledger.open(workdir) as ledger:
-        return asyncio.run(
-            load_batches(
-                batches,
-                ledger,
-                endpoint,
-                cfg,
-                progress=progress,
-                retry_failed=retry_failed,
-                handle_signals=handle_signals,
-                heartbeat=heartbeat,
-                transport=transport,
-            )
+    with Ledger.open(workdir, destination) as ledger:
+        _check_batch_file_is_for(workdir, ledger.destination)
+        if settings is not None:
+            ledger.remember_settings(settings)
+        plan = incremental.filter_batches(
+            read_batches(workdir), ledger.delivered(), cfg.resend_changed
         )
+        if plan.changed and not cfg.resend_changed:
+            log.warning(
+                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
+                len(plan.changed),
+            )
+        run_id = ledger.start_run(command)
+        stats = LoadStats()
+        try:
+            stats = asyncio.run(
+                load_batches(
+                    plan.batches,
+                    ledger,
+                    endpoint,
+                    cfg,
+                    progress=progress,
+                    retry_failed=retry_failed,
+                    handle_signals=handle_signals,
+                    heartbeat=heartbeat,
+                    transport=transport,
+                )
+            )
+        finally:
+            stats.already_batches += plan.already_batches
+            stats.already_messages += plan.already_messages
+            stats.duplicate_messages = plan.duplicate_messages
+            stats.changed = plan.changed
+            stats.messages += plan.already_messages
+            ledger.end_run(run_id, run_counts(stats))
+        return stats
+
+
+def batch_file_cut_for(workdir: Path) -> str | None:
+    """The destination id `run` cut the batch file for (leaving out what it had), if any."""
+    try:
+        manifest = orjson.loads(manifest_path(workdir).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    cut_for = manifest.get("excluded_for") if isinstance(manifest, dict) else None
+    return str(cut_for) if cut_for else None
+
+
+def _check_batch_file_is_for(workdir: Path, destination: Destination) -> None:
+    """Refuse a batch file `run` cut for another destination: it leaves out what that
+    destination already had, which this one may lack (`chunk` batches everything)."""
+    cut_for = batch_file_cut_for(workdir)
+    if cut_for and cut_for != destination.id:
+        raise InputError(
+            f"the batch file in {workdir} was made by `run` for another destination and "
+            f"leaves out messages {destination.describe()} may not have; run "
+            f"`memos-etl chunk --workdir {shlex.quote(str(workdir))}` first (nothing is "
+            "sent twice: messages a destination has are skipped)"
+        )
+
+
+def run_counts(stats: LoadStats) -> dict[str, Any]:
+    """A load's counts in the one vocabulary of `history`, `status` and the summaries:
+    sent (newly delivered by a request of this run), verified (found already landed after
+    an uncertain send; not resent), already (delivered before), failed, pending, requests."""
+    return {
+        "sent": stats.sent_messages,
+        "verified": stats.verified_messages,
+        "already": stats.already_messages,
+        "failed": stats.failed,
+        "pending": stats.pending,
+        "requests": stats.requests,
+        "duration_s": round(stats.duration, 3),
+        "stopped": stats.stopped,
+    }
+
+
+def load_settings(
+    cfg: Config, config_path: Path | None, destination: Destination
+) -> dict[str, Any]:
+    """What a resume command must repeat to reach the same destination the same way (the
+    normalized URL is spelled out, so the command works without `MEMOS_BASE_URL`)."""
+    return {
+        "config": str(config_path) if config_path else None,
+        "workdir": str(cfg.workdir),
+        "target": cfg.load.target,
+        "base_url": None if destination.base_url == EMBEDDED else destination.base_url,
+        "rate": cfg.load.rate,
+        "max_in_flight": cfg.load.max_in_flight,
+        "allow_insecure_http": cfg.load.allow_insecure_http,
+    }
 
 
 def load_command(
@@ -682,18 +781,26 @@ def load_command(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     env: Mapping[str, str] | None = None,
+    settings: dict[str, Any] | None = None,
+    command: str = "memos-etl load",
 ) -> LoadStats:
-    """`memos-etl load`: lock the workdir, open the target, load the batch file."""
+    """`memos-etl load`: lock the workdir, open the target, check it answers (preflight),
+    load the batch file into that destination."""
     if not batches_path(cfg.workdir).exists():
         raise ConfigError(f"no batches in {cfg.workdir}; run `memos-etl chunk` first")
+    destination = destination_for(cfg.load, cfg.workdir, base_url=base_url, env=env)
     with (
         workdir_lock(cfg.workdir),
         open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint,
     ):
+        preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
         return load_workdir(
             cfg.workdir,
             endpoint,
             cfg.load,
+            destination=destination,
+            command=command,
+            settings=settings,
             progress=progress,
             retry_failed=retry_failed,
             handle_signals=handle_signals,

@@ -98,6 +98,7 @@ def run_pipeline(
             exclude_ids=delta.exclude if delta else set(),
             since=since,
             tags=cfg.tags_by_source(),
+            group=cfg.group_sources(),
         )
         stats = load_workdir(
             workdir,

@@ -46,7 +46,7 @@ def chunk(
     )
     require_staging(cfg.workdir)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-    stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source())
+    stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source(), group=cfg.group_sources())
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     emit(
         result,

@@ -226,7 +226,7 @@ def test_server_body_maps_conversation_to_session_and_passes_its_own_schema() ->
     assert body["user_id"] == "team" and body["writable_cube_ids"] == ["team-cube"]
     assert (body["async_mode"], body["mode"], body["custom_tags"]) == ("sync", "fast", ["slack"])
     assert body["info"] == {"batch_id": "b1", "group_user_ids": ["U1", "U2"]}
-    assert [m.get("name") for m in body["messages"]] == ["Alex", "Jordan", "helper-bot"]
+    assert [m.get("name") for m in body["messages"]] == ["Alex", "Jordan", None]
     assert list(server_validator().iter_errors(body)) == []
 
 

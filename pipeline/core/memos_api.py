@@ -77,6 +77,12 @@ SERVER_ASYNC_MODES = ("async", "sync")
 SERVER_ADD_MODES = ("fast", "fine")
 """`mode` values of `APIADDRequest`; honoured only with `async_mode: sync`."""
 
+SERVER_NAMED_ROLES = ("user", "system")
+"""Roles whose messages carry a participant `name` in the self-hosted server's types."""
+
+UNKNOWN_TOOL_CALL = "unknown"
+"""`tool_call_id` given to a tool message that has none (the server requires one)."""
+
 DEFAULT_SESSION = "default_session"
 """Where the self-hosted server files messages sent without a `session_id`."""
 
@@ -186,9 +192,12 @@ def server_request_body(
       silently drops one, filing everything under `default_session`);
     - memories go to `cube_ids`, or to the owner's own cube (the server's fallback);
     - `user_id` is the batch's owner: the server takes one string, so a group chat's
-      participant list moves to `info.group_user_ids`, and each speaker's `role_name`
-      becomes the message's `name` (the OpenAI-style participant name the server's message
-      types accept; `role_id` has no field there);
+      participant list moves to `info.group_user_ids`, and a speaker's `role_name` becomes
+      the `name` of a user or system message (the OpenAI-style participant name; the
+      server's assistant and tool messages have no such field and would drop it, and
+      `role_id` has no field at all);
+    - a tool message gets `tool_call_id` `UNKNOWN_TOOL_CALL` when it has none: the
+      server's tool message requires one (without it the whole request is refused);
     - `tags` become `custom_tags`; `info` is kept as is.
     """
     users = batch_body.get("user_id")
@@ -197,10 +206,12 @@ def server_request_body(
         info["group_user_ids"] = list(users)
     messages = []
     for raw in batch_body["messages"]:
-        message = {k: raw[k] for k in ("role", "content", "chat_time") if k in raw}
+        message = {k: raw[k] for k in ("role", "content", "chat_time", "tool_call_id") if k in raw}
         name = raw.get("role_name")
-        if isinstance(name, str) and name:
+        if isinstance(name, str) and name and raw.get("role") in SERVER_NAMED_ROLES:
             message["name"] = name
+        if raw.get("role") == "tool" and not message.get("tool_call_id"):
+            message["tool_call_id"] = UNKNOWN_TOOL_CALL
         messages.append(message)
     body: dict[str, Any] = {
         "user_id": owner,
@@ -245,7 +256,18 @@ SERVER_ADD_SCHEMA: dict[str, Any] = {
                     "content": {"anyOf": [{"type": "string"}, {"type": "array"}]},
                     "chat_time": {"type": "string"},
                     "name": {"type": "string"},
+                    "tool_call_id": {"type": "string"},
                 },
+                "allOf": [
+                    {
+                        "if": {"properties": {"role": {"const": "tool"}}},
+                        "then": {"required": ["tool_call_id"]},
+                    },
+                    {
+                        "if": {"properties": {"role": {"enum": ["assistant", "tool"]}}},
+                        "then": {"not": {"required": ["name"]}},
+                    },
+                ],
             },
         },
     },

@@ -485,7 +485,7 @@ class BatchChecker:
         """Validate one batch and record its figures."""
         assert self.validator is not None
         body = self.load.request_body(batch.body, batch.user_id)
-        self.weights.append(id_count(batch.body))
+        self.weights.append(id_count(body))
         self.tokens.append(batch.tokens)
         self.messages.append(batch.message_count)
         ident = {

@@ -138,3 +138,19 @@ def test_csv_group_chat_round_trip(tmp_path: Path) -> None:
     assert message_counts(db) == {("u-ana", "standup"): 3, ("u-ben", "standup"): 3}
     stored = conversation_messages(db, "u-ben", "standup")
     assert [(r["extra"] or {}).get("role_name") for r in stored] == ["Ana", "Ben", "Bot"]
+
+
+def test_the_dry_run_for_a_self_hosted_server_checks_its_bodies(tmp_path: Path) -> None:
+    """The self-hosted server takes one user id: no group charge, and the bodies are
+    checked against what `/product/add` takes."""
+    config = _slack_config(tmp_path, "group")
+    config.write_text(
+        config.read_text(encoding="utf-8").replace("target: local", "target: memos-server"),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["validate", str(config), "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "work" / "report.json").read_text(encoding="utf-8"))
+    details = report["checks"]["group_chat"]["details"]
+    assert details["qps_charge"] == details["requests"] >= 1
+    assert report["checks"]["schema"]["count"] == 0

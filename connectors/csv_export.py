@@ -5,7 +5,10 @@ Default columns (rename any with `options.columns`): `conversation_id`, `user_id
 other non-empty column is kept in `metadata`. Roles are mapped case-insensitively
 (`customer`->user, `agent`->assistant, ... extend with `options.roles`). Timestamps may
 be ISO 8601, epoch seconds or milliseconds, or follow `options.timestamp_format`; naive
-times are read in `options.timezone`. The file is UTF-8 with or without BOM unless
+times are read in `options.timezone`. With `options.memory_owner: group` the file is a
+group chat: every row goes to the one owner `user_id` (the option), and the speaker of each
+row is its `author_id` (else its `user_id` column) and `author_name`, sent to MemOS as the
+participant list and per-message speaker. The file is UTF-8 with or without BOM unless
 `options.encoding` says otherwise; a row with undecodable bytes is quarantined, a file
 that is not UTF-8 at all is refused with a hint.
 """
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -66,6 +70,9 @@ class Options(ConnectorOptions):
     timezone: str = "UTC"
     encoding: str = "utf-8"
     delimiter: str = ","
+    memory_owner: Literal["row", "group"] = "row"
+    """row: each row's `user_id` (else the option) owns it; group: the `user_id` option owns
+    every row, and rows' authors are the group chat's participants (see the module doc)."""
 
     @field_validator("columns")
     @classmethod
@@ -104,6 +111,11 @@ def read(path: Path, options: Options) -> Iterator[Event]:
     """Yield one event per data row of the CSV file at `path`."""
     if path.is_dir():
         raise InputError(f"{path}: the csv source takes a file, not a folder")
+    if options.memory_owner == "group" and not options.user_id:
+        raise ConfigError(
+            "csv source: memory_owner 'group' needs a user_id for the group's owner (set "
+            "`user_id:` on the source or in the config, or pass --user-id)"
+        )
     tz = _zone(options.timezone)
     columns = {**DEFAULT_COLUMNS, **options.columns}
     roles = {**DEFAULT_ROLES, **{k.lower(): v for k, v in options.roles.items()}}
@@ -171,7 +183,8 @@ def _row_event(
     role = roles.get(get("role").lower())
     if role is None:
         return Quarantined(name, position, f"unknown role {get('role')!r}", raw)
-    user_id = get("user_id") or options.user_id
+    row_user = get("user_id")
+    user_id = row_user or options.user_id
     if not user_id:
         return Quarantined(name, position, "missing user_id (no column value, no --user-id)", raw)
     stamp = get("timestamp")
@@ -189,6 +202,10 @@ def _row_event(
         key = (conversation_id, user_id, role, stamp, content)
         occurrences[key] += 1
         message_id = "csv:" + stable_id(*key, str(occurrences[key]))
+    author_id = get("author_id") or None
+    if options.memory_owner == "group":
+        author_id = author_id or row_user or None
+        user_id = options.user_id or user_id
     conv_key = (user_id, conversation_id)
     seq = seqs[conv_key]
     seqs[conv_key] += 1
@@ -204,7 +221,7 @@ def _row_event(
         content=content,
         seq=seq,
         created_at=created_at,
-        author_id=get("author_id") or None,
+        author_id=author_id,
         author_name=get("author_name") or None,
         metadata=orjson.dumps(extra).decode() if extra else None,
     )

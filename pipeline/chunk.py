@@ -5,6 +5,13 @@ order, and hold at most `max_messages` messages and `max_tokens` tokens. A messa
 than the budget is cut into ordered parts (never truncated); ids longer than the API's
 100 characters get a deterministic short form, the original kept in `info`. A batch
 carries the configured `tags` of the sources its messages were staged by.
+
+Group-chat mode (sources with `memory_owner: group`, `Config.group_sources`): the body's
+`user_id` is the list of the conversation's participants (the speakers of its `user`
+messages, at most `memos_api.MAX_GROUP_IDS`, most active first: `group_participants`), and
+each message carries its speaker as `role_id` (when listed) and `role_name`. The batch's own
+`user_id` (ledger, lanes) stays the staged owner id. Participants are counted over the
+messages being chunked, so every batch of a conversation lists the same ids.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import pyarrow as pa
 
 from pipeline.core.batches import Batch, write_batches, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
-from pipeline.core.memos_api import api_id, chat_time
+from pipeline.core.memos_api import api_id, chat_time, group_participants
 from pipeline.core.models import content_hash, stable_id
 from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
@@ -35,6 +42,8 @@ CHUNK_COLUMNS = [
     "created_at",
     "seq",
 ]
+AUTHOR_COLUMNS = ["author_id", "author_name"]
+"""Read too when a source is in group-chat mode (speaker of each message)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,11 @@ class ChunkStats:
     tokens: int = 0
     split_messages: int = 0
     shortened_ids: dict[str, str] = field(default_factory=dict)
+    group_conversations: int = 0
+    group_left_out: int = 0
+    """Speakers of group conversations beyond the `user_id` list (they keep `role_name`)."""
+    request_weight: int = 0
+    """Sum over batches of the ids each request lists: its charge against the QPS limit."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form printed by `chunk --json` and kept in the manifest."""
@@ -76,6 +90,9 @@ class ChunkStats:
             "tokens": self.tokens,
             "split_messages": self.split_messages,
             "shortened_ids": len(self.shortened_ids),
+            "group_conversations": self.group_conversations,
+            "group_left_out": self.group_left_out,
+            "request_weight": self.request_weight,
         }
 
 
@@ -90,6 +107,8 @@ class _Row:
     tokens: int
     label: str | None = None
     """The configured name of the source that staged the row, where known."""
+    author_id: str | None = None
+    author_name: str | None = None
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -114,15 +133,26 @@ def chunk_conversation(
     limits: ChunkLimits,
     stats: ChunkStats,
     tags: Mapping[str, Sequence[str]] | None = None,
+    group: bool = False,
 ) -> Iterator[Batch]:
     """Cut one conversation's ordered rows into batches (pure, apart from `stats`).
 
-    `tags` maps source names (`_Row.label`) to the MemOS tags of their batches.
+    `tags` maps source names (`_Row.label`) to the MemOS tags of their batches; `group`
+    sends the conversation as a group chat (see the module docstring).
     """
     api_user, api_conv = api_id(user_id), api_id(conversation_id)
     for original, short in ((user_id, api_user), (conversation_id, api_conv)):
         if original != short:
             stats.shortened_ids[original] = short
+    participants: list[str] = []
+    if group:
+        speakers = [api_id(r.author_id) for r in rows if r.role == "user" and r.author_id]
+        participants, left_out = group_participants(speakers)
+        if participants:
+            stats.group_conversations += 1
+            stats.group_left_out += left_out
+    listed = frozenset(participants)
+    id_key = ("group", *participants) if participants else ()
     budget = limits.max_tokens - MESSAGE_OVERHEAD
     index = 0
     pending: list[tuple[_Row, dict[str, Any], int]] = []
@@ -133,7 +163,7 @@ def chunk_conversation(
         ids = tuple(r.message_id for r, _, _ in items)
         hashes = tuple(content_hash(r.content) for r, _, _ in items)
         part_key = f"{part[0]}/{part[1]}" if part else ""
-        batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes)
+        batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes, *id_key)
         sources = sorted({r.source for r, _, _ in items})
         info: dict[str, Any] = {
             "source": sources[0] if len(sources) == 1 else sources,
@@ -147,7 +177,7 @@ def chunk_conversation(
         if part:
             info.update(split_message_id=ids[0][:1000], part=part[0], parts=part[1])
         body: dict[str, Any] = {
-            "user_id": api_user,
+            "user_id": participants or api_user,
             "conversation_id": api_conv,
             "messages": [m for _, m, _ in items],
             "info": info,
@@ -170,12 +200,19 @@ def chunk_conversation(
         )
         index += 1
         stats.batches += 1
+        stats.request_weight += max(len(participants), 1)
         stats.tokens += batch.tokens
         return batch
 
     for row in rows:
         tokens = row.tokens + MESSAGE_OVERHEAD
         message: dict[str, Any] = {"role": row.role, "content": row.content}
+        if participants:
+            speaker = api_id(row.author_id) if row.author_id else None
+            if speaker in listed:
+                message["role_id"] = speaker
+            if row.author_name:
+                message["role_name"] = row.author_name
         when = chat_time(row.created_at)
         if when is not None:
             message["chat_time"] = when
@@ -209,20 +246,27 @@ def chunk_table(
     *,
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
+    group: Container[str] = frozenset(),
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
     Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted,
     as are rows created before `since` (timezone-aware; rows without a time are kept).
-    With `tags` (source name -> tags), the table's `label` column names each row's source.
+    With `tags` (source name -> tags), the table's `label` column names each row's source;
+    a conversation with rows of a source named in `group` is sent as a group chat (the
+    table then needs the `AUTHOR_COLUMNS`).
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
     cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
+    grouping = bool(group) and "label" in table.column_names
     labels = (
         table.column("label").to_pylist()
-        if tags and "label" in table.column_names
+        if (tags or grouping) and "label" in table.column_names
         else [None] * table.num_rows
     )
+    nones: list[str | None] = [None] * table.num_rows
+    authors = table.column("author_id").to_pylist() if grouping else nones
+    names = table.column("author_name").to_pylist() if grouping else nones
     users: set[str] = set()
     n = table.num_rows
     stats.messages += n
@@ -252,6 +296,8 @@ def chunk_table(
                 cols["seq"][i],
                 tokens[i],
                 labels[i],
+                authors[i],
+                names[i],
             )
             for i in range(start, end)
             if keep[i]
@@ -263,7 +309,10 @@ def chunk_table(
         stats.batched += len(rows)
         stats.conversations += 1
         users.add(user)
-        yield from chunk_conversation(user, conv, _ordered(rows), limits, stats, tags)
+        in_group = grouping and any(r.label in group for r in rows)
+        yield from chunk_conversation(
+            user, conv, _ordered(rows), limits, stats, tags, group=in_group
+        )
     stats.users = len(users)
 
 
@@ -300,17 +349,22 @@ def chunk_workdir(
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
     excluded_for: str | None = None,
+    group: Container[str] = frozenset(),
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts.
 
-    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
+    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`);
+    `group` names the sources in group-chat mode (see `Config.group_sources`).
     `excluded_for` names the destination `exclude_ids` came from; the manifest keeps it, so
     a load into another destination knows the batch file leaves messages out.
     """
     stats = ChunkStats()
-    table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
+    columns = CHUNK_COLUMNS + AUTHOR_COLUMNS if group else CHUNK_COLUMNS
+    table = read_labeled(workdir, staged_sources(workdir), columns)
     try:
-        batches = chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags)
+        batches = chunk_table(
+            table, limits, stats, exclude_ids, since=since, tags=tags, group=group
+        )
         write_batches(workdir, batches)
         manifest: dict[str, object] = {
             "max_tokens": limits.max_tokens,

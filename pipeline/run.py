@@ -129,6 +129,7 @@ def run_pipeline(
             since=since,
             tags=cfg.tags_by_source(),
             excluded_for=dest.id,
+            group=cfg.group_sources(),
         )
         log.info(
             "chunk: %d batches from %d new messages in %.1f s",

@@ -16,13 +16,15 @@ from referencing.jsonschema import DRAFT202012
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
-VENDORED_SPEC = REPO / "pipeline" / "spec" / "memos-openapi.json"
-SHARED_SPEC = REPO.parent / "shared" / "memos-openapi.json"
+VENDORED_SPEC = REPO / "pipeline" / "spec" / "memos-openapi-2026.json"
+SHARED_SPEC = REPO.parent / "shared" / "memos-openapi-2026.json"
+VENDORED_OLDER_SPEC = REPO / "pipeline" / "spec" / "memos-openapi.json"
+SHARED_OLDER_SPEC = REPO.parent / "shared" / "memos-openapi.json"
 
 
 @cache
 def openapi_spec() -> dict[str, Any]:
-    """The official MemOS OpenAPI spec (../shared when present, else the vendored copy)."""
+    """The newest official MemOS OpenAPI spec (../shared when present, else the vendored copy)."""
     path = SHARED_SPEC if SHARED_SPEC.exists() else VENDORED_SPEC
     spec: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return spec

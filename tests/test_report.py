@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import orjson
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.cli import main
+from pipeline.core.memos_api import extended_spec
 from pipeline.dryrun.checks import RequestValidator, mask, mask_text
 from pipeline.dryrun.report import histogram, summary
 from tests.jsonl_connector import register, write_jsonl
@@ -228,7 +228,7 @@ def test_histogram_and_summary() -> None:
     assert summary([])["max"] == 0
 
 
-_SPEC = orjson.loads((Path(__file__).parents[1] / "pipeline/spec/memos-openapi.json").read_bytes())
+_SPEC = extended_spec()
 _FULL = jsonschema.Draft202012Validator(
     {"$ref": "#/components/schemas/AddMessageRequest", "components": _SPEC["components"]}
 )
@@ -245,11 +245,15 @@ _message = st.fixed_dictionaries(
             ),
         ),
     },
-    optional={"chat_time": st.one_of(_text, st.integers()), "extra": _text},
+    optional={
+        "chat_time": st.one_of(_text, st.integers()),
+        "extra": _text,
+        "role_id": st.one_of(_text, st.integers()),
+    },
 )
 _body = st.fixed_dictionaries(
     {
-        "user_id": st.one_of(_text, st.integers()),
+        "user_id": st.one_of(_text, st.integers(), st.lists(_text, max_size=22)),
         "conversation_id": _text,
         "messages": st.lists(_message, max_size=4),
     },

@@ -87,14 +87,17 @@ class Options(ConnectorOptions):
     timezone: str = "UTC"
     """Time zone of the calendar days that group top-level messages (thread mode)."""
     session_gap_minutes: int = Field(default=60, ge=1)
-    memory_owner: Literal["workspace", "author"] = "workspace"
-    """workspace: everything goes to `user_id`; author: each human to their own user_id."""
+    memory_owner: Literal["workspace", "author", "group"] = "workspace"
+    """workspace: everything goes to `user_id`; author: each human to their own user_id;
+    group: staged like workspace (owner `user_id`, no name prefix) and sent as a MemOS group
+    chat: the participants' Slack ids as the `user_id` list, each speaker per message."""
     user_id_template: str = "{id}"
     """author mode: user_id made from {id}, {name}, {email} or {team}."""
     user_map: Path | None = None
     """author mode: JSON object or two-column CSV mapping Slack id, email or handle to user_id."""
     speaker_prefix: bool | None = None
-    """Prefix content with "Name: "; default on in workspace mode, off in author mode."""
+    """Prefix content with "Name: "; default on in workspace mode, off in author and group
+    mode (group mode sends the speaker as `role_name` and refuses the prefix)."""
     include_subtypes: list[str] = Field(default_factory=list)
     """System subtypes to stage instead of skipping (e.g. channel_topic), or ["all"]."""
     channels: list[str] = Field(default_factory=list)
@@ -131,6 +134,15 @@ class Options(ConnectorOptions):
         return value
 
     @model_validator(mode="after")
+    def _no_prefix_in_group_mode(self) -> Options:
+        if self.memory_owner == "group" and self.speaker_prefix:
+            raise ValueError(
+                "speaker_prefix: memory_owner 'group' sends each speaker as role_name; "
+                "a name prefix in the content would duplicate it (drop speaker_prefix)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _known_subtypes(self) -> Options:
         unknown = set(self.include_subtypes) - SYSTEM_SUBTYPES - {"all"}
         if unknown:
@@ -143,9 +155,10 @@ class Options(ConnectorOptions):
 
 def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterator[Event]:
     """Stream the events of one Slack export (see the module docstring for the contract)."""
-    if options.memory_owner == "workspace" and not options.user_id:
+    if options.memory_owner in ("workspace", "group") and not options.user_id:
         raise ConfigError(
-            "slack source: memory_owner 'workspace' needs a user_id (set `user_id:` on the "
+            f"slack source: memory_owner {options.memory_owner!r} needs a user_id (set "
+            "`user_id:` on the "
             "source or in the config, or pass --user-id)"
         )
     settings = _settings(options)

@@ -48,7 +48,9 @@ def chunk(
     require_staging(cfg.workdir)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     with workdir_lock(cfg.workdir):
-        stats = chunk_workdir(cfg.workdir, limits, tags=cfg.tags_by_source())
+        stats = chunk_workdir(
+            cfg.workdir, limits, tags=cfg.tags_by_source(), group=cfg.group_sources()
+        )
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     emit(
         result,

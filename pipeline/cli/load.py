@@ -101,8 +101,9 @@ def finish_load(stats: LoadStatsT, command: str) -> None:
 @click.command()
 @click.option(
     "--target",
-    type=click.Choice(["memos", "local"]),
-    help="memos (MEMOS_BASE_URL / MEMOS_API_KEY) or local (embedded server).",
+    type=click.Choice(["memos", "memos-server", "local"]),
+    help="memos: MemOS Cloud (MEMOS_API_KEY); memos-server: a self-hosted MemOS server "
+    "(MEMOS_BASE_URL); local: the embedded server.",
 )
 @click.option("--base-url", help="API base URL (a running server for --target local).")
 @click.option("--rate", type=float, help="Request ceiling per second (default 10; MemOS ≤ 50).")

@@ -30,6 +30,8 @@ DEFAULT_WORKDIR = Path(".memos-etl")
 API_KEY_ENV = "MEMOS_API_KEY"
 BASE_URL_ENV = "MEMOS_BASE_URL"
 CLOUD_BASE_URL = "https://memos.memtensor.cn/api/openmem/v1"
+GROUP_OWNER = "group"
+"""The connector option value (`memory_owner: group`) that turns on group-chat mode."""
 
 
 SOURCE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -96,7 +98,9 @@ class ChunkConfig(_Section):
 class LoadConfig(_Section):
     """Where and how fast batches are delivered."""
 
-    target: Literal["local", "memos"] = "local"
+    target: Literal["local", "memos", "memos-server"] = "local"
+    """local: the embedded server; memos: MemOS Cloud (`/add/message`); memos-server: a
+    self-hosted MemOS server (`/product/add`, see docs/memos-targets.md)."""
     base_url: str | None = None
     rate: float = Field(default=10.0, gt=0, le=1000)
     max_in_flight: int = Field(default=16, ge=1, le=512)
@@ -114,9 +118,41 @@ class LoadConfig(_Section):
     app_id: str | None = None
     local_db: Path | None = None
     """SQLite file of the embedded local target; default `<workdir>/local-memos.sqlite`."""
+    cube: list[str] = Field(default_factory=list)
+    """memos-server: the MemCube ids to write into (`writable_cube_ids`); default: the
+    batch owner's own cube."""
+    server_mode: Literal["fast", "fine"] | None = None
+    """memos-server with `async_mode: false`: the server's extraction mode (`mode`)."""
+    auth_scheme: Literal["Token", "Bearer"] = "Token"
+    """Scheme of the `Authorization` header sent with `MEMOS_API_KEY` (memos-server: only
+    when the key is set; the stock server has no auth)."""
 
-    def request_body(self, batch_body: Mapping[str, Any]) -> dict[str, Any]:
-        """The exact `add/message` body for a batch under these load settings."""
+    @field_validator("cube", mode="before")
+    @classmethod
+    def _one_or_more_cubes(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @property
+    def server(self) -> bool:
+        """True for the self-hosted MemOS server's contract (`/product/add`)."""
+        return self.target == "memos-server"
+
+    @property
+    def add_path(self) -> str:
+        """The add endpoint of this target."""
+        return memos_api.SERVER_ADD_PATH if self.server else memos_api.CLOUD_ADD_PATH
+
+    def request_body(self, batch_body: Mapping[str, Any], owner: str = "") -> dict[str, Any]:
+        """The exact body for a batch under these load settings: `add/message`, or
+        `/product/add` for memos-server (where `owner` is the batch's `user_id`)."""
+        if self.server:
+            return memos_api.server_request_body(
+                batch_body,
+                owner=owner or str(batch_body["user_id"]),
+                cube_ids=self.cube,
+                async_mode="async" if self.async_mode else "sync",
+                mode=self.server_mode,
+            )
         return memos_api.request_body(
             batch_body, async_mode=self.async_mode, agent_id=self.agent_id, app_id=self.app_id
         )
@@ -135,6 +171,13 @@ class Config(_Section):
     def tags_by_source(self) -> dict[str, list[str]]:
         """The MemOS `tags` of each source that has some, by source name (label)."""
         return {s.label: list(s.tags) for s in self.sources if s.tags}
+
+    def group_sources(self) -> frozenset[str]:
+        """Names (labels) of the sources read in group-chat mode (`memory_owner: group`):
+        the chunker sends their conversations' participants as the `user_id` list."""
+        return frozenset(
+            s.label for s in self.sources if s.options.get("memory_owner") == GROUP_OWNER
+        )
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> Config:

@@ -26,7 +26,15 @@ import pyarrow.compute as pc
 
 from pipeline.core.batches import Batch
 from pipeline.core.config import LoadConfig
-from pipeline.core.memos_api import MAX_CALL_TOKENS, MAX_ID_CHARS, RequestValidator
+from pipeline.core.memos_api import (
+    LIMITS_PAGE,
+    MAX_CALL_TOKENS,
+    MAX_GROUP_IDS,
+    MAX_ID_CHARS,
+    SERVER_ADD_SCHEMA,
+    RequestValidator,
+    id_count,
+)
 from pipeline.core.models import ROLES, excerpt
 
 Severity = Literal["error", "warning", "info"]
@@ -455,7 +463,10 @@ class BatchChecker:
     load: LoadConfig
     max_tokens: int
     samples: int = 3
-    validator: RequestValidator = field(default_factory=RequestValidator)
+    validator: RequestValidator | None = None
+    """Default: our extended `AddMessageRequest`, or `SERVER_ADD_SCHEMA` for memos-server."""
+    weights: list[int] = field(default_factory=list)
+    """Per request: the ids it lists, i.e. its charge against the QPS limit."""
     tokens: list[int] = field(default_factory=list)
     messages: list[int] = field(default_factory=list)
     invalid: int = 0
@@ -465,9 +476,16 @@ class BatchChecker:
     split_examples: list[dict[str, Any]] = field(default_factory=list)
     sample_bodies: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.validator is None:
+            schema = SERVER_ADD_SCHEMA if self.load.server else None
+            self.validator = RequestValidator(schema)
+
     def check(self, batch: Batch) -> None:
         """Validate one batch and record its figures."""
-        body = self.load.request_body(batch.body)
+        assert self.validator is not None
+        body = self.load.request_body(batch.body, batch.user_id)
+        self.weights.append(id_count(body))
         self.tokens.append(batch.tokens)
         self.messages.append(batch.message_count)
         ident = {
@@ -502,8 +520,13 @@ class BatchChecker:
                 "error",
                 self.invalid,
                 "batches",
-                "Validated against AddMessageRequest in the official OpenAPI spec; "
-                "the API would reject these calls.",
+                (
+                    "Validated against what the self-hosted server's /product/add takes "
+                    "(session_id required); these calls would fail or be misfiled."
+                    if self.load.server
+                    else "Validated against AddMessageRequest of the official OpenAPI spec "
+                    "with its documented group-chat extensions; the API would reject these calls."
+                ),
                 self.invalid_examples,
             ),
             Finding(
@@ -512,8 +535,9 @@ class BatchChecker:
                 "warning",
                 self.over_api_limit,
                 "batches",
-                f"chunk.max_tokens is {self.max_tokens}; the spec documents an 8k limit per "
-                "request. The loader splits any batch the API calls too long (extra calls).",
+                f"chunk.max_tokens is {self.max_tokens}; the limits page ({LIMITS_PAGE}) "
+                f"documents {MAX_CALL_TOKENS} tokens per call. The loader splits any batch "
+                "the API calls too long (extra calls).",
                 self.over_api_examples,
             ),
             Finding(
@@ -527,3 +551,27 @@ class BatchChecker:
                 self.split_examples,
             ),
         ]
+
+
+def group_chat(conversations: int, left_out: int, weights: list[int]) -> Finding:
+    """What group-chat mode costs: each request is charged one QPS unit per listed user id
+    (group chat page), against one per request with `memory_owner: workspace` or `author`."""
+    requests = len(weights)
+    charge = sum(weights)
+    return Finding(
+        "group_chat",
+        "Group-chat requests and their QPS charge",
+        "info",
+        conversations,
+        "conversations",
+        f"Group conversations list up to {MAX_GROUP_IDS} participants as user_id; MemOS "
+        "charges each request once per listed id. Speakers beyond the list keep their "
+        "role_name but get no memory of their own.",
+        details={
+            "requests": requests,
+            "qps_charge": charge,
+            "qps_charge_workspace": requests,
+            "charge_factor": round(charge / requests, 2) if requests else 0.0,
+            "participants_left_out": left_out,
+        },
+    )

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import incremental
-from pipeline.chunk import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
+from pipeline.chunk import AUTHOR_COLUMNS, CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
 from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
@@ -82,7 +82,9 @@ def _validate(
             for s in cfg.sources
         ]
     labels = [s.label for s in cfg.sources]
-    table = read_labeled(workdir, labels, READ_COLUMNS)
+    group = cfg.group_sources()
+    columns = READ_COLUMNS + AUTHOR_COLUMNS if group else READ_COLUMNS
+    table = read_labeled(workdir, labels, columns)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
     delivered = incremental.delivered_message_hashes(workdir, destination_for(cfg.load, workdir))
@@ -93,12 +95,13 @@ def _validate(
     progress.start("validate", total=table.num_rows, unit="msg")
     with _stage("chunk + batch checks"):
         batches = chunk_table(
-            table.select([*CHUNK_COLUMNS, "label"]),
+            table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
             limits,
             chunk_stats,
             ledger.exclude,
             since=since,
             tags=cfg.tags_by_source(),
+            group=group,
         )
         for batch in batches:
             checker.check(batch)
@@ -114,6 +117,9 @@ def _validate(
             checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
             checks.unknown_roles(table),
             *checker.findings(chunk_stats.split_messages),
+            checks.group_chat(
+                chunk_stats.group_conversations, chunk_stats.group_left_out, checker.weights
+            ),
             checks.long_ids(chunk_stats.shortened_ids),
             checks.empty_content(table),
             checks.missing_timestamps(table),

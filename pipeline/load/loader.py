@@ -1,5 +1,8 @@
 """Load stage: deliver batches to `POST /add/message` exactly once, in order, quickly.
 
+(`target: memos-server` sends the same batches to a self-hosted server's `/product/add`;
+there an uncertain batch cannot be verified and is resent: see `_Loader._landed`.)
+
 Guarantees:
 - A conversation's batches go strictly in order, one at a time; different conversations
   go concurrently (at most `max_in_flight` requests, at most `rate` starts per second).
@@ -56,7 +59,12 @@ from pipeline.core.errors import (
     TransientLoadError,
 )
 from pipeline.core.lock import workdir_lock
-from pipeline.core.memos_api import GET_MESSAGE_LIMIT, VISIBLE_ROLES
+from pipeline.core.memos_api import (
+    CLOUD_GET_MESSAGE_PATH,
+    GET_MESSAGE_LIMIT,
+    VISIBLE_ROLES,
+    id_count,
+)
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 from pipeline.core.workdir import batches_path, manifest_path
@@ -251,7 +259,7 @@ class _Loader:
         self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
     ) -> dict[str, Any]:
         """One rate-limited request; returns the JSON answer or raises a LoadError."""
-        await self.limiter.acquire()
+        await self.limiter.acquire(weight=id_count(body))
         self.stats.requests += 1
         self._in_flight += 1
         self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
@@ -263,7 +271,7 @@ class _Loader:
             raise error_from_exception(exc, secret=self.secret) from None
         finally:
             self._in_flight -= 1
-        error = error_from_response(response, secret=self.secret)
+        error = error_from_response(response, secret=self.secret, server=self.cfg.server)
         if error is None:
             self.limiter.on_success()
             data = orjson.loads(response.content)
@@ -295,19 +303,32 @@ class _Loader:
         """Whether the unit's messages are already the newest of its conversation.
 
         `/get/message` lists only user and assistant messages, so only those are compared;
-        a batch holding neither cannot be checked and counts as not landed.
+        a batch holding neither cannot be checked and counts as not landed. A group chat
+        is read back under its first (most active) participant, who received it too.
+
+        The self-hosted server has no read-back of raw messages (its documented
+        `/product/get/message` route does not exist; `/product/get_memory` returns
+        extracted memories, not the messages sent), so there an uncertain batch cannot
+        be verified and is resent (docs/memos-targets.md).
         """
+        if self.cfg.server:
+            log.warning(
+                "cannot verify batch %s on a self-hosted MemOS server; resending it",
+                unit.row.batch_id,
+            )
+            return False
         visible = [m for m in unit.body["messages"] if m.get("role") in VISIBLE_ROLES]
         k = min(len(visible), GET_MESSAGE_LIMIT)
         if k == 0:
             return False
+        users = unit.body.get("user_id")
         query = {
-            "user_id": unit.row.user_id,
+            "user_id": users[0] if isinstance(users, list) and users else unit.row.user_id,
             "conversation_id": unit.row.conversation_id,
             "message_limit_number": k,
         }
         try:
-            answer = await self._post(unit.client, "/get/message", query)
+            answer = await self._post(unit.client, CLOUD_GET_MESSAGE_PATH, query)
         except PermanentLoadError as exc:
             log.warning("cannot check batch %s (%s); sending it", unit.row.batch_id, exc)
             return False
@@ -359,7 +380,7 @@ class _Loader:
                 self.ledger.mark_sending(batch_id)
                 uncertain[0] = True
                 try:
-                    answer = await self._post(unit.client, "/add/message", unit.body)
+                    answer = await self._post(unit.client, self.cfg.add_path, unit.body)
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
                     raise
@@ -430,7 +451,8 @@ class _Loader:
         if row.status == "failed":
             return False
         was_done = row.status == "done"
-        outcome = await self.deliver(_Unit(row, self.cfg.request_body(batch.body), client))
+        body = self.cfg.request_body(batch.body, batch.user_id)
+        outcome = await self.deliver(_Unit(row, body, client))
         if outcome is not _Outcome.DONE:
             return False
         if not was_done:
@@ -589,7 +611,7 @@ async def load_batches(
     rows = ledger.rows(b.batch_id for b in batches)
     headers = {"user-agent": "memos-etl"}
     if endpoint.api_key:
-        headers["authorization"] = f"Token {endpoint.api_key}"
+        headers["authorization"] = f"{cfg.auth_scheme} {endpoint.api_key}"
     # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
     tls = httpx.create_ssl_context()
     started = clock()

@@ -2,19 +2,27 @@
 
     kind          HTTP status            API code                         action
     ok            2xx                    0                                batch done
-    rate_limited  429                    40300                            retry after Retry-After
+    rate_limited  429                    40300 40309                      retry after Retry-After
                                                                           (or backoff); cut rate
     transient     5xx, network, timeout  50000 50002 50004 50143 50144    retry: exponential
                                                                           backoff, full jitter
-    too_large     413                    40305                            split in two, in order
+    too_large     413                    40305 40013                      split in two, in order
     auth          401, 403               40100 40130 40132                stop the run at once
     quota         -                      40304                            stop; rest stays pending
-    invalid       other 4xx              other 400xx, any unknown code    batch failed;
+    invalid       other 4xx (400, 422)   other 400xx, any unknown code    batch failed;
                                                                           conversation blocked
 
-A known `code` in the body wins over the HTTP status; an unknown non-zero code is never
-success. A 2xx answer without a readable code (cut or garbled body) counts as a lost
-answer: the loader checks whether the batch landed before resending it.
+The codes come from the wire contract (`pipeline.core.memos_api.CODES_*`). A known `code`
+in the body wins over the HTTP status; an unknown non-zero code is never success. A 2xx
+answer without a readable code (cut or garbled body) counts as a lost answer: the loader
+checks whether the batch landed before resending it.
+
+The self-hosted MemOS server (`target: memos-server`) answers errors with real HTTP
+statuses and mirrors the status in the body's `code` (`{"code": 422, ...}`), and success
+as HTTP 200 with `code` 200. For it (`server=True`) the body code is read only to confirm
+success; errors are classified by HTTP status alone, by the same table: 422 (validation)
+and 400 (`ValueError`) are invalid, 500 is transient, 429 (the rate-limit overlay) is
+rate-limited, 401/403 (the API-key overlay) stop the run.
 `error_from_response` and `error_from_exception` are the only places where HTTP answers
 and httpx exceptions become `pipeline.core.errors` types.
 """
@@ -38,6 +46,15 @@ from pipeline.core.errors import (
     TooLargeError,
     TransientLoadError,
 )
+from pipeline.core.memos_api import (
+    CODES_AUTH,
+    CODES_OK,
+    CODES_QUOTA,
+    CODES_RATE_LIMITED,
+    CODES_TOO_LARGE,
+    CODES_TRANSIENT,
+    SERVER_OK_CODE,
+)
 
 Kind = Literal["ok", "rate_limited", "transient", "too_large", "auth", "quota", "invalid"]
 
@@ -53,32 +70,32 @@ class Rule:
 
 
 ERROR_TABLE: tuple[Rule, ...] = (
-    Rule("ok", frozenset(), frozenset({0}), "batch done"),
+    Rule("ok", frozenset(), CODES_OK, "batch done"),
     Rule(
         "rate_limited",
         frozenset({429}),
-        frozenset({40300}),
+        CODES_RATE_LIMITED,
         "retry after Retry-After (or backoff); cut the client rate",
     ),
     Rule(
         "transient",
         frozenset({500, 502, 503, 504}),
-        frozenset({50000, 50002, 50004, 50143, 50144}),
+        CODES_TRANSIENT,
         "retry with exponential backoff and full jitter",
     ),
     Rule(
         "too_large",
         frozenset({413}),
-        frozenset({40305}),
+        CODES_TOO_LARGE,
         "split the batch in two and send both halves in order",
     ),
     Rule(
         "auth",
         frozenset({401, 403}),
-        frozenset({40100, 40130, 40132}),
+        CODES_AUTH,
         "stop the run at once: API key rejected",
     ),
-    Rule("quota", frozenset(), frozenset({40304}), "stop cleanly; the rest stays pending"),
+    Rule("quota", frozenset(), CODES_QUOTA, "stop cleanly; the rest stays pending"),
     Rule("invalid", frozenset(), frozenset(), "mark the batch failed; block its conversation"),
 )
 _BY_CODE = {code: rule for rule in ERROR_TABLE for code in rule.codes}
@@ -178,32 +195,39 @@ def _body(response: httpx.Response) -> dict[str, Any] | None:
 
 
 def error_from_response(
-    response: httpx.Response, *, secret: str | None = None, now: float | None = None
+    response: httpx.Response,
+    *,
+    secret: str | None = None,
+    now: float | None = None,
+    server: bool = False,
 ) -> LoadError | None:
-    """None when the API confirmed the request (code 0), else the error to handle.
+    """None when the API confirmed the request, else the error to handle.
 
-    The error text is the server's own message (key redacted), prefixed with its code.
+    Confirmed means code 0 (cloud), or HTTP 2xx with code 200 (`server`: the self-hosted
+    MemOS server). The error text is the server's own message (key redacted), prefixed with
+    its code.
     """
     body = _body(response)
     raw_code = body.get("code") if body else None
     code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
     data = body.get("data") if body else None
     success = data.get("success") if isinstance(data, dict) else None
-    if response.is_success and code == 0 and success is not False:
+    ok_code = SERVER_OK_CODE if server else 0
+    if response.is_success and code == ok_code and success is not False:
         return None
-    label = f"code {code}" if code is not None else f"HTTP {response.status_code}"
-    if body:
-        message = redact(f"{label}: {body.get('message', '')}".strip().rstrip(":"), secret)
-    else:  # redact, then cut: a key straddling the cut must not leave its prefix behind
-        head = response.text[: SERVER_TEXT_CHARS + 2 * len(secret or "")]
-        server_text = redact(head, secret)[:SERVER_TEXT_CHARS]
-        message = f"{label}: {server_text}".strip().rstrip(":")
     status = response.status_code
-    if response.is_success and code is None:
+    label = f"HTTP {status}" if server or code is None else f"code {code}"
+    # redact, then cut: a key straddling the cut must not leave its prefix behind
+    raw = _server_text(body) if body else response.text[: SERVER_TEXT_CHARS + 2 * len(secret or "")]
+    server_text = redact(raw, secret)[:SERVER_TEXT_CHARS]
+    message = f"{label}: {server_text}".strip().rstrip(":")
+    if response.is_success and (code is None or (server and code != ok_code)):
         # a 2xx whose body is cut or unreadable: the request may well have been stored
         return AmbiguousDeliveryError(f"{message} (unreadable answer)", status=status)
-    if response.is_success and code == 0:
+    if response.is_success and code == ok_code:
         return PermanentLoadError(f"{message} (success=false)", code=code, status=status)
+    if server:
+        code = None  # the body mirrors the HTTP status; the status decides
     rule = classify(status, code)
     if rule.kind == "rate_limited":
         retry_after = parse_retry_after(response.headers.get("retry-after"), now)
@@ -226,6 +250,17 @@ def error_from_response(
             status=status,
         )
     return PermanentLoadError(message, code=code, status=status)
+
+
+def _server_text(body: dict[str, Any]) -> str:
+    """The server's message, with the first validation problem when it sent `detail`."""
+    text = str(body.get("message", ""))
+    detail = body.get("detail")
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        first = detail[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        text = f"{text} ({where}: {first.get('msg', '')})".strip()
+    return text
 
 
 def error_from_exception(exc: httpx.HTTPError, *, secret: str | None = None) -> LoadError:

@@ -54,13 +54,17 @@ class AdaptiveRateLimiter:
         self._last_change = clock()
         self.rate_limited = 0
 
-    async def acquire(self) -> None:
-        """Wait for the next free slot (reserved before sleeping, so callers queue fairly)."""
+    async def acquire(self, weight: int = 1) -> None:
+        """Wait for the next free slot (reserved before sleeping, so callers queue fairly).
+
+        A request of `weight` N takes N slots: a MemOS group-chat request listing N user ids
+        is charged N against the account's QPS limit.
+        """
         now = self._clock()
         calm = now - self._last_decrease > 5 * self.decrease_every
         early = self.catch_up if calm else 0.0
         start = max(now, self._next - early, self._paused_until)
-        self._next = max(self._next, start) + 1.0 / self.rate
+        self._next = max(self._next, start) + max(weight, 1) / self.rate
         if start > now:
             await self._sleep(start - now)
 

@@ -1,7 +1,9 @@
 """Delivery targets: the MemOS cloud (or a self-hosted MemOS) and the embedded local server.
 
 `memos` reads `MEMOS_BASE_URL` (default: the cloud) and `MEMOS_API_KEY` from the
-environment; `local` starts the embedded server on 127.0.0.1 in this process, storing into
+environment; `memos-server` (a self-hosted MemOS server, `/product/add`) needs a base URL
+(`base_url:` or `MEMOS_BASE_URL`) and sends `MEMOS_API_KEY` only when it is set (the stock
+server has no auth); `local` starts the embedded server on 127.0.0.1 in this process, storing into
 `LoadConfig.local_db` (default `<workdir>/local-memos.sqlite`), unless a URL is given.
 The key is never logged: `Endpoint.__repr__` hides it and error texts are redacted.
 
@@ -95,6 +97,20 @@ def open_target(
         url = (url or env.get(BASE_URL_ENV) or CLOUD_BASE_URL).rstrip("/")
         check_key_transport(url, API_KEY_ENV, allow_insecure_http=cfg.allow_insecure_http)
         yield Endpoint(url, key)
+        return
+    if cfg.target == "memos-server":
+        server_url = url or env.get(BASE_URL_ENV)
+        if not server_url:
+            raise ConfigError(
+                f"target memos-server needs the server's address: set {BASE_URL_ENV} "
+                "(e.g. http://localhost:8001) or load.base_url"
+            )
+        server_url = server_url.rstrip("/")
+        if key:
+            check_key_transport(
+                server_url, API_KEY_ENV, allow_insecure_http=cfg.allow_insecure_http
+            )
+        yield Endpoint(server_url, key)
         return
     if url:  # a running `memos-etl serve`: never the MemOS key, only its own token
         token = env.get(SERVE_TOKEN_ENV) or None

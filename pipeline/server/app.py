@@ -7,6 +7,18 @@ HTTP 200 with a body code; `Authorization: Token <key>`), stores into SQLite
 Faults (latency, rate limits, transient failures, dropped connections, forced answers) come
 from `pipeline.server.faults`, all off by default.
 
+Group chats: `user_id` may list up to 20 ids (our extended schema, see
+`pipeline.core.memos_api.EXTENSIONS`); the messages are then stored once for each listed
+user, as MemOS writes the chat into every participant's memory, with each message's
+`role_id` / `role_name` kept.
+
+It also emulates the self-hosted MemOS server's `POST /product/add` (see
+docs/memos-targets.md): the body must match `SERVER_ADD_SCHEMA` (so a body without
+`session_id`, or with a cloud-style `conversation_id`, is refused with HTTP 422 instead of
+being silently misfiled), messages are stored under (user_id, session_id), and answers use
+that server's envelope: HTTP 200 `{"code": 200, "data": [memories...]}`, errors as HTTP
+422/400/500 with the status mirrored in `code`.
+
 Body codes (see docs/local-server.md):
 
     40000 body is not JSON / not a JSON object     40100 no `Authorization: Token` header
@@ -49,7 +61,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from pipeline.core.errors import ConfigError
-from pipeline.core.memos_api import MAX_CALL_TOKENS, MAX_ID_CHARS, fast_check, schema_validator
+from pipeline.core.memos_api import (
+    MAX_CALL_TOKENS,
+    MAX_ID_CHARS,
+    SERVER_ADD_PATH,
+    SERVER_OK_CODE,
+    fast_check,
+    schema_validator,
+    server_validator,
+)
 from pipeline.core.tokens import count_tokens
 from pipeline.server.faults import Decision, FaultConfig, FaultInjector, ForcedAnswer
 from pipeline.server.limits import (
@@ -108,7 +128,10 @@ ENDPOINTS: Mapping[str, str] = MappingProxyType(
         "/get/status": "GetStatusRequest",
     }
 )
-"""Served paths and the spec's request schema for each."""
+"""Served cloud paths and the spec's request schema for each."""
+
+SERVER_ENDPOINTS = (SERVER_ADD_PATH,)
+"""Served paths of the self-hosted server's contract."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +281,10 @@ def _schema_error(error: ValidationError) -> ApiError:
 
 
 def _check_ids(payload: Mapping[str, Any]) -> None:
-    user_id = payload.get("user_id")
-    if isinstance(user_id, str):
+    user_ids = payload.get("user_id")
+    for user_id in user_ids if isinstance(user_ids, list) else [user_ids]:
+        if not isinstance(user_id, str):
+            continue
         if not user_id:
             raise ApiError(40003, "field 'user_id' must not be empty")
         if len(user_id) > MAX_ID_CHARS:
@@ -305,7 +330,9 @@ def _content_text(content: str | list[dict[str, Any]]) -> str:
 
 def _new_message(raw: Mapping[str, Any]) -> NewMessage:
     content = raw["content"]
-    extra = {k: raw[k] for k in ("tool_calls", "tool_call_id") if k in raw}
+    extra = {k: raw[k] for k in ("tool_calls", "tool_call_id", "role_id", "role_name") if k in raw}
+    if "name" in raw:  # the self-hosted server's participant name
+        extra["role_name"] = raw["name"]
     if not isinstance(content, str):
         extra["content"] = content
     return NewMessage(
@@ -332,12 +359,14 @@ class _Api:
         self.injector = injector
         self.counters = counters
         self.validators = {path: schema_validator(name) for path, name in ENDPOINTS.items()}
+        self.validators[SERVER_ADD_PATH] = server_validator()
         self.fast_checks = {path: fast_check(v.schema) for path, v in self.validators.items()}
-        self.handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+        self.handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
             "/add/message": self.add_message,
             "/get/message": self.get_message,
             "/search/memory": self.search_memory,
             "/get/status": self.get_status,
+            SERVER_ADD_PATH: self.product_add,
         }
         self._token = config.token.encode() if config.token else None
 
@@ -386,7 +415,9 @@ class _Api:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError:
             payload = _NOT_JSON
-        conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
+        server = path in SERVER_ENDPOINTS
+        key = "session_id" if server else "conversation_id"
+        conversation_id = payload.get(key) if isinstance(payload, dict) else None
         decision = self.injector.decide(
             path, conversation_id if isinstance(conversation_id, str) else None
         )
@@ -394,25 +425,28 @@ class _Api:
             self.counters.slept(decision.delay_s * 1000)
             await asyncio.sleep(decision.delay_s)
         if decision.kind in ("answer", "rate_limited", "fail"):
-            return self._injected(decision)
+            return self._injected(decision, server=server)
         if decision.kind == "drop_before":
             self.counters.add("drop_before")
             return _Answer.dropped_before()
         try:
             data = self._handle(path, payload)
         except ApiError as exc:
-            return self._error(exc)
+            return self._server_error(exc) if server else self._error(exc)
         except sqlite3.Error as exc:
             # the store failed (disk full, locked, I/O): nothing was committed; say so like
             # the cloud's transient errors so a client retries
             log.error("store error on %s: %s", path, exc)
-            return self._error(ApiError(50000, f"store error: {exc}", http_status=500))
-        out = orjson.dumps({"code": 0, "data": data, "message": "ok"})
+            error = ApiError(50000, f"store error: {exc}", http_status=500)
+            return self._server_error(error) if server else self._error(error)
+        ok_code = SERVER_OK_CODE if server else 0
+        message = "Memory added successfully" if server else "ok"
+        out = orjson.dumps({"code": ok_code, "data": data, "message": message})
         if decision.kind == "drop_after":
             self.counters.add("drop_after")
             return _Answer.dropped_after(out)
-        self.counters.answered(200, 0)
-        return _Answer(out, 200, "code=0")
+        self.counters.answered(200, ok_code)
+        return _Answer(out, 200, f"code={ok_code}")
 
     def _check_auth(self, header: str | None) -> ApiError | None:
         if self._token is None:
@@ -424,20 +458,42 @@ class _Api:
             return ApiError(40132)
         return None
 
-    def _injected(self, decision: Decision) -> _Answer:
+    def _injected(self, decision: Decision, *, server: bool = False) -> _Answer:
         name = "forced" if decision.kind == "answer" else decision.kind
         self.counters.add(name)
         headers = {}
         if decision.retry_after is not None:
             headers["retry-after"] = f"{decision.retry_after:g}"
-        return self._error(ApiError(decision.code, decision.message, decision.http_status), headers)
+        status = decision.http_status
+        if server and status == 200:
+            # the self-hosted server speaks HTTP statuses: a forced code that is one is used
+            kinds = {"rate_limited": 429, "fail": 503}
+            code = decision.code
+            status = kinds.get(decision.kind, code if 400 <= code <= 599 else 400)
+        error = ApiError(decision.code, decision.message, status)
+        if server:
+            return self._server_error(error, headers)
+        return self._error(error, headers)
 
     def _error(self, exc: ApiError, headers: Mapping[str, str] | None = None) -> _Answer:
         self.counters.answered(exc.http_status, exc.code)
         body = orjson.dumps({"code": exc.code, "message": exc.message})
         return _Answer(body, exc.http_status, f"code={exc.code}", headers)
 
-    def _handle(self, path: str, payload: Any) -> dict[str, Any]:
+    def _server_error(self, exc: ApiError, headers: Mapping[str, str] | None = None) -> _Answer:
+        """The self-hosted server's error envelope: a real HTTP status, mirrored in `code`
+        (validation 422, bad value 400, anything else 500)."""
+        if exc.http_status != 200:
+            status = exc.http_status
+        elif exc.code in (40002, 40003, 40010, 40011, 40000):
+            status = 422
+        else:
+            status = 400
+        self.counters.answered(status, status)
+        body = orjson.dumps({"code": status, "message": exc.message, "data": None})
+        return _Answer(body, status, f"http={status}", headers)
+
+    def _handle(self, path: str, payload: Any) -> Any:
         if payload is _NOT_JSON:
             raise ApiError(40000, "request body is not valid JSON")
         if not isinstance(payload, dict):
@@ -460,17 +516,45 @@ class _Api:
         tokens = sum(count_tokens(m.content) for m in messages) if nbytes > limit else 0
         if tokens > limit:
             raise ApiError(40305, f"input too long: {tokens} tokens, over the limit of {limit}")
+        users = payload["user_id"]
+        agent_id = payload.get("agent_id")
         task_id = self.store.add_messages(
-            payload["user_id"],
+            users if isinstance(users, list) else [users],
             payload["conversation_id"],
             messages,
             tags=payload.get("tags", ()),
             info=payload.get("info"),
-            agent_id=payload.get("agent_id"),
+            agent_id=",".join(agent_id) if isinstance(agent_id, list) else agent_id,
             app_id=payload.get("app_id"),
         )
         self.counters.add("messages_stored", len(messages))
         return {"success": True, "task_id": task_id, "status": "completed"}
+
+    def product_add(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """`/product/add` of the self-hosted server: stores under (user_id, session_id) and
+        answers with one "memory" per message, as the server lists what it produced."""
+        messages = [_new_message(m) for m in payload["messages"]]
+        info = dict(payload.get("info") or {})
+        info["writable_cube_ids"] = payload["writable_cube_ids"]
+        task_id = self.store.add_messages(
+            [payload["user_id"]],
+            payload["session_id"],
+            messages,
+            tags=payload.get("custom_tags", ()),
+            info=info,
+            task_id=payload.get("task_id"),
+        )
+        self.counters.add("messages_stored", len(messages))
+        cube = payload["writable_cube_ids"][0]
+        return [
+            {
+                "memory": m.content,
+                "memory_id": f"{task_id}-{i}",
+                "memory_type": "LongTermMemory",
+                "cube_id": cube,
+            }
+            for i, m in enumerate(messages)
+        ]
 
     def get_message(self, payload: dict[str, Any]) -> dict[str, Any]:
         limit = _limit(payload, "message_limit_number", MESSAGE_LIMIT_MAX)
@@ -606,7 +690,7 @@ def create_app(
     Its lifespan runs the background indexer; the store stays the caller's to close.
     """
     api = _Api(config, store, injector, counters)
-    routes = [Route(path, api.handle, methods=["POST"]) for path in ENDPOINTS]
+    routes = [Route(path, api.handle, methods=["POST"]) for path in (*ENDPOINTS, *SERVER_ENDPOINTS)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -200,7 +200,7 @@ class Store:
 
     def add_messages(
         self,
-        user_id: str,
+        user_id: str | Sequence[str],
         conversation_id: str,
         messages: Sequence[NewMessage],
         *,
@@ -208,16 +208,21 @@ class Store:
         info: Mapping[str, Any] | None = None,
         agent_id: str | None = None,
         app_id: str | None = None,
+        task_id: str | None = None,
     ) -> str:
-        """Store `messages` in one transaction and return the new task id once committed."""
-        task_id = uuid.uuid4().hex
+        """Store `messages` in one transaction and return the task id once committed.
+
+        Several user ids (a group chat) store the messages once for each of them.
+        """
+        users = [user_id] if isinstance(user_id, str) else list(dict.fromkeys(user_id))
+        task_id = task_id or uuid.uuid4().hex
         now = _utc_now()
         tags_json = orjson.dumps(list(tags)).decode()
         info_json = orjson.dumps(dict(info or {})).decode()
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for i, m in enumerate(messages):
+            for i, (user, m) in enumerate((u, m) for u in users for m in messages):
                 conn.execute(
                     "INSERT INTO messages (id, task_id, user_id, conversation_id, role, content,"
                     " chat_time, tags, info, agent_id, app_id, extra, created_at)"
@@ -225,7 +230,7 @@ class Store:
                     (
                         f"{task_id}-{i}",
                         task_id,
-                        user_id,
+                        user,
                         conversation_id,
                         m.role,
                         m.content,
@@ -239,7 +244,8 @@ class Store:
                     ),
                 )
             conn.execute(
-                "INSERT INTO tasks VALUES (?, 'completed', ?, ?)", (task_id, len(messages), now)
+                "INSERT OR REPLACE INTO tasks VALUES (?, 'completed', ?, ?)",
+                (task_id, len(messages), now),
             )
             conn.execute("COMMIT")
         except BaseException:

@@ -5,10 +5,16 @@ order, and hold at most `max_messages` messages and `max_tokens` tokens. A messa
 than the budget is cut into ordered parts (never truncated); ids longer than the API's
 100 characters get a deterministic short form, the original kept in `info`. A batch
 carries the configured `tags` of the sources its messages were staged by.
+
+Redaction happens here, once, on the content that is sent (`pipeline.core.redact`): the
+staging table keeps the original, so a policy change only needs a new chunk. Batch ids
+and content hashes are those of the redacted content, so the ledger records what was
+actually sent.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,9 +26,13 @@ import pyarrow as pa
 from pipeline.core.batches import Batch, write_batches, write_json_atomic
 from pipeline.core.memos_api import api_id, chat_time
 from pipeline.core.models import content_hash, stable_id
+from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
 from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 from pipeline.core.workdir import manifest_path
+
+DROPPED_EXAMPLES = 20
+"""Dropped messages listed by id in the chunk stats (and the dry-run report)."""
 
 CHUNK_COLUMNS = [
     "source",
@@ -46,17 +56,27 @@ class ChunkLimits:
 
 @dataclass
 class ChunkStats:
-    """What a chunk run produced; `messages == batched + excluded`."""
+    """What a chunk run produced; `messages == batched + excluded + dropped`."""
 
     messages: int = 0
     batched: int = 0
     excluded: int = 0
+    dropped: int = 0
+    """Messages the redaction policy left out (`drop-message`)."""
     batches: int = 0
     conversations: int = 0
     users: int = 0
     tokens: int = 0
     split_messages: int = 0
     shortened_ids: dict[str, str] = field(default_factory=dict)
+    masked: Counter[str] = field(default_factory=Counter)
+    """Matches masked in the batched messages, per kind."""
+    masked_messages: int = 0
+    """Batched messages with at least one masked match."""
+    dropped_by_kind: Counter[str] = field(default_factory=Counter)
+    """Dropped messages per kind that matched (a message can count under several kinds)."""
+    dropped_examples: list[dict[str, Any]] = field(default_factory=list)
+    """The first few dropped messages: ids and kinds only, never content."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form printed by `chunk --json` and kept in the manifest."""
@@ -64,12 +84,19 @@ class ChunkStats:
             "messages": self.messages,
             "batched": self.batched,
             "excluded": self.excluded,
+            "dropped": self.dropped,
             "batches": self.batches,
             "conversations": self.conversations,
             "users": self.users,
             "tokens": self.tokens,
             "split_messages": self.split_messages,
             "shortened_ids": len(self.shortened_ids),
+            "redacted": {
+                "masked": dict(sorted(self.masked.items())),
+                "masked_messages": self.masked_messages,
+                "dropped": dict(sorted(self.dropped_by_kind.items())),
+                "dropped_messages": self.dropped,
+            },
         }
 
 
@@ -84,6 +111,8 @@ class _Row:
     tokens: int
     label: str | None = None
     """The configured name of the source that staged the row, where known."""
+    masked: Mapping[str, int] | None = None
+    """Matches masked in `content`, per kind (None when nothing was masked)."""
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -151,6 +180,10 @@ def chunk_conversation(
             batch_tags = list(dict.fromkeys(t for label in labels for t in tags.get(label, ())))
             if batch_tags:
                 body["tags"] = batch_tags
+        redacted: Counter[str] = Counter()
+        if part is None or part[0] == 1:
+            for r, _, _ in items:
+                redacted.update(r.masked or {})
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -161,6 +194,7 @@ def chunk_conversation(
             tokens=sum(t for _, _, t in items),
             body=body,
             part=part,
+            redacted=dict(sorted(redacted.items())),
         )
         index += 1
         stats.batches += 1
@@ -203,15 +237,20 @@ def chunk_table(
     *,
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
     Rows whose `message_id` is in `exclude_ids` (already delivered) are left out and counted,
     as are rows created before `since` (timezone-aware; rows without a time are kept).
+    The remaining rows are redacted under `policy` (the default masks every secret kind):
+    a row the policy drops is counted in `stats.dropped`, the others are sent redacted.
     With `tags` (source name -> tags), the table's `label` column names each row's source.
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
-    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
+    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS if name != "content"}
+    redacted = redact(table.column("content"), policy)
+    cols["content"] = redacted.content.to_pylist()
     labels = (
         table.column("label").to_pylist()
         if tags and "label" in table.column_names
@@ -225,7 +264,24 @@ def chunk_table(
         and (since is None or ts is None or ts >= since)
         for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
     ]
+    stats.excluded += n - sum(keep)
+    for i, kinds in redacted.dropped_by_row.items():
+        if keep[i]:
+            keep[i] = False
+            stats.dropped += 1
+            stats.dropped_by_kind.update(kinds)
+            if len(stats.dropped_examples) < DROPPED_EXAMPLES:
+                stats.dropped_examples.append(
+                    {
+                        "message_id": cols["message_id"][i],
+                        "user_id": cols["user_id"][i],
+                        "conversation_id": cols["conversation_id"][i],
+                        "kinds": list(kinds),
+                    }
+                )
     kept = [i for i in range(n) if keep[i]]
+    stats.masked.update(redacted.masked_counts(kept))
+    stats.masked_messages += sum(1 for i in kept if redacted.masked_by_row.get(i))
     tokens = [0] * n
     for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
         tokens[i] = count
@@ -245,11 +301,11 @@ def chunk_table(
                 cols["seq"][i],
                 tokens[i],
                 labels[i],
+                redacted.masked_by_row.get(i),
             )
             for i in range(start, end)
             if keep[i]
         ]
-        stats.excluded += (end - start) - len(rows)
         start = end
         if not rows:
             continue
@@ -267,14 +323,22 @@ def chunk_workdir(
     *,
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts.
 
-    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`).
+    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`);
+    `policy` is the redaction policy (see `RedactConfig.policy`). The manifest records the
+    policy's actions and the redaction counts next to the other counts.
     """
     stats = ChunkStats()
     table = read_labeled(workdir, staged_sources(workdir), CHUNK_COLUMNS)
-    write_batches(workdir, chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags))
-    manifest = {"max_tokens": limits.max_tokens, "max_messages": limits.max_messages}
+    batches = chunk_table(table, limits, stats, exclude_ids, since=since, tags=tags, policy=policy)
+    write_batches(workdir, batches)
+    manifest = {
+        "max_tokens": limits.max_tokens,
+        "max_messages": limits.max_messages,
+        "redact": policy.actions(),
+    }
     write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
     return stats

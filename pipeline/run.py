@@ -78,10 +78,11 @@ def run_pipeline(
             stats_dict(extract_source(s, workdir, default_user_id=cfg.user_id, progress=progress))
             for s in cfg.sources
         ]
+        policy = cfg.redact.policy()
         delivered = incremental.delivered_message_hashes(workdir)
         staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
-            incremental.plan(staged, delivered, cfg.load.resend_changed)
+            incremental.plan(staged, delivered, cfg.load.resend_changed, policy=policy)
             if staged is not None
             else None
         )
@@ -98,6 +99,7 @@ def run_pipeline(
             exclude_ids=delta.exclude if delta else set(),
             since=since,
             tags=cfg.tags_by_source(),
+            policy=policy,
         )
         stats = load_workdir(
             workdir,

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import incremental
 from pipeline.chunk import CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
+from pipeline.core import redact
 from pipeline.core.config import Config
 from pipeline.core.errors import ConfigError
 from pipeline.core.lock import workdir_lock
@@ -84,8 +85,9 @@ def _validate(
     table = read_labeled(workdir, labels, READ_COLUMNS)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
+    policy = cfg.redact.policy()
     ledger = ledger_figures(
-        table, incremental.delivered_message_hashes(workdir), cfg.load.resend_changed
+        table, incremental.delivered_message_hashes(workdir), cfg.load.resend_changed, policy
     )
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
@@ -99,6 +101,7 @@ def _validate(
             ledger.exclude,
             since=since,
             tags=cfg.tags_by_source(),
+            policy=policy,
         )
         for batch in batches:
             checker.check(batch)
@@ -121,6 +124,7 @@ def _validate(
             checks.out_of_order(table),
             checks.secrets(table),
             checks.personal_data(table),
+            checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
             other_staged_sources(workdir, labels),
@@ -234,11 +238,15 @@ class LedgerFigures:
 
 
 def ledger_figures(
-    table: pa.Table, delivered: dict[str, str], resend_changed: bool
+    table: pa.Table,
+    delivered: dict[str, str],
+    resend_changed: bool,
+    policy: redact.Policy = redact.DEFAULT_POLICY,
 ) -> LedgerFigures:
     """Which staged rows are already delivered, and which of those changed since: the
-    incremental rule (`pipeline.incremental.plan`), with examples for the report."""
-    delta = incremental.plan(table, delivered, resend_changed)
+    incremental rule (`pipeline.incremental.plan`, content as sent under the redaction
+    `policy`), with examples for the report."""
+    delta = incremental.plan(table, delivered, resend_changed, policy=policy)
     examples = checks.example_rows(delta.changed.slice(0, checks.MAX_EXAMPLES))
     return LedgerFigures(
         bool(delivered),

@@ -240,3 +240,24 @@ def test_plan_compares_the_content_as_sent() -> None:
     assert plan(table, sent, resend_changed=False, policy=dropping).changed_ids == ["m2"]
     unredacted = plan(table, sent, resend_changed=False, policy=redact.Policy.off())
     assert unredacted.changed_ids == ["m0"]
+
+
+# --- the dry run's findings under a policy ---------------------------------------------
+
+
+def test_secret_findings_are_warnings_only_for_kinds_the_policy_keeps() -> None:
+    from pipeline.dryrun import checks
+
+    table = _staged([f"x {SECRETS['jwt']}", f"y {PERSONAL['email']}"]).append_column(
+        "source_file", pa.array(["f", "f"])
+    )
+    table = table.append_column("source_position", pa.array(["1", "2"]))
+    masked = checks.secrets(table, redact.DEFAULT_POLICY)
+    assert (masked.severity, masked.count) == ("info", 1)
+    assert "jwt mask" in masked.description and masked.details["policy"] == {"jwt": "mask"}
+    kept = checks.secrets(table, redact.Policy.build({"jwt": "keep"}))
+    assert kept.severity == "warning" and "policy keep): jwt" in kept.description
+    assert checks.secrets(table).severity == "warning"
+    personal = checks.personal_data(table, redact.Policy.build({"email": "drop-message"}))
+    assert personal.details["policy"] == {"email": "drop-message"}
+    assert SECRETS["jwt"] not in str(masked.to_json()) + str(kept.to_json())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -152,9 +152,13 @@ def _scan(
     return Finding(finding_id, title, severity, count, "messages", full, examples, details)
 
 
-def secrets(table: pa.Table) -> Finding:
-    """Messages whose content looks like a credential (API key, token, password, key)."""
-    return _scan(
+def secrets(table: pa.Table, policy: Policy | None = None) -> Finding:
+    """Messages whose content looks like a credential (API key, token, password, key).
+
+    Without `policy` every match counts as sent as is (a warning). With the redaction
+    policy, the finding is a warning only when a kind the policy keeps was found.
+    """
+    finding = _scan(
         table,
         SECRET_PATTERNS,
         "secrets",
@@ -163,11 +167,12 @@ def secrets(table: pa.Table) -> Finding:
         "These messages would be stored in memory as they are; rotate the credentials or "
         "remove the messages before loading.",
     )
+    return finding if policy is None else _under_policy(finding, policy)
 
 
-def personal_data(table: pa.Table) -> Finding:
+def personal_data(table: pa.Table, policy: Policy | None = None) -> Finding:
     """Messages whose content contains e-mail addresses or phone numbers."""
-    return _scan(
+    finding = _scan(
         table,
         PERSONAL_PATTERNS,
         "personal_data",
@@ -175,6 +180,30 @@ def personal_data(table: pa.Table) -> Finding:
         "info",
         "E-mail addresses and phone numbers found in message text.",
     )
+    return finding if policy is None else _under_policy(finding, policy)
+
+
+def _under_policy(finding: Finding, policy: Policy) -> Finding:
+    """`finding` restated for what the redaction policy does with each kind found."""
+    actions = policy.actions()
+    found = [k for k, n in finding.details["by_kind"].items() if n]
+    kept = [k for k in found if actions.get(k) == "keep"]
+    redacted = [f"{k} {actions[k]}" for k in found if actions.get(k) != "keep"]
+    by_kind = ", ".join(f"{k}: {finding.details['by_kind'][k]}" for k in found)
+    parts = [f"Found by kind: {by_kind}." if found else "Nothing found."]
+    if redacted:
+        parts.append(
+            f"The redaction policy changes what is sent ({', '.join(redacted)}); see the "
+            "redaction check. The values are still in the export: rotate credentials."
+        )
+    if kept:
+        parts.append(
+            f"Sent and stored in memory as they are (policy keep): {', '.join(kept)}; set "
+            "`redact:` to mask or drop them."
+        )
+    severity = finding.severity if kept or finding.id != "secrets" else "info"
+    details = {**finding.details, "policy": {k: actions[k] for k in found}}
+    return replace(finding, severity=severity, description=" ".join(parts), details=details)
 
 
 REDACTED_MARK = mask_token("")[:-1]

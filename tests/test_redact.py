@@ -76,6 +76,17 @@ def test_default_masks_secrets_and_keeps_personal_data() -> None:
     assert dict(out.masked_counts()) == dict.fromkeys(SECRETS, 1)
 
 
+def test_chunked_columns_keep_row_positions() -> None:
+    column = pa.chunked_array(
+        [_column(["a", f"b {SECRETS['jwt']}"]), _column([f"c {SECRETS['jwt']}", "d"])]
+    )
+    out = redact.redact(column, redact.DEFAULT_POLICY)
+    assert out.content.to_pylist() == ["a", "b [REDACTED:jwt]", "c [REDACTED:jwt]", "d"]
+    assert set(out.masked_by_row) == {1, 2}
+    clean = pa.chunked_array([_column(["a"]), _column(["b"])])
+    assert redact.redact(clean, redact.DEFAULT_POLICY).content is clean
+
+
 def test_drop_message_drops_the_whole_row_and_names_the_kinds() -> None:
     policy = redact.Policy.build({"email": "drop-message"})
     out = redact.redact(_column(["hi", f"mail {PERSONAL['email']}", "bye"]), policy)

@@ -170,6 +170,8 @@ def test_report_counts_equal_the_load_summary(tmp_path: Path) -> None:
     for example in finding["examples"]:
         assert "[REDACTED:" in example["sent"] or example["action"] == "drop-message"
     assert {e["action"] for e in finding["examples"]} == {"mask", "drop-message"}
+    html = (tmp_path / "work" / "report.html").read_text(encoding="utf-8")
+    assert "Messages redacted before sending" in html and "[REDACTED:email]" in html
     files = b"".join(p.read_bytes() for p in (tmp_path / "work").glob("report.*")).lower()
     for value in SENSITIVE.values():
         for line in value.splitlines():

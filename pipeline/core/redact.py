@@ -144,7 +144,7 @@ class Redacted:
     its counts), so the common case costs nothing beyond the scan.
     """
 
-    content: pa.Array
+    content: pa.Array | pa.ChunkedArray
     masked_by_row: dict[int, dict[str, int]] = field(default_factory=dict)
     """Row index -> occurrences masked, per kind."""
     dropped_by_row: dict[int, tuple[str, ...]] = field(default_factory=dict)
@@ -170,17 +170,17 @@ def redact(content: pa.Array | pa.ChunkedArray, policy: Policy) -> Redacted:
     Pure and deterministic: the same content and policy give the same output, so the
     content hash of what is sent is stable across runs.
     """
-    column = content.combine_chunks() if isinstance(content, pa.ChunkedArray) else content
-    if column.type != pa.large_string():
-        column = column.cast(pa.large_string())
     rules = policy.active
-    if not rules or len(column) == 0:
-        return Redacted(column)
+    if not rules or len(content) == 0:
+        return Redacted(content)
     combined = "|".join(f"(?:{r.pattern})" for r in rules)
-    hit = pc.fill_null(pc.match_substring_regex(column, pattern=combined), False)
+    hit = pc.fill_null(pc.match_substring_regex(content, pattern=combined), False)
+    if not pc.any(hit).as_py():
+        return Redacted(content)  # the common case: no copy of the column
+    column = content.combine_chunks() if isinstance(content, pa.ChunkedArray) else content
+    if isinstance(hit, pa.ChunkedArray):
+        hit = hit.combine_chunks()
     indices = pc.indices_nonzero(hit)
-    if len(indices) == 0:
-        return Redacted(column)
     rows: list[int] = indices.to_pylist()
     sub = pc.take(column, indices)
     masked: dict[int, dict[str, int]] = {}

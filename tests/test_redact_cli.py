@@ -247,3 +247,21 @@ def test_request_bodies_the_server_receives_are_masked(
         first_line = value.splitlines()[0].encode()
         assert (first_line in sent) == (kind not in masked), kind
         assert (f"[REDACTED:{kind}]".encode() in sent) == (kind in masked), kind
+
+
+def test_chunk_and_validate_take_the_flags_and_rechunk_without_extracting(
+    staged_workdir: Path,
+) -> None:
+    config = str(staged_workdir.parent / "pipeline.yaml")
+    default = cli("chunk", "--config", config)
+    assert default["redacted"]["masked_messages"] == len(SECRETS) + 1
+    manifest = json.loads((staged_workdir / "batches" / "manifest.json").read_text())
+    assert manifest["redact"]["email"] == "keep" and manifest["redacted"] == default["redacted"]
+    off = cli("chunk", "--config", config, "--redact", "all=keep", "--redact", "email=mask")
+    assert off["redacted"]["masked"] == {"email": 1}
+    batches = (staged_workdir / "batches" / "batches.jsonl").read_text()
+    assert SECRETS["aws_access_key"] in batches and PERSONAL["email"] not in batches
+    report = cli("validate", config, "--redact", "secrets=drop-message")
+    assert report["redaction"]["dropped_messages"] == len(SECRETS) + 1
+    assert report["totals"]["dropped_by_redaction"] == len(SECRETS) + 1
+    assert report["checks"]["secrets"]["severity"] == "info"

@@ -12,10 +12,16 @@ messages, at most `memos_api.MAX_GROUP_IDS`, most active first: `group_participa
 each message carries its speaker as `role_id` (when listed) and `role_name`. The batch's own
 `user_id` (ledger, lanes) stays the staged owner id. Participants are counted over the
 messages being chunked, so every batch of a conversation lists the same ids.
+
+Redaction happens here, once, on the content that is sent (`pipeline.core.redact`): the
+staging table keeps the original, so a policy change only needs a new chunk. Batch ids
+and content hashes are those of the redacted content, so the ledger records what was
+actually sent.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,9 +34,13 @@ from pipeline.core.batches import Batch, write_batches, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.memos_api import api_id, chat_time, group_participants
 from pipeline.core.models import content_hash, stable_id
+from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
 from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
 from pipeline.core.workdir import batches_dir, manifest_path
+
+DROPPED_EXAMPLES = 20
+"""Dropped messages listed by id in the chunk stats (and the dry-run report)."""
 
 CHUNK_COLUMNS = [
     "source",
@@ -56,8 +66,8 @@ class ChunkLimits:
 
 @dataclass
 class ChunkStats:
-    """What a chunk run produced; `messages == batched + excluded` (`excluded` includes the
-    `duplicates`)."""
+    """What a chunk run produced; `messages == batched + excluded + dropped` (`excluded`
+    includes the `duplicates`)."""
 
     messages: int = 0
     batched: int = 0
@@ -65,6 +75,8 @@ class ChunkStats:
     duplicates: int = 0
     """Staged rows left out because another row has the same message id and content (the
     same export staged under two source names)."""
+    dropped: int = 0
+    """Messages the redaction policy left out (`drop-message`)."""
     batches: int = 0
     conversations: int = 0
     users: int = 0
@@ -76,6 +88,14 @@ class ChunkStats:
     """Speakers of group conversations beyond the `user_id` list (they keep `role_name`)."""
     request_weight: int = 0
     """Sum over batches of the ids each request lists: its charge against the QPS limit."""
+    masked: Counter[str] = field(default_factory=Counter)
+    """Matches masked in the batched messages, per kind."""
+    masked_messages: int = 0
+    """Batched messages with at least one masked match."""
+    dropped_by_kind: Counter[str] = field(default_factory=Counter)
+    """Dropped messages per kind that matched (a message can count under several kinds)."""
+    dropped_examples: list[dict[str, Any]] = field(default_factory=list)
+    """The first few dropped messages: ids and kinds only, never content."""
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form printed by `chunk --json` and kept in the manifest."""
@@ -84,6 +104,7 @@ class ChunkStats:
             "batched": self.batched,
             "excluded": self.excluded,
             "duplicates": self.duplicates,
+            "dropped": self.dropped,
             "batches": self.batches,
             "conversations": self.conversations,
             "users": self.users,
@@ -93,6 +114,12 @@ class ChunkStats:
             "group_conversations": self.group_conversations,
             "group_left_out": self.group_left_out,
             "request_weight": self.request_weight,
+            "redacted": {
+                "masked": dict(sorted(self.masked.items())),
+                "masked_messages": self.masked_messages,
+                "dropped": dict(sorted(self.dropped_by_kind.items())),
+                "dropped_messages": self.dropped,
+            },
         }
 
 
@@ -109,6 +136,8 @@ class _Row:
     """The configured name of the source that staged the row, where known."""
     author_id: str | None = None
     author_name: str | None = None
+    masked: Mapping[str, int] | None = None
+    """Matches masked in `content`, per kind (None when nothing was masked)."""
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -187,6 +216,10 @@ def chunk_conversation(
             batch_tags = list(dict.fromkeys(t for label in labels for t in tags.get(label, ())))
             if batch_tags:
                 body["tags"] = batch_tags
+        redacted: Counter[str] = Counter()
+        if part is None or part[0] == 1:
+            for r, _, _ in items:
+                redacted.update(r.masked or {})
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -197,6 +230,7 @@ def chunk_conversation(
             tokens=sum(t for _, _, t in items),
             body=body,
             part=part,
+            redacted=dict(sorted(redacted.items())),
         )
         index += 1
         stats.batches += 1
@@ -247,6 +281,7 @@ def chunk_table(
     since: datetime | None = None,
     tags: Mapping[str, Sequence[str]] | None = None,
     group: Container[str] = frozenset(),
+    policy: Policy = DEFAULT_POLICY,
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
@@ -254,10 +289,14 @@ def chunk_table(
     as are rows created before `since` (timezone-aware; rows without a time are kept).
     With `tags` (source name -> tags), the table's `label` column names each row's source;
     a conversation with rows of a source named in `group` is sent as a group chat (the
-    table then needs the `AUTHOR_COLUMNS`).
+    table then needs the `AUTHOR_COLUMNS`). The remaining rows are redacted under `policy`
+    (the default masks every secret kind): a row the policy drops is counted in
+    `stats.dropped`, the others are sent redacted.
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
-    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS}
+    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS if name != "content"}
+    redacted = redact(table.column("content"), policy)
+    cols["content"] = redacted.content.to_pylist()
     grouping = bool(group) and "label" in table.column_names
     labels = (
         table.column("label").to_pylist()
@@ -276,7 +315,24 @@ def chunk_table(
         for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
     ]
     _drop_duplicates(cols["message_id"], cols["content"], keep, stats)
+    stats.excluded += n - sum(keep)
+    for i, kinds in redacted.dropped_by_row.items():
+        if keep[i]:
+            keep[i] = False
+            stats.dropped += 1
+            stats.dropped_by_kind.update(kinds)
+            if len(stats.dropped_examples) < DROPPED_EXAMPLES:
+                stats.dropped_examples.append(
+                    {
+                        "message_id": cols["message_id"][i],
+                        "user_id": cols["user_id"][i],
+                        "conversation_id": cols["conversation_id"][i],
+                        "kinds": list(kinds),
+                    }
+                )
     kept = [i for i in range(n) if keep[i]]
+    stats.masked.update(redacted.masked_counts(kept))
+    stats.masked_messages += sum(1 for i in kept if redacted.masked_by_row.get(i))
     tokens = [0] * n
     for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
         tokens[i] = count
@@ -298,11 +354,11 @@ def chunk_table(
                 labels[i],
                 authors[i],
                 names[i],
+                redacted.masked_by_row.get(i),
             )
             for i in range(start, end)
             if keep[i]
         ]
-        stats.excluded += (end - start) - len(rows)
         start = end
         if not rows:
             continue
@@ -350,6 +406,7 @@ def chunk_workdir(
     tags: Mapping[str, Sequence[str]] | None = None,
     excluded_for: str | None = None,
     group: Container[str] = frozenset(),
+    policy: Policy = DEFAULT_POLICY,
 ) -> ChunkStats:
     """Read the staging table, write `<workdir>/batches/`, and return the counts.
 
@@ -357,18 +414,21 @@ def chunk_workdir(
     `group` names the sources in group-chat mode (see `Config.group_sources`).
     `excluded_for` names the destination `exclude_ids` came from; the manifest keeps it, so
     a load into another destination knows the batch file leaves messages out.
+    `policy` is the redaction policy (see `RedactConfig.policy`). The manifest records the
+    policy's actions and the redaction counts next to the other counts.
     """
     stats = ChunkStats()
     columns = CHUNK_COLUMNS + AUTHOR_COLUMNS if group else CHUNK_COLUMNS
     table = read_labeled(workdir, staged_sources(workdir), columns)
     try:
         batches = chunk_table(
-            table, limits, stats, exclude_ids, since=since, tags=tags, group=group
+            table, limits, stats, exclude_ids, since=since, tags=tags, group=group, policy=policy
         )
         write_batches(workdir, batches)
         manifest: dict[str, object] = {
             "max_tokens": limits.max_tokens,
             "max_messages": limits.max_messages,
+            "redact": policy.actions(),
         }
         if excluded_for is not None and stats.excluded > stats.duplicates:
             manifest["excluded_for"] = excluded_for

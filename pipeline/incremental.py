@@ -12,6 +12,12 @@ left out too, and reported, unless `load.resend_changed` is set: then it is sent
 Because `run` and `validate` both call `plan`, the dry run's "to send" is exactly what a
 run sends.
 
+"Content" means the content as sent: the ledger records the hash of the redacted content
+(`pipeline.core.redact`), so `plan` redacts the staged content under the same policy
+before comparing. A redaction policy change therefore shows up as "changed since
+delivery" for the messages whose sent content it changes (a message the new policy drops
+counts as changed too, and is never resent). See docs/redaction.md.
+
 This module reads the ledger's `delivered_messages` table read-only (the table's writer is
 `pipeline.load.ledger`) and owns the checks that refuse an empty, truncated, foreign or
 newer ledger (`verify_ledger_file`); it imports nothing from the load stage, so the dry
@@ -32,6 +38,7 @@ from pipeline.core.batches import Batch
 from pipeline.core.destination import Destination, local_default
 from pipeline.core.errors import LedgerError
 from pipeline.core.models import content_hash, stable_id
+from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens
 from pipeline.core.workdir import ledger_path
 
@@ -246,18 +253,27 @@ class Delta:
         return [str(m) for m in self.changed.column("message_id").to_pylist()]
 
 
-def plan(table: pa.Table, delivered: Mapping[str, str], resend_changed: bool) -> Delta:
+def plan(
+    table: pa.Table,
+    delivered: Mapping[str, str],
+    resend_changed: bool,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+) -> Delta:
     """Apply the rule to staged rows (`message_id` and `content` columns at least).
 
     `exclude` holds every delivered id, or only the unchanged ones with `resend_changed`.
+    `policy` must be the redaction policy the next chunk uses (see the module docstring).
     """
     if not delivered or table.num_rows == 0:
         return Delta(len(delivered), 0, table.slice(0, 0), set())
     hit = table.filter(pc.is_in(table.column("message_id"), value_set=pa.array(list(delivered))))
     ids = hit.column("message_id").to_pylist()
-    contents = hit.column("content").to_pylist()
+    sent = redact(hit.column("content"), policy)
+    contents = sent.content.to_pylist()
     changed_mask = [
-        content_hash(text) != delivered[mid] for mid, text in zip(ids, contents, strict=True)
+        i in sent.dropped_by_row or content_hash(text) != delivered[mid]
+        for i, (mid, text) in enumerate(zip(ids, contents, strict=True))
     ]
     changed = hit.filter(pa.array(changed_mask, type=pa.bool_()))
     exclude = {

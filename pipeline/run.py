@@ -108,10 +108,11 @@ def run_pipeline(
         ]
         log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
         started = time.monotonic()
+        policy = cfg.redact.policy()
         delivered = incremental.delivered_message_hashes(workdir, dest)
         staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
-            incremental.plan(staged, delivered, cfg.load.resend_changed)
+            incremental.plan(staged, delivered, cfg.load.resend_changed, policy=policy)
             if staged is not None
             else None
         )
@@ -130,6 +131,7 @@ def run_pipeline(
             tags=cfg.tags_by_source(),
             excluded_for=dest.id,
             group=cfg.group_sources(),
+            policy=policy,
         )
         log.info(
             "chunk: %d batches from %d new messages in %.1f s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     pass
 
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
+from pipeline.cli.redaction import apply_redact_flags, redact_options
 
 
 @click.command()
@@ -22,10 +23,13 @@ from pipeline.cli.common import common_options, emit, load_cli_config, setup
     help="Token budget per request (default 4000; ≤ 40000, the newest documented limit).",
 )
 @click.option("--max-messages", type=int, help="Messages per request (default 50).")
+@redact_options
 @common_options
 def chunk(
     max_tokens: int | None,
     max_messages: int | None,
+    redact_actions: tuple[str, ...],
+    redact_patterns: tuple[str, ...],
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -35,7 +39,10 @@ def chunk(
 ) -> None:
     """Group staged messages into API-sized batches per conversation.
 
-    Example: memos-etl chunk --workdir w --max-tokens 20000
+    Credentials are masked in what is sent (see docs/redaction.md); the staged
+    messages keep the original, so chunking again applies a changed policy.
+
+    Example: memos-etl chunk --workdir w --max-tokens 20000 --redact email=mask
     """
     from pipeline.chunk import ChunkLimits, chunk_workdir
     from pipeline.core.lock import workdir_lock
@@ -45,20 +52,39 @@ def chunk(
         config_path,
         {"workdir": workdir, "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}},
     )
+    cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     require_staging(cfg.workdir)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     with workdir_lock(cfg.workdir):
         stats = chunk_workdir(
-            cfg.workdir, limits, tags=cfg.tags_by_source(), group=cfg.group_sources()
+            cfg.workdir,
+            limits,
+            tags=cfg.tags_by_source(),
+            group=cfg.group_sources(),
+            policy=cfg.redact.policy(),
         )
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
-    emit(
-        result,
-        as_json,
+    lines = [
         f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
         f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split"
         + (f"; {stats.duplicates} duplicates left out" if stats.duplicates else "")
         + ")",
+    ]
+    redacted = redaction_line(result["redacted"])
+    if redacted:
+        lines.append(redacted)
+    emit(result, as_json, "\n".join(lines))
+
+
+def redaction_line(redacted: dict[str, Any]) -> str | None:
+    """One summary line of a chunk's redaction counts, or None when nothing was redacted."""
+    if not redacted["masked_messages"] and not redacted["dropped_messages"]:
+        return None
+    masked = ", ".join(f"{k} {n}" for k, n in redacted["masked"].items()) or "none"
+    dropped = ", ".join(f"{k} {n}" for k, n in redacted["dropped"].items()) or "none"
+    return (
+        f"redacted: {redacted['masked_messages']} messages masked ({masked}); "
+        f"{redacted['dropped_messages']} messages dropped ({dropped})"
     )
 
 

@@ -71,6 +71,9 @@ def load_summary(stats: LoadStatsT) -> str:
         f"requests: {stats.requests} in {data['duration_s']:.1f} s "
         f"({data['requests_per_s']:.1f}/s)",
     ]
+    if data["redacted"]:
+        masked = ", ".join(f"{k} {n}" for k, n in data["redacted"].items())
+        lines.append(f"redacted (masked in sent batches): {masked}")
     for failure in data["failures"][:5]:
         lines.append(
             f"failed: conversation {failure['conversation_id']} batch "

@@ -14,9 +14,11 @@ from pipeline.core.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
+from pipeline.cli.chunk import redaction_line
 from pipeline.cli.common import emit, load_cli_config, setup
 from pipeline.cli.extract import extract_line, sum_counts
 from pipeline.cli.load import finish_load, heartbeat_seconds, load_line, load_summary
+from pipeline.cli.redaction import apply_redact_flags, redact_options
 from pipeline.cli.validate import dry_run_report
 
 
@@ -34,6 +36,7 @@ from pipeline.cli.validate import dry_run_report
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@redact_options
 def run(
     config_file: Path,
     workdir: Path | None,
@@ -43,6 +46,8 @@ def run(
     quiet: bool,
     as_json: bool,
     no_progress: bool,
+    redact_actions: tuple[str, ...],
+    redact_patterns: tuple[str, ...],
 ) -> None:
     """Run extract -> chunk -> load for every source in CONFIG_FILE, incrementally.
 
@@ -57,6 +62,7 @@ def run(
 
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_file, {"workdir": workdir})
+    cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
@@ -98,6 +104,9 @@ def run(
             )
             + ")"
         )
+        redacted = redaction_line(result.chunk["redacted"])
+        if redacted:
+            lines.append(redacted)
     if result.changed:
         lines.append(
             f"{len(result.changed)} delivered messages changed since; not resent "

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     pass
 
 from pipeline.cli.common import emit, load_cli_config, setup
+from pipeline.cli.redaction import apply_redact_flags, redact_options
 
 
 @click.command()
@@ -25,6 +26,7 @@ from pipeline.cli.common import emit, load_cli_config, setup
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
+@redact_options
 def validate(
     config_file: Path,
     workdir: Path | None,
@@ -33,6 +35,8 @@ def validate(
     as_json: bool,
     no_progress: bool,
     since: datetime | None,
+    redact_actions: tuple[str, ...],
+    redact_patterns: tuple[str, ...],
 ) -> None:
     """Dry run: extract and chunk CONFIG_FILE's sources, check everything, send nothing.
 
@@ -44,6 +48,7 @@ def validate(
     """
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_file, {"workdir": workdir})
+    cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
     dry_run_report(cfg, progress, when, as_json)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ class Batch:
     `body` is the exact request body except for load-time fields (`async_mode`,
     `agent_id`, `app_id`). `message_ids` and `content_hashes` name the staged messages it
     carries, in order; `part` is `(k, n)` when the batch carries part k of n of one
-    message too large for a single request.
+    message too large for a single request. `redacted` counts the matches masked in the
+    body, per kind (a split message counts in its first part only).
     """
 
     batch_id: str
@@ -37,6 +38,7 @@ class Batch:
     tokens: int
     body: dict[str, Any]
     part: tuple[int, int] | None = None
+    redacted: dict[str, int] = field(default_factory=dict)
 
     @property
     def message_count(self) -> int:
@@ -54,6 +56,7 @@ class Batch:
             "content_hashes": list(self.content_hashes),
             "tokens": self.tokens,
             "part": list(self.part) if self.part else None,
+            "redacted": self.redacted,
             "body": self.body,
         }
 
@@ -71,6 +74,7 @@ class Batch:
             tokens=data["tokens"],
             body=data["body"],
             part=(part[0], part[1]) if part else None,
+            redacted=dict(data.get("redacted") or {}),
         )
 
 

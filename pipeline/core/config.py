@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.core import memos_api
+from pipeline.core import memos_api, redact
 from pipeline.core.errors import ConfigError
 
 DEFAULT_WORKDIR = Path(".memos-etl")
@@ -158,6 +158,60 @@ class LoadConfig(_Section):
         )
 
 
+class CustomRedaction(_Section):
+    """A named regex (RE2 syntax) to redact, e.g. internal ticket or customer ids."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    pattern: str
+    action: redact.Action = "mask"
+
+    @model_validator(mode="after")
+    def _valid(self) -> CustomRedaction:
+        if self.name in redact.BUILTIN_KINDS or self.name in redact.GROUPS:
+            raise ValueError(
+                f"{self.name!r} is a built-in kind; give the custom regex another name"
+            )
+        problem = redact.check_pattern(self.pattern)
+        if problem:
+            raise ValueError(f"pattern of {self.name!r} is not usable: {problem}")
+        return self
+
+
+class RedactConfig(_Section):
+    """What is sent in place of credentials and personal data (see docs/redaction.md).
+
+    One key per kind, each `keep`, `mask` or `drop-message`: every secret kind is masked
+    and personal data kept unless set otherwise. `custom` adds named regexes.
+    """
+
+    private_key: redact.Action = "mask"
+    password: redact.Action = "mask"
+    bearer_token: redact.Action = "mask"
+    jwt: redact.Action = "mask"
+    aws_access_key: redact.Action = "mask"
+    github_token: redact.Action = "mask"
+    slack_token: redact.Action = "mask"
+    api_key: redact.Action = "mask"
+    google_api_key: redact.Action = "mask"
+    email: redact.Action = "keep"
+    phone: redact.Action = "keep"
+    custom: list[CustomRedaction] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_custom_names(self) -> RedactConfig:
+        names = [c.name for c in self.custom]
+        if len(names) != len(set(names)):
+            raise ValueError("two custom redaction regexes share a name")
+        return self
+
+    def policy(self) -> redact.Policy:
+        """The `pipeline.core.redact.Policy` this section describes."""
+        actions: dict[str, redact.Action] = {
+            kind: getattr(self, kind) for kind in redact.BUILTIN_KINDS
+        }
+        return redact.Policy.build(actions, [(c.name, c.pattern, c.action) for c in self.custom])
+
+
 class Config(_Section):
     """A whole pipeline: sources, chunking and loading settings."""
 
@@ -167,6 +221,7 @@ class Config(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
+    redact: RedactConfig = Field(default_factory=RedactConfig)
 
     def tags_by_source(self) -> dict[str, list[str]]:
         """The MemOS `tags` of each source that has some, by source name (label)."""

@@ -18,8 +18,8 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,6 +36,10 @@ from pipeline.core.memos_api import (
     id_count,
 )
 from pipeline.core.models import ROLES, excerpt
+from pipeline.core.redact import PERSONAL_PATTERNS, SECRET_PATTERNS, Policy, mask_token
+
+if TYPE_CHECKING:
+    from pipeline.chunk import ChunkStats
 
 Severity = Literal["error", "warning", "info"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -84,25 +88,8 @@ class Finding:
 
 
 # --- secrets and personal data -------------------------------------------------------
-
-SECRET_PATTERNS: dict[str, str] = {
-    "private_key": r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----",
-    "aws_access_key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-    "github_token": r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
-    "slack_token": r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-    "api_key": r"\b(?:sk|rk|pk)[-_](?:live_|test_|proj-|ant-)?[A-Za-z0-9_-]{20,}",
-    "google_api_key": r"\bAIza[0-9A-Za-z_-]{35}",
-    "jwt": r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
-    "bearer_token": r"(?i:\bbearer\s+[A-Za-z0-9._~+/=-]{20,})",
-    "password": r"(?i:\b(?:password|passwd|pwd|passcode)\s*[:=]\s*[^\s,;]{3,})",
-}
-"""Kinds of credentials we look for; each regex is valid in both RE2 (Arrow) and `re`."""
-
-PERSONAL_PATTERNS: dict[str, str] = {
-    "email": r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-    "phone": r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}\d\b|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b",
-}
-"""Personal data we look for: e-mail addresses and phone numbers with separators."""
+# The detectors live in `pipeline.core.redact` (the chunker redacts with the same ones);
+# these checks report every match whatever the redaction policy.
 
 
 @functools.cache
@@ -173,9 +160,13 @@ def _scan(
     return Finding(finding_id, title, severity, count, "messages", full, examples, details)
 
 
-def secrets(table: pa.Table) -> Finding:
-    """Messages whose content looks like a credential (API key, token, password, key)."""
-    return _scan(
+def secrets(table: pa.Table, policy: Policy | None = None) -> Finding:
+    """Messages whose content looks like a credential (API key, token, password, key).
+
+    Without `policy` every match counts as sent as is (a warning). With the redaction
+    policy, the finding is a warning only when a kind the policy keeps was found.
+    """
+    finding = _scan(
         table,
         SECRET_PATTERNS,
         "secrets",
@@ -184,17 +175,123 @@ def secrets(table: pa.Table) -> Finding:
         "These messages would be stored in memory as they are; rotate the credentials or "
         "remove the messages before loading.",
     )
+    return finding if policy is None else _under_policy(finding, policy)
 
 
-def personal_data(table: pa.Table) -> Finding:
+def personal_data(table: pa.Table, policy: Policy | None = None) -> Finding:
     """Messages whose content contains e-mail addresses or phone numbers."""
-    return _scan(
+    finding = _scan(
         table,
         PERSONAL_PATTERNS,
         "personal_data",
         "Content with personal data",
         "info",
         "E-mail addresses and phone numbers found in message text.",
+    )
+    return finding if policy is None else _under_policy(finding, policy)
+
+
+def _under_policy(finding: Finding, policy: Policy) -> Finding:
+    """`finding` restated for what the redaction policy does with each kind found."""
+    actions = policy.actions()
+    found = [k for k, n in finding.details["by_kind"].items() if n]
+    kept = [k for k in found if actions.get(k) == "keep"]
+    redacted = [f"{k} {actions[k]}" for k in found if actions.get(k) != "keep"]
+    by_kind = ", ".join(f"{k}: {finding.details['by_kind'][k]}" for k in found)
+    parts = [f"Found by kind: {by_kind}." if found else "Nothing found."]
+    if redacted:
+        parts.append(
+            f"The redaction policy changes what is sent ({', '.join(redacted)}); see the "
+            "redaction check. The values are still in the export: rotate credentials."
+        )
+    if kept:
+        parts.append(
+            f"Sent and stored in memory as they are (policy keep): {', '.join(kept)}; set "
+            "`redact:` to mask or drop them."
+        )
+    severity = finding.severity if kept or finding.id != "secrets" else "info"
+    details = {**finding.details, "policy": {k: actions[k] for k in found}}
+    return replace(finding, severity=severity, description=" ".join(parts), details=details)
+
+
+REDACTED_MARK = mask_token("")[:-1]
+"""What every typed mask starts with (`[REDACTED:`)."""
+
+
+def redacted_excerpt(content: str, before: int = 60, limit: int = 160) -> str:
+    """A one-line excerpt of sent content around its first typed mask.
+
+    Whatever the policy keeps is masked for the report too (`mask_text` runs on the whole
+    message before the window is cut, so no partial value slips through).
+    """
+    text = " ".join(mask_text(content).split())
+    at = max(0, text.find(REDACTED_MARK) - before)
+    window = text[at : at + limit]
+    return ("…" if at else "") + window + ("…" if at + limit < len(text) else "")
+
+
+_MASK_KIND = re.compile(r"\[REDACTED:([a-z0-9_]+)\]")
+
+
+def redacted_example(batch: Batch) -> dict[str, Any]:
+    """The first message of `batch` that carries a mask, as a report example."""
+    messages = batch.body["messages"]
+    j, content = next(
+        (
+            (i, m["content"])
+            for i, m in enumerate(messages)
+            if isinstance(m.get("content"), str) and REDACTED_MARK in m["content"]
+        ),
+        (0, ""),
+    )
+    ids = batch.message_ids
+    return {
+        "message_id": ids[j] if len(ids) == len(messages) else ids[0],
+        "user_id": batch.user_id,
+        "conversation_id": batch.conversation_id,
+        "kinds": sorted(set(_MASK_KIND.findall(content))),
+        "action": "mask",
+        "sent": redacted_excerpt(content),
+    }
+
+
+def redaction(stats: ChunkStats, policy: Policy, examples: list[dict[str, Any]]) -> Finding:
+    """What the redaction policy changes in the messages to send: masks and drops per kind.
+
+    Counts cover the messages this run would send (not those already delivered or before
+    `since`), so they equal what the load summary reports. Examples show sent content
+    around a mask (never a value) and dropped messages by id.
+    """
+    masked = dict(sorted(stats.masked.items()))
+    dropped = dict(sorted(stats.dropped_by_kind.items()))
+    changing = {k: a for k, a in policy.actions().items() if a != "keep"}
+    parts = [
+        "Policy: "
+        + (", ".join(f"{k} {a}" for k, a in changing.items()) or "nothing redacted")
+        + " (every other kind is sent as is)."
+    ]
+    if masked:
+        parts.append("Masked: " + ", ".join(f"{k} {n}" for k, n in masked.items()) + ".")
+    if dropped:
+        parts.append("Dropped: " + ", ".join(f"{k} {n}" for k, n in dropped.items()) + ".")
+    shown = [
+        *examples[:MAX_EXAMPLES],
+        *({**e, "action": "drop-message", "sent": ""} for e in stats.dropped_examples),
+    ]
+    return Finding(
+        "redaction",
+        "Messages redacted before sending",
+        "info",
+        stats.masked_messages + stats.dropped,
+        "messages",
+        " ".join(parts),
+        shown[:MAX_EXAMPLES],
+        {
+            "masked": masked,
+            "masked_messages": stats.masked_messages,
+            "dropped": dropped,
+            "dropped_messages": stats.dropped,
+        },
     )
 
 
@@ -474,6 +571,7 @@ class BatchChecker:
     over_api_limit: int = 0
     over_api_examples: list[dict[str, Any]] = field(default_factory=list)
     split_examples: list[dict[str, Any]] = field(default_factory=list)
+    redacted_examples: list[dict[str, Any]] = field(default_factory=list)
     sample_bodies: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -508,6 +606,8 @@ class BatchChecker:
             self.split_examples.append(
                 {**ident, "message_id": batch.message_ids[0], "parts": batch.part[1]}
             )
+        if batch.redacted and len(self.redacted_examples) < MAX_EXAMPLES:
+            self.redacted_examples.append(redacted_example(batch))
         if len(self.sample_bodies) < self.samples:
             self.sample_bodies.append(masked_body(body))
 

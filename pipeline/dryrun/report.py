@@ -208,6 +208,8 @@ def build_report(inp: ReportInputs) -> Report:
             "estimated_duration": _duration(seconds),
             "split_messages": chunk.split_messages,
             "shortened_ids": len(chunk.shortened_ids),
+            "redacted_messages": chunk.masked_messages,
+            "dropped_by_redaction": chunk.dropped,
             "errors": errors,
             "warnings": warnings,
         },
@@ -249,6 +251,7 @@ def build_report(inp: ReportInputs) -> Report:
             "unit": inp.timeline_unit,
             "series": {s: [[b, n] for b, n in pts] for s, pts in inp.timeline.items()},
         },
+        "redaction": {"policy": cfg.redact.policy().actions(), **chunk.to_json()["redacted"]},
         "checks": checks_json,
         "problems": [
             {"id": f.id, "severity": f.severity, "count": f.count, "unit": f.unit, "title": f.title}
@@ -294,6 +297,14 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
         f"quota: {t['api_calls']:,} addMessage calls; duration: {t['estimated_duration']} "
         f"at {s['rate_per_second']:g} calls/s",
     ]
+    r = d["redaction"]
+    if r["masked_messages"] or r["dropped_messages"]:
+        masked = ", ".join(f"{k} {n}" for k, n in r["masked"].items()) or "none"
+        dropped = ", ".join(f"{k} {n}" for k, n in r["dropped"].items()) or "none"
+        lines.append(
+            f"redaction: {r['masked_messages']:,} messages masked ({masked}); "
+            f"{r['dropped_messages']:,} dropped ({dropped})"
+        )
     problems = d["problems"][:TOP_PROBLEMS]
     if problems:
         lines.append("problems:")

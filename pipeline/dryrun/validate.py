@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from pipeline import incremental
 from pipeline.chunk import AUTHOR_COLUMNS, CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
+from pipeline.core import redact
 from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
@@ -87,8 +88,9 @@ def _validate(
     table = read_labeled(workdir, labels, columns)
     log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
 
+    policy = cfg.redact.policy()
     delivered = incremental.delivered_message_hashes(workdir, destination_for(cfg.load, workdir))
-    ledger = ledger_figures(table, delivered, cfg.load.resend_changed)
+    ledger = ledger_figures(table, delivered, cfg.load.resend_changed, policy)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
@@ -102,6 +104,7 @@ def _validate(
             since=since,
             tags=cfg.tags_by_source(),
             group=group,
+            policy=policy,
         )
         for batch in batches:
             checker.check(batch)
@@ -125,8 +128,9 @@ def _validate(
             checks.missing_timestamps(table),
             checks.duplicate_ids(table),
             checks.out_of_order(table),
-            checks.secrets(table),
-            checks.personal_data(table),
+            checks.secrets(table, policy),
+            checks.personal_data(table, policy),
+            checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
             other_staged_sources(workdir, labels),
@@ -240,11 +244,15 @@ class LedgerFigures:
 
 
 def ledger_figures(
-    table: pa.Table, delivered: dict[str, str], resend_changed: bool
+    table: pa.Table,
+    delivered: dict[str, str],
+    resend_changed: bool,
+    policy: redact.Policy = redact.DEFAULT_POLICY,
 ) -> LedgerFigures:
     """Which staged rows are already delivered, and which of those changed since: the
-    incremental rule (`pipeline.incremental.plan`), with examples for the report."""
-    delta = incremental.plan(table, delivered, resend_changed)
+    incremental rule (`pipeline.incremental.plan`, content as sent under the redaction
+    `policy`), with examples for the report."""
+    delta = incremental.plan(table, delivered, resend_changed, policy=policy)
     examples = checks.example_rows(delta.changed.slice(0, checks.MAX_EXAMPLES))
     return LedgerFigures(
         bool(delivered),

@@ -116,6 +116,8 @@ class LoadStats:
     stopped: str | None = None
     stop_message: str | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    redacted: Counter[str] = field(default_factory=Counter)
+    """Matches masked in the batches this load sent, per kind (from the batch file)."""
 
     @property
     def complete(self) -> bool:
@@ -151,6 +153,7 @@ class LoadStats:
             "stopped": self.stopped,
             "stop_message": self.stop_message,
             "failures": self.failures,
+            "redacted": dict(sorted(self.redacted.items())),
         }
 
 
@@ -461,6 +464,7 @@ class _Loader:
             else:
                 self.stats.sent_batches += 1
                 self.stats.sent_messages += batch.message_count
+                self.stats.redacted.update(batch.redacted)
             self.progress.advance(batch.message_count)
             self._beat()
         return True

@@ -19,10 +19,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 NAMES = ["Ann Example", "Sam Rivera", "Mia Example", "Leo Example", "+44 7700 900123", "Tom"]
-WORDS = (
-    "the a to and of we meet at lake train bike tent dinner tomorrow tonight plan book "
-    "call later great thanks sure maybe weekend station ticket coffee shop rain sun"
-).split()
+WORDS = [
+    *("the", "a", "to", "and", "of", "we", "meet", "at", "lake", "train", "bike", "tent"),
+    *("dinner", "tomorrow", "tonight", "plan", "book", "call", "later", "great", "thanks"),
+    *("sure", "maybe", "weekend", "station", "ticket", "coffee", "shop", "rain", "sun"),
+]
 NOTICE = (
     "Messages and calls are end-to-end encrypted. No one outside of this chat, not even "
     "WhatsApp, can read or listen to them. Tap to learn more."

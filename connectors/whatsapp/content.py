@@ -122,8 +122,22 @@ EDITED_SUFFIXES = (
 )
 """Markers WhatsApp appends to an edited message; removed, and `edited: true` noted."""
 
-ANDROID_ATTACHED = re.compile(r"([^\n/\\<>]{1,200}?\.[A-Za-z0-9]{1,6}) \([^()\n]{2,40}\)(?=\n|\Z)")
-"""`IMG-20201231-WA0001.jpg (file attached)`, first line of the body, any language."""
+ATTACHED_WORDS = (
+    "file attached",
+    "Datei angehängt",
+    "archivo adjunto",
+    "fichier joint",
+    "arquivo anexado",
+    "file allegato",
+    "bestand bijgevoegd",
+)
+"""What Android writes after an attached file's name, in the locales above."""
+ANDROID_ATTACHED = re.compile(
+    r"([^\n/\\<>]{1,200}?\.[A-Za-z0-9]{1,6}) \((?:"
+    + "|".join(map(re.escape, ATTACHED_WORDS))
+    + r")\)(?=\n|\Z)"
+)
+"""`IMG-20201231-WA0001.jpg (file attached)`, first line of the body."""
 IOS_ATTACHED = re.compile(r"<[^<>:\n]{2,30}: ?([^<>\n]{1,200})>")
 """`<attached: 00000012-PHOTO-2020-12-31-22-15-30.jpg>` (after U+200E), any language."""
 _LRM = "\u200e"

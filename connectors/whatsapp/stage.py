@@ -20,7 +20,13 @@ import orjson
 
 from connectors.export_files import ExportFiles
 from connectors.row_buffer import RowBuffer
-from connectors.whatsapp.content import SKIP_PREFIXES, classify, clean_sender, is_attributed_event
+from connectors.whatsapp.content import (
+    SKIP_EXACT,
+    SKIP_PREFIXES,
+    classify,
+    clean_sender,
+    is_attributed_event,
+)
 from connectors.whatsapp.lines import (
     FAMILIES,
     Clock,
@@ -38,6 +44,9 @@ BLOCK_BYTES = 1 << 20
 COUNTER_MAX = 200_000
 """Entries of the per-minute author counters kept before old days are dropped."""
 _NOTICES = tuple(p for p, reason in SKIP_PREFIXES if reason == "whatsapp:encryption_notice")
+NOTICE_PREFIXES = tuple(p for p, _ in SKIP_PREFIXES)
+_SLOW_FIRST = frozenset("< \t\r\u200e\u00a0")
+_SLOW_LAST = frozenset(">) \t\r\u00a0")
 
 
 def _notice_senders(head: str, pattern: re.Pattern[str]) -> set[str]:
@@ -268,6 +277,7 @@ class ChatFile:
         ios = self.family == "ios"
         chat_voices = state.chat_voices
         counters = state.counters
+        skip_exact, prefixes = SKIP_EXACT, NOTICE_PREFIXES
         (
             a_source,
             a_file,
@@ -330,7 +340,18 @@ class ChatFile:
             n = counters.get(count_key, 0)
             counters[count_key] = n + 1
             body = raw[colon + 2 :]
-            verdict = classify(body)
+            if (
+                body
+                and body[0] not in _SLOW_FIRST
+                and body[-1] not in _SLOW_LAST
+                and "\n" not in body
+                and "\u200e" not in body
+                and body not in skip_exact
+                and not body.startswith(prefixes)
+            ):
+                verdict = None  # plain one-line text: what `classify` would say, sooner
+            else:
+                verdict = classify(body)
             meta = None
             if verdict is None:
                 content = body.strip()

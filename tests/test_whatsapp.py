@@ -204,6 +204,22 @@ def test_multiline_crlf_bom_and_continuation_that_looks_like_a_date(tmp_path: Pa
     assert [r["source_position"] for r in got.rows] == ["line 1", "line 5"]
 
 
+def test_block_boundaries_do_not_change_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from connectors.whatsapp import stage
+
+    path = tmp_path / "WhatsApp Chat with Bench.txt"
+    write_synthetic(path, 400, "ios")
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("[1/9/21, 9:00:00\u202fAM] Ann: " + "long line " * 200 + "\n\xe9t\xe9\n")
+    whole = Staged(path)
+    monkeypatch.setattr(stage, "BLOCK_BYTES", 7)
+    tiny = Staged(path)
+    assert tiny.rows == whole.rows and tiny.skipped == whole.skipped
+    assert whole.rows[-1]["content"].endswith("long line \n\xe9t\xe9")
+
+
 def test_invalid_utf8_is_replaced_and_flagged_never_fatal(tmp_path: Path) -> None:
     path = tmp_path / "WhatsApp Chat with Ann.txt"
     path.write_bytes(b"01/02/2024, 10:00 - Ann: caf\xe9 au lait\n01/02/2024, 10:01 - Bob: fine\n")

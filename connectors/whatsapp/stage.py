@@ -63,7 +63,7 @@ def _notice_senders(head: str, pattern: re.Pattern[str]) -> set[str]:
 def blocks(fh: IO[bytes], limit: int | None = None) -> Iterator[tuple[str, bool]]:
     """Decoded text of a stream (its first `limit` bytes), cut after line breaks; True
     when invalid bytes were replaced. A leading byte-order mark is dropped."""
-    rest = b""
+    held: list[bytes] = []  # bytes after the last line break so far (a long line)
     first = True
     left = limit
     while True:
@@ -73,18 +73,18 @@ def blocks(fh: IO[bytes], limit: int | None = None) -> Iterator[tuple[str, bool]
             left -= len(data)
         if not data:
             break
-        data = rest + data
         cut = data.rfind(b"\n") + 1
         if cut == 0:
-            rest = data
+            held.append(data)
             continue
-        rest = data[cut:]
-        text, bad = _decode(data[:cut])
+        chunk = b"".join([*held, data[:cut]]) if held else data[:cut]
+        held = [data[cut:]] if cut < len(data) else []
+        text, bad = _decode(chunk)
         if first:
             text, first = text.lstrip("\ufeff"), False
         yield text, bad
-    if rest:
-        text, bad = _decode(rest)
+    if held:
+        text, bad = _decode(b"".join(held))
         yield (text.lstrip("\ufeff") if first else text), bad
 
 
@@ -227,13 +227,16 @@ class ChatFile:
         state = _State(chat_voices=set(self.chat_voices), line=first_line)
         pattern = self.pattern
         pending: tuple[str, str, str] | None = None
+        more: list[str] = []  # continuation of `pending` from later blocks
         leading = True
-        for text, bad in texts:
+        bad = False  # sticky: once bytes were replaced, messages are checked for U+FFFD
+        for text, replaced in texts:
+            bad = bad or replaced
             parts = pattern.split(text)
             head = parts[0]
             if pending is not None:
                 if head:
-                    pending = (pending[0], pending[1], pending[2] + head)
+                    more.append(head)
             elif leading and head.strip():
                 yield Quarantined(
                     label,
@@ -251,11 +254,16 @@ class ChatFile:
             it = iter(parts[1:])
             triples: list[tuple[str, str, str]] = list(zip(it, it, it, strict=True))
             if pending is not None:
+                if more:
+                    pending = (pending[0], pending[1], "".join([pending[2], *more]))
+                    more = []
                 triples.insert(0, pending)
             pending = triples.pop()
             yield from self._messages(triples, rows, state, clock, label, skipped, bad)
         if pending is not None:
-            yield from self._messages([pending], rows, state, clock, label, skipped, True)
+            if more:
+                pending = (pending[0], pending[1], "".join([pending[2], *more]))
+            yield from self._messages([pending], rows, state, clock, label, skipped, bad)
 
     def _messages(  # noqa: C901
         self,

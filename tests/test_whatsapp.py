@@ -589,6 +589,11 @@ def test_large_files_split_in_two_halves_give_the_same_rows(
         return sorted(tuple(r[c] for c in cols) for part in rows for r in part)
 
     assert staged("one", 1 << 40) == staged("two", 1)
+    zipped = tmp_path / "WhatsApp Chat - Bench.zip"
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(path, "_chat.txt")
+    path = zipped  # a ZIP member is entered in the middle by decompressing up to it
+    assert [r[1:] for r in staged("zip", 1)] == [r[1:] for r in staged("one-zip", 1 << 40)]
 
 
 def test_cli_extract_json(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ or a localized name), the ZIP WhatsApp shares, or a folder holding one or more c
 read through `ExportFiles`, never extracted. Each file is read twice, streamed: first its
 header dates only (to decide the day/month order for the whole file), then its messages.
 
-Contract: staged rows come as `MessageTable` events (and, for a large plain chat file
-read with a parts folder, one `StagedPart` that a helper process wrote for the file's
+Contract: staged rows come as `MessageTable` events (and, for a large chat file read
+with a parts folder, one `StagedPart` that a helper process wrote for the file's
 second half: see `_split_point`); lines that are not messages are
 `Skipped` under `whatsapp:<reason>`; a header whose date or time is impossible (and text
 before the first header) is `Quarantined` with its line; read == staged + skipped +
@@ -47,7 +47,7 @@ WRITES_PARTS = True
 """`read` takes `parts_dir=` (see connectors/base.py)."""
 SNIFF_BYTES = 64 * 1024
 PARALLEL_MIN_BYTES = 16 << 20
-"""A plain chat file at least this large is staged in two halves, the second by a helper
+"""A chat file at least this large is staged in two halves, the second by a helper
 process, when `read` is given a parts folder."""
 SPLIT_WINDOW_BYTES = 4 << 20
 """How far past the middle of a file a line where the date changes is looked for."""
@@ -109,7 +109,7 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
             )
             chat.decide(_head(export, name))
             split = None
-            if parts_dir is not None and not export.zipped:
+            if parts_dir is not None:
                 split = _split_point(chat, export.size(name))
             if parts_dir is None or split is None:
                 yield from chat.stage(rows)

@@ -8,8 +8,8 @@ deleted and system lines) into `--dir` (default: a temporary folder, removed aft
 never the repository), then runs `pipeline.extract.extract_source` on it in a child
 process, which reports its own peak memory (ru_maxrss, and that of its worker processes).
 Printed: messages read per second of wall time, and per CPU second of the main process.
-`--zip` zips the chat first (`WhatsApp Chat - Bench.zip` with `_chat.txt`), which is read
-in one process (a ZIP member cannot be entered in the middle).
+`--zip` zips the chat first (`WhatsApp Chat - Bench.zip` with `_chat.txt`); the helper
+process then decompresses up to its half.
 The machine may be shared and noisy: run it twice and compare within one run.
 """
 

@@ -685,7 +685,6 @@ def test_run_on_a_longer_re_export_sends_only_the_new_tail(tmp_path: Path) -> No
     assert invoke("run", str(config))["load"]["sent"]["messages"] == 0
 
 
-@pytest.mark.xfail(reason="step-by-step delivered-set: issue 16", strict=False)
 def test_step_by_step_on_a_longer_re_export_sends_only_the_new_tail(tmp_path: Path) -> None:
     config = write_config(tmp_path)
 

@@ -34,6 +34,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.process_start import refused_imports
 from connectors.slack.export import FileReader
 from connectors.slack.model import (
     DAY_DECODER,
@@ -46,7 +47,6 @@ from connectors.slack.model import (
     Unit,
     UserInfo,
 )
-from connectors.slack.startup import refused_imports
 from connectors.slack.text import Names, fallback_content, file_names, render_mrkdwn
 from pipeline.core.models import STAGING_SCHEMA, Quarantined
 from pipeline.core.staging import PartWriter, large_string_array, replace_surrogates

@@ -35,6 +35,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
+from connectors.process_start import main_module_hidden
 from connectors.slack.export import (
     ExportFiles,
     FileReader,
@@ -51,7 +52,6 @@ from connectors.slack.normalize import (
     run_job,
     save_context,
 )
-from connectors.slack.startup import main_module_hidden
 from connectors.slack.workers import init_slack_worker
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped

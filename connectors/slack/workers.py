@@ -6,7 +6,7 @@ the standard library loaded (unless `spawn` re-imported a main module that loads
 
 from __future__ import annotations
 
-from connectors.slack.startup import refused_imports
+from connectors.process_start import refused_imports
 
 
 def init_slack_worker() -> None:

@@ -32,8 +32,8 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 from connectors.export_files import ExportFiles
+from connectors.process_start import main_module_hidden
 from connectors.row_buffer import RowBuffer
-from connectors.slack.workers import main_module_hidden
 from connectors.whatsapp.lines import Clock, Order, detect_family
 from connectors.whatsapp.options import Options
 from connectors.whatsapp.stage import ChatFile

@@ -74,7 +74,9 @@ def test_load_against_the_real_server_does_not_stall(tmp_path: Path) -> None:
     write_batches(tmp_path, batches)
     config = tmp_path / "c.yaml"
     config.write_text("load:\n  max_retry_after: 0.05\n", encoding="utf-8")
-    forced = ForcedAnswer(code=40300, http_status=429, retry_after=86400, times=1)
+    forced = ForcedAnswer(
+        code=40300, http_status=429, retry_after=86400, times=1, path="/add/message"
+    )
     db = tmp_path / "server.sqlite"
     with start_server(ServerConfig(db_path=db, faults=FaultConfig(forced=(forced,)))) as server:
         args = ["load", "--config", str(config), "--workdir", str(tmp_path), "--target", "local"]

@@ -28,6 +28,7 @@ import orjson
 
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles, stream_array_file
+from connectors.input_limits import InputLimitOptions
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
 from pipeline.core.errors import ConfigError, InputError
@@ -39,8 +40,9 @@ ROOT_PARENT = "00000000-0000-4000-8000-000000000000"
 _ROLES = {"human": "user", "assistant": "assistant"}
 
 
-class Options(ConnectorOptions):
-    """Keys allowed under a `claude` source's `options:`."""
+class Options(ConnectorOptions, InputLimitOptions):
+    """Keys allowed under a `claude` source's `options:` (with the input limits of
+    `connectors.export_files.InputLimitOptions`)."""
 
     branches: Literal["current", "all"] = "current"
     """`current`: only the branch ending at the newest message. `all`: also every other
@@ -65,16 +67,17 @@ def read(path: Path, options: Options) -> Iterator[Event]:
 
     Staged messages come in `MessageTable` events (bulk); skipped ones as `Skipped`.
     """
-    with ExportFiles(path) as export:
+    with ExportFiles(path, limits=options.limits()) as export:
+        yield from export.skipped(SOURCE)
         name = export.single_file or "conversations.json"
         if name not in export.names:
             raise InputError(f"{path}: not a Claude export (no conversations.json found)")
         ctx = _Context(options=options, default_user=_default_user(export, options))
         label = export.label(name)
         for element in stream_array_file(export, name, "claude"):
-            if isinstance(element, Quarantined):
+            if isinstance(element, Quarantined):  # one element, or the rest of the file
                 yield element
-                break
+                continue
             yield from conversation_events(element.value, ctx, label, element.index)
             if ctx.rows.full and (table := ctx.rows.take()) is not None:
                 yield table
@@ -151,6 +154,19 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         return
     ctx.seen.add(conv_id)
     tree = _tree(messages)
+    if tree.broken and _newest_leaf(tree) not in tree.broken:
+        # The visible branch is intact: only messages cut off from it are lost.
+        problem = tree.problem
+        dropped = tree.drop_broken()
+        yield Quarantined(
+            source_file,
+            where,
+            f"claude:broken_branch: {problem}; {dropped} message(s) cut off from the newest "
+            "branch not loaded, that branch itself was",
+            f"{len(messages)} messages",
+        )
+        if dropped > 1:
+            yield Skipped("claude:broken_branch", dropped - 1)
     if tree.problem is not None:
         yield Quarantined(
             source_file,
@@ -165,6 +181,19 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
     skipped = _Thread(conv, conv_id, tree, ctx, user_id, source_file, index).stage()
     for reason, count in skipped.items():
         yield Skipped(reason, count)
+
+
+def _newest_leaf(tree: ParentTree) -> str:
+    """The leaf the user saw last (as `_Thread.stage` picks it); any node if none is a leaf."""
+    leaves = tree.leaves()
+    if not leaves:  # every message is in a cycle
+        return next(iter(tree.nodes))
+    return max(leaves, key=lambda nid: _message_key(tree.nodes[nid]))
+
+
+def _message_key(payload: tuple[int, dict[str, Any]]) -> tuple[float, int]:
+    t = _parse_time(payload[1].get("created_at"))
+    return (t if t is not None else float("-inf"), payload[0])
 
 
 def _tree(messages: list[Any]) -> ParentTree:

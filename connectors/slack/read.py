@@ -35,11 +35,11 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
+from connectors.export_files import Limits, dropped_events
 from connectors.slack.export import (
-    ExportFiles,
+    ExportListing,
     FileReader,
     Folder,
-    Limits,
     discover,
     open_export,
 )
@@ -105,6 +105,7 @@ class Options(ConnectorOptions):
     max_member_bytes: int = Field(default=GIB // 2, ge=1)
     max_total_bytes: int = Field(default=64 * GIB, ge=1)
     max_compression_ratio: float = Field(default=100.0, gt=1)
+    max_members: int = Field(default=Limits.max_members, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -150,11 +151,17 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         )
     settings = _settings(options)
     limits = Limits(
-        options.max_member_bytes, options.max_total_bytes, options.max_compression_ratio
+        max_member_bytes=options.max_member_bytes,
+        max_total_bytes=options.max_total_bytes,
+        max_ratio=options.max_compression_ratio,
+        max_members=options.max_members,
     )
     export = open_export(path, limits)
+    yield from dropped_events(export.dropped, "slack")
     with _worker_pool(export, options.workers) as pool:
         layout = discover(export.files)
+        if layout.stray_day_files:
+            yield Skipped("slack:day_file_outside_export_layout", layout.stray_day_files)
         reader = FileReader(export)
         try:
             index = _Index()
@@ -474,7 +481,9 @@ def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
 
 
 @contextmanager
-def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPoolExecutor | None]:
+def _worker_pool(
+    export: ExportListing, workers: int | None
+) -> Iterator[ProcessPoolExecutor | None]:
     """The worker processes, started at once so they import while the index is read.
 
     None (work in this process) with `workers: 1`, on one core, or by default when the

@@ -505,6 +505,12 @@ def _worker_pool(
             for _ in range(count):
                 pool.submit(int)  # each submit starts one more worker until `count` run
         yield pool
+    except BaseException:
+        # Interrupted or failed: the jobs' results are not wanted, so the workers are
+        # stopped now instead of being waited for (their parts are thrown away).
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +17,7 @@ from pipeline.core.workdir import quarantine_path
 if TYPE_CHECKING:
     pass
 
-from pipeline.cli.common import common_options, emit, load_cli_config, plural, setup
+from pipeline.cli.common import common_options, emit, fail, load_cli_config, plural, setup
 
 
 @click.command()
@@ -47,10 +51,21 @@ def extract(
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_path, {"workdir": workdir, "user_id": user_id})
     sources = _pick_sources(cfg, kind, path, name)
-    results = [
-        stats_dict(extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress))
-        for s in sources
-    ]
+    try:
+        with sigterm_as_interrupt():
+            results = [
+                stats_dict(
+                    extract_source(s, cfg.workdir, default_user_id=cfg.user_id, progress=progress)
+                )
+                for s in sources
+            ]
+    except KeyboardInterrupt:
+        fail(
+            click.get_current_context(),
+            "interrupted: the source being read was not staged (what it staged before is "
+            "kept); run the same extract again",
+            130,
+        )
     totals = sum_counts(results)
     totals["sources"] = results
     totals["workdir"] = str(cfg.workdir)
@@ -58,6 +73,21 @@ def extract(
     if totals["quarantined"]:
         lines.append(f"quarantined records: {quarantine_path(cfg.workdir)}")
     emit(totals, as_json, "\n".join(lines))
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the block like Ctrl-C (a `KeyboardInterrupt`: staging's temp folder
+    is removed, worker processes stop, exit code 130); the old handler comes back after.
+    Only in the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pick_sources(

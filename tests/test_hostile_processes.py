@@ -35,13 +35,15 @@ print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 def bomb_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A ~1 MB ZIP holding one 1 GiB member named `conversations.json`."""
     path = tmp_path_factory.mktemp("bomb") / "bomb.zip"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("conversations.json", "w", force_zip64=True) as fh:
-            fh.write(b'{"conversations": [], "pad": "')
-            block = b"A" * (1 << 20)
-            for _ in range(1024):
-                fh.write(block)
-            fh.write(b'"}')
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf,
+        zf.open("conversations.json", "w", force_zip64=True) as fh,
+    ):
+        fh.write(b'{"conversations": [], "pad": "')
+        block = b"A" * (1 << 20)
+        for _ in range(1024):
+            fh.write(block)
+        fh.write(b'"}')
     data = path.read_bytes()
     assert len(data) < 1_200_000
     return data

@@ -78,7 +78,7 @@ def read(path: Path, options: Options) -> Iterator[Event]:
             if isinstance(element, Quarantined):  # one element, or the rest of the file
                 yield element
                 continue
-            yield from conversation_events(element.value, ctx, label, element.index)
+            yield from _guarded_events(element.value, ctx, label, element.index)
             if ctx.rows.full and (table := ctx.rows.take()) is not None:
                 yield table
         table = ctx.rows.take()
@@ -127,6 +127,31 @@ def _parse_time(value: Any) -> float | None:
     if parsed.tzinfo is None:
         return None
     return parsed.timestamp()
+
+
+def _guarded_events(conv: Any, ctx: _Context, source_file: str, index: int) -> list[Event]:
+    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
+    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
+    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
+    mark = len(ctx.rows)
+    try:
+        return list(conversation_events(conv, ctx, source_file, index))
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        ctx.rows.truncate(mark)
+        messages = conv.get("chat_messages") if isinstance(conv, dict) else None
+        count = len(messages) if isinstance(messages, list) and messages else 1
+        events: list[Event] = [
+            Quarantined(
+                source_file,
+                f"conversations[{index}]",
+                f"claude:unusable_conversation: a value cannot be stored ({exc}); "
+                "conversation not loaded",
+                f"{count} messages",
+            )
+        ]
+        if count > 1:
+            events.append(Skipped("claude:quarantined_conversation", count - 1))
+        return events
 
 
 def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:
@@ -277,7 +302,8 @@ class _Thread:
             from_start = note is not None and note.get("time_source") == "conversation"
             self.times[nid] = None if from_start else eff
             pos, msg = self.tree.nodes[nid]
-            role = _ROLES.get(msg.get("sender"))
+            sender = msg.get("sender")
+            role = _ROLES.get(sender) if isinstance(sender, str) else None
             if role is None:
                 self.skipped["claude:unknown_sender"] += 1
                 continue

@@ -184,10 +184,35 @@ def consume(
             continue
         if stop is not None and element.offset >= stop:
             return element
-        yield from conversation_events(element.value, ctx, label, element.index)
+        yield from guarded_events(element.value, ctx, label, element.index)
         if ctx.rows.full and (table := ctx.rows.take()) is not None:
             yield table
     return None
+
+
+def guarded_events(conv: Any, ctx: Context, source_file: str, index: int) -> list[Event]:
+    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
+    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
+    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
+    mark = len(ctx.rows)
+    try:
+        return list(conversation_events(conv, ctx, source_file, index))
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        ctx.rows.truncate(mark)
+        mapping = conv.get("mapping") if isinstance(conv, dict) else None
+        nodes = len(mapping) if isinstance(mapping, dict) and mapping else 1
+        events: list[Event] = [
+            Quarantined(
+                source_file,
+                f"conversations[{index}]",
+                f"chatgpt:unusable_conversation: a value cannot be stored ({exc}); "
+                "conversation not loaded",
+                f"{nodes} nodes",
+            )
+        ]
+        if nodes > 1:
+            events.append(Skipped("chatgpt:quarantined_conversation", nodes - 1))
+        return events
 
 
 def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -> Iterator[Event]:

@@ -52,7 +52,8 @@ DEFAULT_ROLES = {
     "function": "tool",
 }
 REQUIRED = ("conversation_id", "role", "content")
-_FIELD_LIMIT = 256 * 1024 * 1024
+_FIELD_LIMIT = 64 * 1024 * 1024
+"""Largest CSV field: a row takes up to ~10x its size in memory (docs/input-limits.md)."""
 _SNIFF_BYTES = 64 * 1024
 _EPOCH = re.compile(r"^\d{9,16}(\.\d+)?$")
 

@@ -102,7 +102,8 @@ class Options(ConnectorOptions):
     exclude_channels: list[str] = Field(default_factory=list)
     workers: int | None = Field(default=None, ge=1, le=64)
     """Worker processes; default: one per CPU core (in-process for small exports)."""
-    max_member_bytes: int = Field(default=GIB // 2, ge=1)
+    max_member_bytes: int = Field(default=128 << 20, ge=1)
+    """Largest day file: peak memory is up to ~10x one day file (docs/input-limits.md)."""
     max_total_bytes: int = Field(default=64 * GIB, ge=1)
     max_compression_ratio: float = Field(default=100.0, gt=1)
     max_members: int = Field(default=Limits.max_members, ge=1)

@@ -403,11 +403,17 @@ def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int
 def _check_size(buf: _Buffer, pos: int, index: int) -> None:
     """Refuse to buffer more of an element that already exceeds the element limit."""
     if len(buf.data) - pos > buf.max_element:
-        raise JSONStreamError(
-            f"element larger than {buf.max_element // 2**20} MB or not closed",
-            index=index,
-            offset=buf.base + pos,
-        )
+        raise _too_large(buf, index, buf.base + pos)
+
+
+def _too_large(buf: _Buffer, index: int, offset: int) -> JSONStreamError:
+    n = buf.max_element
+    size = f"{n // 2**20} MB" if n >= 2**20 else f"{n} bytes"
+    return JSONStreamError(
+        f"element larger than {size} or not closed (option max_record_bytes)",
+        index=index,
+        offset=offset,
+    )
 
 
 _TOO_DEEP = "nested deeper than the JSON parser allows (about 1,000 levels)"
@@ -456,11 +462,7 @@ def _skip_deep(buf: _Buffer, pos: int, index: int) -> tuple[BadElement, tuple[in
         if buf.eof:
             raise JSONStreamError("unexpected end of file", index=index, offset=buf.base + i)
         if buf.base + i - start > buf.max_element:
-            raise JSONStreamError(
-                f"element larger than {buf.max_element // 2**20} MB or not closed",
-                index=index,
-                offset=start,
-            )
+            raise _too_large(buf, index, start)
         # Only the scan position is needed from here on: drop what lies before it.
         shift = buf.more(i)
         i -= shift

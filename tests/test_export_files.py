@@ -15,6 +15,7 @@ from connectors.json_stream import BadElement, JSONStreamError, iter_array
 from pipeline.cli import main
 from pipeline.core.config import SourceConfig
 from pipeline.core.errors import InputError
+from pipeline.core.quarantine import read_quarantine
 from pipeline.extract import extract_source
 from tests.test_chatgpt import conversation, node
 
@@ -159,3 +160,18 @@ def test_too_deep_element_is_skipped_alone(chunk: int) -> None:
     values = [e.value for e in iter_array(io.BytesIO(doc.encode()), chunk=chunk)]
     assert values[0] == {"id": "a"} and values[2] == {"id": "b"} and values[4] == {"id": "c"}
     assert isinstance(values[1], BadElement) and isinstance(values[3], BadElement)
+
+
+def test_max_record_bytes_option_bounds_a_chatgpt_conversation(tmp_path: Path) -> None:
+    big = conversation("big", [node("r", None), node("u", "r", "user", "x" * 5000, 1.7e9)], "u")
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "conversations.json").write_text(json.dumps([GOOD, big]))
+    (folder / "user.json").write_text('{"id": "me"}')
+    options = {"max_record_bytes": 4096}
+    stats = extract_source(
+        SourceConfig(kind="chatgpt", path=folder, options=options), tmp_path / "w"
+    )
+    assert stats.staged == 1 and stats.quarantined == 1 and stats.balanced
+    (entry,) = list(read_quarantine(tmp_path / "w"))
+    assert "larger than 4096 bytes" in entry["reason"] and "max_record_bytes" in entry["reason"]

@@ -94,8 +94,9 @@ def _default_user(export: ExportFiles, options: Options) -> str | None:
         if isinstance(users, dict):
             users = [users]
         if isinstance(users, list):
-            ids = {u.get("uuid") for u in users if isinstance(u, dict)}
-            ids.discard(None)
+            ids = {
+                u["uuid"] for u in users if isinstance(u, dict) and isinstance(u.get("uuid"), str)
+            }
             if len(ids) == 1:
                 return str(ids.pop())
     return options.user_id

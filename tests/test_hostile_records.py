@@ -240,3 +240,14 @@ def test_slack_bad_bytes_and_escapes_spare_the_rest_of_the_day_file(tmp_path: Pa
     assert stats.quarantined == 0 and stats.staged == 6
     assert contents.count("Ali: good") == 3
     assert "Ali: a\ufffdb" in contents and "Ali: a\x00b" in contents
+
+
+def test_claude_users_file_with_odd_uuids_is_not_fatal(tmp_path: Path) -> None:
+    good = {
+        "uuid": "good",
+        "chat_messages": [message("m", "human", "2025-01-01T00:00:00Z", "fine")],
+    }
+    folder = claude_export(tmp_path / "e", [good])
+    (folder / "users.json").write_text('[{"uuid": ["x"]}, {"uuid": "u1"}, {"uuid": {}}]')
+    _, rows = claude_extract(folder, tmp_path / "w")
+    assert [(r["user_id"], r["content"]) for r in rows] == [("u1", "fine")]

@@ -443,8 +443,8 @@ class _Processor:
                 try:
                     out.append(MESSAGE_DECODER.decode(orjson.dumps(item)))
                     continue
-                except (orjson.JSONEncodeError, msgspec.DecodeError, RecursionError):
-                    problem = _TOO_DEEP
+                except (orjson.JSONEncodeError, msgspec.DecodeError, RecursionError) as exc:
+                    problem = f"message cannot be read: {exc}"
             self._quarantine(name, f"$[{index}]", problem, _excerpt(item))
             out.append(None)
         return out

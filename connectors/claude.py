@@ -28,6 +28,7 @@ import orjson
 
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles, stream_array_file
+from connectors.input_limits import InputLimitOptions
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
 from pipeline.core.errors import ConfigError, InputError
@@ -39,8 +40,9 @@ ROOT_PARENT = "00000000-0000-4000-8000-000000000000"
 _ROLES = {"human": "user", "assistant": "assistant"}
 
 
-class Options(ConnectorOptions):
-    """Keys allowed under a `claude` source's `options:`."""
+class Options(ConnectorOptions, InputLimitOptions):
+    """Keys allowed under a `claude` source's `options:` (with the input limits of
+    `connectors.export_files.InputLimitOptions`)."""
 
     branches: Literal["current", "all"] = "current"
     """`current`: only the branch ending at the newest message. `all`: also every other
@@ -65,17 +67,18 @@ def read(path: Path, options: Options) -> Iterator[Event]:
 
     Staged messages come in `MessageTable` events (bulk); skipped ones as `Skipped`.
     """
-    with ExportFiles(path) as export:
+    with ExportFiles(path, limits=options.limits()) as export:
+        yield from export.skipped(SOURCE)
         name = export.single_file or "conversations.json"
         if name not in export.names:
             raise InputError(f"{path}: not a Claude export (no conversations.json found)")
         ctx = _Context(options=options, default_user=_default_user(export, options))
         label = export.label(name)
         for element in stream_array_file(export, name, "claude"):
-            if isinstance(element, Quarantined):
+            if isinstance(element, Quarantined):  # one element, or the rest of the file
                 yield element
-                break
-            yield from conversation_events(element.value, ctx, label, element.index)
+                continue
+            yield from _guarded_events(element.value, ctx, label, element.index)
             if ctx.rows.full and (table := ctx.rows.take()) is not None:
                 yield table
         table = ctx.rows.take()
@@ -91,8 +94,9 @@ def _default_user(export: ExportFiles, options: Options) -> str | None:
         if isinstance(users, dict):
             users = [users]
         if isinstance(users, list):
-            ids = {u.get("uuid") for u in users if isinstance(u, dict)}
-            ids.discard(None)
+            ids = {
+                u["uuid"] for u in users if isinstance(u, dict) and isinstance(u.get("uuid"), str)
+            }
             if len(ids) == 1:
                 return str(ids.pop())
     return options.user_id
@@ -126,6 +130,31 @@ def _parse_time(value: Any) -> float | None:
     return parsed.timestamp()
 
 
+def _guarded_events(conv: Any, ctx: _Context, source_file: str, index: int) -> list[Event]:
+    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
+    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
+    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
+    mark = len(ctx.rows)
+    try:
+        return list(conversation_events(conv, ctx, source_file, index))
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        ctx.rows.truncate(mark)
+        messages = conv.get("chat_messages") if isinstance(conv, dict) else None
+        count = len(messages) if isinstance(messages, list) and messages else 1
+        events: list[Event] = [
+            Quarantined(
+                source_file,
+                f"conversations[{index}]",
+                f"claude:unusable_conversation: a value cannot be stored ({exc}); "
+                "conversation not loaded",
+                f"{count} messages",
+            )
+        ]
+        if count > 1:
+            events.append(Skipped("claude:quarantined_conversation", count - 1))
+        return events
+
+
 def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:
     """Events for one conversation: one count per entry of `chat_messages`.
 
@@ -151,6 +180,19 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
         return
     ctx.seen.add(conv_id)
     tree = _tree(messages)
+    if tree.broken and _newest_leaf(tree) not in tree.broken:
+        # The visible branch is intact: only messages cut off from it are lost.
+        problem = tree.problem
+        dropped = tree.drop_broken()
+        yield Quarantined(
+            source_file,
+            where,
+            f"claude:broken_branch: {problem}; {dropped} message(s) cut off from the newest "
+            "branch not loaded, that branch itself was",
+            f"{len(messages)} messages",
+        )
+        if dropped > 1:
+            yield Skipped("claude:broken_branch", dropped - 1)
     if tree.problem is not None:
         yield Quarantined(
             source_file,
@@ -165,6 +207,19 @@ def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) 
     skipped = _Thread(conv, conv_id, tree, ctx, user_id, source_file, index).stage()
     for reason, count in skipped.items():
         yield Skipped(reason, count)
+
+
+def _newest_leaf(tree: ParentTree) -> str:
+    """The leaf the user saw last (as `_Thread.stage` picks it); any node if none is a leaf."""
+    leaves = tree.leaves()
+    if not leaves:  # every message is in a cycle
+        return next(iter(tree.nodes))
+    return max(leaves, key=lambda nid: _message_key(tree.nodes[nid]))
+
+
+def _message_key(payload: tuple[int, dict[str, Any]]) -> tuple[float, int]:
+    t = _parse_time(payload[1].get("created_at"))
+    return (t if t is not None else float("-inf"), payload[0])
 
 
 def _tree(messages: list[Any]) -> ParentTree:
@@ -248,7 +303,8 @@ class _Thread:
             from_start = note is not None and note.get("time_source") == "conversation"
             self.times[nid] = None if from_start else eff
             pos, msg = self.tree.nodes[nid]
-            role = _ROLES.get(msg.get("sender"))
+            sender = msg.get("sender")
+            role = _ROLES.get(sender) if isinstance(sender, str) else None
             if role is None:
                 self.skipped["claude:unknown_sender"] += 1
                 continue

@@ -56,7 +56,8 @@ DEFAULT_ROLES = {
     "function": "tool",
 }
 REQUIRED = ("conversation_id", "role", "content")
-_FIELD_LIMIT = 256 * 1024 * 1024
+_FIELD_LIMIT = 64 * 1024 * 1024
+"""Largest CSV field: a row takes up to ~10x its size in memory (docs/input-limits.md)."""
 _SNIFF_BYTES = 64 * 1024
 _EPOCH = re.compile(r"^\d{9,16}(\.\d+)?$")
 
@@ -228,7 +229,18 @@ def _row_event(
 
 
 def parse_timestamp(value: str, fmt: str | None, tz: ZoneInfo) -> datetime:
-    """Parse ISO 8601, epoch seconds/milliseconds/microseconds, or `fmt`, into aware UTC."""
+    """Parse ISO 8601, epoch seconds/milliseconds/microseconds, or `fmt`, into aware UTC.
+
+    Raises `ValueError` for anything unusable, including valid times that fall outside
+    years 1-9999 once moved to UTC (`9999-12-31T23:59:59-01:00`).
+    """
+    try:
+        return _parse_timestamp(value, fmt, tz)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"out of range ({exc})") from None
+
+
+def _parse_timestamp(value: str, fmt: str | None, tz: ZoneInfo) -> datetime:
     if fmt:
         parsed = datetime.strptime(value, fmt)
     elif _EPOCH.match(value):

@@ -15,7 +15,14 @@ it has already been yielded.
 Numbers follow orjson: integers beyond 64 bits come back as floats (chat exports hold none).
 
 A top-level object is also accepted when it wraps the array under a known key
-(`{"conversations": [...]}`); that rare form is read whole.
+(`{"conversations": [...]}`); that rare form is read whole, so it must fit in the element
+limit.
+
+Memory is bounded by the element limit (`max_element`, default `MAX_ELEMENT_BYTES`): an
+element larger than that is an error, found while its bytes are read and never buffered
+further. An element nested deeper than the parsers allow (about 1,000 levels) is skipped
+with a byte scanner that keeps no structure and comes back as a `BadElement`, so one such
+record does not end the file.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ import msgspec
 import orjson
 
 CHUNK_BYTES = 8 * 1024 * 1024
-MAX_ELEMENT_BYTES = 256 * 1024 * 1024
-"""A single array element larger than this is reported as an error, not buffered on."""
+MAX_ELEMENT_BYTES = 128 * 1024 * 1024
+"""A single array element larger than this is reported as an error, not buffered on.
+Parsing an element takes about 6-18 times its size in memory, so this bounds the peak."""
 MAX_GUESSES = 16
 """Wrong end guesses tolerated per element before the exact (slower) parser takes over."""
 SLOW_WINDOW_BYTES = 256 * 1024
@@ -41,7 +49,8 @@ _NEAR_END = 16
 _CANDIDATE_END = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
 _WS = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
-_DECODER = json.JSONDecoder()
+_DECODER = json.JSONDecoder(strict=False)
+"""Raw control characters inside strings (a stray NUL) are kept, not fatal."""
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -52,6 +61,14 @@ class StreamedElement:
     index: int
     offset: int
     value: Any
+
+
+@dataclass(frozen=True)
+class BadElement:
+    """Stands for an element that was skipped whole (`reason` says why): the value of its
+    `StreamedElement`, so callers can quarantine just that element."""
+
+    reason: str
 
 
 class JSONStreamError(ValueError):
@@ -70,9 +87,10 @@ class _Buffer:
     costs more in page faults than the read itself.
     """
 
-    def __init__(self, fh: IO[bytes], chunk: int) -> None:
+    def __init__(self, fh: IO[bytes], chunk: int, max_element: int = MAX_ELEMENT_BYTES) -> None:
         self.fh = fh
         self.chunk = chunk
+        self.max_element = max_element
         self.data = bytearray()
         self.base = 0
         self.eof = False
@@ -115,6 +133,7 @@ def iter_array(
     chunk: int = CHUNK_BYTES,
     start: int = 0,
     index: int = 0,
+    max_element: int = MAX_ELEMENT_BYTES,
 ) -> Iterator[StreamedElement]:
     """Yield the elements of the JSON array in `fh` one by one (see module docstring).
 
@@ -122,9 +141,11 @@ def iter_array(
     array begins (see `find_element_start`): offsets stay file offsets, indexes count from
     `index` there (see `count_elements`). Raises `JSONStreamError` at the first element
     that is malformed or cut off (after yielding all earlier ones), or when the top level
-    is neither an array nor an object wrapping one under `wrapper_keys`.
+    is neither an array nor an object wrapping one under `wrapper_keys`, or when an element
+    (or a wrapping object) is larger than `max_element` bytes. An element nested too deeply
+    to parse is yielded with a `BadElement` value.
     """
-    buf = _Buffer(fh, chunk)
+    buf = _Buffer(fh, chunk, max_element)
     if start:
         fh.seek(start)
         buf.base = start
@@ -323,6 +344,7 @@ def _parse_element(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, 
             if match is None:
                 if buf.eof:
                     break
+                _check_size(buf, pos, index)
                 searched = len(buf.data)
                 shift = buf.more(pos)
                 pos -= shift
@@ -353,6 +375,8 @@ def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int
         more_exists = stop < len(buf.data) or not buf.eof
         try:
             value, end_char = _DECODER.raw_decode(text)
+        except RecursionError:
+            return _skip_deep(buf, pos, index)
         except json.JSONDecodeError as exc:
             unterminated = exc.msg.startswith("Unterminated")
             maybe_cut = exc.pos >= len(text) - _NEAR_END or unterminated
@@ -364,18 +388,85 @@ def _slow_parse(buf: _Buffer, pos: int, index: int) -> tuple[Any, tuple[int, int
         else:
             if end_char < len(text) - _NEAR_END or not more_exists:
                 end = pos + len(text[:end_char].encode("utf-8", "surrogateescape"))
-                return _restore_surrogates(value), (pos, end)
+                try:
+                    return _restore_surrogates(value), (pos, end)
+                except RecursionError:
+                    return BadElement(_TOO_DEEP), (pos, end)
         if stop < len(buf.data):
             window *= 4
             continue
-        if len(buf.data) - pos > MAX_ELEMENT_BYTES:
-            raise JSONStreamError(
-                f"element larger than {MAX_ELEMENT_BYTES // 2**20} MB or not closed",
-                index=index,
-                offset=buf.base + pos,
-            )
+        _check_size(buf, pos, index)
         pos -= buf.more(pos)
         window = max(window, len(buf.data) - pos)
+
+
+def _check_size(buf: _Buffer, pos: int, index: int) -> None:
+    """Refuse to buffer more of an element that already exceeds the element limit."""
+    if len(buf.data) - pos > buf.max_element:
+        raise _too_large(buf, index, buf.base + pos)
+
+
+def _too_large(buf: _Buffer, index: int, offset: int) -> JSONStreamError:
+    n = buf.max_element
+    size = f"{n // 2**20} MB" if n >= 2**20 else f"{n} bytes"
+    return JSONStreamError(
+        f"element larger than {size} or not closed (option max_record_bytes)",
+        index=index,
+        offset=offset,
+    )
+
+
+_TOO_DEEP = "nested deeper than the JSON parser allows (about 1,000 levels)"
+_IN_STRING = re.compile(rb'["\\]')
+_STRUCTURE = re.compile(rb'"|[\[{]+|[\]}]+')
+
+
+def _skip_deep(buf: _Buffer, pos: int, index: int) -> tuple[BadElement, tuple[int, int]]:
+    """Find the end of the container element at `pos` without building it (it is too deep
+    for the parsers): a scanner that tracks only strings and bracket depth, keeps no
+    structure and checks nothing else. Returns a `BadElement` and the element's span."""
+    depth = 0
+    i = pos
+    in_string = False
+    start = buf.base + pos
+    while True:
+        data = buf.data
+        if in_string:
+            m = _IN_STRING.search(data, i)
+            if m is None:
+                i = len(data)
+            elif data[m.start()] == 0x5C:  # a backslash: skip the character it escapes
+                if m.start() + 1 < len(data):
+                    i = m.start() + 2
+                    continue
+                i = m.start()  # what it escapes is in the next chunk
+            else:
+                in_string, i = False, m.end()
+                continue
+        else:
+            m = _STRUCTURE.search(data, i)
+            if m is not None:
+                token = m.group()
+                i = m.end()
+                if token == b'"':
+                    in_string = True
+                elif token[0] in b"[{":
+                    depth += len(token)
+                elif depth <= len(token):
+                    end = i - (len(token) - depth)
+                    return BadElement(_TOO_DEEP), (pos, end)
+                else:
+                    depth -= len(token)
+                continue
+            i = len(data)
+        if buf.eof:
+            raise JSONStreamError("unexpected end of file", index=index, offset=buf.base + i)
+        if buf.base + i - start > buf.max_element:
+            raise _too_large(buf, index, start)
+        # Only the scan position is needed from here on: drop what lies before it.
+        shift = buf.more(i)
+        i -= shift
+        pos -= shift
 
 
 def _restore_surrogates(value: Any) -> Any:
@@ -401,9 +492,12 @@ def _expect_end(buf: _Buffer, pos: int, index: int) -> None:
 
 
 def _wrapped(buf: _Buffer, pos: int, keys: tuple[str, ...]) -> Iterator[StreamedElement]:
-    """The rare `{"conversations": [...]}` form: read whole, then yield its array."""
+    """The rare `{"conversations": [...]}` form: read whole (within the element limit),
+    then yield its array."""
     while not buf.eof:
+        _check_size(buf, pos, 0)
         buf.more(0)
+    _check_size(buf, pos, 0)
     try:
         doc = orjson.loads(buf.data[pos:])
     except orjson.JSONDecodeError as exc:

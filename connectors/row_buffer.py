@@ -64,6 +64,11 @@ class RowBuffer:
         for column, value in zip(self.columns, row, strict=True):
             column.append(value)
 
+    def truncate(self, rows: int) -> None:
+        """Drop every row after the first `rows` (undo a record that failed half-way)."""
+        for column in self.columns:
+            del column[rows:]
+
     def take(self) -> MessageTable | None:
         """The buffered rows as one table (None when empty); the buffer starts over."""
         if not self._key:

@@ -2,8 +2,8 @@
 
 ChatGPT's 2026 shards have no `children` key and Claude's export only has
 `parent_message_uuid`, so both connectors derive the tree from each node's parent. A tree
-is usable only when every parent exists and no parent chain loops; `ParentTree.problem`
-says what is wrong otherwise.
+is whole only when every parent exists and no parent chain loops; `ParentTree.problem`
+says what is wrong otherwise, and `ParentTree.broken` which nodes a defect cuts off.
 """
 
 from __future__ import annotations
@@ -17,33 +17,32 @@ SortKey = Callable[[str], Any]
 
 @dataclass
 class ParentTree:
-    """Nodes (id -> payload) with their parent links, checked for existence and cycles."""
+    """Nodes (id -> payload) with their parent links, checked for existence and cycles.
+
+    `problem` describes the first defect found. When the defect is confined to nodes cut
+    off from every root (a cycle, or nodes below a missing parent), those nodes are listed
+    in `broken`: a caller may `drop_broken` them and use the intact rest. An empty `broken`
+    with a `problem` means the tree is unusable whole. The check is linear in the number of
+    nodes, whatever the shape.
+    """
 
     nodes: dict[str, Any] = field(default_factory=dict)
     parent: dict[str, str | None] = field(default_factory=dict)
     children: dict[str, list[str]] = field(default_factory=dict)
     problem: str | None = None
+    broken: set[str] = field(default_factory=set)
 
     @classmethod
     def build(cls, items: Iterable[tuple[str, str | None, Any]]) -> ParentTree:
         """A tree from (id, parent id or None, payload) triples, in input order."""
         tree = cls()
-        pending: list[tuple[str, str]] = []
         for nid, parent, payload in items:
             if nid in tree.nodes:
                 tree.problem = f"node id {nid} occurs twice"
                 return tree
             tree.nodes[nid] = payload
             tree.parent[nid] = parent
-            if parent is not None:
-                pending.append((nid, parent))
-        for nid, parent in pending:
-            if parent not in tree.nodes:
-                tree.problem = f"node {nid} has parent {parent}, which does not exist"
-                return tree
-            tree.children.setdefault(parent, []).append(nid)
-        tree._check_cycles([n for n, p in tree.parent.items() if p is None])
-        return tree
+        return cls.link(tree.nodes, tree.parent)
 
     @classmethod
     def link(cls, nodes: dict[str, Any], parent: dict[str, str | None]) -> ParentTree:
@@ -51,6 +50,7 @@ class ParentTree:
         tree = cls(nodes=nodes, parent=parent)
         children = tree.children
         roots: list[str] = []
+        dangling: tuple[str, str] | None = None
         for nid, p in parent.items():
             if p is None:
                 roots.append(nid)
@@ -59,32 +59,51 @@ class ParentTree:
                     children[p].append(nid)
                 else:
                     children[p] = [nid]
-            else:
-                tree.problem = f"node {nid} has parent {p}, which does not exist"
-                return tree
-        tree._check_cycles(roots)
+            elif dangling is None:
+                dangling = (nid, p)
+        tree._check_reachable(roots, dangling)
         return tree
 
-    def _check_cycles(self, roots: list[str]) -> None:
-        reached = len(roots)
+    def _check_reachable(self, roots: list[str], dangling: tuple[str, str] | None) -> None:
+        """Find the nodes no root reaches; name the defect (one pass over the tree)."""
+        reached = set(roots)
         stack = list(roots)
         children = self.children
         while stack:
             kids = children.get(stack.pop())
             if kids:
-                reached += len(kids)
+                reached.update(kids)
                 stack.extend(kids)
-        if reached != len(self.nodes):
-            stuck = next(n for n in self.nodes if not self._reaches_root(n))
-            self.problem = f"parent links form a cycle through node {stuck}"
+        if len(reached) == len(self.nodes):
+            return
+        self.broken = {n for n in self.nodes if n not in reached}
+        if dangling is not None:
+            nid, p = dangling
+            self.problem = f"node {nid} has parent {p}, which does not exist"
+            return
+        # No missing parent: every cut-off chain ends in a loop. Walk one up to it.
+        cur = next(n for n in self.nodes if n not in reached)
+        seen: set[str] = set()
+        while cur not in seen:
+            seen.add(cur)
+            up = self.parent[cur]
+            assert up is not None  # a node with no parent is a root, and roots are reached
+            cur = up
+        self.problem = f"parent links form a cycle through node {cur}"
 
-    def _reaches_root(self, nid: str) -> bool:
-        cur: str | None = nid
-        for _ in range(len(self.nodes) + 1):
-            if cur is None:
-                return True
-            cur = self.parent[cur]
-        return False
+    def drop_broken(self) -> int:
+        """Remove the `broken` nodes (see the class docstring); returns how many.
+
+        Their parents are broken or missing too, so no kept node loses a child.
+        """
+        for nid in self.broken:
+            del self.nodes[nid]
+            del self.parent[nid]
+            self.children.pop(nid, None)
+        dropped = len(self.broken)
+        self.broken = set()
+        self.problem = None
+        return dropped
 
     def leaves(self) -> list[str]:
         """Nodes without children, in input order."""

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from connectors.export_files import Limits
 from connectors.slack import read as slack_zip
-from connectors.slack.export import Limits, discover, open_export
+from connectors.slack.export import discover, open_export
 from connectors.slack.model import Unit
 from connectors.slack.read import Options, read, sampled_file_bytes, split_unit
 from pipeline.core.models import StagedPart

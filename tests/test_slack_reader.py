@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from connectors.slack import export as slack_source
-from connectors.slack.export import READ_AHEAD_FILES, ExportFiles, FileReader
+from connectors.slack.export import READ_AHEAD_FILES, ExportListing, FileReader
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "posix_fadvise"), reason="read-ahead needs posix_fadvise"
@@ -22,7 +22,7 @@ def folder_reader(tmp_path: Path, count: int) -> tuple[FileReader, list[str]]:
         path.write_bytes(f'[{{"ts": "{i}"}}]'.encode())
         keys.append(str(path))
     files = {Path(k).name: (k, -1) for k in keys}
-    return FileReader(ExportFiles(path=tmp_path, is_zip=False, files=files)), keys
+    return FileReader(ExportListing(path=tmp_path, is_zip=False, files=files)), keys
 
 
 def open_descriptors() -> int:

@@ -39,7 +39,8 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
     `auto` and a big export) two processes share the work (`connectors.chatgpt.split`);
     what is staged is the same either way, in the same order.
     """
-    with ExportFiles(path) as export:
+    with ExportFiles(path, limits=options.limits()) as export:
+        yield from export.skipped("chatgpt")
         files = conversation_files(export)
         user_id = _owner(export, options)
         ctx = Context(user_id=user_id, options=options, asset_names=asset_names(export))

@@ -43,6 +43,8 @@ def shape(
     if not isinstance(content, dict):
         content = {}
     ctype = content.get("content_type")
+    if not isinstance(ctype, str):
+        ctype = None
     meta = msg.get("metadata")
     if not isinstance(meta, dict):
         meta = {}
@@ -56,7 +58,8 @@ def shape(
         return "chatgpt:thoughts"
     if ctype == "reasoning_recap":
         return "chatgpt:reasoning_recap"
-    if msg.get("channel") in _INTERNAL_CHANNELS:
+    channel = msg.get("channel")
+    if isinstance(channel, str) and channel in _INTERNAL_CHANNELS:
         return "chatgpt:internal_channel"
     recipient = msg.get("recipient")
     tool_output = role in ("tool", "function")

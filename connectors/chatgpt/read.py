@@ -36,6 +36,7 @@ from pydantic import field_validator
 from connectors.base import ConnectorOptions
 from connectors.chatgpt.content import shape
 from connectors.export_files import ExportFiles, stream_array_file
+from connectors.input_limits import InputLimitOptions
 from connectors.json_stream import StreamedElement
 from connectors.row_buffer import RowBuffer
 from connectors.tree import ParentTree, running_times
@@ -49,8 +50,9 @@ _SHARD = re.compile(r"conversations-(\d+)\.json")
 _CLASSIC_FILE = re.compile(r"file-([A-Za-z0-9]+)-(.+)")
 
 
-class Options(ConnectorOptions):
-    """Keys allowed under a `chatgpt` source's `options:`."""
+class Options(ConnectorOptions, InputLimitOptions):
+    """Keys allowed under a `chatgpt` source's `options:` (with the input limits of
+    `connectors.export_files.InputLimitOptions`)."""
 
     branches: Literal["current", "all"] = "current"
     """`current`: only the thread ending at `current_node`. `all`: also every other branch,
@@ -177,15 +179,40 @@ def consume(
     """Events of streamed conversations, up to the first element that starts at or after
     byte `stop` (returned unprocessed; None when the stream ended first)."""
     for element in elements:
-        if isinstance(element, Quarantined):
+        if isinstance(element, Quarantined):  # one element, or the rest of the file
             yield element
-            return None
+            continue
         if stop is not None and element.offset >= stop:
             return element
-        yield from conversation_events(element.value, ctx, label, element.index)
+        yield from guarded_events(element.value, ctx, label, element.index)
         if ctx.rows.full and (table := ctx.rows.take()) is not None:
             yield table
     return None
+
+
+def guarded_events(conv: Any, ctx: Context, source_file: str, index: int) -> list[Event]:
+    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
+    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
+    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
+    mark = len(ctx.rows)
+    try:
+        return list(conversation_events(conv, ctx, source_file, index))
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        ctx.rows.truncate(mark)
+        mapping = conv.get("mapping") if isinstance(conv, dict) else None
+        nodes = len(mapping) if isinstance(mapping, dict) and mapping else 1
+        events: list[Event] = [
+            Quarantined(
+                source_file,
+                f"conversations[{index}]",
+                f"chatgpt:unusable_conversation: a value cannot be stored ({exc}); "
+                "conversation not loaded",
+                f"{nodes} nodes",
+            )
+        ]
+        if nodes > 1:
+            events.append(Skipped("chatgpt:quarantined_conversation", nodes - 1))
+        return events
 
 
 def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -> Iterator[Event]:
@@ -221,6 +248,20 @@ def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -
         return
     ctx.seen.add(conv_id)
     tree, times = _tree(mapping)
+    if tree.broken and _canonical_leaf(conv, tree, times) not in tree.broken:
+        # The thread is intact: only nodes cut off from it are lost (one entry for them).
+        problem = tree.problem
+        dropped = tree.drop_broken()
+        times = {nid: times[nid] for nid in tree.nodes}
+        yield Quarantined(
+            source_file,
+            where,
+            f"chatgpt:broken_branch: {problem}; {dropped} node(s) cut off from the thread "
+            "not loaded, the thread itself was",
+            f"{len(mapping)} nodes",
+        )
+        if dropped > 1:
+            yield Skipped("chatgpt:broken_branch", dropped - 1)
     if tree.problem is not None:
         yield Quarantined(
             source_file,
@@ -234,6 +275,21 @@ def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -
     skipped = _Thread(conv, conv_id, tree, times, ctx, source_file, index).stage()
     for reason, count in skipped.items():
         yield Skipped(reason, count)
+
+
+def _canonical_leaf(conv: dict[str, Any], tree: ParentTree, times: dict[str, float | None]) -> str:
+    """The thread's last node: `current_node` when it exists, else the newest leaf."""
+    current = conv.get("current_node")
+    if isinstance(current, str) and current in tree.nodes:
+        return current
+    leaves = tree.leaves()
+    if not leaves:  # every node is in a cycle
+        return next(iter(tree.nodes))
+    return max(leaves, key=lambda nid: (_time_key(times[nid]), nid))
+
+
+def _time_key(t: float | None) -> float:
+    return t if t is not None else float("-inf")
 
 
 def _conversation_id(conv: Any) -> str | None:

@@ -128,7 +128,7 @@ def _helper_work(job: _Job, folder: Path) -> _Result:
     skipped: Counter[str] = Counter()
     quarantined: list[tuple[str, str, str, str]] = []
     writer = PartWriter(Path(job.part) if job.part is not None else folder / _PART)
-    with ExportFiles(job.path) as export:
+    with ExportFiles(job.path, limits=options.limits()) as export:
         first = _conversations_before(export, job.files[job.split.file], job.split.offset)
         ctx = Context(user_id=job.user_id, options=options, asset_names=asset_names(export))
         for i, name in enumerate(job.files[job.split.file :]):

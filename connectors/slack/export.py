@@ -1,10 +1,11 @@
 """Raw access to a Slack export: a ZIP read in place or an extracted folder.
 
-`open_export` lists the export's files under their real names (ZIP names written as
-UTF-8 without the UTF-8 flag are decoded as UTF-8, falling back to cp437) and refuses ZIP
-bombs before anything is decompressed: every member's declared size, the total, and the
-compression ratio are checked against limits, and `zipfile` never inflates a member past
-its declared size (a lying header fails its CRC check instead). `discover` maps the
+`open_export` lists the export's files under their real names through the one ZIP reader,
+`connectors.export_files.list_zip` (ZIP names written as UTF-8 without the UTF-8 flag are
+decoded as UTF-8, falling back to cp437), which refuses zip bombs before anything is
+decompressed and counts the members it leaves out. The listing is a plain picklable
+`ExportListing`, so worker processes reopen the export themselves; `FileReader` reads
+whole files from it, reading folder files ahead. `discover` maps the
 listing to conversations: index files, Enterprise Grid `teams/<workspace>/` exports, and
 one work unit per conversation with its day files in name order.
 """
@@ -15,20 +16,19 @@ import contextlib
 import os
 import re
 import zipfile
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from connectors.export_files import Limits, list_zip
 from pipeline.core.errors import InputError
 
-UTF8_FLAG = 0x800
 DAY_FILE = re.compile(r"\d{4}-\d{2}-\d{2}\.json")
 INDEX_FILES = frozenset(
     {"channels.json", "groups.json", "mpims.json", "dms.json", "users.json", "org_users.json"}
 )
-RATIO_MIN_BYTES = 1 << 20
-"""Members smaller than this are not ratio-checked (tiny JSON compresses extremely well)."""
 NOT_CONVERSATIONS = frozenset({"__uploads", "__MACOSX"})
 READ_AHEAD_FILES = 16
 """Folder files opened ahead of the one being read, for the kernel to read in the
@@ -36,45 +36,27 @@ background (~300 KB of typical day files)."""
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Zip-bomb guards: per-member and total uncompressed bytes, and compression ratio."""
-
-    max_member_bytes: int
-    max_total_bytes: int
-    max_ratio: float
-
-
-def decode_member_name(info: zipfile.ZipInfo) -> str:
-    """The member's real name: UTF-8 if the flag is set or the raw bytes are UTF-8, else cp437."""
-    if info.flag_bits & UTF8_FLAG:
-        return info.filename
-    raw = info.filename.encode("cp437")  # zipfile decoded the raw bytes as cp437: reversible
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return info.filename
-
-
-@dataclass(frozen=True)
-class ExportFiles:
+class ExportListing:
     """The files of an export: display name -> (key to open it, uncompressed size).
 
     For a ZIP the key is the member name as `zipfile` knows it and the size comes from
     the central directory; for a folder the key is the file path and the size is -1 (not
     looked up: stat'ing every day file costs more than it tells). Picklable, so worker
-    processes reopen the export themselves.
+    processes reopen the export themselves. `dropped` counts the ZIP members left out
+    (see `connectors.export_files.list_zip`).
     """
 
     path: Path
     is_zip: bool
     files: dict[str, tuple[str, int]]
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def label(self) -> str:
         """How errors name this export."""
         return str(self.path)
 
 
-def open_export(path: Path, limits: Limits) -> ExportFiles:
+def open_export(path: Path, limits: Limits) -> ExportListing:
     """List an export's files, refusing unreadable archives and zip bombs (`InputError`)."""
     if path.is_dir():
         return _list_folder(path)
@@ -82,42 +64,11 @@ def open_export(path: Path, limits: Limits) -> ExportFiles:
         raise InputError(f"input not found: {path}")
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a ZIP file or folder; give a Slack export ZIP or its folder")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable ZIP ({exc})") from None
-    files: dict[str, tuple[str, int]] = {}
-    total = 0
-    for info in infos:
-        if info.is_dir():
-            continue
-        name = decode_member_name(info)
-        size = info.file_size
-        if size > limits.max_member_bytes:
-            raise InputError(
-                f"{path}: member {name!r} expands to {size} bytes, over the limit of "
-                f"{limits.max_member_bytes} (option max_member_bytes); refusing a possible "
-                "zip bomb"
-            )
-        if size >= RATIO_MIN_BYTES and size > limits.max_ratio * max(info.compress_size, 1):
-            ratio = size / max(info.compress_size, 1)
-            raise InputError(
-                f"{path}: member {name!r} has compression ratio {ratio:.0f}:1, over the limit "
-                f"of {limits.max_ratio:g}:1 (option max_compression_ratio); refusing a "
-                "possible zip bomb"
-            )
-        total += size
-        if total > limits.max_total_bytes:
-            raise InputError(
-                f"{path}: members expand to more than {limits.max_total_bytes} bytes (option "
-                "max_total_bytes); refusing a possible zip bomb"
-            )
-        files[name] = (info.filename, size)
-    return ExportFiles(path=path, is_zip=True, files=files)
+    listing = list_zip(path, limits)
+    return ExportListing(path=path, is_zip=True, files=listing.members, dropped=listing.dropped)
 
 
-def _list_folder(root: Path) -> ExportFiles:
+def _list_folder(root: Path) -> ExportListing:
     """Every file under `root` by relative POSIX name (size -1: not needed, not stat'ed)."""
     files: dict[str, tuple[str, int]] = {}
     stack = [(str(root), "")]
@@ -132,7 +83,7 @@ def _list_folder(root: Path) -> ExportFiles:
                 stack.append((entry.path, prefix + entry.name + "/"))
             else:
                 files[prefix + entry.name] = (entry.path, -1)
-    return ExportFiles(path=root, is_zip=False, files=files)
+    return ExportListing(path=root, is_zip=False, files=files)
 
 
 class FileReader:
@@ -143,7 +94,7 @@ class FileReader:
     the disk reads them while earlier files are processed instead of one at a time.
     """
 
-    def __init__(self, export: ExportFiles):
+    def __init__(self, export: ExportListing):
         self.export = export
         self._zip: zipfile.ZipFile | None = None
         self._ahead: deque[tuple[str, int]] = deque()
@@ -151,7 +102,7 @@ class FileReader:
         self._upcoming: Iterator[str] = iter(())
 
     def read(self, name: str) -> bytes:
-        """The bytes of file `name` (a display name from `ExportFiles.files`); raises OSError."""
+        """The bytes of file `name` (a display name from `ExportListing.files`); raises OSError."""
         return self.read_key(self.export.files[name][0])
 
     def expect(self, keys: Iterable[str]) -> None:
@@ -191,7 +142,7 @@ class FileReader:
         try:
             with self._zip.open(key) as fh:
                 return fh.read()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, zlib.error) as exc:
             raise OSError(f"cannot decompress: {exc}") from None
         except NotImplementedError as exc:  # unsupported compression method
             raise OSError(str(exc)) from None
@@ -250,6 +201,8 @@ class Layout:
 
     roots: list[str]
     folders: list[Folder]
+    stray_day_files: int = 0
+    """Day files (`YYYY-MM-DD.json`) outside every conversation folder: not read, counted."""
 
 
 def _by_folder(names: Iterable[str]) -> dict[str, list[str]]:
@@ -313,13 +266,18 @@ def discover(names: Iterable[str]) -> Layout:
     roots = [root, *team_roots]
     nested = sorted(team_roots, key=len, reverse=True)
     folders: dict[tuple[str, str], Folder] = {}
+    stray = 0
     for head, bases in by_folder.items():
-        if not head:
-            continue
         path = head + "/"
         owner = next((r for r in nested if path.startswith(r)), root)
         parent, _, folder_name = head.rpartition("/")
-        if (parent + "/" if parent else "") != owner or folder_name in NOT_CONVERSATIONS:
+        if (
+            not head
+            or (parent + "/" if parent else "") != owner
+            or folder_name in NOT_CONVERSATIONS
+        ):
+            if folder_name not in NOT_CONVERSATIONS:
+                stray += sum(1 for b in bases if DAY_FILE.fullmatch(b) is not None)
             continue
         folder = Folder(owner, folder_name)
         teams_folder = owner == root and folder_name == "teams"
@@ -330,4 +288,4 @@ def discover(names: Iterable[str]) -> Layout:
                 folder.other_files.append(path + base)
         if folder.day_files or folder.other_files:
             folders[(owner, folder_name)] = folder
-    return Layout(roots=roots, folders=[folders[k] for k in sorted(folders)])
+    return Layout(roots=roots, folders=[folders[k] for k in sorted(folders)], stray_day_files=stray)

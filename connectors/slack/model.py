@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from connectors.slack.export import ExportFiles
+from connectors.slack.export import ExportListing
 from pipeline.core.models import Quarantined, StagedPart
 
 
@@ -49,7 +49,7 @@ class Settings:
 class Context:
     """Everything shared by all units of one export (sent once to each worker)."""
 
-    export: ExportFiles
+    export: ExportListing
     users: dict[str, UserInfo]
     user_names: dict[str, str]
     channel_names: dict[str, str]

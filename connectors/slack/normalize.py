@@ -19,6 +19,7 @@ file stay `Any` until checked; classes that are pickled live in `connectors.slac
 from __future__ import annotations
 
 import functools
+import io
 import pickle
 import re
 import sys
@@ -34,6 +35,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.json_stream import BadElement, JSONStreamError, iter_array
 from connectors.process_start import refused_imports
 from connectors.slack.export import FileReader
 from connectors.slack.model import (
@@ -94,6 +96,8 @@ NO_THREAD = "0000000000.000000"
 SESSION_PREFIX = "session-"
 TEMPLATE_FIELDS = frozenset({"id", "name", "email", "team"})
 _TS = re.compile(r"\d{1,12}(\.\d{1,6})?")
+MAX_TS_SECONDS = 253_402_128_000
+"""9999-12-30T00:00:00Z: a later `ts` has no calendar day in every time zone (quarantined)."""
 
 
 class BatchSink(Protocol):
@@ -143,6 +147,8 @@ def _slow_ts(ts: Any) -> tuple[str, int] | tuple[None, int]:
     if type(ts) is not str or not _TS.fullmatch(ts):
         return None, 0
     seconds, _, frac = ts.partition(".")
+    if int(seconds) >= MAX_TS_SECONDS:
+        return None, 0
     return ts, int(seconds) * 1_000_000 + int((frac + "000000")[:6])
 
 
@@ -194,6 +200,43 @@ def _raw(value: msgspec.Raw) -> Any:
 def _json_safe_ts(value: str) -> bool:
     """True when `value` is digits with at most one dot (safe inside a JSON string)."""
     return value.replace(".", "", 1).isdigit() and value.isascii()
+
+
+_TOO_DEEP = "message is nested deeper than the JSON parsers allow"
+
+
+def _tolerant_array(data: bytes) -> list[Any] | None:
+    """The elements of a day file that strict parsing refused, or None when it is not a
+    JSON array at all (then the whole file is quarantined as before).
+
+    Damage confined to one message is kept there: invalid UTF-8 bytes and lone surrogate
+    escapes become U+FFFD, raw control characters in strings are kept, and a message
+    nested too deeply comes back as a `BadElement` (quarantined alone).
+    """
+    try:
+        return [e.value for e in iter_array(io.BytesIO(data), wrapper_keys=())]
+    except JSONStreamError:
+        return None
+
+
+def _unusable(item: Any) -> str | None:
+    """Why a day-file element cannot be a message (None when it is an object)."""
+    if isinstance(item, dict):
+        return None
+    if isinstance(item, BadElement):
+        return _TOO_DEEP
+    kind = "null" if item is None else type(item).__name__
+    return f"message is a JSON {kind}, not an object"
+
+
+def _excerpt(item: Any) -> str:
+    """A short JSON excerpt of a quarantined element (its type when it cannot be written)."""
+    if isinstance(item, BadElement):
+        return ""
+    try:
+        return orjson.dumps(item).decode()[:400]
+    except (orjson.JSONEncodeError, RecursionError):
+        return f"(a JSON {type(item).__name__} nested too deeply to show)"
 
 
 def _short(m: Msg) -> str:
@@ -372,18 +415,18 @@ class _Processor:
             data = data[3:]
         try:
             return DAY_DECODER.decode(data)  # type: ignore[return-value]
-        except msgspec.ValidationError:
-            pass  # valid JSON of another shape, or invalid JSON: decode generically below
-        except msgspec.DecodeError:
-            pass
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            pass  # another shape, damage or deep nesting: decode generically below
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            start = max(exc.pos - 60, 0)
-            near = data[start : exc.pos + 60].decode("utf-8", "replace")
-            where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
-            self._quarantine(name, where, f"day file is not valid JSON: {exc.msg}", near)
-            return None
+            value = _tolerant_array(data)
+            if value is None:
+                start = max(exc.pos - 60, 0)
+                near = data[start : exc.pos + 60].decode("utf-8", "replace")
+                where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})"
+                self._quarantine(name, where, f"day file is not valid JSON: {exc.msg}", near)
+                return None
         if not isinstance(value, list):
             kind = "object" if isinstance(value, dict) else type(value).__name__
             self._quarantine(
@@ -395,17 +438,15 @@ class _Processor:
             return None
         out: list[Msg | None] = []
         for index, item in enumerate(value):
-            if isinstance(item, dict):
-                out.append(MESSAGE_DECODER.decode(orjson.dumps(item)))
-            else:
-                kind = "null" if item is None else type(item).__name__
-                self._quarantine(
-                    name,
-                    f"$[{index}]",
-                    f"message is a JSON {kind}, not an object",
-                    orjson.dumps(item).decode(),
-                )
-                out.append(None)
+            problem = _unusable(item)
+            if problem is None:
+                try:
+                    out.append(MESSAGE_DECODER.decode(orjson.dumps(item)))
+                    continue
+                except (orjson.JSONEncodeError, msgspec.DecodeError, RecursionError) as exc:
+                    problem = f"message cannot be read: {exc}"
+            self._quarantine(name, f"$[{index}]", problem, _excerpt(item))
+            out.append(None)
         return out
 
     def _messages(self, file_name: str, messages: list[Msg | None], s: Settings) -> None:  # noqa: C901

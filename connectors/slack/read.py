@@ -35,12 +35,12 @@ import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
+from connectors.export_files import Limits, dropped_events
 from connectors.process_start import main_module_hidden
 from connectors.slack.export import (
-    ExportFiles,
+    ExportListing,
     FileReader,
     Folder,
-    Limits,
     discover,
     open_export,
 )
@@ -105,9 +105,11 @@ class Options(ConnectorOptions):
     exclude_channels: list[str] = Field(default_factory=list)
     workers: int | None = Field(default=None, ge=1, le=64)
     """Worker processes; default: one per CPU core (in-process for small exports)."""
-    max_member_bytes: int = Field(default=GIB // 2, ge=1)
+    max_member_bytes: int = Field(default=128 << 20, ge=1)
+    """Largest day file: peak memory is up to ~10x one day file (docs/input-limits.md)."""
     max_total_bytes: int = Field(default=64 * GIB, ge=1)
     max_compression_ratio: float = Field(default=100.0, gt=1)
+    max_members: int = Field(default=Limits.max_members, ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -163,11 +165,17 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         )
     settings = _settings(options)
     limits = Limits(
-        options.max_member_bytes, options.max_total_bytes, options.max_compression_ratio
+        max_member_bytes=options.max_member_bytes,
+        max_total_bytes=options.max_total_bytes,
+        max_ratio=options.max_compression_ratio,
+        max_members=options.max_members,
     )
     export = open_export(path, limits)
+    yield from dropped_events(export.dropped, "slack")
     with _worker_pool(export, options.workers) as pool:
         layout = discover(export.files)
+        if layout.stray_day_files:
+            yield Skipped("slack:day_file_outside_export_layout", layout.stray_day_files)
         reader = FileReader(export)
         try:
             index = _Index()
@@ -487,7 +495,9 @@ def make_jobs(units: list[Unit], parts_dir: Path | None) -> list[Job]:
 
 
 @contextmanager
-def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPoolExecutor | None]:
+def _worker_pool(
+    export: ExportListing, workers: int | None
+) -> Iterator[ProcessPoolExecutor | None]:
     """The worker processes, started at once so they import while the index is read.
 
     None (work in this process) with `workers: 1`, on one core, or by default when the
@@ -509,6 +519,12 @@ def _worker_pool(export: ExportFiles, workers: int | None) -> Iterator[ProcessPo
             for _ in range(count):
                 pool.submit(int)  # each submit starts one more worker until `count` run
         yield pool
+    except BaseException:
+        # Interrupted or failed: the jobs' results are not wanted, so the workers are
+        # stopped now instead of being waited for (their parts are thrown away).
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

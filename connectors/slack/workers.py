@@ -6,6 +6,7 @@ the standard library loaded (unless `spawn` re-imported a main module that loads
 
 from __future__ import annotations
 
+from connectors.parent_watch import die_with_parent
 from connectors.process_start import refused_imports
 
 
@@ -14,8 +15,13 @@ def init_slack_worker() -> None:
 
     pyarrow imports numpy when it can (~0.15 CPU-s and ~11 MB per process, and numpy
     starts its BLAS threads); a worker never gives pyarrow a numpy object, and pyarrow
-    works without it. Later code may still import numpy.
+    works without it. Later code may still import numpy. The worker ends when the main
+    process does, even when that one is killed (`die_with_parent`).
     """
+    import multiprocessing
+
+    starter = multiprocessing.parent_process()
+    die_with_parent(starter.pid if starter is not None else None)
     with refused_imports("numpy", "pandas"):
         from connectors.slack import normalize as slack_worker
 

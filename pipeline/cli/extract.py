@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +25,7 @@ from pipeline.core.workdir import quarantine_path
 if TYPE_CHECKING:
     pass
 
-from pipeline.cli.common import common_options, emit, load_cli_config, plural, setup
+from pipeline.cli.common import common_options, emit, fail, load_cli_config, plural, setup
 
 
 @click.command()
@@ -75,19 +79,28 @@ def extract(
         for before, after in zip(sources, resolved, strict=True):
             if before.kind != after.kind:
                 click.echo(f"{after.path}: detected a {after.kind} export", err=True)
-        results = [
-            stats_dict(
-                extract_source(
-                    s,
-                    cfg.workdir,
-                    default_user_id=cfg.user_id,
-                    progress=progress,
-                    max_quarantined_share=cfg.extract.max_quarantined_share,
-                    require_staged=True,
-                )
+        try:
+            with sigterm_as_interrupt():
+                results = [
+                    stats_dict(
+                        extract_source(
+                            s,
+                            cfg.workdir,
+                            default_user_id=cfg.user_id,
+                            progress=progress,
+                            max_quarantined_share=cfg.extract.max_quarantined_share,
+                            require_staged=True,
+                        )
+                    )
+                    for s in resolved
+                ]
+        except KeyboardInterrupt:
+            fail(
+                click.get_current_context(),
+                "interrupted: the source being read was not staged (what it staged before is "
+                "kept); run the same extract again",
+                130,
             )
-            for s in resolved
-        ]
     totals = sum_counts(results)
     totals["sources"] = results
     totals["workdir"] = str(cfg.workdir)
@@ -95,6 +108,21 @@ def extract(
     if totals["quarantined"]:
         lines.append(f"quarantined records: {quarantine_path(cfg.workdir)}")
     emit(totals, as_json, "\n".join(lines))
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the block like Ctrl-C (a `KeyboardInterrupt`: staging's temp folder
+    is removed, worker processes stop, exit code 130); the old handler comes back after.
+    Only in the main thread, where Python runs signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _pick_sources(

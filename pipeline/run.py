@@ -71,7 +71,12 @@ def run_pipeline(
     workdir = cfg.workdir
     dest = destination_for(cfg.load, workdir, env=env)
     with workdir_lock(workdir), open_target(cfg.load, workdir, env=env) as endpoint:
-        preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
+        preflight(
+            endpoint,
+            server=cfg.load.target == "memos-server",
+            auth_scheme=cfg.load.auth_scheme,
+            timeout=min(cfg.load.timeout, 10.0),
+        )
         resumed = None
         cut_for = batch_file_cut_for(workdir)
         if (

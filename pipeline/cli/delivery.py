@@ -49,7 +49,12 @@ def check(
     )
     dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
     with open_target(cfg.load, cfg.workdir, base_url=base_url) as endpoint:
-        result = preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
+        result = preflight(
+            endpoint,
+            server=cfg.load.target == "memos-server",
+            auth_scheme=cfg.load.auth_scheme,
+            timeout=min(cfg.load.timeout, 10.0),
+        )
     note = f" ({result.note})" if result.note else ""
     emit(
         {**result.to_json(), "destination": dest.describe()},

@@ -68,6 +68,10 @@ CLOUD_GET_MESSAGE_PATH = "/get/message"
 SERVER_ADD_PATH = "/product/add"
 """The self-hosted MemOS server's add endpoint (`server_router.py`, prefix `/product`)."""
 
+SERVER_HEALTH_PATH = "/health"
+"""The self-hosted server's health check (`GET`, no auth): its cheapest request, used as the
+preflight probe since the server has no `get/message` to ask."""
+
 SERVER_OK_CODE = 200
 """Body `code` of a successful self-hosted answer (`BaseResponse.code`), with HTTP 200."""
 

@@ -819,7 +819,12 @@ def load_command(
         workdir_lock(cfg.workdir),
         open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint,
     ):
-        preflight(endpoint, timeout=min(cfg.load.timeout, 10.0))
+        preflight(
+            endpoint,
+            server=cfg.load.target == "memos-server",
+            auth_scheme=cfg.load.auth_scheme,
+            timeout=min(cfg.load.timeout, 10.0),
+        )
         return load_workdir(
             cfg.workdir,
             endpoint,

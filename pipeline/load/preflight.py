@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from pipeline.core.errors import AuthError, LoadError, TransientLoadError, UnreachableError
+from pipeline.core.memos_api import CLOUD_GET_MESSAGE_PATH, SERVER_HEALTH_PATH
 from pipeline.load.policy import AmbiguousDeliveryError, error_from_exception, error_from_response
 from pipeline.load.targets import Endpoint
 
@@ -49,21 +50,28 @@ class PreflightResult:
 def preflight(
     endpoint: Endpoint,
     *,
+    server: bool = False,
+    auth_scheme: str = "Token",
     timeout: float = 10.0,
     transport: httpx.BaseTransport | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> PreflightResult:
-    """Ask the destination once; raise `UnreachableError` or `AuthError`, else report."""
+    """Ask the destination once; raise `UnreachableError` or `AuthError`, else report.
+
+    A self-hosted MemOS server (`server`) has no `get/message`: its probe is `GET /health`,
+    which proves the URL reaches a MemOS server (its stock build has no auth to check).
+    """
     headers = {"user-agent": "memos-etl", "content-type": "application/json"}
     if endpoint.api_key:
-        headers["authorization"] = f"Token {endpoint.api_key}"
+        headers["authorization"] = f"{auth_scheme} {endpoint.api_key}"
     body = {"user_id": PROBE_ID, "conversation_id": PROBE_ID, "message_limit_number": 1}
+    path = SERVER_HEALTH_PATH if server else CLOUD_GET_MESSAGE_PATH
     started = clock()
     try:
         with httpx.Client(
             base_url=endpoint.base_url, headers=headers, timeout=timeout, transport=transport
         ) as client:
-            response = client.post("/get/message", content=orjson.dumps(body))
+            response = client.get(path) if server else client.post(path, content=orjson.dumps(body))
     except httpx.HTTPError as exc:
         reason = error_from_exception(exc, secret=endpoint.api_key)
         raise UnreachableError(
@@ -73,9 +81,15 @@ def preflight(
     latency = (clock() - started) * 1000
     if response.status_code in (404, 405):
         raise UnreachableError(
-            f"{endpoint.base_url} answered HTTP {response.status_code} to /get/message: not a "
+            f"{endpoint.base_url} answered HTTP {response.status_code} to {path}: not a "
             "MemOS API at that URL; check --base-url, load.base_url or MEMOS_BASE_URL"
         )
+    if server:
+        if response.status_code in (401, 403):
+            raise AuthError(
+                f"{endpoint.base_url} rejected the API key (HTTP {response.status_code})"
+            )
+        return PreflightResult(endpoint.base_url, (clock() - started) * 1000)
     error = error_from_response(response, secret=endpoint.api_key)
     if error is None:
         return PreflightResult(endpoint.base_url, latency)

@@ -65,6 +65,7 @@ from pipeline.core.memos_api import (
     MAX_CALL_TOKENS,
     MAX_ID_CHARS,
     SERVER_ADD_PATH,
+    SERVER_HEALTH_PATH,
     SERVER_OK_CODE,
     fast_check,
     schema_validator,
@@ -691,6 +692,13 @@ def create_app(
     """
     api = _Api(config, store, injector, counters)
     routes = [Route(path, api.handle, methods=["POST"]) for path in (*ENDPOINTS, *SERVER_ENDPOINTS)]
+
+    async def health(request: Request) -> Response:
+        # the self-hosted MemOS server's `GET /health`, which memos-server loads probe first
+        body = {"status": "healthy", "service": "memos-etl serve"}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    routes.append(Route(SERVER_HEALTH_PATH, health, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

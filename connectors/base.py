@@ -57,6 +57,7 @@ _REGISTRY: dict[str, str] = {
     "chatgpt": "connectors.chatgpt.connector",
     "claude": "connectors.claude",
     "telegram": "connectors.telegram",
+    "discord": "connectors.discord",
 }
 
 

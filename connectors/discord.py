@@ -1,0 +1,579 @@
+"""DiscordChatExporter JSON exports -> staging events.
+
+Input: one channel file (`{guild, channel, dateRange, exportedAt, messages: [...],
+messageCount}` as Tyrrrz/DiscordChatExporter writes it), or a folder or ZIP of them (one
+file per channel, thread or partition). Each file is streamed message by message
+(`connectors.nested_json`); a first pass reads only each file's header, to name channels
+in mentions and to read a channel's partitions in order.
+
+Contract (every rule, option and reason: docs/discord.md):
+- One staged row per `Default`/`Reply` (and slash-command) message with something
+  readable; system messages (joins, pins, thread created, calls, boosts, ...) are skipped
+  as `discord:<Type>`, empty ones as `discord:empty`, a message id seen before (an
+  overlapping re-export in the same folder) as `discord:duplicate`; a record that is not
+  an object or has no snowflake `id` is quarantined alone.
+- `message_id` is `discord:<message snowflake>`, `seq` the snowflake; `created_at` the
+  `timestamp` (with its offset, in UTC). Raw mentions (`<@id>`, `<#id>`, `<@&id>`,
+  `<:emoji:id>`, `<t:unix:f>`) become names; attachments, embeds, stickers and forwarded
+  messages become text. Replies keep `reference.messageId`; edits keep the final text.
+- Owners and conversations follow `connectors.group_chat`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field
+
+from connectors.export_files import ExportFiles
+from connectors.group_chat import (
+    Conversations,
+    GroupChatOptions,
+    Owners,
+    iso_from_micros,
+    micros_from_iso,
+)
+from connectors.json_stream import JSONStreamError
+from connectors.nested_json import Enter, Exit, Item, walk
+from connectors.nested_json import Field as JsonField
+from connectors.nested_json import Path as JsonPath
+from connectors.row_buffer import RowBuffer
+from pipeline.core.errors import InputError
+from pipeline.core.models import Event, Quarantined, Skipped
+
+SOURCE = "discord"
+HEAD_BYTES = 64 * 1024
+
+KEPT_TYPES = frozenset({"Default", "Reply", "ChatInputCommand", "ContextMenuCommand"})
+"""Message types staged as messages (with numeric forms 0, 19, 20, 23)."""
+SYSTEM_TYPES = frozenset(
+    [
+        "RecipientAdd",
+        "RecipientRemove",
+        "Call",
+        "ChannelNameChange",
+        "ChannelIconChange",
+        "ChannelPinnedMessage",
+        "GuildMemberJoin",
+        "UserPremiumGuildSubscription",
+        "UserPremiumGuildSubscriptionTier1",
+        "UserPremiumGuildSubscriptionTier2",
+        "UserPremiumGuildSubscriptionTier3",
+        "ChannelFollowAdd",
+        "GuildDiscoveryDisqualified",
+        "GuildDiscoveryRequalified",
+        "GuildDiscoveryGracePeriodInitialWarning",
+        "GuildDiscoveryGracePeriodFinalWarning",
+        "ThreadCreated",
+        "ThreadStarterMessage",
+        "GuildInviteReminder",
+        "AutoModerationAction",
+        "RoleSubscriptionPurchase",
+        "InteractionPremiumUpsell",
+        "StageStart",
+        "StageEnd",
+        "StageSpeaker",
+        "StageTopic",
+        "GuildApplicationPremiumSubscription",
+        "GuildIncidentAlertModeEnabled",
+        "GuildIncidentAlertModeDisabled",
+        "GuildIncidentReportRaid",
+        "GuildIncidentReportFalseAlarm",
+        "PurchaseNotification",
+        "PollResult",
+    ]
+)
+"""System notifications (DiscordChatExporter writes their fallback text as `content`)."""
+_KEPT_NUMBERS = frozenset({"0", "19", "20", "23"})
+THREAD_KINDS = frozenset({"GuildNewsThread", "GuildPublicThread", "GuildPrivateThread"})
+_MARKUP = re.compile(r"<(@[!&]?|#)(\d+)>|<(a?):(\w+):\d+>|<t:(-?\d{1,12})(?::[tTdDfFR])?>")
+
+
+class Options(GroupChatOptions):
+    """Keys allowed under a `discord` source's `options:` (see docs/discord.md)."""
+
+    conversation: Literal["channel", "thread", "session"] = "session"
+    """channel: one conversation per channel or thread; thread: each reply chain, other
+    messages per day; session: split a channel where it was quiet longer than
+    `session_gap_minutes`."""
+    channels: list[str] = Field(default_factory=list)
+    """Only these channels (names, ids, `category/name`, or glob patterns); empty: all."""
+    exclude_channels: list[str] = Field(default_factory=list)
+
+
+def looks_like(path: Path) -> bool:
+    """True when `path` looks like DiscordChatExporter JSON (reads at most ~64 KB)."""
+    try:
+        with ExportFiles(path, sibling_globs=()) as export:
+            names = _json_files(export)
+            if not names:
+                return False
+            with export.open(names[0]) as fh:
+                head = fh.read(HEAD_BYTES)
+    except (InputError, OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError):
+        return False
+    return is_discord_head(head)
+
+
+_HEAD = re.compile(rb'^\{\s*"guild"\s*:\s*\{')
+
+
+def is_discord_head(head: bytes) -> bool:
+    """Whether the first bytes of a JSON file look like a DiscordChatExporter channel file."""
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    return _HEAD.match(text) is not None and b'"channel"' in text
+
+
+def _json_files(export: ExportFiles) -> list[str]:
+    if export.single_file:
+        return [export.single_file]
+    return [n for n in export.names if n.lower().endswith(".json")]
+
+
+@dataclass
+class _Channel:
+    """One channel file's header."""
+
+    name: str
+    guild_id: str = ""
+    guild: str = ""
+    id: str = ""
+    channel: str = ""
+    kind: str = ""
+    parent_id: str = ""
+    parent: str = ""
+    first: int = 0
+    problem: str | None = None
+    meta_head: str = ""
+
+
+@dataclass
+class _State:
+    options: Options
+    owners: Owners
+    channel_names: dict[str, str]
+    rows: RowBuffer = field(default_factory=RowBuffer)
+    skipped: Counter[str] = field(default_factory=Counter)
+    seen: set[int] = field(default_factory=set)
+    conversations: dict[str, Conversations] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)
+    """User id -> display name, from authors and mentions seen so far."""
+    roles: dict[str, str] = field(default_factory=dict)
+
+
+def read(path: Path, options: Options) -> Iterator[Event]:
+    """Yield the events of every message of every channel file at `path`."""
+    owners = Owners.from_options(options, SOURCE)
+    with ExportFiles(path, sibling_globs=()) as export:
+        headers = [_header(export, name) for name in _json_files(export)]
+        channels = [h for h in headers if h.problem is None]
+        if not channels:
+            raise InputError(
+                f"{path}: no DiscordChatExporter JSON file found (export with `--format Json`)"
+            )
+        for bad in headers:
+            if bad.problem is not None:
+                yield Quarantined(export.label(bad.name), "file", f"discord:{bad.problem}")
+        state = _State(options, owners, {c.id: c.channel for c in channels if c.channel})
+        for channel in sorted(channels, key=lambda c: (c.id, c.first, c.name)):
+            if not _wanted(channel, options):
+                continue
+            yield from _read_file(export, channel, state)
+        table = state.rows.take()
+        if table is not None:
+            yield table
+        for reason, count in sorted(state.skipped.items()):
+            yield Skipped(reason, count)
+
+
+def _header(export: ExportFiles, name: str) -> _Channel:
+    """The guild and channel of a file (and its first message id), read up to that message."""
+    header = _Channel(name)
+    try:
+        with export.open(name) as fh:
+            for event in walk(fh, descend=lambda p: p == (), stream=_is_messages):
+                if type(event) is JsonField and len(event.path) == 1:
+                    key, value = event.path[0], event.value
+                    if key in ("guild", "channel") and isinstance(value, dict):
+                        _fill_header(header, key, value)
+                elif type(event) is Enter and event.path == ("messages",):
+                    if not header.id:
+                        header.problem = "not_a_channel_file: no `channel.id` before `messages`"
+                        return header
+                elif type(event) is Item or type(event) is Exit:
+                    if type(event) is Item and type(event.value) is dict:
+                        header.first = _snowflake(event.value.get("id")) or 0
+                    return header
+    except JSONStreamError as exc:
+        header.problem = f"malformed_json: {exc} at byte {exc.offset}; file not read"
+        return header
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        header.problem = f"unreadable_file: {exc}; file not read"
+        return header
+    header.problem = "not_a_channel_file: no `messages` array (not DiscordChatExporter JSON)"
+    return header
+
+
+def _is_messages(path: JsonPath) -> bool:
+    return path == ("messages",)
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _fill_header(header: _Channel, key: str | int, value: dict[str, Any]) -> None:
+    if key == "guild":
+        header.guild_id = _text(value.get("id"))
+        header.guild = _text(value.get("name"))
+        return
+    header.id = _text(value.get("id"))
+    header.channel = _text(value.get("name"))
+    header.kind = _text(value.get("type"))
+    header.parent_id = _text(value.get("categoryId"))
+    header.parent = _text(value.get("category"))
+    meta: dict[str, Any] = {
+        "guild": header.guild,
+        "guild_id": header.guild_id,
+        "channel": header.channel,
+        "channel_id": header.id,
+        "channel_type": header.kind,
+    }
+    if header.kind in THREAD_KINDS:
+        meta["thread_of"] = header.parent
+        meta["thread_of_id"] = header.parent_id
+    elif header.parent:
+        meta["category"] = header.parent
+    header.meta_head = orjson.dumps(meta).decode()[:-1] + ',"id":"'
+
+
+def _wanted(channel: _Channel, options: Options) -> bool:
+    keys = (channel.id, channel.channel, f"{channel.parent}/{channel.channel}")
+    if options.channels and not _matches(options.channels, keys):
+        return False
+    return not _matches(options.exclude_channels, keys)
+
+
+def _matches(patterns: list[str], keys: tuple[str, ...]) -> bool:
+    return any(k and fnmatch.fnmatchcase(k, p) for p in patterns for k in keys)
+
+
+def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterator[Event]:
+    label = export.label(channel.name)
+    options = state.options
+    conversations = state.conversations.setdefault(
+        channel.id, Conversations(_mode(options), options.session_gap_minutes * 60_000_000)
+    )
+    index = 0
+    try:
+        with export.open(channel.name) as fh:
+            for event in walk(fh, descend=lambda p: p == (), stream=_is_messages):
+                if type(event) is not Item:
+                    continue
+                index = event.index
+                problem = _message(event.value, index, channel, conversations, state, label)
+                if problem is not None:
+                    yield problem
+                if state.rows.full and (table := state.rows.take()) is not None:
+                    yield table
+    except JSONStreamError as exc:
+        yield Quarantined(
+            label,
+            f"byte {exc.offset} (message #{exc.index})",
+            f"discord:malformed_json: {exc}; messages from here to the end of this file "
+            "were not read",
+        )
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        yield Quarantined(
+            label,
+            f"after message #{index}",
+            f"discord:unreadable_file: {exc}; the rest of this file was not read",
+        )
+
+
+def _mode(options: Options) -> Literal["chat", "thread", "session"]:
+    return "chat" if options.conversation == "channel" else options.conversation
+
+
+def _snowflake(value: Any) -> int | None:
+    if type(value) is str and value.isdigit() and value.isascii() and len(value) < 20:
+        return int(value)
+    if type(value) is int and 0 < value < 1 << 63:
+        return value
+    return None
+
+
+def _message(  # noqa: C901 (one pass over the record's fields, in order)
+    msg: Any,
+    index: int,
+    channel: _Channel,
+    conversations: Conversations,
+    state: _State,
+    label: str,
+) -> Quarantined | None:
+    """Stage one message (append a row) or count it as skipped; a quarantine entry if broken."""
+    where = f"messages[{index}]"
+    if type(msg) is not dict:
+        kind = "null" if msg is None else type(msg).__name__
+        return Quarantined(
+            label,
+            where,
+            f"discord:not_a_message: message is a JSON {kind}, not an object",
+            repr(msg)[:200],
+        )
+    snowflake = _snowflake(msg.get("id"))
+    if snowflake is None:
+        return Quarantined(
+            label,
+            where,
+            "discord:no_id: message has no snowflake `id`",
+            orjson.dumps(msg, default=str).decode()[:200],
+        )
+    skipped = state.skipped
+    kind = msg.get("type", "Default")
+    if kind not in KEPT_TYPES:
+        if type(kind) is not str:
+            kind = str(kind)
+        if kind in SYSTEM_TYPES:
+            skipped["discord:" + kind] += 1
+            return None
+        if kind.isdigit() and kind not in _KEPT_NUMBERS:
+            skipped["discord:system_type"] += 1
+            return None
+    if snowflake in state.seen:
+        skipped["discord:duplicate"] += 1
+        return None
+
+    # author
+    author = msg.get("author")
+    author_id: str | None = None
+    name = "Unknown"
+    is_bot = False
+    handle = ""
+    if type(author) is dict:
+        aid = author.get("id")
+        author_id = aid if type(aid) is str and aid else None
+        handle = _text(author.get("name"))
+        name = _text(author.get("nickname")) or handle or author_id or "Unknown"
+        is_bot = author.get("isBot") is True
+        if author_id is not None:
+            state.users[author_id] = name
+        _learn_roles(author.get("roles"), state.roles)
+    owners = state.owners
+    if owners.per_author:
+        if is_bot:
+            skipped["discord:bot_author"] += 1
+            return None
+        if author_id is None:
+            skipped["discord:no_author"] += 1
+            return None
+        owner = owners.author_owner(author_id, handle or name)
+        if owner is None:
+            skipped["discord:author_unmapped"] += 1
+            return None
+    else:
+        owner = owners.user_id
+
+    # content
+    extra: dict[str, Any] = {}
+    text = msg.get("content")
+    content = text if type(text) is str else ""
+    if "<" in content:
+        content = render_markup(content, msg.get("mentions"), state)
+    parts = [content] if content.strip() else []
+    parts.extend(_attachment_lines(msg, extra))
+    forwarded = msg.get("forwardedMessage")
+    if type(forwarded) is dict:
+        inner = _text(forwarded.get("content"))
+        if "<" in inner:
+            inner = render_markup(inner, None, state)
+        lines = [inner] if inner.strip() else []
+        lines.extend(_attachment_lines(forwarded, {}))
+        if lines:
+            parts.append("[forwarded message]\n" + "\n".join(lines))
+            extra["forwarded"] = True
+    content = "\n".join(parts)
+    if not content or content.isspace():
+        skipped["discord:empty"] += 1
+        return None
+    state.seen.add(snowflake)
+
+    micros = micros_from_iso(msg.get("timestamp"))
+    reply_to = None
+    reference = msg.get("reference")
+    if type(reference) is dict and reference.get("type") in (None, "Default"):
+        reply_to = _snowflake(reference.get("messageId"))
+        if reply_to is not None:
+            extra["reply_to_message_id"] = str(reply_to)
+            extra["reply_to"] = f"{SOURCE}:{reply_to}"
+    _more_metadata(msg, kind, extra, is_bot)
+
+    key = conversations.key(snowflake, micros, reply_to)
+    conversation = f"{SOURCE}:{channel.id}" if key is None else f"{SOURCE}:{channel.id}:{key}"
+    if extra:
+        head = orjson.loads(f'{channel.meta_head}{snowflake}"}}')
+        head.update(extra)
+        meta = orjson.dumps(head, default=str).decode()
+    else:
+        meta = f'{channel.meta_head}{snowflake}"}}'
+    if owners.prefix:
+        content = f"{name}: {content}"
+    state.rows.append(
+        (
+            SOURCE,
+            label,
+            where,
+            f"{SOURCE}:{snowflake}",
+            conversation,
+            owner,
+            "assistant" if is_bot else "user",
+            author_id,
+            name,
+            content,
+            micros,
+            snowflake,
+            meta,
+        )
+    )
+    return None
+
+
+def _learn_roles(roles: Any, known: dict[str, str]) -> None:
+    if type(roles) is list:
+        for role in roles:
+            if type(role) is dict:
+                rid, rname = role.get("id"), role.get("name")
+                if type(rid) is str and type(rname) is str and rname:
+                    known[rid] = rname
+
+
+def _attachment_lines(msg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
+    """Text for attachments, stickers and embeds (metadata lists their names)."""
+    lines: list[str] = []
+    attachments = msg.get("attachments")
+    if type(attachments) is list and attachments:
+        names = [_text(a.get("fileName")) or "file" for a in attachments if type(a) is dict]
+        lines.extend(f"[attachment: {n}]" for n in names)
+        if names:
+            extra["attachments"] = names
+    stickers = msg.get("stickers")
+    if type(stickers) is list and stickers:
+        names = [_text(s.get("name")) or "sticker" for s in stickers if type(s) is dict]
+        lines.extend(f"[sticker: {n}]" for n in names)
+        if names:
+            extra["stickers"] = names
+    embeds = msg.get("embeds")
+    if type(embeds) is list and embeds:
+        count = 0
+        for embed in embeds:
+            if type(embed) is dict:
+                text = embed_text(embed)
+                if text:
+                    lines.append(text)
+                    count += 1
+        if count:
+            extra["embeds"] = count
+    return lines
+
+
+def embed_text(embed: dict[str, Any]) -> str:
+    """`[embed: title] (url)`, then author, description, `field: value` lines and footer."""
+    title = _text(embed.get("title")).strip()
+    url = _text(embed.get("url"))
+    lines: list[str] = []
+    if title or url:
+        head = f"[embed: {title}]" if title else "[embed]"
+        lines.append(f"{head} ({url})" if url else head)
+    author = embed.get("author")
+    if type(author) is dict and _text(author.get("name")):
+        lines.append(f"by {author['name']}")
+    description = _text(embed.get("description")).strip()
+    if description:
+        lines.append(description)
+    fields = embed.get("fields")
+    if type(fields) is list:
+        for f in fields:
+            if type(f) is dict and (_text(f.get("name")) or _text(f.get("value"))):
+                lines.append(f"{_text(f.get('name'))}: {_text(f.get('value'))}")
+    footer = embed.get("footer")
+    if type(footer) is dict and _text(footer.get("text")):
+        lines.append(footer["text"])
+    if lines and not lines[0].startswith("[embed"):
+        lines.insert(0, "[embed]")
+    return "\n".join(lines)
+
+
+def render_markup(text: str, mentions: Any, state: _State) -> str:
+    """Replace raw Discord markup with what a reader sees: `<@id>` -> `@Name`, `<#id>` ->
+    `#channel`, `<@&id>` -> `@role`, `<:name:id>` -> `:name:`, `<t:unix>` -> UTC time.
+
+    DiscordChatExporter already does this unless run with `--markdown false`; unknown ids
+    stay as they are.
+    """
+    names: dict[str, str] = {}
+    if type(mentions) is list:
+        for user in mentions:
+            if type(user) is dict and type(user.get("id")) is str:
+                name = _text(user.get("nickname")) or _text(user.get("name"))
+                if name:
+                    names[user["id"]] = name
+                _learn_roles(user.get("roles"), state.roles)
+
+    def replace(match: re.Match[str]) -> str:
+        sigil, ident, _, emoji, stamp = match.groups()
+        if emoji is not None:
+            return f":{emoji}:"
+        if stamp is not None:
+            try:
+                return iso_from_micros(int(stamp) * 1_000_000)
+            except (OverflowError, OSError, ValueError):
+                return match.group()
+        if sigil == "#":
+            channel = state.channel_names.get(ident)
+            return f"#{channel}" if channel else match.group()
+        if sigil == "@&":
+            role = state.roles.get(ident)
+            return f"@{role}" if role else match.group()
+        user = names.get(ident) or state.users.get(ident)
+        return f"@{user}" if user else match.group()
+
+    return _MARKUP.sub(replace, text)
+
+
+def _more_metadata(msg: dict[str, Any], kind: Any, extra: dict[str, Any], is_bot: bool) -> None:
+    edited = micros_from_iso(msg.get("timestampEdited"))
+    if edited is not None:
+        extra["edited"] = iso_from_micros(edited)
+    if msg.get("isPinned") is True:
+        extra["pinned"] = True
+    if kind not in ("Default", "Reply"):
+        extra["type"] = kind
+    if is_bot:
+        extra["bot"] = True
+    interaction = msg.get("interaction")
+    if type(interaction) is dict and _text(interaction.get("name")):
+        used: dict[str, Any] = {"name": interaction["name"]}
+        user = interaction.get("user")
+        if type(user) is dict:
+            used["user"] = _text(user.get("nickname")) or _text(user.get("name"))
+        extra["interaction"] = used
+    reactions = msg.get("reactions")
+    if type(reactions) is list and reactions:
+        kept = []
+        for r in reactions:
+            if type(r) is dict and type(r.get("count")) is int:
+                emoji = r.get("emoji")
+                name = _text(emoji.get("name")) if type(emoji) is dict else ""
+                if name:
+                    kept.append({"emoji": name, "count": r["count"]})
+        if kept:
+            extra["reactions"] = kept

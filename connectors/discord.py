@@ -43,12 +43,12 @@ from connectors.group_chat import (
     micros_from_iso,
 )
 from connectors.json_stream import JSONStreamError
-from connectors.nested_json import Enter, Exit, Item, walk
+from connectors.nested_json import Array, Enter, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
-from connectors.row_buffer import RowBuffer
+from connectors.row_buffer import Appenders, RowBuffer
 from pipeline.core.errors import InputError
-from pipeline.core.models import Event, Quarantined, Skipped
+from pipeline.core.models import Event, Quarantined, Skipped, excerpt
 
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
@@ -162,12 +162,16 @@ class _State:
     owners: Owners
     channel_names: dict[str, str]
     rows: RowBuffer = field(default_factory=RowBuffer)
+    add: Appenders = ()
     skipped: Counter[str] = field(default_factory=Counter)
     seen: set[int] = field(default_factory=set)
     conversations: dict[str, Conversations] = field(default_factory=dict)
     users: dict[str, str] = field(default_factory=dict)
     """User id -> display name, from authors and mentions seen so far."""
     roles: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.add = self.rows.appenders()
 
 
 def read(path: Path, options: Options) -> Iterator[Event]:
@@ -209,9 +213,11 @@ def _header(export: ExportFiles, name: str) -> _Channel:
                     if not header.id:
                         header.problem = "not_a_channel_file: no `channel.id` before `messages`"
                         return header
-                elif type(event) is Item or type(event) is Exit:
-                    if type(event) is Item and type(event.value) is dict:
-                        header.first = _snowflake(event.value.get("id")) or 0
+                elif type(event) is Array:
+                    for value in event.values():
+                        if type(value) is dict:
+                            header.first = _snowflake(value.get("id")) or 0
+                        break
                     return header
     except JSONStreamError as exc:
         header.problem = f"malformed_json: {exc} at byte {exc.offset}; file not read"
@@ -273,18 +279,21 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
     conversations = state.conversations.setdefault(
         channel.id, Conversations(_mode(options), options.session_gap_minutes * 60_000_000)
     )
-    index = 0
+    array: Array | None = None
     try:
         with export.open(channel.name) as fh:
             for event in walk(fh, descend=lambda p: p == (), stream=_is_messages):
-                if type(event) is not Item:
+                if type(event) is not Array:
                     continue
-                index = event.index
-                problem = _message(event.value, index, channel, conversations, state, label)
-                if problem is not None:
-                    yield problem
-                if state.rows.full and (table := state.rows.take()) is not None:
-                    yield table
+                array = event
+                full, take = state.rows.__len__, state.rows.take
+                limit = state.rows.rows_per_table
+                for value in event.values():
+                    problem = _message(value, event.index, channel, conversations, state, label)
+                    if problem is not None:
+                        yield problem
+                    if full() >= limit and (table := take()) is not None:
+                        yield table
     except JSONStreamError as exc:
         yield Quarantined(
             label,
@@ -295,7 +304,7 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         yield Quarantined(
             label,
-            f"after message #{index}",
+            f"after message #{array.index if array else 0}",
             f"discord:unreadable_file: {exc}; the rest of this file was not read",
         )
 
@@ -328,7 +337,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             label,
             where,
             f"discord:not_a_message: message is a JSON {kind}, not an object",
-            repr(msg)[:200],
+            excerpt(repr(msg)),
         )
     snowflake = _snowflake(msg.get("id"))
     if snowflake is None:
@@ -336,7 +345,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             label,
             where,
             "discord:no_id: message has no snowflake `id`",
-            orjson.dumps(msg, default=str).decode()[:200],
+            excerpt(repr(msg)),
         )
     skipped = state.skipped
     kind = msg.get("type", "Default")
@@ -427,23 +436,20 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         meta = f'{channel.meta_head}{snowflake}"}}'
     if owners.prefix:
         content = f"{name}: {content}"
-    state.rows.append(
-        (
-            SOURCE,
-            label,
-            where,
-            f"{SOURCE}:{snowflake}",
-            conversation,
-            owner,
-            "assistant" if is_bot else "user",
-            author_id,
-            name,
-            content,
-            micros,
-            snowflake,
-            meta,
-        )
-    )
+    add = state.add
+    add[0](SOURCE)
+    add[1](label)
+    add[2](where)
+    add[3](f"{SOURCE}:{snowflake}")
+    add[4](conversation)
+    add[5](owner)
+    add[6]("assistant" if is_bot else "user")
+    add[7](author_id)
+    add[8](name)
+    add[9](content)
+    add[10](micros)
+    add[11](snowflake)
+    add[12](meta)
     return None
 
 

@@ -207,10 +207,12 @@ class Conversations:
             self._starts.append(order)
             self._keys.append(f"{SESSION_PREFIX}{order}")
         current = self._keys[-1]
-        if reply_to is None or reply_to >= self._starts[-1]:
+        if reply_to is None:
             return current
         parent = self._moved.get(reply_to)
         if parent is None:
+            if reply_to >= self._starts[-1]:
+                return current
             at = bisect.bisect_right(self._starts, reply_to) - 1
             if at < 0:
                 return current  # the parent is older than the export: stay in time order

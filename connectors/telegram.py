@@ -45,12 +45,12 @@ from connectors.group_chat import (
     iso_from_micros,
 )
 from connectors.json_stream import JSONStreamError
-from connectors.nested_json import Enter, Exit, Item, walk
+from connectors.nested_json import Array, Enter, Exit, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
-from connectors.row_buffer import RowBuffer
+from connectors.row_buffer import Appenders, RowBuffer
 from pipeline.core.errors import InputError
-from pipeline.core.models import Event, Quarantined, Skipped
+from pipeline.core.models import Event, Quarantined, Skipped, excerpt
 
 SOURCE = "telegram"
 MAIN_FILE = "result.json"
@@ -128,6 +128,40 @@ CHAT_TYPES = frozenset(
         "saved_messages",
         "replies",
         "verification_codes",
+    ]
+)
+BASE_KEYS = frozenset(
+    ["id", "type", "date", "date_unixtime", "from", "from_id", "text", "text_entities"]
+)
+"""Fields of a plain text message: one without them needs no media or metadata lookups."""
+MEDIA_KEYS = frozenset(
+    [
+        "photo",
+        "file",
+        "media_type",
+        "poll",
+        "contact_information",
+        "place_name",
+        "address",
+        "location_information",
+        "game_title",
+        "invoice_information",
+        "todo_list",
+        "giveaway_information",
+        "giveaway_results",
+        "paid_stars_amount",
+    ]
+)
+EXTRA_KEYS = frozenset(
+    [
+        "reply_to_message_id",
+        "edited",
+        "edited_unixtime",
+        "forwarded_from",
+        "saved_from",
+        "via_bot",
+        "author",
+        "reactions",
     ]
 )
 _MEDIA_KINDS = {
@@ -245,10 +279,14 @@ class _State:
     owners: Owners
     zone: ZoneInfo
     rows: RowBuffer = field(default_factory=RowBuffer)
+    add: Appenders = ()
     skipped: Counter[str] = field(default_factory=Counter)
     conversations: dict[int, Conversations] = field(default_factory=dict)
     seen: dict[int, set[int]] = field(default_factory=dict)
     """Per chat id, across files: a chat exported twice is staged once."""
+
+    def __post_init__(self) -> None:
+        self.add = self.rows.appenders()
 
 
 def _is_chat(path: JsonPath) -> bool:
@@ -273,21 +311,25 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
         return (n == 1 or (n == 4 and _is_chat(path[:3]))) and path[-1] == "messages"
 
     chat: _Chat | None = None
-    index = 0
+    array: Array | None = None
     try:
         with export.open(name) as fh:
             for event in walk(fh, descend=descend, stream=stream):
-                if type(event) is Item:
-                    index = event.index
+                if type(event) is Array:
+                    array = event
                     assert chat is not None
                     if chat.problem is not None:
-                        chat.problem_count += 1
+                        for _ in event.values():
+                            chat.problem_count += 1
                         continue
-                    problem = _message(event.value, event.index, chat, state, label)
-                    if problem is not None:
-                        yield problem
-                    if state.rows.full and (table := state.rows.take()) is not None:
-                        yield table
+                    full, take = state.rows.__len__, state.rows.take
+                    limit = state.rows.rows_per_table
+                    for value in event.values():
+                        problem = _message(value, event.index, chat, state, label)
+                        if problem is not None:
+                            yield problem
+                        if full() >= limit and (table := take()) is not None:
+                            yield table
                 elif type(event) is JsonField:
                     if chat is not None and len(event.path) == len(chat.path) + 1:
                         _chat_field(chat, event.path[-1], event.value)
@@ -318,7 +360,7 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         yield Quarantined(
             label,
-            f"after message #{index}",
+            f"after message #{array.index if array else 0}",
             f"telegram:unreadable_file: {exc}; the rest of this file was not read",
         )
     yield from _flush_skipped(state)
@@ -388,7 +430,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             label,
             f"{chat.where}messages[{index}]",
             f"telegram:not_a_message: message is a JSON {kind}, not an object",
-            repr(msg)[:200],
+            excerpt(repr(msg)),
         )
     mid = msg.get("id")
     if type(mid) is not int:
@@ -396,7 +438,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             label,
             f"{chat.where}messages[{index}]",
             "telegram:no_id: message has no integer `id`",
-            orjson.dumps(msg, default=str).decode()[:200],
+            excerpt(repr(msg)),
         )
     if not chat.wanted:
         skipped["telegram:excluded_chat"] += 1
@@ -451,7 +493,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         content = text
     else:
         content = flatten_text(text if text is not None else msg.get("text_entities"))
-    placeholder = media_placeholder(msg)
+    others = msg.keys() - BASE_KEYS
+    placeholder = None if others.isdisjoint(MEDIA_KEYS) else media_placeholder(msg)
     if placeholder:
         content = f"{placeholder}\n{content}" if content.strip() else placeholder
     if not content or content.isspace():
@@ -472,7 +515,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     reply_to = msg.get("reply_to_message_id")
     if type(reply_to) is not int:
         reply_to = None
-    extra = _extras(msg, chat, reply_to)
+    extra = {} if others.isdisjoint(EXTRA_KEYS) else _extras(msg, chat, reply_to)
     forwarded = extra.get("forwarded_from")
     if forwarded is not None:
         content = f"[forwarded from {forwarded}]\n{content}"
@@ -495,23 +538,20 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         meta = f"{chat.meta_head}{mid}}}"
     if owners.prefix:
         content = f"{author}: {content}"
-    state.rows.append(
-        (
-            SOURCE,
-            label,
-            f"{chat.where}messages[{index}]",
-            f"{chat.id_prefix}{mid}",
-            conversation,
-            owner,
-            "assistant" if is_bot else "user",
-            from_id,
-            author,
-            content,
-            micros,
-            mid,
-            meta,
-        )
-    )
+    add = state.add
+    add[0](SOURCE)
+    add[1](label)
+    add[2](f"{chat.where}messages[{index}]")
+    add[3](f"{chat.id_prefix}{mid}")
+    add[4](conversation)
+    add[5](owner)
+    add[6]("assistant" if is_bot else "user")
+    add[7](from_id)
+    add[8](author)
+    add[9](content)
+    add[10](micros)
+    add[11](mid)
+    add[12](meta)
     return None
 
 

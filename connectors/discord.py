@@ -42,6 +42,7 @@ from connectors.group_chat import (
     iso_from_micros,
     micros_from_iso,
 )
+from connectors.group_chat_jobs import Job, group_units, run_jobs, worker_count
 from connectors.json_stream import JSONStreamError
 from connectors.nested_json import Array, Enter, walk
 from connectors.nested_json import Field as JsonField
@@ -49,6 +50,7 @@ from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
 from pipeline.core.errors import InputError
 from pipeline.core.models import Event, Quarantined, Skipped, excerpt
+from pipeline.core.staging import part_path
 
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
@@ -108,6 +110,8 @@ class Options(GroupChatOptions):
     channels: list[str] = Field(default_factory=list)
     """Only these channels (names, ids, `category/name`, or glob patterns); empty: all."""
     exclude_channels: list[str] = Field(default_factory=list)
+    workers: int | None = Field(default=None, ge=1, le=64)
+    """Worker processes; default: one per CPU core (in-process below 16 MB of files)."""
 
 
 def looks_like(path: Path) -> bool:
@@ -174,8 +178,27 @@ class _State:
         self.add = self.rows.appenders()
 
 
-def read(path: Path, options: Options) -> Iterator[Event]:
-    """Yield the events of every message of every channel file at `path`."""
+WRITES_PARTS = True
+"""`read` takes `parts_dir=` (see connectors/base.py): channels are staged in workers."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every job of one export shares (sent once per job to a worker)."""
+
+    path: Path
+    options: Options
+    owners: Owners
+    channel_names: dict[str, str]
+
+
+def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterator[Event]:
+    """Yield the events of every message of every channel file at `path`.
+
+    Channels (each with all its files) are grouped into jobs; with `parts_dir` and enough
+    data, worker processes stage the jobs into Parquet parts, else they run in-process.
+    Either way the rows are the same: each job keeps its own duplicate and name lookups.
+    """
     owners = Owners.from_options(options, SOURCE)
     with ExportFiles(path, sibling_globs=()) as export:
         headers = [_header(export, name) for name in _json_files(export)]
@@ -187,16 +210,36 @@ def read(path: Path, options: Options) -> Iterator[Event]:
         for bad in headers:
             if bad.problem is not None:
                 yield Quarantined(export.label(bad.name), "file", f"discord:{bad.problem}")
-        state = _State(options, owners, {c.id: c.channel for c in channels if c.channel})
+        units: dict[str, list[_Channel]] = {}
         for channel in sorted(channels, key=lambda c: (c.id, c.first, c.name)):
-            if not _wanted(channel, options):
-                continue
+            if _wanted(channel, options):
+                units.setdefault(channel.id, []).append(channel)
+        sizes = [(unit, sum(export.size(c.name) for c in unit)) for unit in units.values()]
+    context = _Context(path, options, owners, {c.id: c.channel for c in channels if c.channel})
+    workers = worker_count(options.workers, sum(size for _, size in sizes))
+    jobs = [
+        Job(
+            tuple(c for unit in group for c in unit),
+            context,
+            str(part_path(parts_dir, i)) if parts_dir is not None and workers > 1 else None,
+        )
+        for i, group in enumerate(group_units(sizes))
+    ]
+    yield from run_jobs(_job, jobs, min(workers, len(jobs)))
+
+
+def _job(job: Job) -> Iterator[Event]:
+    """Stage the channels of one job (in a worker process or in-process)."""
+    context: _Context = job.context
+    state = _State(context.options, context.owners, context.channel_names)
+    with ExportFiles(context.path, sibling_globs=()) as export:
+        for channel in job.units:
             yield from _read_file(export, channel, state)
-        table = state.rows.take()
-        if table is not None:
-            yield table
-        for reason, count in sorted(state.skipped.items()):
-            yield Skipped(reason, count)
+    table = state.rows.take()
+    if table is not None:
+        yield table
+    for reason, count in sorted(state.skipped.items()):
+        yield Skipped(reason, count)
 
 
 def _header(export: ExportFiles, name: str) -> _Channel:

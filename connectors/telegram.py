@@ -28,6 +28,7 @@ import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -152,6 +153,7 @@ MEDIA_KEYS = frozenset(
         "paid_stars_amount",
     ]
 )
+_NO_KEYS: frozenset[str] = frozenset()
 EXTRA_KEYS = frozenset(
     [
         "reply_to_message_id",
@@ -493,8 +495,9 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         content = text
     else:
         content = flatten_text(text if text is not None else msg.get("text_entities"))
-    others = msg.keys() - BASE_KEYS
-    placeholder = None if others.isdisjoint(MEDIA_KEYS) else media_placeholder(msg)
+    plain = msg.keys() <= BASE_KEYS
+    others: AbstractSet[Any] = _NO_KEYS if plain else msg.keys() - BASE_KEYS
+    placeholder = None if plain or others.isdisjoint(MEDIA_KEYS) else media_placeholder(msg)
     if placeholder:
         content = f"{placeholder}\n{content}" if content.strip() else placeholder
     if not content or content.isspace():
@@ -512,16 +515,19 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     else:
         micros = _local_micros(msg.get("date"), state.zone)
 
-    reply_to = msg.get("reply_to_message_id")
+    reply_to = None if plain else msg.get("reply_to_message_id")
     if type(reply_to) is not int:
         reply_to = None
-    extra = {} if others.isdisjoint(EXTRA_KEYS) else _extras(msg, chat, reply_to)
-    forwarded = extra.get("forwarded_from")
-    if forwarded is not None:
-        content = f"[forwarded from {forwarded}]\n{content}"
-    via = extra.get("via_bot")
-    if via is not None:
-        content = f"[via {via}] {content}"
+    if plain or others.isdisjoint(EXTRA_KEYS):
+        extra: dict[str, Any] = {}
+    else:
+        extra = _extras(msg, chat, reply_to)
+        forwarded = extra.get("forwarded_from")
+        if forwarded is not None:
+            content = f"[forwarded from {forwarded}]\n{content}"
+        via = extra.get("via_bot")
+        if via is not None:
+            content = f"[via {via}] {content}"
     if placeholder:
         extra["media"] = placeholder
     if is_bot:

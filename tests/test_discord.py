@@ -316,6 +316,27 @@ def test_config_errors_are_clear(options: dict[str, Any], match: str) -> None:
         extract_source(source, Path("/nonexistent-workdir"))
 
 
+def test_worker_processes_give_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.group_chat_jobs as jobs
+
+    monkeypatch.setattr(jobs, "JOB_BYTES", 1)  # one job per channel: four parts
+    stats, parallel = sample_rows(tmp_path / "p", workers=2)
+    parts = sorted(p.name for p in (tmp_path / "p" / "w" / "staging" / "discord").iterdir())
+    assert len([p for p in parts if p.endswith(".parquet")]) >= 3
+    _, serial = sample_rows(tmp_path / "s", workers=1)
+    assert stats.staged == 16
+
+    def key(r: dict[str, Any]) -> str:
+        return str(r["message_id"])
+
+    drop = ("source_file",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in sorted(parallel, key=key)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in sorted(serial, key=key)
+    ]
+
+
 def test_cli_extract_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main,

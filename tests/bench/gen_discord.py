@@ -41,8 +41,10 @@ def _user(i: int, bot: bool = False) -> dict[str, Any]:
     }
 
 
-def _message(rng: random.Random, ms: int, seq: int, users: list[Any], prev: list[str]) -> Any:
-    snowflake = str(((ms - EPOCH_MS) << 22) + seq % 4096)
+def _message(
+    rng: random.Random, ms: int, seq: int, users: list[Any], prev: list[str], c: int
+) -> Any:
+    snowflake = str(((ms - EPOCH_MS) << 22) + ((c % 1024) << 12) + seq % 4096)
     author = rng.choice(users)
     roll = rng.random()
     kind = "Default"
@@ -150,7 +152,7 @@ def _channel(fh: IO[bytes], rng: random.Random, c: int, count: int, users: list[
     batch: list[bytes] = []
     for i in range(count):
         ms += rng.choice((2_000, 30_000, 60_000, 300_000, 7_200_000))
-        body = orjson.dumps(_message(rng, ms, i, users, prev), option=orjson.OPT_INDENT_2)
+        body = orjson.dumps(_message(rng, ms, i, users, prev, c), option=orjson.OPT_INDENT_2)
         batch.append(
             b"    " + body.replace(b"\n", b"\n    ") + (b",\n" if i < count - 1 else b"\n")
         )

@@ -336,3 +336,23 @@ def _parse_separated(
             except orjson.JSONDecodeError:
                 break
     return _parse_element(buf, pos, index)
+
+
+def array_at(fh: IO[bytes], offset: int, path: Path = (), chunk: int = CHUNK_BYTES) -> Array:
+    """The array whose `[` is at byte `offset` of the seekable `fh`, to stream by itself.
+
+    For readers that found an array's start without walking the document (e.g. a worker
+    handed one chat of a large file). Reading stops at the array's closing `]`; what
+    follows is not looked at. Raises `JSONStreamError` when no `[` is at `offset`.
+    """
+    walker = _Walker(fh, _never, _never, chunk)
+    fh.seek(offset)
+    walker.buf.base = offset
+    walker.buf.more(0)
+    if not walker.buf.data.startswith(b"["):
+        raise JSONStreamError("no JSON array starts here", index=0, offset=offset)
+    return Array(path, walker, 0)
+
+
+def _never(path: Path) -> bool:
+    return False

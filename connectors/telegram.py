@@ -23,6 +23,8 @@ Contract (every rule, option and reason: docs/telegram.md):
 from __future__ import annotations
 
 import fnmatch
+import io
+import mmap
 import re
 import zipfile
 import zlib
@@ -45,13 +47,15 @@ from connectors.group_chat import (
     Owners,
     iso_from_micros,
 )
+from connectors.group_chat_jobs import Job, group_units, run_jobs, worker_count
 from connectors.json_stream import JSONStreamError
-from connectors.nested_json import Array, Enter, Exit, walk
+from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
 from pipeline.core.errors import InputError
 from pipeline.core.models import Event, Quarantined, Skipped, excerpt
+from pipeline.core.staging import part_path
 
 SOURCE = "telegram"
 MAIN_FILE = "result.json"
@@ -189,6 +193,8 @@ class Options(GroupChatOptions):
     exclude_chats: list[str] = Field(default_factory=list)
     include_left_chats: bool = True
     """Also read `left_chats` (chats and channels the account has left)."""
+    workers: int | None = Field(default=None, ge=1, le=64)
+    """Worker processes for a large `result.json`; default: one per CPU core."""
 
     @field_validator("timezone")
     @classmethod
@@ -237,8 +243,20 @@ def _main_files(export: ExportFiles) -> list[str]:
     return sorted(found, key=lambda n: (n.count("/"), n))
 
 
-def read(path: Path, options: Options) -> Iterator[Event]:
-    """Yield the events of every message of every chat in the export at `path`."""
+WRITES_PARTS = True
+"""`read` takes `parts_dir=` (see connectors/base.py): chats of a large file are staged in
+worker processes."""
+SPLIT_MIN_BYTES = 16 << 20
+"""A `result.json` this large (and not inside a ZIP) is split by chat across workers."""
+
+
+def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterator[Event]:
+    """Yield the events of every message of every chat in the export at `path`.
+
+    With `parts_dir` and more than one worker, a large plain `result.json` of a full
+    export is cut at its chats (found by `chat_spans`) and worker processes stage groups
+    of chats into Parquet parts; everything else is read here, streamed.
+    """
     owners = Owners.from_options(options, SOURCE)
     with ExportFiles(path) as export:
         names = _main_files(export)
@@ -247,12 +265,170 @@ def read(path: Path, options: Options) -> Iterator[Event]:
                 f"{path}: not a Telegram Desktop export (no result.json found); export "
                 "with format 'Machine-readable JSON'"
             )
+        total = sum(export.size(n) for n in names)
+        workers = worker_count(options.workers, total) if parts_dir is not None else 1
         state = _State(options, owners, ZoneInfo(options.timezone))
+        spans: list[tuple[ChatSpan, int]] = []
         for name in names:
+            found = None
+            if workers > 1 and not export.zipped and export.size(name) >= SPLIT_MIN_BYTES:
+                found = chat_spans(export, name, options.include_left_chats)
+            if found:
+                spans.extend(found)
+                continue
             yield from _read_file(export, name, state)
         table = state.rows.take()
         if table is not None:
             yield table
+        yield from _flush_skipped(state)
+    if not spans:
+        return
+    context = _Context(path, options, owners)
+    assert parts_dir is not None
+    jobs = [
+        Job(tuple(group), context, str(part_path(parts_dir, i)))
+        for i, group in enumerate(group_units(spans))
+    ]
+    yield from run_jobs(_span_job, jobs, min(workers, len(jobs)))
+
+
+@dataclass(frozen=True)
+class ChatSpan:
+    """Where one chat of a full export's `result.json` has its messages."""
+
+    file: str
+    list_name: str
+    index: int
+    name: Any
+    type: Any
+    id: Any
+    offset: int
+    """Byte offset of the `[` of the chat's `messages`."""
+
+
+_CHAT_HEAD = re.compile(
+    rb'[\[,]\s*\{\s*(?:"name":\s*(?:"(?:[^"\\]|\\.)*"|null),\s*)?"type":\s*"[a-z_]*",'
+    rb'\s*"id":\s*-?[0-9]+,\s*"messages":\s*\['
+)
+_LEFT_CHATS = re.compile(rb'"left_chats":\s*\{')
+
+
+def chat_spans(
+    export: ExportFiles, name: str, include_left: bool = True
+) -> list[tuple[ChatSpan, int]]:
+    """The chats of a full export's `result.json`, each with its size in bytes, found by
+    a byte scan for the chat header Telegram Desktop writes (`{"name": ..., "type": ...,
+    "id": ..., "messages": [`) — the exact bytes cannot occur inside a JSON string, whose
+    quotes are escaped. Empty when the file is not laid out that way (then it is read
+    whole, walking it)."""
+    with export.open(name) as fh:
+        try:
+            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return []
+        try:
+            left = _LEFT_CHATS.search(view)
+            left_at = left.start() if left is not None else len(view)
+            found: list[ChatSpan] = []
+            counts = {"chats": 0, "left_chats": 0}
+            for match in _chat_heads(view):
+                head = match.group()
+                start = head.index(b"{")
+                try:
+                    header = orjson.loads(head[start:] + b"]}")
+                except orjson.JSONDecodeError:
+                    return []
+                list_name = "chats" if match.start() < left_at else "left_chats"
+                index = counts[list_name]
+                counts[list_name] += 1
+                if list_name == "left_chats" and not include_left:
+                    continue
+                found.append(
+                    ChatSpan(
+                        name,
+                        list_name,
+                        index,
+                        header.get("name"),
+                        header.get("type"),
+                        header.get("id"),
+                        match.end() - 1,
+                    )
+                )
+            ends = [span.offset for span in found[1:]] + [len(view)]
+        finally:
+            view.close()
+    if len(found) < 2:
+        return []
+    return [(span, end - span.offset) for span, end in zip(found, ends, strict=True)]
+
+
+HEAD_WINDOW = 4096
+"""How far before a `"messages"` key its chat's header (name, type, id) may start."""
+
+
+def _chat_heads(view: mmap.mmap) -> Iterator[re.Match[bytes]]:
+    """Matches of `_CHAT_HEAD`, found from each `"messages"` key (a fast byte search)."""
+    pos = 0
+    while (hit := view.find(b'"messages"', pos)) >= 0:
+        pos = hit + 10
+        for match in _CHAT_HEAD.finditer(view, max(0, hit - HEAD_WINDOW), hit + 64):
+            if match.end() > hit:
+                yield match
+                break
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every job of one export shares (sent once per job to a worker)."""
+
+    path: Path
+    options: Options
+    owners: Owners
+
+
+def _span_job(job: Job) -> Iterator[Event]:
+    """Stage the chats of one job (in a worker process): each chat's messages array is
+    streamed from its offset; a damaged chat loses only its own remaining messages."""
+    context: _Context = job.context
+    state = _State(context.options, context.owners, ZoneInfo(context.options.timezone))
+    with ExportFiles(context.path) as export:
+        for span in job.units:
+            label = export.label(span.file)
+            chat = _Chat(
+                (span.list_name, "list", span.index), f"{span.list_name}.list[{span.index}]."
+            )
+            for key in ("name", "type", "id"):
+                _chat_field(chat, key, getattr(span, key))
+            _start_messages(chat, state)
+            if chat.problem is not None:
+                yield Quarantined(label, f"{chat.where}messages", f"telegram:{chat.problem}")
+                continue
+            array: Array | None = None
+            try:
+                with export.open(span.file) as fh:
+                    array = array_at(fh, span.offset)
+                    for value in array.values():
+                        problem = _message(value, array.index, chat, state, label)
+                        if problem is not None:
+                            yield problem
+                        if state.rows.full and (table := state.rows.take()) is not None:
+                            yield table
+            except JSONStreamError as exc:
+                yield Quarantined(
+                    label,
+                    f"byte {exc.offset} ({chat.where}messages[{array.index if array else 0}])",
+                    f"telegram:malformed_json: {exc}; the rest of this chat was not read",
+                )
+            except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                yield Quarantined(
+                    label,
+                    f"{chat.where}messages[{array.index if array else 0}]",
+                    f"telegram:unreadable_file: {exc}; the rest of this chat was not read",
+                )
+    table = state.rows.take()
+    if table is not None:
+        yield table
+    yield from _flush_skipped(state)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from connectors.base import get_connector, known_sources
+from connectors.export_files import ExportFiles as ExportFilesFor
 from connectors.telegram import Options, flatten_text, looks_like, read
 from pipeline.cli import main
 from pipeline.core.config import SourceConfig
@@ -383,6 +384,37 @@ def test_same_chat_twice_is_staged_once(tmp_path: Path) -> None:
         zf.writestr("new/result.json", data)
     stats, rows = extract(target, tmp_path / "w")
     assert len(rows) == 5 and stats.skipped == {"telegram:duplicate": 5}
+
+
+def test_worker_processes_split_a_large_file_by_chat_with_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import connectors.group_chat_jobs as jobs
+    import connectors.telegram as telegram
+
+    monkeypatch.setattr(telegram, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(jobs, "JOB_BYTES", 1)  # one job per chat
+    with ExportFilesFor(SAMPLE) as export:
+        spans = telegram.chat_spans(export, "result.json")
+    assert [(s.list_name, s.index, s.id) for s, _ in spans] == [
+        ("chats", 0, 1002),
+        ("chats", 1, 2200),
+        ("chats", 2, 2300),
+        ("chats", 3, 5005),
+        ("chats", 4, 7007),
+        ("chats", 5, 1001),
+        ("left_chats", 0, 8008),
+    ]
+    stats, parallel = extract(SAMPLE, tmp_path / "p", workers=2)
+    parts = list((tmp_path / "p" / "staging" / "telegram").glob("*.parquet"))
+    assert len(parts) >= 6
+    _, serial = extract(SAMPLE, tmp_path / "s", workers=1)
+    assert stats.staged == 33
+
+    def key(r: dict[str, Any]) -> str:
+        return str(r["message_id"])
+
+    assert sorted(parallel, key=key) == sorted(serial, key=key)
 
 
 def test_flatten_text_entity_kinds() -> None:

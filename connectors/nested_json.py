@@ -163,13 +163,14 @@ class _Walker:
 
     def number(self, pos: int) -> tuple[Any, int]:
         buf = self.buf
+        pos = self.ensure(pos, 512)  # a number cut by the window's end would mis-match
         while True:
             match = _NUMBER.match(buf.data, pos)
-            if match is not None and (match.end() < len(buf.data) or buf.eof):
-                return orjson.loads(match.group()), match.end()
-            if match is None and (buf.eof or pos < len(buf.data)):
+            if match is None:
                 found = bytes(buf.data[pos : pos + 1]).decode("latin-1")
                 raise self.error(f"unexpected {found!r} where a JSON value was expected", pos)
+            if match.end() < len(buf.data) or buf.eof:
+                return orjson.loads(match.group()), match.end()
             pos -= buf.more(pos)
 
     def after(self, pos: int, close: int, what: str) -> tuple[bool, int]:

@@ -23,8 +23,6 @@ Contract (every rule, option and reason: docs/telegram.md):
 from __future__ import annotations
 
 import fnmatch
-import io
-import mmap
 import re
 import zipfile
 import zlib
@@ -53,6 +51,8 @@ from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
+from connectors.telegram_split import ChatSpan, chat_spans
+from connectors.telegram_text import flatten_text, media_placeholder
 from pipeline.core.errors import InputError
 from pipeline.core.models import Event, Quarantined, Skipped, excerpt
 from pipeline.core.staging import part_path
@@ -170,14 +170,6 @@ EXTRA_KEYS = frozenset(
         "reactions",
     ]
 )
-_MEDIA_KINDS = {
-    "sticker": "sticker",
-    "voice_message": "voice message",
-    "video_message": "video message",
-    "animation": "animation",
-    "video_file": "video",
-    "audio_file": "audio",
-}
 
 
 class Options(GroupChatOptions):
@@ -290,91 +282,6 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         for i, group in enumerate(group_units(spans))
     ]
     yield from run_jobs(_span_job, jobs, min(workers, len(jobs)))
-
-
-@dataclass(frozen=True)
-class ChatSpan:
-    """Where one chat of a full export's `result.json` has its messages."""
-
-    file: str
-    list_name: str
-    index: int
-    name: Any
-    type: Any
-    id: Any
-    offset: int
-    """Byte offset of the `[` of the chat's `messages`."""
-
-
-_CHAT_HEAD = re.compile(
-    rb'[\[,]\s*\{\s*(?:"name":\s*(?:"(?:[^"\\]|\\.)*"|null),\s*)?"type":\s*"[a-z_]*",'
-    rb'\s*"id":\s*-?[0-9]+,\s*"messages":\s*\['
-)
-_LEFT_CHATS = re.compile(rb'"left_chats":\s*\{')
-
-
-def chat_spans(
-    export: ExportFiles, name: str, include_left: bool = True
-) -> list[tuple[ChatSpan, int]]:
-    """The chats of a full export's `result.json`, each with its size in bytes, found by
-    a byte scan for the chat header Telegram Desktop writes (`{"name": ..., "type": ...,
-    "id": ..., "messages": [`) — the exact bytes cannot occur inside a JSON string, whose
-    quotes are escaped. Empty when the file is not laid out that way (then it is read
-    whole, walking it)."""
-    with export.open(name) as fh:
-        try:
-            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, io.UnsupportedOperation):
-            return []
-        try:
-            left = _LEFT_CHATS.search(view)
-            left_at = left.start() if left is not None else len(view)
-            found: list[ChatSpan] = []
-            counts = {"chats": 0, "left_chats": 0}
-            for match in _chat_heads(view):
-                head = match.group()
-                start = head.index(b"{")
-                try:
-                    header = orjson.loads(head[start:] + b"]}")
-                except orjson.JSONDecodeError:
-                    return []
-                list_name = "chats" if match.start() < left_at else "left_chats"
-                index = counts[list_name]
-                counts[list_name] += 1
-                if list_name == "left_chats" and not include_left:
-                    continue
-                found.append(
-                    ChatSpan(
-                        name,
-                        list_name,
-                        index,
-                        header.get("name"),
-                        header.get("type"),
-                        header.get("id"),
-                        match.end() - 1,
-                    )
-                )
-            ends = [span.offset for span in found[1:]] + [len(view)]
-        finally:
-            view.close()
-    if len(found) < 2:
-        return []
-    return [(span, end - span.offset) for span, end in zip(found, ends, strict=True)]
-
-
-HEAD_WINDOW = 4096
-"""How far before a `"messages"` key its chat's header (name, type, id) may start."""
-
-
-def _chat_heads(view: mmap.mmap) -> Iterator[re.Match[bytes]]:
-    """Matches of `_CHAT_HEAD`, found from each `"messages"` key (a fast byte search)."""
-    pos = 0
-    while (hit := view.find(b'"messages"', pos)) >= 0:
-        pos = hit + 10
-        for match in _CHAT_HEAD.finditer(view, max(0, hit - HEAD_WINDOW), hit + 64):
-            if match.end() > hit:
-                yield match
-                break
 
 
 @dataclass(frozen=True)
@@ -785,99 +692,3 @@ def _extras(msg: dict[str, Any], chat: _Chat, reply_to: int | None) -> dict[str,
         if kept:
             extra["reactions"] = kept
     return extra
-
-
-def flatten_text(text: Any) -> str:
-    """The text a reader sees, from Telegram's string-or-array-of-entities `text`.
-
-    Links keep their target (`label (url)` when they differ), `code` and `pre` keep their
-    backticks (with the language of a code block), custom emoji become their fallback
-    emoji; every other entity (mentions, hashtags, bold, spoiler, ...) is its text.
-    """
-    if type(text) is str:
-        return text
-    if type(text) is not list:
-        return ""
-    out: list[str] = []
-    for part in text:
-        if type(part) is str:
-            out.append(part)
-            continue
-        if type(part) is not dict:
-            continue
-        value = part.get("text")
-        if type(value) is not str:
-            continue
-        kind = part.get("type")
-        if kind == "text_link":
-            href = part.get("href")
-            if type(href) is str and href and href != value:
-                value = f"{value} ({href})" if value else href
-        elif kind == "code" and value:
-            value = f"`{value}`"
-        elif kind == "pre":
-            language = part.get("language")
-            lang = language if type(language) is str else ""
-            value = f"```{lang}\n{value}\n```"
-        out.append(value)
-    return "".join(out)
-
-
-def _file_label(value: Any) -> str | None:
-    """The file name of an exported media path; None when the file was not exported."""
-    if type(value) is not str or not value or value.startswith("("):
-        return None
-    return value.rsplit("/", 1)[-1]
-
-
-def media_placeholder(msg: dict[str, Any]) -> str | None:  # noqa: C901 (one case per media)
-    """`[photo: name.jpg]`, `[voice message: x.ogg]`, `[poll: question] a / b`, ... or None."""
-    if "photo" in msg:
-        name = _file_label(msg.get("photo"))
-        return f"[photo: {name}]" if name else "[photo]"
-    media_type = msg.get("media_type")
-    if "file" in msg or isinstance(media_type, str):
-        if media_type == "sticker":
-            emoji = msg.get("sticker_emoji")
-            return f"[sticker {emoji}]" if isinstance(emoji, str) and emoji else "[sticker]"
-        kind = _MEDIA_KINDS.get(media_type, "file") if isinstance(media_type, str) else "file"
-        name = msg.get("file_name")
-        if not isinstance(name, str) or not name:
-            name = _file_label(msg.get("file"))
-        return f"[{kind}: {name}]" if name else f"[{kind}]"
-    poll = msg.get("poll")
-    if isinstance(poll, dict):
-        question = poll.get("question")
-        answers = poll.get("answers")
-        options = [
-            a["text"]
-            for a in (answers if isinstance(answers, list) else [])
-            if isinstance(a, dict) and isinstance(a.get("text"), str)
-        ]
-        head = f"[poll: {question}]" if isinstance(question, str) else "[poll]"
-        return f"{head} {' / '.join(options)}" if options else head
-    contact = msg.get("contact_information")
-    if isinstance(contact, dict):
-        names = [contact.get(k) for k in ("first_name", "last_name")]
-        who = " ".join(n for n in names if isinstance(n, str) and n)
-        return f"[contact: {who}]" if who else "[contact]"
-    if isinstance(msg.get("place_name"), str) or isinstance(msg.get("address"), str):
-        parts = [msg.get(k) for k in ("place_name", "address")]
-        return "[venue: " + ", ".join(p for p in parts if isinstance(p, str) and p) + "]"
-    if "location_information" in msg:
-        return "[location]"
-    if isinstance(msg.get("game_title"), str):
-        return f"[game: {msg['game_title']}]"
-    invoice = msg.get("invoice_information")
-    if isinstance(invoice, dict):
-        title = invoice.get("title")
-        return f"[invoice: {title}]" if isinstance(title, str) and title else "[invoice]"
-    todo = msg.get("todo_list")
-    if isinstance(todo, dict):
-        title = flatten_text(todo.get("title"))
-        return f"[todo list: {title}]" if title else "[todo list]"
-    if "giveaway_information" in msg or "giveaway_results" in msg:
-        return "[giveaway]"
-    if "paid_stars_amount" in msg:
-        return "[paid media]"
-    return None

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
+from connectors.discord_text import Names, attachment_lines, learn_roles, render_markup
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
     Conversations,
@@ -97,7 +98,6 @@ SYSTEM_TYPES = frozenset(
 """System notifications (DiscordChatExporter writes their fallback text as `content`)."""
 _KEPT_NUMBERS = frozenset({"0", "19", "20", "23"})
 THREAD_KINDS = frozenset({"GuildNewsThread", "GuildPublicThread", "GuildPrivateThread"})
-_MARKUP = re.compile(r"<(@[!&]?|#)(\d+)>|<(a?):(\w+):\d+>|<t:(-?\d{1,12})(?::[tTdDfFR])?>")
 
 
 class Options(GroupChatOptions):
@@ -170,12 +170,11 @@ class _State:
     skipped: Counter[str] = field(default_factory=Counter)
     seen: set[int] = field(default_factory=set)
     conversations: dict[str, Conversations] = field(default_factory=dict)
-    users: dict[str, str] = field(default_factory=dict)
-    """User id -> display name, from authors and mentions seen so far."""
-    roles: dict[str, str] = field(default_factory=dict)
+    names: Names = field(default_factory=Names)
 
     def __post_init__(self) -> None:
         self.add = self.rows.appenders()
+        self.names.channels = self.channel_names
 
 
 WRITES_PARTS = True
@@ -418,8 +417,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         name = _text(author.get("nickname")) or handle or author_id or "Unknown"
         is_bot = author.get("isBot") is True
         if author_id is not None:
-            state.users[author_id] = name
-        _learn_roles(author.get("roles"), state.roles)
+            state.names.users[author_id] = name
+        learn_roles(author.get("roles"), state.names.roles)
     owners = state.owners
     if owners.per_author:
         if is_bot:
@@ -440,16 +439,16 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     text = msg.get("content")
     content = text if type(text) is str else ""
     if "<" in content:
-        content = render_markup(content, msg.get("mentions"), state)
+        content = render_markup(content, msg.get("mentions"), state.names)
     parts = [content] if content.strip() else []
-    parts.extend(_attachment_lines(msg, extra))
+    parts.extend(attachment_lines(msg, extra))
     forwarded = msg.get("forwardedMessage")
     if type(forwarded) is dict:
         inner = _text(forwarded.get("content"))
         if "<" in inner:
-            inner = render_markup(inner, None, state)
+            inner = render_markup(inner, None, state.names)
         lines = [inner] if inner.strip() else []
-        lines.extend(_attachment_lines(forwarded, {}))
+        lines.extend(attachment_lines(forwarded, {}))
         if lines:
             parts.append("[forwarded message]\n" + "\n".join(lines))
             extra["forwarded"] = True
@@ -494,108 +493,6 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     add[11](snowflake)
     add[12](meta)
     return None
-
-
-def _learn_roles(roles: Any, known: dict[str, str]) -> None:
-    if type(roles) is list:
-        for role in roles:
-            if type(role) is dict:
-                rid, rname = role.get("id"), role.get("name")
-                if type(rid) is str and type(rname) is str and rname:
-                    known[rid] = rname
-
-
-def _attachment_lines(msg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
-    """Text for attachments, stickers and embeds (metadata lists their names)."""
-    lines: list[str] = []
-    attachments = msg.get("attachments")
-    if type(attachments) is list and attachments:
-        names = [_text(a.get("fileName")) or "file" for a in attachments if type(a) is dict]
-        lines.extend(f"[attachment: {n}]" for n in names)
-        if names:
-            extra["attachments"] = names
-    stickers = msg.get("stickers")
-    if type(stickers) is list and stickers:
-        names = [_text(s.get("name")) or "sticker" for s in stickers if type(s) is dict]
-        lines.extend(f"[sticker: {n}]" for n in names)
-        if names:
-            extra["stickers"] = names
-    embeds = msg.get("embeds")
-    if type(embeds) is list and embeds:
-        count = 0
-        for embed in embeds:
-            if type(embed) is dict:
-                text = embed_text(embed)
-                if text:
-                    lines.append(text)
-                    count += 1
-        if count:
-            extra["embeds"] = count
-    return lines
-
-
-def embed_text(embed: dict[str, Any]) -> str:
-    """`[embed: title] (url)`, then author, description, `field: value` lines and footer."""
-    title = _text(embed.get("title")).strip()
-    url = _text(embed.get("url"))
-    lines: list[str] = []
-    if title or url:
-        head = f"[embed: {title}]" if title else "[embed]"
-        lines.append(f"{head} ({url})" if url else head)
-    author = embed.get("author")
-    if type(author) is dict and _text(author.get("name")):
-        lines.append(f"by {author['name']}")
-    description = _text(embed.get("description")).strip()
-    if description:
-        lines.append(description)
-    fields = embed.get("fields")
-    if type(fields) is list:
-        for f in fields:
-            if type(f) is dict and (_text(f.get("name")) or _text(f.get("value"))):
-                lines.append(f"{_text(f.get('name'))}: {_text(f.get('value'))}")
-    footer = embed.get("footer")
-    if type(footer) is dict and _text(footer.get("text")):
-        lines.append(footer["text"])
-    if lines and not lines[0].startswith("[embed"):
-        lines.insert(0, "[embed]")
-    return "\n".join(lines)
-
-
-def render_markup(text: str, mentions: Any, state: _State) -> str:
-    """Replace raw Discord markup with what a reader sees: `<@id>` -> `@Name`, `<#id>` ->
-    `#channel`, `<@&id>` -> `@role`, `<:name:id>` -> `:name:`, `<t:unix>` -> UTC time.
-
-    DiscordChatExporter already does this unless run with `--markdown false`; unknown ids
-    stay as they are.
-    """
-    names: dict[str, str] = {}
-    if type(mentions) is list:
-        for user in mentions:
-            if type(user) is dict and type(user.get("id")) is str:
-                name = _text(user.get("nickname")) or _text(user.get("name"))
-                if name:
-                    names[user["id"]] = name
-                _learn_roles(user.get("roles"), state.roles)
-
-    def replace(match: re.Match[str]) -> str:
-        sigil, ident, _, emoji, stamp = match.groups()
-        if emoji is not None:
-            return f":{emoji}:"
-        if stamp is not None:
-            try:
-                return iso_from_micros(int(stamp) * 1_000_000)
-            except (OverflowError, OSError, ValueError):
-                return match.group()
-        if sigil == "#":
-            channel = state.channel_names.get(ident)
-            return f"#{channel}" if channel else match.group()
-        if sigil == "@&":
-            role = state.roles.get(ident)
-            return f"@{role}" if role else match.group()
-        user = names.get(ident) or state.users.get(ident)
-        return f"@{user}" if user else match.group()
-
-    return _MARKUP.sub(replace, text)
 
 
 def _more_metadata(msg: dict[str, Any], kind: Any, extra: dict[str, Any], is_bot: bool) -> None:

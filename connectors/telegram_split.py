@@ -47,7 +47,7 @@ def chat_spans(
     with export.open(name) as fh:
         try:
             view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, io.UnsupportedOperation):
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
             return []
         try:
             left = _LEFT_CHATS.search(view)

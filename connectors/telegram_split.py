@@ -3,12 +3,9 @@ work by chat across worker processes (see `connectors.telegram.read`)."""
 
 from __future__ import annotations
 
-import io
-import mmap
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -42,59 +39,73 @@ def chat_spans(
     """The chats of a full export's `result.json`, each with its size in bytes, found by
     a byte scan for the chat header Telegram Desktop writes (`{"name": ..., "type": ...,
     "id": ..., "messages": [`) — the exact bytes cannot occur inside a JSON string, whose
-    quotes are escaped. Empty when the file is not laid out that way (then it is read
-    whole, walking it)."""
+    quotes are escaped. The file is read in chunks (a memory map would count the whole
+    file as resident memory). Empty when the file is not laid out that way, or has fewer
+    than two chats: then it is read whole, walking it."""
     with export.open(name) as fh:
+        heads, left_at, size = _scan(fh)
+    found: list[ChatSpan] = []
+    counts = {"chats": 0, "left_chats": 0}
+    for start, end, head in heads:
         try:
-            view = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            header = orjson.loads(head[head.index(b"{") :] + b"]}")
+        except orjson.JSONDecodeError:
             return []
-        try:
-            left = _LEFT_CHATS.search(view)
-            left_at = left.start() if left is not None else len(view)
-            found: list[ChatSpan] = []
-            counts = {"chats": 0, "left_chats": 0}
-            for match in _chat_heads(view):
-                head = match.group()
-                start = head.index(b"{")
-                try:
-                    header = orjson.loads(head[start:] + b"]}")
-                except orjson.JSONDecodeError:
-                    return []
-                list_name = "chats" if match.start() < left_at else "left_chats"
-                index = counts[list_name]
-                counts[list_name] += 1
-                if list_name == "left_chats" and not include_left:
-                    continue
-                found.append(
-                    ChatSpan(
-                        name,
-                        list_name,
-                        index,
-                        header.get("name"),
-                        header.get("type"),
-                        header.get("id"),
-                        match.end() - 1,
-                    )
-                )
-            ends = [span.offset for span in found[1:]] + [len(view)]
-        finally:
-            view.close()
+        list_name = "chats" if left_at is None or start < left_at else "left_chats"
+        index = counts[list_name]
+        counts[list_name] += 1
+        if list_name == "left_chats" and not include_left:
+            continue
+        found.append(
+            ChatSpan(
+                name,
+                list_name,
+                index,
+                header.get("name"),
+                header.get("type"),
+                header.get("id"),
+                end - 1,
+            )
+        )
     if len(found) < 2:
         return []
+    ends = [span.offset for span in found[1:]] + [size]
     return [(span, end - span.offset) for span, end in zip(found, ends, strict=True)]
 
 
 HEAD_WINDOW = 4096
 """How far before a `"messages"` key its chat's header (name, type, id) may start."""
+SCAN_CHUNK = 8 << 20
+_KEY = b'"messages"'
 
 
-def _chat_heads(view: mmap.mmap) -> Iterator[re.Match[bytes]]:
-    """Matches of `_CHAT_HEAD`, found from each `"messages"` key (a fast byte search)."""
-    pos = 0
-    while (hit := view.find(b'"messages"', pos)) >= 0:
-        pos = hit + 10
-        for match in _CHAT_HEAD.finditer(view, max(0, hit - HEAD_WINDOW), hit + 64):
-            if match.end() > hit:
-                yield match
-                break
+def _scan(fh: IO[bytes]) -> tuple[list[tuple[int, int, bytes]], int | None, int]:
+    """(start, end, bytes) of each chat header, the offset of `"left_chats"`, file size.
+
+    Each `"messages"` key (a fast byte search) is checked against `_CHAT_HEAD` in the
+    `HEAD_WINDOW` bytes before it; a chunk keeps that much of the previous one.
+    """
+    heads: list[tuple[int, int, bytes]] = []
+    left_at: int | None = None
+    data, base, searched = b"", 0, 0
+    while True:
+        block = fh.read(SCAN_CHUNK)
+        data += block
+        if left_at is None and (left := _LEFT_CHATS.search(data)) is not None:
+            left_at = base + left.start()
+        pos = searched - base
+        while (hit := data.find(_KEY, pos)) >= 0:
+            if block and hit + 64 > len(data):
+                break  # the header's end may be in the next chunk
+            pos = hit + len(_KEY)
+            for match in _CHAT_HEAD.finditer(data, max(0, hit - HEAD_WINDOW), hit + 64):
+                if match.end() > hit:
+                    heads.append((base + match.start(), base + match.end(), match.group()))
+                    break
+        else:
+            pos = max(pos, len(data) - len(_KEY))
+        if not block:
+            return heads, left_at, base + len(data)
+        searched = base + min(pos, len(data))
+        cut = max(0, min(len(data) - HEAD_WINDOW - 64, searched - base - HEAD_WINDOW))
+        data, base = data[cut:], base + cut

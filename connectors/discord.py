@@ -55,6 +55,8 @@ from pipeline.core.staging import part_path
 
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
+LOOK_FILES = 3
+"""`looks_like` reads the head of at most this many JSON files."""
 
 KEPT_TYPES = frozenset({"Default", "Reply", "ChatInputCommand", "ContextMenuCommand"})
 """Message types staged as messages (with numeric forms 0, 19, 20, 23)."""
@@ -118,14 +120,13 @@ def looks_like(path: Path) -> bool:
     """True when `path` looks like DiscordChatExporter JSON (reads at most ~64 KB)."""
     try:
         with ExportFiles(path, sibling_globs=()) as export:
-            names = _json_files(export)
-            if not names:
-                return False
-            with export.open(names[0]) as fh:
-                head = fh.read(HEAD_BYTES)
+            for name in _json_files(export)[:LOOK_FILES]:
+                with export.open(name) as fh:
+                    if is_discord_head(fh.read(HEAD_BYTES)):
+                        return True
     except (InputError, OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError):
         return False
-    return is_discord_head(head)
+    return False
 
 
 _HEAD = re.compile(rb'^\{\s*"guild"\s*:\s*\{')

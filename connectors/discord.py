@@ -56,7 +56,7 @@ from pipeline.core.staging import part_path
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
 LOOK_FILES = 3
-"""`looks_like` reads the head of at most this many JSON files."""
+"""`looks_like` reads the head of at most this many JSON files (64 KB in all)."""
 
 KEPT_TYPES = frozenset({"Default", "Reply", "ChatInputCommand", "ContextMenuCommand"})
 """Message types staged as messages (with numeric forms 0, 19, 20, 23)."""
@@ -122,7 +122,7 @@ def looks_like(path: Path) -> bool:
         with ExportFiles(path, sibling_globs=()) as export:
             for name in _json_files(export)[:LOOK_FILES]:
                 with export.open(name) as fh:
-                    if is_discord_head(fh.read(HEAD_BYTES)):
+                    if is_discord_head(fh.read(HEAD_BYTES // LOOK_FILES)):
                         return True
     except (InputError, OSError, zipfile.BadZipFile, zlib.error, EOFError, ValueError):
         return False

@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from connectors.group_chat_workers import init_group_chat_worker
 from connectors.slack.workers import main_module_hidden
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped, StagedPart
 from pipeline.core.staging import PartWriter
@@ -98,7 +99,11 @@ def run_jobs(job_fn: JobFn, jobs: list[Job], workers: int) -> Iterator[Event]:
         for job in jobs:
             yield from job_fn(job)
         return
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("spawn"),
+        initializer=init_group_chat_worker,
+    )
     try:
         with main_module_hidden():
             futures: list[Future[JobResult]] = [

@@ -56,6 +56,8 @@ _REGISTRY: dict[str, str] = {
     "slack": "connectors.slack.read",
     "chatgpt": "connectors.chatgpt.connector",
     "claude": "connectors.claude",
+    "telegram": "connectors.telegram",
+    "discord": "connectors.discord",
     "whatsapp": "connectors.whatsapp.read",
 }
 

@@ -23,7 +23,8 @@ from pipeline.cli.validate import validate
 @click.group(cls=ErrorMappingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memos-etl")
 def main() -> None:
-    """Move chat history (Slack, ChatGPT, Claude, CSV) into MemOS memory, exactly once.
+    """Move chat history (Slack, ChatGPT, Claude, Telegram, Discord, WhatsApp, CSV) into
+    MemOS memory, exactly once.
 
     The flow is extract -> chunk -> load; `run CONFIG` does all of them.
     """

@@ -33,7 +33,7 @@ from pipeline.cli.common import common_options, emit, fail, load_cli_config, plu
 @click.option(
     "--source",
     "kind",
-    help="Connector: csv, slack, chatgpt, claude, or auto (detected from the export's layout).",
+    help="Connector: csv, slack, chatgpt, claude, telegram, discord, whatsapp, or auto.",
 )
 @click.option("--encoding", help="Text encoding of the export (CSV), e.g. cp1252 or utf-16.")
 @click.option(

@@ -71,6 +71,7 @@ def run_pipeline(
                 progress=progress,
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
+                account=cfg.account,
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
@@ -106,6 +107,7 @@ def run_pipeline(
             progress=progress,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
+            account=cfg.account,
         )
         with Ledger.open(workdir) as ledger:
             users = ledger.user_ids()

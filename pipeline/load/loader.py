@@ -2,7 +2,9 @@
 
 Guarantees:
 - A conversation's batches go strictly in order, one at a time; different conversations
-  go concurrently (at most `max_in_flight` requests, at most `rate` starts per second).
+  go concurrently, within the account's budget (`pipeline.load.ratelimit`: requests per
+  second and input tokens per minute, learned down to what the server accepts) and with
+  as many requests in flight as rate x latency needs (or `max_in_flight`).
 - A batch is `done` in the ledger only after the API answered code 0. Before every send
   it is marked `sending`; a batch found `sending` (a crash, a lost answer) is checked with
   `POST /get/message` — its messages are then the newest of the conversation — and only
@@ -41,7 +43,7 @@ from tenacity import (
 )
 
 from pipeline.core.batches import Batch, read_batches
-from pipeline.core.config import Config, LoadConfig
+from pipeline.core.config import AccountConfig, Config, LoadConfig, budget
 from pipeline.core.errors import (
     AuthError,
     ConfigError,
@@ -52,7 +54,7 @@ from pipeline.core.errors import (
     TransientLoadError,
 )
 from pipeline.core.lock import workdir_lock
-from pipeline.core.memos_api import GET_MESSAGE_LIMIT, VISIBLE_ROLES
+from pipeline.core.memos_api import GET_MESSAGE_LIMIT, TOKEN_LIMIT_CODE, VISIBLE_ROLES
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 from pipeline.core.workdir import batches_path
@@ -62,7 +64,7 @@ from pipeline.load.policy import (
     error_from_exception,
     error_from_response,
 )
-from pipeline.load.ratelimit import AdaptiveRateLimiter, Clock, Sleep
+from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
 from pipeline.load.targets import Endpoint, open_target
 
 log = logging.getLogger("memos_etl.loader")
@@ -97,6 +99,7 @@ class LoadStats:
     stopped: str | None = None
     stop_message: str | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)
+    limits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -129,6 +132,7 @@ class LoadStats:
             "stopped": self.stopped,
             "stop_message": self.stop_message,
             "failures": self.failures,
+            "limits": self.limits,
         }
 
 
@@ -200,6 +204,8 @@ class _Loader:
         rng: random.Random,
         progress: Progress,
         heartbeat: float | None,
+        requests_per_second: float | None,
+        tokens_per_minute: float | None,
     ) -> None:
         self.clients = clients
         self.ledger = ledger
@@ -210,13 +216,15 @@ class _Loader:
         self.rng = rng
         self.progress = progress
         self.heartbeat = heartbeat
-        self.limiter = AdaptiveRateLimiter(cfg.rate, clock=clock, sleep=sleep)
+        self.limiter = AccountLimiter(
+            requests_per_second, tokens_per_minute, clock=clock, sleep=sleep
+        )
+        self.gate = InFlightGate(cfg.max_in_flight)
         self.stats = LoadStats()
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
         self._last_beat = clock()
         self._messages_todo = 0
-        self._in_flight = 0
 
     # --- stopping -------------------------------------------------------------------
 
@@ -233,28 +241,34 @@ class _Loader:
     # --- HTTP -----------------------------------------------------------------------
 
     async def _post(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], tokens: int = 0
     ) -> dict[str, Any]:
-        """One rate-limited request; returns the JSON answer or raises a LoadError."""
-        await self.limiter.acquire()
-        self.stats.requests += 1
-        self._in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
+        """One request within the budget (`tokens` input tokens); returns the JSON answer
+        or raises a LoadError."""
+        await self.gate.enter()
         try:
-            response = await client.post(
-                path, content=orjson.dumps(body), headers={"content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, secret=self.secret) from None
+            ticket = await self.limiter.acquire(requests=_weight(body), tokens=tokens)
+            self.stats.requests += 1
+            sent = self.clock()
+            try:
+                response = await client.post(
+                    path, content=orjson.dumps(body), headers={"content-type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc, secret=self.secret) from None
+            self.gate.observe(self.clock() - sent, self.limiter.rate)
         finally:
-            self._in_flight -= 1
+            await self.gate.leave()
         error = error_from_response(response, secret=self.secret)
         if error is None:
-            self.limiter.on_success()
+            self.limiter.on_success(ticket)
             data = orjson.loads(response.content)
             return data if isinstance(data, dict) else {}
         if isinstance(error, TransientLoadError) and error.rate_limited:
-            self.limiter.on_rate_limited(error.retry_after)
+            if error.code == TOKEN_LIMIT_CODE:
+                self.limiter.on_token_limited(error.retry_after, ticket)
+            else:
+                self.limiter.on_rate_limited(error.retry_after, ticket)
         raise error
 
     async def _landed(self, unit: _Unit) -> bool:
@@ -296,6 +310,8 @@ class _Loader:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, AmbiguousDeliveryError):
             reason = "lost_answer"
+        elif isinstance(exc, TransientLoadError) and exc.code == TOKEN_LIMIT_CODE:
+            reason = "token_limited"
         elif isinstance(exc, TransientLoadError) and exc.rate_limited:
             reason = "rate_limited"
         elif isinstance(exc, TransientLoadError) and (exc.status or exc.code):
@@ -325,7 +341,9 @@ class _Loader:
                 self.ledger.mark_sending(batch_id)
                 uncertain[0] = True
                 try:
-                    answer = await self._post(unit.client, "/add/message", unit.body)
+                    answer = await self._post(
+                        unit.client, "/add/message", unit.body, unit.row.tokens
+                    )
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
                     raise
@@ -411,14 +429,34 @@ class _Loader:
         now = self.clock()
         if now - self._last_beat >= self.heartbeat:
             self._last_beat = now
+            rate = self.limiter.rate
             progress_log.info(
-                "sent %d/%d messages (%d batches), %d requests, rate limit %.1f/s",
+                "sent %d/%d messages (%d batches), %d requests, rate limit %s, %d in flight",
                 self.stats.sent_messages,
                 self._messages_todo,
                 self.stats.sent_batches,
                 self.stats.requests,
-                self.limiter.rate,
+                "none" if rate is None else f"{rate:.1f}/s",
+                self.gate.in_flight,
             )
+
+    def limits_json(self) -> dict[str, Any]:
+        """The budget the load kept to and what it learned (the `limits` of `load --json`)."""
+        lim = self.limiter
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 2)
+
+        return {
+            "requests_per_second": rounded(lim.rate),
+            "tokens_per_minute": rounded(lim.tokens_per_minute),
+            "learned_requests_per_second": rounded(lim.learned_rate),
+            "learned_tokens_per_minute": rounded(lim.learned_tokens_per_minute),
+            "rate_limited": lim.rate_limited,
+            "token_limited": lim.token_limited,
+            "in_flight_limit": self.gate.limit,
+            "latency_s": rounded(self.gate.latency),
+        }
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
         """Deliver every conversation's batches in order with `max_in_flight` workers."""
@@ -451,12 +489,19 @@ class _Loader:
                 if await self.deliver_next(lane, client) and lane:
                     heapq.heappush(heap, (-len(lane), i, lane))
 
-        n = min(self.cfg.max_in_flight, len(heap))
+        n = min(self.gate.capacity, len(heap))
         self.workers = [
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         await asyncio.gather(*self.workers, return_exceptions=True)
         self.progress.close()
+
+
+def _weight(body: Mapping[str, Any]) -> int:
+    """A request's cost against the requests budget: one per user id it names (MemOS
+    counts a group-chat request for N users as N requests)."""
+    users = body.get("user_id")
+    return max(1, len(users)) if isinstance(users, list) else 1
 
 
 def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
@@ -528,12 +573,17 @@ async def load_batches(
     retry_failed: bool = False,
     handle_signals: bool = False,
     heartbeat: float | None = None,
+    account: AccountConfig | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
     Never raises for API errors: failures, auth and quota stops are in the returned stats
     (`stopped` is "auth", "quota" or "interrupted"); the ledger records every batch.
+    The budget is `account`'s (with `cfg.rate` overriding its requests per second); no
+    account, or the embedded local server: `cfg.rate` alone (None: unlimited).
     """
+    rps, tpm = budget(cfg, account, embedded=endpoint.embedded)
+    gate_capacity = InFlightGate(cfg.max_in_flight).capacity
     if retry_failed:
         n = ledger.retry_failed()
         if n:
@@ -558,7 +608,7 @@ async def load_batches(
                     verify=tls,
                 )
             )
-            for size in _pool_sizes(cfg.max_in_flight, shared=transport is not None)
+            for size in _pool_sizes(gate_capacity, shared=transport is not None)
         ]
         loader = _Loader(
             clients,
@@ -570,6 +620,8 @@ async def load_batches(
             rng=rng or random.Random(),
             progress=progress or NullProgress(),
             heartbeat=heartbeat,
+            requests_per_second=rps,
+            tokens_per_minute=tpm,
         )
         loader.stats.batches = len(batches)
         loader.stats.messages = sum(b.message_count for b in batches)
@@ -577,6 +629,8 @@ async def load_batches(
             await loader.run(batches, rows)
     stats = loader.stats
     stats.duration = clock() - started
+    stats.peak_in_flight = loader.gate.peak
+    stats.limits = loader.limits_json()
     _summarize(stats, ledger, batches)
     return stats
 
@@ -618,6 +672,7 @@ def load_workdir(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    account: AccountConfig | None = None,
 ) -> LoadStats:
     """Load `<workdir>/batches/batches.jsonl` through the ledger (synchronous entry point).
 
@@ -638,6 +693,7 @@ def load_workdir(
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
                 transport=transport,
+                account=account,
             )
         )
 
@@ -667,6 +723,7 @@ def load_command(
             retry_failed=retry_failed,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
+            account=cfg.account,
         )
 
 

@@ -4,9 +4,11 @@
     ok            2xx                    0                                batch done
     rate_limited  429                    40300                            retry after Retry-After
                                                                           (or backoff); cut rate
+                                         40309 (tokens per minute)        the same; cut the
+                                                                          token budget
     transient     5xx, network, timeout  50000 50002 50004 50143 50144    retry: exponential
                                                                           backoff, full jitter
-    too_large     413                    40305                            split in two, in order
+    too_large     413                    40305 40013                      split in two, in order
     auth          401, 403               40100 40130 40132                stop the run at once
     quota         -                      40304                            stop; rest stays pending
     invalid       other 4xx              other 400xx, any unknown code    batch failed;
@@ -57,8 +59,8 @@ ERROR_TABLE: tuple[Rule, ...] = (
     Rule(
         "rate_limited",
         frozenset({429}),
-        frozenset({40300}),
-        "retry after Retry-After (or backoff); cut the client rate",
+        frozenset({40300, 40309}),
+        "retry after Retry-After (or backoff); cut the client rate (40309: the token budget)",
     ),
     Rule(
         "transient",
@@ -69,7 +71,7 @@ ERROR_TABLE: tuple[Rule, ...] = (
     Rule(
         "too_large",
         frozenset({413}),
-        frozenset({40305}),
+        frozenset({40305, 40013}),
         "split the batch in two and send both halves in order",
     ),
     Rule(

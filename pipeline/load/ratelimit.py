@@ -45,6 +45,8 @@ REQUEST_WINDOW = 1.0
 """Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
 TOKEN_WINDOW = 60.0
 """Seconds over which a tokens-per-minute limit is counted."""
+REFINE_BELOW = 0.85
+"""A later rejection of the same event lowers the learned ceiling only below this share."""
 
 
 @dataclass
@@ -102,7 +104,10 @@ class AccountLimiter:
         now = clock()
         rps = requests_per_second
         tps = tokens_per_minute / TOKEN_WINDOW if tokens_per_minute is not None else None
-        self._req = _Budget(rps, rps, min(floor, rps or floor), REQUEST_WINDOW, calm_since=now)
+        # no catch-up at the start: nothing was missed yet, and a burst would break a strict window
+        self._req = _Budget(
+            rps, rps, min(floor, rps or floor), REQUEST_WINDOW, tat=now + catch_up, calm_since=now
+        )
         self._tok = _Budget(tps, tps, (tps or 0.0) * 0.01, TOKEN_WINDOW, calm_since=now)
         self.settle = settle
         self.probe_every = probe_every
@@ -164,6 +169,8 @@ class AccountLimiter:
         self._remember(ticket)
         if start > now:
             await self._sleep(start - now)
+            # when the event loop was busy the request leaves late: count it when it leaves
+            ticket.started = max(start, self._clock())
         return ticket
 
     def _remember(self, ticket: Ticket) -> None:
@@ -238,7 +245,8 @@ class AccountLimiter:
 
         A rejection of a request sent before the last cut belongs to the same event: it
         never cuts again, but may refine the estimate downward (a token-bucket server
-        accepts a burst first, so the first window overstates its rate).
+        accepts a burst first, so the first window overstates its rate); only a clearly
+        lower figure counts, so noise does not ratchet the budget down.
         """
         assert budget.rate is not None
         if new_event:
@@ -247,8 +255,8 @@ class AccountLimiter:
             budget.rate = max(budget.floor, cause * self.settle)
             budget.last_cut = now
             budget.calm_since = now
-        elif 0 < observed * self.settle < budget.rate:
-            budget.learned = min(budget.learned or observed, observed)
+        elif 0 < observed < REFINE_BELOW * (budget.learned or budget.rate):
+            budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
 

@@ -343,3 +343,25 @@ def test_redact_hides_key_in_server_text() -> None:
     error = error_from_response(response, secret=key)
     assert error is not None and key not in str(error) and "***" in str(error)
     assert redact("no secret here", None) == "no secret here"
+
+
+def test_a_waiting_slot_is_retaken_at_the_lowered_rate() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    order: list[tuple[str, float]] = []
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire()
+        order.append((name, ft.now))
+
+    async def main() -> None:
+        first = asyncio.create_task(waiter("first"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(waiter("second"))  # reserved a slot 10 ms out
+        await asyncio.sleep(0)
+        limiter.on_rate_limited(None)  # lowered while it waits
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert len(ft.sleeps) >= 2  # the second one slept again for a slot at the new rate
+    assert order[1][1] - order[0][1] > 0.01

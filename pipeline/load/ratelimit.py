@@ -18,7 +18,8 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   configured ceiling only after `probe_every` seconds without a rejection. The old limiter
   cut by 25% and climbed straight back within seconds, so against a strict sliding window it
   oscillated around 60-75% of the ceiling; this one holds ~97% and is rejected about once per
-  `probe_every * (1 - settle) / probe_step` seconds.
+  `probe_every * (1 - settle) / probe_step` seconds. A request still waiting for a slot
+  reserved at the old rate when the budget is lowered takes a new slot at the new rate.
 - **Retry-After.** A rejection's own retry waits its Retry-After (the loader's backoff). The
   limiter additionally pauses *every* start when the server asks for longer than one
   `window` (a longer pause is a statement about the account, not about one request), capped
@@ -118,6 +119,8 @@ class AccountLimiter:
         self._sleep = sleep
         self._paused_until = float("-inf")
         self._recent: deque[Ticket] = deque()
+        self._epoch = 0
+        """Bumped whenever a budget is lowered or starts are paused."""
 
     # --- what callers and reports read ----------------------------------------------------
 
@@ -157,20 +160,27 @@ class AccountLimiter:
     async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> Ticket:
         """Wait until a request of this weight may start within both budgets; returns its
         ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`)."""
-        now = self._clock()
         req, tok = self._req, self._tok
-        early = self.catch_up if req.learned is None else 0.0
-        start = max(now, req.tat - early, tok.tat, self._paused_until)
-        if req.rate is not None:
-            req.tat = max(req.tat, start) + req.interval(requests)
-        if tok.rate is not None:
-            tok.tat = max(tok.tat, start) + tok.interval(tokens)
+        while True:
+            now = self._clock()
+            early = self.catch_up if req.learned is None else 0.0
+            start = max(now, req.tat - early, tok.tat, self._paused_until)
+            if req.rate is not None:
+                req.tat = max(req.tat, start) + req.interval(requests)
+            if tok.rate is not None:
+                tok.tat = max(tok.tat, start) + tok.interval(tokens)
+            if start <= now:
+                break
+            epoch = self._epoch
+            await self._sleep(start - now)
+            if self._epoch == epoch:
+                # when the event loop was busy the request leaves late: count it then
+                start = max(start, self._clock())
+                break
+            # the budget was lowered while this slot waited: a slot reserved at the old
+            # rate would only meet the same rejection, so take one at the new rate
         ticket = Ticket(start, requests, tokens)
         self._remember(ticket)
-        if start > now:
-            await self._sleep(start - now)
-            # when the event loop was busy the request leaves late: count it when it leaves
-            ticket.started = max(start, self._clock())
         return ticket
 
     def _remember(self, ticket: Ticket) -> None:
@@ -219,6 +229,7 @@ class AccountLimiter:
             self._cut(budget, sent / budget.window, now, new_event=started >= budget.last_cut)
         if retry_after is not None and retry_after > REQUEST_WINDOW:
             self._paused_until = max(self._paused_until, now + min(retry_after, self.max_pause))
+            self._epoch += 1
         if budget.rate is not None:
             # slots already handed out keep their times; new ones are spaced at the new rate
             budget.tat = max(budget.tat, now + 1.0 / budget.rate)
@@ -238,6 +249,7 @@ class AccountLimiter:
         self._cut(budget, sent / budget.window, now, new_event=started >= budget.last_cut)
         if retry_after is not None and retry_after > 0:
             budget.tat = max(budget.tat, now + min(retry_after, self.max_pause))
+            self._epoch += 1
 
     def _cut(self, budget: _Budget, observed: float, now: float, *, new_event: bool) -> None:
         """Settle at `settle` x the rate the server rejected at: what it accepted over its
@@ -255,10 +267,12 @@ class AccountLimiter:
             budget.rate = max(budget.floor, cause * self.settle)
             budget.last_cut = now
             budget.calm_since = now
+            self._epoch += 1
         elif 0 < observed < REFINE_BELOW * (budget.learned or budget.rate):
             budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
+            self._epoch += 1
 
 
 class InFlightGate:

@@ -95,6 +95,7 @@ class AccountLimiter:
         floor: float = 0.2,
         catch_up: float = 0.1,
         max_pause: float = 60.0,
+        cut_every: float = 2.0,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -115,6 +116,7 @@ class AccountLimiter:
         self.probe_step = probe_step
         self.catch_up = catch_up
         self.max_pause = max_pause
+        self.cut_every = cut_every
         self._clock = clock
         self._sleep = sleep
         self._paused_until = float("-inf")
@@ -226,7 +228,9 @@ class AccountLimiter:
         budget.rejections += 1
         if budget.rate is not None:
             sent, _ = self._sent_before(started, budget.window)
-            self._cut(budget, sent / budget.window, now, new_event=started >= budget.last_cut)
+            self._cut(
+                budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
+            )
         if retry_after is not None and retry_after > REQUEST_WINDOW:
             self._paused_until = max(self._paused_until, now + min(retry_after, self.max_pause))
             self._epoch += 1
@@ -246,10 +250,19 @@ class AccountLimiter:
         if budget.rate is None:
             return
         _, sent = self._sent_before(started, budget.window)
-        self._cut(budget, sent / budget.window, now, new_event=started >= budget.last_cut)
+        self._cut(
+            budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
+        )
         if retry_after is not None and retry_after > 0:
             budget.tat = max(budget.tat, now + min(retry_after, self.max_pause))
             self._epoch += 1
+
+    def _new_event(self, budget: _Budget, started: float, now: float) -> bool:
+        """A rejection is a new congestion event when its request left after the last cut
+        and at least `cut_every` seconds have passed: a server refusing a share of requests
+        whatever the rate (noise, another client) then costs 3% per `cut_every`, not 3% per
+        answer."""
+        return started >= budget.last_cut and now - budget.last_cut >= self.cut_every
 
     def _cut(self, budget: _Budget, observed: float, now: float, *, new_event: bool) -> None:
         """Settle at `settle` x the rate the server rejected at: what it accepted over its
@@ -262,16 +275,22 @@ class AccountLimiter:
         """
         assert budget.rate is not None
         if new_event:
-            cause = budget.rate if observed <= 0 else min(budget.rate, observed)
+            # at most halved per event: a rejection early in a run, or one unrelated to
+            # the rate, must not collapse the budget to the few requests sent so far
+            cause = (
+                budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
+            )
             budget.learned = cause
             budget.rate = max(budget.floor, cause * self.settle)
             budget.last_cut = now
             budget.calm_since = now
+            budget.tat = now  # requests still waiting take new slots at the new rate
             self._epoch += 1
-        elif 0 < observed < REFINE_BELOW * (budget.learned or budget.rate):
+        elif budget.rate / 2 < observed < REFINE_BELOW * (budget.learned or budget.rate):
             budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
+            budget.tat = now
             self._epoch += 1
 
 

@@ -94,6 +94,7 @@ def run_pipeline(
                 progress=progress,
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
+                account=cfg.account,
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
@@ -154,6 +155,7 @@ def run_pipeline(
             progress=progress,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
+            account=cfg.account,
         )
         with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()

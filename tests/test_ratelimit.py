@@ -25,33 +25,70 @@ from pipeline.load.policy import (
     parse_retry_after,
     redact,
 )
-from pipeline.load.ratelimit import AdaptiveRateLimiter
+from pipeline.load.ratelimit import AccountLimiter, InFlightGate, Ticket
 from tests.loader_fakes import FakeTime
 
 
-def starts(limiter: AdaptiveRateLimiter, ft: FakeTime, n: int) -> list[float]:
+def starts(
+    limiter: AccountLimiter, ft: FakeTime, n: int, *, requests: float = 1, tokens: float = 0
+) -> list[float]:
     async def go() -> list[float]:
         out = []
         for _ in range(n):
-            await limiter.acquire()
+            await limiter.acquire(requests=requests, tokens=tokens)
             out.append(ft.now)
         return out
 
     return asyncio.run(go())
 
 
+def limiter_at(
+    ft: FakeTime, rps: float | None, tpm: float | None = None, **kw: float
+) -> AccountLimiter:
+    return AccountLimiter(rps, tpm, clock=ft.clock, sleep=ft.sleep, **kw)
+
+
 def test_slots_are_spaced_at_the_rate() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(20.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.0)
+    limiter = limiter_at(ft, 20.0, catch_up=0.0)
     times = starts(limiter, ft, 41)
     assert times[-1] - times[0] == pytest.approx(2.0)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert min(gaps) == pytest.approx(0.05)
 
 
+def test_a_weighted_request_costs_its_weight() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 10.0, catch_up=0.0)
+    times = starts(limiter, ft, 4, requests=5)  # a group-chat call for 5 users
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {0.5}
+
+
+def test_token_budget_spaces_calls_by_their_tokens() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, 60_000, catch_up=0.0)  # 1,000 tokens per second
+    times = starts(limiter, ft, 11, tokens=2_000)
+    gaps = {round(b - a, 6) for a, b in zip(times, times[1:], strict=False)}
+    assert gaps == {2.0}  # tokens bind: 0.5 calls/s, not 50
+    small = starts(limiter, ft, 11, tokens=1)
+    gaps = [b - a for a, b in zip(small, small[1:], strict=False)]
+    assert max(gaps) == pytest.approx(0.02)  # requests bind
+
+
+def test_no_budget_means_no_waiting() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, None, None)
+    times = starts(limiter, ft, 1000, tokens=40_000)
+    assert times[0] == times[-1] and not ft.sleeps
+    limiter.on_rate_limited(None)
+    limiter.on_token_limited(None)
+    assert limiter.rate is None and limiter.tokens_per_minute is None
+
+
 def test_concurrent_acquirers_share_the_rate() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(10.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.0)
+    limiter = limiter_at(ft, 10.0, catch_up=0.0)
     got: list[float] = []
 
     async def one() -> None:
@@ -66,9 +103,9 @@ def test_concurrent_acquirers_share_the_rate() -> None:
     assert len(ft.sleeps) == 9  # every caller but the first waited for its own slot
 
 
-def test_catch_up_is_bounded_in_every_window() -> None:
+def test_catch_up_is_bounded_and_ends_with_the_first_rejection() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(50.0, clock=ft.clock, sleep=ft.sleep, catch_up=0.1)
+    limiter = limiter_at(ft, 50.0, catch_up=0.1)
     times = starts(limiter, ft, 20)
     ft.now += 3.0  # idle (every worker busy, or the process descheduled)
     times += starts(limiter, ft, 200)
@@ -82,41 +119,124 @@ def test_catch_up_is_bounded_in_every_window() -> None:
     assert min(b - a for a, b in zip(after, after[1:], strict=False)) > 0  # no catch-up now
 
 
-def test_rate_limited_cuts_rate_pauses_and_recovers_to_ceiling() -> None:
+def sent_at(
+    limiter: AccountLimiter, ft: FakeTime, rate: float, n: int, tokens: float = 0
+) -> list[Ticket]:
+    """`n` tickets taken `1/rate` apart (the client sending faster than the budget)."""
+
+    async def go() -> list[Ticket]:
+        out = []
+        for _ in range(n):
+            out.append(await limiter.acquire(tokens=tokens))
+            ft.now += 1.0 / rate
+        return out
+
+    return asyncio.run(go())
+
+
+def test_rejection_settles_below_what_the_server_accepted_once_per_event() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(40.0, clock=ft.clock, sleep=ft.sleep)
-    limiter.on_rate_limited(3.0)
-    assert limiter.rate == pytest.approx(30.0)
-    limiter.on_rate_limited(None)
-    assert limiter.rate == pytest.approx(30.0)  # same congestion event: one cut only
-    before = ft.now
-    starts(limiter, ft, 1)
-    assert ft.now - before >= 3.0  # honoured the Retry-After pause
-    limiter.on_rate_limited(None)
-    low = limiter.rate
-    assert low < 30.0
-    for _ in range(200):  # sustained success over simulated seconds climbs back
-        ft.now += 0.25
-        limiter.on_success()
-    assert limiter.rate == pytest.approx(40.0)
-    rates = []
-    ft.now += 1.0
-    limiter.on_rate_limited(None)
-    for _ in range(8):
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    tickets = sent_at(limiter, ft, 100.0, 70)
+    # the server took 50 in its second, then refused; the answers come back later
+    limiter.on_rate_limited(None, tickets[50])
+    assert limiter.learned_rate == pytest.approx(50.0)
+    assert limiter.rate == pytest.approx(48.5)  # 97% of what it accepted
+    for t in tickets[51:]:  # sent before the cut: the same congestion event
+        limiter.on_rate_limited(None, t)
+    assert limiter.rate == pytest.approx(48.5)
+    assert limiter.rate_limited == 20
+
+
+def test_rejection_at_the_rate_itself_settles_below_it_and_stays() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, probe_every=60.0, probe_step=0.01)
+    tickets = sent_at(limiter, ft, 50.0, 60)
+    limiter.on_rate_limited(1.0, tickets[-1])
+    assert limiter.rate == pytest.approx(0.97 * 50.0, rel=0.03)
+    settled = limiter.rate
+    for _ in range(59):  # a minute of success: no probing back toward the ceiling yet
         ft.now += 1.0
         limiter.on_success()
-        rates.append(limiter.rate)
-    steps = {round(b - a, 6) for a, b in zip(rates, rates[1:], strict=False) if b < 40.0}
-    assert steps == {2.0}  # additive increase
+    assert limiter.rate == settled
+    ft.now += 1.0
+    limiter.on_success()
+    assert limiter.rate == pytest.approx(settled + 0.5)  # one small step per calm minute
+
+
+def test_long_retry_after_pauses_every_start_capped() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 10.0, catch_up=0.0, max_pause=30.0)
+    limiter.on_rate_limited(1.0)  # one window: the rejected request waits, nobody else
+    before = ft.now
+    starts(limiter, ft, 1)
+    assert ft.now - before < 0.2
+    limiter.on_rate_limited(3600.0)  # "come back in an hour": capped
+    before = ft.now
+    starts(limiter, ft, 1)
+    assert ft.now - before == pytest.approx(30.0)
+
+
+def test_token_rejection_settles_the_token_budget_and_waits() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, 120_000, catch_up=0.0)  # 2,000 tokens/s
+    tickets = sent_at(limiter, ft, 4.0, 40, tokens=500)  # 2,000 tokens/s for 10 s
+    limiter.on_token_limited(5.0, tickets[-1])
+    # 39 accepted calls of 500 tokens in the minute before: 19,500 tokens, but one event
+    # at most halves the budget (a run's first minute is not a full window)
+    assert limiter.learned_tokens_per_minute == pytest.approx(60_000)
+    assert limiter.tokens_per_minute == pytest.approx(0.97 * 60_000)
+    assert limiter.rate == pytest.approx(50.0)  # the request budget is untouched
+    before = ft.now
+    starts(limiter, ft, 1, tokens=500)
+    assert ft.now - before >= 5.0  # Retry-After pushed the token schedule back
+    assert limiter.token_limited == 1 and limiter.rate_limited == 0
 
 
 def test_rate_never_drops_below_floor() -> None:
     ft = FakeTime()
-    limiter = AdaptiveRateLimiter(5.0, clock=ft.clock, sleep=ft.sleep, floor=0.5)
-    for _ in range(50):
+    limiter = limiter_at(ft, 5.0, floor=0.5)
+    for _ in range(200):
         ft.now += 1.0
         limiter.on_rate_limited(None)
     assert limiter.rate == pytest.approx(0.5)
+
+
+def test_in_flight_follows_rate_times_latency() -> None:
+    gate = InFlightGate(None, low=4, high=256, start=16)
+    for _ in range(200):
+        gate.observe(1.0, 50.0)
+    assert gate.limit == int(1.25 * 50 * 1.0) + 2  # Little's law with headroom
+    for _ in range(200):
+        gate.observe(0.05, 50.0)
+    assert gate.limit == 5  # shrinks at once
+    fixed = InFlightGate(8)
+    fixed.observe(1.0, 50.0)
+    assert fixed.limit == 8 and fixed.capacity == 8
+
+
+def test_in_flight_grows_one_per_completion() -> None:
+    gate = InFlightGate(None, start=16)
+    gate.observe(1.0, 100.0)
+    assert gate.limit == 17  # not straight to 127: slow start
+
+
+def test_gate_waits_for_room() -> None:
+    gate = InFlightGate(2)
+    order: list[str] = []
+
+    async def main() -> None:
+        await gate.enter()
+        await gate.enter()
+        third = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        order.append("blocked" if not third.done() else "ran")
+        await gate.leave()
+        await third
+        order.append(f"in flight {gate.in_flight}")
+
+    asyncio.run(main())
+    assert order == ["blocked", "in flight 2"]
 
 
 @pytest.mark.parametrize(
@@ -224,3 +344,25 @@ def test_redact_hides_key_in_server_text() -> None:
     error = error_from_response(response, secret=key)
     assert error is not None and key not in str(error) and "***" in str(error)
     assert redact("no secret here", None) == "no secret here"
+
+
+def test_a_waiting_slot_is_retaken_at_the_lowered_rate() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    order: list[tuple[str, float]] = []
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire()
+        order.append((name, ft.now))
+
+    async def main() -> None:
+        first = asyncio.create_task(waiter("first"))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(waiter("second"))  # reserved a slot 10 ms out
+        await asyncio.sleep(0)
+        limiter.on_rate_limited(None)  # lowered while it waits
+        await asyncio.gather(first, second)
+
+    asyncio.run(main())
+    assert len(ft.sleeps) >= 2  # the second one slept again for a slot at the new rate
+    assert order[1][1] - order[0][1] > 0.01

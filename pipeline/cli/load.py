@@ -109,8 +109,17 @@ def finish_load(stats: LoadStatsT, command: str) -> None:
     "(MEMOS_BASE_URL); local: the embedded server.",
 )
 @click.option("--base-url", help="API base URL (a running server for --target local).")
-@click.option("--rate", type=float, help="Request ceiling per second (default 10; MemOS ≤ 50).")
-@click.option("--max-in-flight", type=int, help="Concurrent requests (default 16).")
+@click.option(
+    "--rate",
+    type=float,
+    help="Request ceiling per second [default: account.requests_per_second (50); "
+    "the embedded local target: none]; lowered to what the server accepts.",
+)
+@click.option(
+    "--max-in-flight",
+    type=int,
+    help="Concurrent requests [default: rate x observed latency, 4..256].",
+)
 @click.option("--retry-failed", is_flag=True, help="Re-queue failed batches (after a fix).")
 @click.option(
     "--allow-insecure-http",

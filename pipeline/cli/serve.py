@@ -49,11 +49,20 @@ def _local_db(cfg: Config, db_path: Path | None) -> Path:
     help="Require 'Authorization: Token <T>' (prefer the environment variable).",
 )
 @click.option(
+    "--max-call-tokens",
     "--max-input-tokens",
+    "max_input_tokens",
     type=click.IntRange(min=1),
     default=MAX_CALL_TOKENS,
     show_default=True,
-    help="addMessage token limit (above it: code 40305).",
+    help="Input tokens one add/message call may carry (above it: --too-long-code).",
+)
+@click.option(
+    "--too-long-code",
+    type=click.Choice(["40305", "40013"]),
+    default="40305",
+    show_default=True,
+    help="Code answered above --max-call-tokens (40013: the newest docs' 'messages too long').",
 )
 @click.option(
     "--sync",
@@ -103,6 +112,20 @@ def _local_db(cfg: Config, db_path: Path | None) -> Path:
     help="Fault: answer rate-limited above this many requests per second.",
 )
 @click.option(
+    "--limit-mode",
+    type=click.Choice(["sliding", "fixed", "bucket"]),
+    default="bucket",
+    show_default=True,
+    help="How --qps-limit and --tpm count: any window ending now, aligned windows, or a "
+    "token bucket (bursts up to the limit).",
+)
+@click.option(
+    "--tpm",
+    "tpm_limit",
+    type=click.IntRange(min=1),
+    help="Fault: input tokens per minute of add/message calls (above it: code 40309).",
+)
+@click.option(
     "--rate-limit-style",
     type=click.Choice(["http429", "code40300"]),
     default="http429",
@@ -150,6 +173,7 @@ def serve(
     port: int,
     token: str | None,
     max_input_tokens: int,
+    too_long_code: str,
     synchronous: str,
     max_body_bytes: int,
     max_connections: int | None,
@@ -158,6 +182,8 @@ def serve(
     latency_ms: float,
     jitter_ms: float,
     qps_limit: float | None,
+    limit_mode: str,
+    tpm_limit: int | None,
     rate_limit_style: str,
     retry_after: float,
     fail_rate: float,
@@ -190,6 +216,12 @@ def serve(
             latency_ms=latency_ms,
             jitter_ms=jitter_ms,
             qps_limit=qps_limit,
+            limit_mode="sliding"
+            if limit_mode == "sliding"
+            else "fixed"
+            if limit_mode == "fixed"
+            else "bucket",
+            tpm_limit=tpm_limit,
             rate_limit_style="code40300" if rate_limit_style == "code40300" else "http429",
             retry_after=retry_after,
             fail_rate=fail_rate,
@@ -213,6 +245,7 @@ def serve(
         port=port,
         token=token or None,
         max_input_tokens=max_input_tokens,
+        too_long_code=int(too_long_code),
         faults=faults,
         synchronous="FULL" if synchronous == "full" else "NORMAL",
     )

@@ -88,10 +88,31 @@ class ExtractConfig(_Section):
     often than a few damaged rows. 1 turns the check off."""
 
 
+DEFAULT_BATCH_TOKENS = 4000
+"""Default batch size in tokens, when the account allows it (smaller on older plans)."""
+
+
+class AccountConfig(_Section):
+    """The MemOS account's budget, shared by every project and API key of the account.
+
+    Defaults are MemOS Cloud's newest documented limits; older plans were documented at
+    `max_tokens_per_call` 4,000 / 8,000 / 20,000 and `requests_per_second` 10. Several
+    pipelines loading into one account at once share it: give each its part.
+    """
+
+    requests_per_second: float = Field(default=memos_api.REQUESTS_PER_SECOND, gt=0, le=1000)
+    """Request ceiling per second (a group-chat request naming N users counts N)."""
+    tokens_per_minute: int | None = Field(default=memos_api.TOKENS_PER_MINUTE, ge=1000)
+    """Input tokens per minute (beyond it: code 40309); null when the plan has no such limit."""
+    max_tokens_per_call: int = Field(default=memos_api.MAX_CALL_TOKENS, ge=64)
+    """Input tokens one add/message call may carry (beyond it: 40305 / 40013)."""
+
+
 class ChunkConfig(_Section):
     """Batch limits per addMessage request."""
 
-    max_tokens: int = Field(default=4000, ge=64, le=memos_api.MAX_CALL_TOKENS)
+    max_tokens: int = Field(default=DEFAULT_BATCH_TOKENS, ge=64, le=memos_api.MAX_CALL_TOKENS)
+    """Default: 4000, or the account's `max_tokens_per_call` when that is smaller."""
     max_messages: int = Field(default=50, ge=1, le=1000)
 
 
@@ -102,8 +123,11 @@ class LoadConfig(_Section):
     """local: the embedded server; memos: MemOS Cloud (`/add/message`); memos-server: a
     self-hosted MemOS server (`/product/add`, see docs/memos-targets.md)."""
     base_url: str | None = None
-    rate: float = Field(default=10.0, gt=0, le=1000)
-    max_in_flight: int = Field(default=16, ge=1, le=512)
+    rate: float | None = Field(default=None, gt=0, le=1000)
+    """Request ceiling per second; default the account's `requests_per_second` (the
+    embedded local target: no client-side limit)."""
+    max_in_flight: int | None = Field(default=None, ge=1, le=512)
+    """Concurrent requests; default: sized from rate x observed latency (4..256)."""
     max_attempts: int = Field(default=8, ge=1, le=100)
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
@@ -219,6 +243,7 @@ class Config(_Section):
     user_id: str | None = None
     sources: list[SourceConfig] = Field(default_factory=list)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    account: AccountConfig = Field(default_factory=AccountConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
     redact: RedactConfig = Field(default_factory=RedactConfig)
@@ -234,6 +259,31 @@ class Config(_Section):
             s.label for s in self.sources if s.options.get("memory_owner") == GROUP_OWNER
         )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _chunk_default_from_account(cls, raw: Any) -> Any:
+        """An unset `chunk.max_tokens` defaults to what the account allows (at most 4000)."""
+        if not isinstance(raw, dict):
+            return raw
+        account, chunk = raw.get("account"), raw.get("chunk")
+        per_call = account.get("max_tokens_per_call") if isinstance(account, dict) else None
+        if not isinstance(per_call, int) or isinstance(per_call, bool):
+            return raw
+        if chunk is None:
+            chunk = {}
+        if isinstance(chunk, dict) and "max_tokens" not in chunk:
+            return {**raw, "chunk": {**chunk, "max_tokens": min(DEFAULT_BATCH_TOKENS, per_call)}}
+        return raw
+
+    @model_validator(mode="after")
+    def _batches_fit_the_account(self) -> Config:
+        if self.chunk.max_tokens > self.account.max_tokens_per_call:
+            raise ValueError(
+                f"chunk.max_tokens {self.chunk.max_tokens} is over the account's "
+                f"max_tokens_per_call {self.account.max_tokens_per_call}"
+            )
+        return self
+
     @model_validator(mode="after")
     def _unique_source_names(self) -> Config:
         seen: set[str] = set()
@@ -243,6 +293,21 @@ class Config(_Section):
                 raise ValueError(f"two sources are named {source.label!r}; give each a `name`")
             seen.add(source.label.casefold())
         return self
+
+
+def budget(
+    load: LoadConfig, account: AccountConfig | None, *, embedded: bool = False
+) -> tuple[float | None, int | None]:
+    """(requests per second, input tokens per minute) a load keeps to; None is unlimited.
+
+    `load.rate` overrides the account's request ceiling. The embedded local server has no
+    limit to respect, so it gets none unless `load.rate` asks for one; so does a load
+    without an account (library callers that pass only a `LoadConfig`).
+    """
+    if embedded or account is None:
+        return load.rate, None
+    rate = load.rate if load.rate is not None else account.requests_per_second
+    return rate, account.tokens_per_minute
 
 
 def describe_validation_error(exc: ValidationError, where: str) -> str:

@@ -46,6 +46,10 @@ TOKENS_PER_MINUTE = 400_000
 """Input tokens per minute per account, shared by all its projects and keys (newest limits
 page); beyond it calls fail with code 40309."""
 
+TOKEN_LIMIT_CODE = 40309
+"""Business code of an answer refusing a call because the account's tokens per minute are
+spent (back-pressure on the token budget, not on requests per second)."""
+
 REQUESTS_PER_SECOND = 50
 """Recommended ceiling of requests per second per account (older plans: 10)."""
 

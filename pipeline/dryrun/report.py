@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.chunk import ChunkStats
-from pipeline.core.config import Config
+from pipeline.core.config import Config, budget
 from pipeline.core.models import ExtractStats
 from pipeline.dryrun.checks import SEVERITY_ORDER, Finding
+from pipeline.dryrun.plan import ChannelTally, build_plan
 
 REPORT_VERSION = 1
 EXIT_OK = 0
@@ -54,6 +55,7 @@ class ReportInputs:
     findings: list[Finding]
     since: datetime | None = None
     before_since: int = 0
+    channels: ChannelTally | None = None
 
 
 @dataclass(frozen=True)
@@ -126,20 +128,6 @@ def histogram(values: Sequence[int], *, log: bool, upper: int | None = None) -> 
     return {"edges": edges, "counts": counts}
 
 
-def _duration(seconds: float) -> str:
-    """A short human form of a duration: under 1s, 45s, 12m 5s, 3h 20m, 2d 4h."""
-    if 0 < seconds < 1:
-        return "under 1s"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
 def build_report(inp: ReportInputs) -> Report:
     """Assemble the report dict; every count is derived here once."""
     cfg = inp.config
@@ -171,7 +159,23 @@ def build_report(inp: ReportInputs) -> Report:
     )
     errors = sum(1 for f in inp.findings if f.count and f.severity == "error")
     warnings = sum(1 for f in inp.findings if f.count and f.severity == "warning")
-    seconds = round(chunk.batches / cfg.load.rate, 1)
+    # planned for the account (what MemOS allows), whatever the target of this config
+    rps, tpm = budget(cfg.load, cfg.account)
+    assert rps is not None
+    slack = [s for s in cfg.sources if s.kind == "slack"]
+    plan = build_plan(
+        calls=chunk.batches,
+        tokens=chunk.tokens,
+        batch_tokens=inp.batch_tokens,
+        requests_per_second=rps,
+        tokens_per_minute=tpm,
+        max_tokens_per_call=cfg.account.max_tokens_per_call,
+        max_tokens=cfg.chunk.max_tokens,
+        max_messages=cfg.chunk.max_messages,
+        channels=inp.channels,
+        slack_policy=str(slack[0].options.get("conversation", "thread")) if slack else None,
+    )
+    seconds = plan["estimated_seconds"]
     top_users = sorted(inp.user_counts.items(), key=lambda kv: (-kv[1], kv[0]))
     counts = list(inp.user_counts.values())
     data: dict[str, Any] = {
@@ -183,7 +187,9 @@ def build_report(inp: ReportInputs) -> Report:
             "target": cfg.load.target,
             "max_tokens": cfg.chunk.max_tokens,
             "max_messages": cfg.chunk.max_messages,
-            "rate_per_second": cfg.load.rate,
+            "rate_per_second": rps,
+            "tokens_per_minute": tpm,
+            "max_tokens_per_call": cfg.account.max_tokens_per_call,
             "async_mode": cfg.load.async_mode,
             "resend_changed": cfg.load.resend_changed,
             "since": inp.since.isoformat() if inp.since else None,
@@ -205,7 +211,7 @@ def build_report(inp: ReportInputs) -> Report:
             "api_calls": chunk.batches,
             "tokens": chunk.tokens,
             "estimated_seconds": seconds,
-            "estimated_duration": _duration(seconds),
+            "estimated_duration": plan["estimated_duration"],
             "split_messages": chunk.split_messages,
             "shortened_ids": len(chunk.shortened_ids),
             "redacted_messages": chunk.masked_messages,
@@ -214,6 +220,7 @@ def build_report(inp: ReportInputs) -> Report:
             "warnings": warnings,
         },
         "alerts": [],
+        "plan": plan,
         "skipped": dict(sorted(skipped_total.items())),
         "sources": sources,
         "ledger": {
@@ -274,6 +281,18 @@ def _alerts(quarantined: int, to_send: int) -> list[str]:
     return out
 
 
+def _plan_line(plan: dict[str, Any]) -> str:
+    tpm = plan["tokens_per_minute"]
+    budget_text = f"{plan['requests_per_second']:g} calls/s" + (
+        f", {tpm:,} tokens/min" if tpm else ""
+    )
+    return (
+        f"quota: {plan['calls']:,} addMessage calls; duration: {plan['estimated_duration']} "
+        f"at {budget_text} (bound by {plan['bound_by']}); calls use a median "
+        f"{plan['call_budget_used']['median']:.1%} of their token budget"
+    )
+
+
 def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
     """The terminal summary: the figures a team lead asks first, then the top problems."""
     d = report.data
@@ -294,8 +313,7 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
     lines += [
         f"to send: {t['messages_to_send']:,} messages in {t['batches']:,} batches "
         f"for {t['users_to_send']:,} users, ~{t['tokens']:,} tokens",
-        f"quota: {t['api_calls']:,} addMessage calls; duration: {t['estimated_duration']} "
-        f"at {s['rate_per_second']:g} calls/s",
+        _plan_line(d["plan"]),
     ]
     r = d["redaction"]
     if r["masked_messages"] or r["dropped_messages"]:
@@ -305,6 +323,8 @@ def summary_text(report: Report, files: Sequence[Path] = ()) -> str:
             f"redaction: {r['masked_messages']:,} messages masked ({masked}); "
             f"{r['dropped_messages']:,} dropped ({dropped})"
         )
+    if d["plan"]["recommendation"]:
+        lines.append(f"plan: {d['plan']['recommendation']}")
     problems = d["problems"][:TOP_PROBLEMS]
     if problems:
         lines.append("problems:")

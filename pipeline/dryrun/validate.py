@@ -37,6 +37,7 @@ from pipeline.core.staging import read_labeled, staged_sources
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks
 from pipeline.dryrun.html import write_reports
+from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
 
@@ -94,6 +95,7 @@ def _validate(
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
+    channels = ChannelTally() if any(s.kind == "slack" for s in cfg.sources) else None
     progress.start("validate", total=table.num_rows, unit="msg")
     with _stage("chunk + batch checks"):
         batches = chunk_table(
@@ -108,6 +110,8 @@ def _validate(
         )
         for batch in batches:
             checker.check(batch)
+            if channels is not None:
+                channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
             if batch.part is None or batch.part[0] == 1:
                 progress.advance(len(batch.message_ids))
     progress.close()
@@ -158,6 +162,7 @@ def _validate(
             ledger_changed=ledger.changed,
             since=since,
             before_since=before_since,
+            channels=channels,
             findings=findings,
         )
     )

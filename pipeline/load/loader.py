@@ -5,7 +5,9 @@ there an uncertain batch cannot be verified and is resent: see `_Loader._landed`
 
 Guarantees:
 - A conversation's batches go strictly in order, one at a time; different conversations
-  go concurrently (at most `max_in_flight` requests, at most `rate` starts per second).
+  go concurrently, within the account's budget (`pipeline.load.ratelimit`: requests per
+  second and input tokens per minute, learned down to what the server accepts) and with
+  as many requests in flight as rate x latency needs (or `max_in_flight`).
 - A batch is `done` in the ledger only after the API answered code 0. Before every send
   it is marked `sending`; a batch found `sending` (a crash, a lost answer) is checked with
   `POST /get/message` — its messages are then the newest of the conversation — and only
@@ -46,7 +48,7 @@ from tenacity import (
 
 from pipeline import incremental
 from pipeline.core.batches import Batch, read_batches
-from pipeline.core.config import Config, LoadConfig
+from pipeline.core.config import AccountConfig, Config, LoadConfig, budget
 from pipeline.core.destination import EMBEDDED, Destination, destination_for
 from pipeline.core.errors import (
     AuthError,
@@ -62,6 +64,7 @@ from pipeline.core.lock import workdir_lock
 from pipeline.core.memos_api import (
     CLOUD_GET_MESSAGE_PATH,
     GET_MESSAGE_LIMIT,
+    TOKEN_LIMIT_CODE,
     VISIBLE_ROLES,
     id_count,
 )
@@ -76,7 +79,7 @@ from pipeline.load.policy import (
     error_from_response,
 )
 from pipeline.load.preflight import preflight
-from pipeline.load.ratelimit import AdaptiveRateLimiter, Clock, Sleep
+from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
 from pipeline.load.targets import Endpoint, open_target
 
 log = logging.getLogger("memos_etl.loader")
@@ -118,6 +121,7 @@ class LoadStats:
     failures: list[dict[str, Any]] = field(default_factory=list)
     redacted: Counter[str] = field(default_factory=Counter)
     """Matches masked in the batches this load sent, per kind (from the batch file)."""
+    limits: dict[str, Any] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -154,6 +158,7 @@ class LoadStats:
             "stop_message": self.stop_message,
             "failures": self.failures,
             "redacted": dict(sorted(self.redacted.items())),
+            "limits": self.limits,
         }
 
 
@@ -225,6 +230,8 @@ class _Loader:
         rng: random.Random,
         progress: Progress,
         heartbeat: float | None,
+        requests_per_second: float | None,
+        tokens_per_minute: float | None,
     ) -> None:
         self.clients = clients
         self.ledger = ledger
@@ -235,13 +242,15 @@ class _Loader:
         self.rng = rng
         self.progress = progress
         self.heartbeat = heartbeat
-        self.limiter = AdaptiveRateLimiter(cfg.rate, clock=clock, sleep=sleep)
+        self.limiter = AccountLimiter(
+            requests_per_second, tokens_per_minute, clock=clock, sleep=sleep
+        )
+        self.gate = InFlightGate(cfg.max_in_flight)
         self.stats = LoadStats()
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
         self._last_beat = clock()
         self._messages_todo = 0
-        self._in_flight = 0
         self._verified: set[str] = set()
 
     # --- stopping -------------------------------------------------------------------
@@ -259,30 +268,36 @@ class _Loader:
     # --- HTTP -----------------------------------------------------------------------
 
     async def _post(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any]
+        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], tokens: int = 0
     ) -> dict[str, Any]:
-        """One rate-limited request; returns the JSON answer or raises a LoadError."""
-        await self.limiter.acquire(weight=id_count(body))
-        self.stats.requests += 1
-        self._in_flight += 1
-        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self._in_flight)
+        """One request within the budget (`tokens` input tokens); returns the JSON answer
+        or raises a LoadError."""
+        await self.gate.enter()
         try:
-            response = await client.post(
-                path, content=orjson.dumps(body), headers={"content-type": "application/json"}
-            )
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc, secret=self.secret) from None
+            ticket = await self.limiter.acquire(requests=id_count(body), tokens=tokens)
+            self.stats.requests += 1
+            sent = self.clock()
+            try:
+                response = await client.post(
+                    path, content=orjson.dumps(body), headers={"content-type": "application/json"}
+                )
+            except httpx.HTTPError as exc:
+                raise error_from_exception(exc, secret=self.secret) from None
+            self.gate.observe(self.clock() - sent, self.limiter.rate)
         finally:
-            self._in_flight -= 1
+            await self.gate.leave()
         error = error_from_response(response, secret=self.secret, server=self.cfg.server)
         if error is None:
-            self.limiter.on_success()
+            self.limiter.on_success(ticket)
             data = orjson.loads(response.content)
             return data if isinstance(data, dict) else {}
         if isinstance(error, TransientLoadError) and error.retry_after is not None:
             error.retry_after = self._capped_retry_after(error.retry_after, path)
         if isinstance(error, TransientLoadError) and error.rate_limited:
-            self.limiter.on_rate_limited(error.retry_after)
+            if error.code == TOKEN_LIMIT_CODE:
+                self.limiter.on_token_limited(error.retry_after, ticket)
+            else:
+                self.limiter.on_rate_limited(error.retry_after, ticket)
         raise error
 
     def _capped_retry_after(self, asked: float, path: str) -> float:
@@ -354,6 +369,8 @@ class _Loader:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, AmbiguousDeliveryError):
             reason = "lost_answer"
+        elif isinstance(exc, TransientLoadError) and exc.code == TOKEN_LIMIT_CODE:
+            reason = "token_limited"
         elif isinstance(exc, TransientLoadError) and exc.rate_limited:
             reason = "rate_limited"
         elif isinstance(exc, TransientLoadError) and (exc.status or exc.code):
@@ -383,7 +400,9 @@ class _Loader:
                 self.ledger.mark_sending(batch_id)
                 uncertain[0] = True
                 try:
-                    answer = await self._post(unit.client, self.cfg.add_path, unit.body)
+                    answer = await self._post(
+                        unit.client, self.cfg.add_path, unit.body, unit.row.tokens
+                    )
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
                     raise
@@ -475,14 +494,34 @@ class _Loader:
         now = self.clock()
         if now - self._last_beat >= self.heartbeat:
             self._last_beat = now
+            rate = self.limiter.rate
             progress_log.info(
-                "sent %d/%d messages (%d batches), %d requests, rate limit %.1f/s",
+                "sent %d/%d messages (%d batches), %d requests, rate limit %s, %d in flight",
                 self.stats.sent_messages,
                 self._messages_todo,
                 self.stats.sent_batches,
                 self.stats.requests,
-                self.limiter.rate,
+                "none" if rate is None else f"{rate:.1f}/s",
+                self.gate.in_flight,
             )
+
+    def limits_json(self) -> dict[str, Any]:
+        """The budget the load kept to and what it learned (the `limits` of `load --json`)."""
+        lim = self.limiter
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 2)
+
+        return {
+            "requests_per_second": rounded(lim.rate),
+            "tokens_per_minute": rounded(lim.tokens_per_minute),
+            "learned_requests_per_second": rounded(lim.learned_rate),
+            "learned_tokens_per_minute": rounded(lim.learned_tokens_per_minute),
+            "rate_limited": lim.rate_limited,
+            "token_limited": lim.token_limited,
+            "in_flight_limit": self.gate.limit,
+            "latency_s": rounded(self.gate.latency),
+        }
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
         """Deliver every conversation's batches in order with `max_in_flight` workers."""
@@ -521,7 +560,7 @@ class _Loader:
                 self.stop("error", f"{type(exc).__name__}: {exc}", now=True)
                 raise
 
-        n = min(self.cfg.max_in_flight, len(heap))
+        n = min(self.gate.capacity, len(heap))
         self.workers = [
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
@@ -601,12 +640,17 @@ async def load_batches(
     retry_failed: bool = False,
     handle_signals: bool = False,
     heartbeat: float | None = None,
+    account: AccountConfig | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
     Never raises for API errors: failures, auth and quota stops are in the returned stats
     (`stopped` is "auth", "quota" or "interrupted"); the ledger records every batch.
+    The budget is `account`'s (with `cfg.rate` overriding its requests per second); no
+    account, or the embedded local server: `cfg.rate` alone (None: unlimited).
     """
+    rps, tpm = budget(cfg, account, embedded=endpoint.embedded)
+    gate_capacity = InFlightGate(cfg.max_in_flight).capacity
     if retry_failed:
         n = ledger.retry_failed()
         if n:
@@ -631,7 +675,7 @@ async def load_batches(
                     verify=tls,
                 )
             )
-            for size in _pool_sizes(cfg.max_in_flight, shared=transport is not None)
+            for size in _pool_sizes(gate_capacity, shared=transport is not None)
         ]
         loader = _Loader(
             clients,
@@ -643,6 +687,8 @@ async def load_batches(
             rng=rng or random.Random(),
             progress=progress or NullProgress(),
             heartbeat=heartbeat,
+            requests_per_second=rps,
+            tokens_per_minute=tpm,
         )
         loader.stats.batches = len(batches)
         loader.stats.messages = sum(b.message_count for b in batches)
@@ -650,6 +696,8 @@ async def load_batches(
             await loader.run(batches, rows)
     stats = loader.stats
     stats.duration = clock() - started
+    stats.peak_in_flight = loader.gate.peak
+    stats.limits = loader.limits_json()
     _summarize(stats, ledger, batches)
     return stats
 
@@ -694,6 +742,7 @@ def load_workdir(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    account: AccountConfig | None = None,
 ) -> LoadStats:
     """Load `<workdir>/batches/batches.jsonl` into `destination` through the ledger
     (synchronous entry point; default destination: the workdir's local store).
@@ -731,6 +780,7 @@ def load_workdir(
                     handle_signals=handle_signals,
                     heartbeat=heartbeat,
                     transport=transport,
+                    account=account,
                 )
             )
         finally:
@@ -836,6 +886,7 @@ def load_command(
             retry_failed=retry_failed,
             handle_signals=handle_signals,
             heartbeat=heartbeat,
+            account=cfg.account,
         )
 
 

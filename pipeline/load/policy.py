@@ -4,6 +4,8 @@
     ok            2xx                    0                                batch done
     rate_limited  429                    40300 40309                      retry after Retry-After
                                                                           (or backoff); cut rate
+                                         40309 (tokens per minute)        the same; cut the
+                                                                          token budget
     transient     5xx, network, timeout  50000 50002 50004 50143 50144    retry: exponential
                                                                           backoff, full jitter
     too_large     413                    40305 40013                      split in two, in order
@@ -75,7 +77,7 @@ ERROR_TABLE: tuple[Rule, ...] = (
         "rate_limited",
         frozenset({429}),
         CODES_RATE_LIMITED,
-        "retry after Retry-After (or backoff); cut the client rate",
+        "retry after Retry-After (or backoff); cut the client rate (40309: the token budget)",
     ),
     Rule(
         "transient",

@@ -1,95 +1,362 @@
-"""Adaptive client-side rate limit: evenly spaced request slots, AIMD on rate-limit answers.
+"""The client side of an account's budget: requests per second and input tokens per minute.
 
-Requests start at most `rate` per second, spaced `1/rate` apart (GCRA, the "virtual
-scheduling" form of a token bucket). Slots missed while every worker was busy or the
-process was descheduled may be caught up within `catch_up` seconds (at 50/s and 0.1 s:
-five back-to-back requests at most), so any window of W seconds holds at most
-`rate * (W + catch_up) + 1` starts — never a large burst — and no catch-up at all right
-after a rate-limit answer. When the service
-says "too many requests" the rate is cut multiplicatively and every slot waits out the
-Retry-After; after `increase_every` seconds without a rate-limit answer it climbs back
-additively toward the configured ceiling — the shape of TCP congestion control and of
-Vector's adaptive request concurrency. Clock and sleep are injected so tests run instantly.
+MemOS Cloud limits an *account* (every project and key of it) on two budgets at once: about
+50 requests per second (answer 40300 / HTTP 429 beyond it) and 400,000 input tokens per
+minute (answer 40309). `AccountLimiter` hands out request start times that respect both:
+
+- **Two schedules (GCRA).** Each budget is a "virtual scheduling" token bucket: a request of
+  weight `requests=N, tokens=T` reserves `N / rate` seconds of the request schedule and
+  `T / token_rate` seconds of the token schedule, and starts when both are free. Slots are
+  reserved before sleeping, so callers queue fairly, and the spacing is even: a strict
+  sliding-window server never sees a burst. `N` is the request's QPS weight (a group-chat
+  request naming N users costs N); `T` its input tokens.
+- **Learning the real ceiling.** A rate-limit answer means the server's ceiling is what we
+  sent in the window before that request: for requests, the accepted starts of the second
+  before it; for tokens, the accepted tokens of the minute before it. The limiter settles at
+  `settle` (97%) of that, once per congestion event (answers to requests started before the
+  cut are the same event), and then stays there: it probes upward by `probe_step` of the
+  configured ceiling only after `probe_every` seconds without a rejection. The old limiter
+  cut by 25% and climbed straight back within seconds, so against a strict sliding window it
+  oscillated around 60-75% of the ceiling; this one holds ~97% and is rejected about once per
+  `probe_every * (1 - settle) / probe_step` seconds. A request still waiting for a slot
+  reserved at the old rate when the budget is lowered takes a new slot at the new rate.
+- **Retry-After.** A rejection's own retry waits its Retry-After (the loader's backoff). The
+  limiter additionally pauses *every* start when the server asks for longer than one
+  `window` (a longer pause is a statement about the account, not about one request), capped
+  at `max_pause`; for 40309 the token schedule is pushed back by the (capped) Retry-After.
+- **Catch-up.** Slots missed while every worker was busy may be caught up within `catch_up`
+  seconds, until the first rejection: a server that rejects has shown that it counts
+  strictly, so from then on starts stay evenly spaced.
+
+A budget given as None is unlimited (the embedded local server needs no client-side limit).
+Clock and sleep are injected so tests run instantly; not thread-safe (one asyncio loop).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
+REQUEST_WINDOW = 1.0
+"""Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
+TOKEN_WINDOW = 60.0
+"""Seconds over which a tokens-per-minute limit is counted."""
+REFINE_BELOW = 0.85
+"""A later rejection of the same event lowers the learned ceiling only below this share."""
 
-class AdaptiveRateLimiter:
-    """Hands out request start times; not thread-safe (one asyncio loop)."""
+
+@dataclass
+class Ticket:
+    """One admitted request: when it started and what it reserved."""
+
+    started: float
+    requests: float
+    tokens: float
+    rejected: bool = False
+
+
+@dataclass
+class _Budget:
+    """One schedule: its configured ceiling, current (learned) rate and next free time."""
+
+    ceiling: float | None
+    rate: float | None
+    floor: float
+    window: float
+    tat: float = 0.0
+    learned: float | None = None
+    """The rate (per second) the server rejected at last; None until the first rejection."""
+    last_cut: float = float("-inf")
+    calm_since: float = 0.0
+    rejections: int = 0
+
+    def interval(self, weight: float) -> float:
+        return 0.0 if self.rate is None or weight <= 0 else weight / self.rate
+
+
+class AccountLimiter:
+    """Hands out request start times within an account's request and token budgets."""
 
     def __init__(
         self,
-        ceiling: float,
+        requests_per_second: float | None,
+        tokens_per_minute: float | None = None,
         *,
         clock: Clock,
         sleep: Sleep,
-        decrease: float = 0.75,
-        increase: float | None = None,
-        increase_every: float = 1.0,
+        settle: float = 0.97,
+        probe_every: float = 60.0,
+        probe_step: float = 0.01,
         floor: float = 0.2,
-        decrease_every: float = 1.0,
         catch_up: float = 0.1,
+        max_pause: float = 60.0,
+        cut_every: float = 2.0,
     ) -> None:
-        if ceiling <= 0:
-            raise ValueError("rate ceiling must be positive")
-        self.ceiling = ceiling
-        self.rate = ceiling
-        self.floor = min(floor, ceiling)
-        self.decrease = decrease
-        self.increase = increase if increase is not None else max(ceiling * 0.05, 0.5)
-        self.increase_every = increase_every
-        self.decrease_every = decrease_every
+        if requests_per_second is not None and requests_per_second <= 0:
+            raise ValueError("requests_per_second must be positive (or None: unlimited)")
+        if tokens_per_minute is not None and tokens_per_minute <= 0:
+            raise ValueError("tokens_per_minute must be positive (or None: unlimited)")
+        if not 0 < settle <= 1:
+            raise ValueError("settle must be in (0, 1]")
+        now = clock()
+        rps = requests_per_second
+        tps = tokens_per_minute / TOKEN_WINDOW if tokens_per_minute is not None else None
+        # no catch-up at the start: nothing was missed yet, and a burst would break a strict window
+        self._req = _Budget(
+            rps, rps, min(floor, rps or floor), REQUEST_WINDOW, tat=now + catch_up, calm_since=now
+        )
+        self._tok = _Budget(tps, tps, (tps or 0.0) * 0.01, TOKEN_WINDOW, calm_since=now)
+        self.settle = settle
+        self.probe_every = probe_every
+        self.probe_step = probe_step
         self.catch_up = catch_up
-        self._last_decrease = float("-inf")
+        self.max_pause = max_pause
+        self.cut_every = cut_every
         self._clock = clock
         self._sleep = sleep
-        self._next = 0.0
-        self._paused_until = 0.0
-        self._last_change = clock()
-        self.rate_limited = 0
+        self._paused_until = float("-inf")
+        self._recent: deque[Ticket] = deque()
+        self._epoch = 0
+        """Bumped whenever a budget is lowered or starts are paused."""
 
-    async def acquire(self, weight: int = 1) -> None:
-        """Wait for the next free slot (reserved before sleeping, so callers queue fairly).
+    # --- what callers and reports read ----------------------------------------------------
 
-        A request of `weight` N takes N slots: a MemOS group-chat request listing N user ids
-        is charged N against the account's QPS limit.
-        """
-        now = self._clock()
-        calm = now - self._last_decrease > 5 * self.decrease_every
-        early = self.catch_up if calm else 0.0
-        start = max(now, self._next - early, self._paused_until)
-        self._next = max(self._next, start) + max(weight, 1) / self.rate
-        if start > now:
+    @property
+    def rate(self) -> float | None:
+        """Current requests-per-second budget (None: unlimited)."""
+        return self._req.rate
+
+    @property
+    def tokens_per_minute(self) -> float | None:
+        """Current input-tokens-per-minute budget (None: unlimited)."""
+        return None if self._tok.rate is None else self._tok.rate * TOKEN_WINDOW
+
+    @property
+    def learned_rate(self) -> float | None:
+        """Requests/s the server last rejected at (None: never rejected)."""
+        return self._req.learned
+
+    @property
+    def learned_tokens_per_minute(self) -> float | None:
+        """Tokens/min the server last rejected at (None: never rejected)."""
+        learned = self._tok.learned
+        return None if learned is None else learned * TOKEN_WINDOW
+
+    @property
+    def rate_limited(self) -> int:
+        """Requests answered "too many requests" (40300 / 429)."""
+        return self._req.rejections
+
+    @property
+    def token_limited(self) -> int:
+        """Requests answered "too many tokens this minute" (40309)."""
+        return self._tok.rejections
+
+    # --- admission ------------------------------------------------------------------------
+
+    async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> Ticket:
+        """Wait until a request of this weight may start within both budgets; returns its
+        ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`)."""
+        req, tok = self._req, self._tok
+        while True:
+            now = self._clock()
+            early = self.catch_up if req.learned is None else 0.0
+            start = max(now, req.tat - early, tok.tat, self._paused_until)
+            if req.rate is not None:
+                req.tat = max(req.tat, start) + req.interval(requests)
+            if tok.rate is not None:
+                tok.tat = max(tok.tat, start) + tok.interval(tokens)
+            if start <= now:
+                break
+            epoch = self._epoch
             await self._sleep(start - now)
+            if self._epoch == epoch:
+                # when the event loop was busy the request leaves late: count it then
+                start = max(start, self._clock())
+                break
+            # the budget was lowered while this slot waited: a slot reserved at the old
+            # rate would only meet the same rejection, so take one at the new rate
+        ticket = Ticket(start, requests, tokens)
+        self._remember(ticket)
+        return ticket
 
-    def on_success(self) -> None:
-        """Count a confirmed request; raise the rate after a quiet interval."""
-        if self.rate >= self.ceiling:
+    def _remember(self, ticket: Ticket) -> None:
+        """Keep the tickets of the last token window (what a rejection is measured against)."""
+        if self._req.rate is None and self._tok.rate is None:
             return
-        now = self._clock()
-        if now - self._last_change >= self.increase_every:
-            self.rate = min(self.ceiling, self.rate + self.increase)
-            self._last_change = now
+        self._recent.append(ticket)
+        horizon = ticket.started - TOKEN_WINDOW - self.max_pause
+        while self._recent and self._recent[0].started < horizon:
+            self._recent.popleft()
 
-    def on_rate_limited(self, retry_after: float | None) -> None:
-        """Cut the rate and, when the server said how long, pause every slot until then.
+    def _sent_before(self, started: float, window: float) -> tuple[float, float]:
+        """(requests, tokens) of accepted tickets that started in `[started - window, started)`."""
+        requests = tokens = 0.0
+        for t in reversed(self._recent):
+            if t.started >= started or t.rejected:
+                continue
+            if t.started < started - window:
+                break
+            requests += t.requests
+            tokens += t.tokens
+        return requests, tokens
 
-        The rate is cut at most once per `decrease_every` seconds: the answers of requests
-        already in flight when the first came are one congestion event, not many.
-        """
+    # --- feedback -------------------------------------------------------------------------
+
+    def on_success(self, ticket: Ticket | None = None) -> None:
+        """A confirmed request: after `probe_every` calm seconds, raise each budget a step."""
         now = self._clock()
-        self.rate_limited += 1
-        if now - self._last_decrease >= self.decrease_every:
-            self.rate = max(self.floor, self.rate * self.decrease)
-            self._last_decrease = now
-        self._last_change = now
+        for budget in (self._req, self._tok):
+            if budget.rate is None or budget.ceiling is None or budget.rate >= budget.ceiling:
+                continue
+            if now - budget.calm_since >= self.probe_every:
+                budget.rate = min(budget.ceiling, budget.rate + self.probe_step * budget.ceiling)
+                budget.calm_since = now
+
+    def on_rate_limited(self, retry_after: float | None, ticket: Ticket | None = None) -> None:
+        """The server said too many requests: settle below what it accepted, maybe pause."""
+        now = self._clock()
+        started = ticket.started if ticket is not None else now
+        if ticket is not None:
+            ticket.rejected = True
+        budget = self._req
+        budget.rejections += 1
+        if budget.rate is not None:
+            sent, _ = self._sent_before(started, budget.window)
+            self._cut(
+                budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
+            )
+        if retry_after is not None and retry_after > REQUEST_WINDOW:
+            self._paused_until = max(self._paused_until, now + min(retry_after, self.max_pause))
+            self._epoch += 1
+        if budget.rate is not None:
+            # slots already handed out keep their times; new ones are spaced at the new rate
+            budget.tat = max(budget.tat, now + 1.0 / budget.rate)
+
+    def on_token_limited(self, retry_after: float | None, ticket: Ticket | None = None) -> None:
+        """The server said too many tokens this minute (40309): settle the token budget below
+        what it accepted over the last minute, and push the token schedule past Retry-After."""
+        now = self._clock()
+        started = ticket.started if ticket is not None else now
+        if ticket is not None:
+            ticket.rejected = True
+        budget = self._tok
+        budget.rejections += 1
+        if budget.rate is None:
+            return
+        _, sent = self._sent_before(started, budget.window)
+        self._cut(
+            budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
+        )
         if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, now + retry_after)
-        # slots already handed out keep their times; new ones are spaced at the new rate
-        self._next = max(self._next, now + 1.0 / self.rate)
+            budget.tat = max(budget.tat, now + min(retry_after, self.max_pause))
+            self._epoch += 1
+
+    def _new_event(self, budget: _Budget, started: float, now: float) -> bool:
+        """A rejection is a new congestion event when its request left after the last cut
+        and at least `cut_every` seconds have passed: a server refusing a share of requests
+        whatever the rate (noise, another client) then costs 3% per `cut_every`, not 3% per
+        answer."""
+        return started >= budget.last_cut and now - budget.last_cut >= self.cut_every
+
+    def _cut(self, budget: _Budget, observed: float, now: float, *, new_event: bool) -> None:
+        """Settle at `settle` x the rate the server rejected at: what it accepted over its
+        window before the rejected request (the current rate when that is higher or unknown).
+
+        A rejection of a request sent before the last cut belongs to the same event: it
+        never cuts again, but may refine the estimate downward (a token-bucket server
+        accepts a burst first, so the first window overstates its rate); only a clearly
+        lower figure counts, so noise does not ratchet the budget down.
+        """
+        assert budget.rate is not None
+        if new_event:
+            # at most halved per event: a rejection early in a run, or one unrelated to
+            # the rate, must not collapse the budget to the few requests sent so far
+            cause = (
+                budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
+            )
+            budget.learned = cause
+            budget.rate = max(budget.floor, cause * self.settle)
+            budget.last_cut = now
+            budget.calm_since = now
+            budget.tat = now  # requests still waiting take new slots at the new rate
+            self._epoch += 1
+        elif budget.rate / 2 < observed < REFINE_BELOW * (budget.learned or budget.rate):
+            budget.learned = observed
+            budget.rate = max(budget.floor, observed * self.settle)
+            budget.calm_since = now
+            budget.tat = now
+            self._epoch += 1
+
+
+class InFlightGate:
+    """How many requests may be in flight: rate x observed latency (Little's law).
+
+    A fixed number of requests in flight caps throughput at in-flight / latency (16 at 1 s
+    latency: 16 req/s, whatever the rate budget). With `fixed` None the gate follows
+    `headroom x rate x latency` (latency a moving average of completed requests), within
+    `[low, high]`, starting at `start`; with a `fixed` number it is that number.
+    """
+
+    def __init__(
+        self,
+        fixed: int | None,
+        *,
+        low: int = 4,
+        high: int = 256,
+        start: int = 16,
+        headroom: float = 1.25,
+        smoothing: float = 0.2,
+    ) -> None:
+        self.fixed = fixed
+        self.low, self.high = low, max(low, high)
+        self.headroom = headroom
+        self.smoothing = smoothing
+        self.latency: float | None = None
+        self.limit = fixed if fixed is not None else min(max(start, low), self.high)
+        self.in_flight = 0
+        self.peak = 0
+        self._room: asyncio.Condition | None = None
+
+    @property
+    def capacity(self) -> int:
+        """The most requests that can ever be in flight (the number of workers needed)."""
+        return self.fixed if self.fixed is not None else self.high
+
+    def observe(self, seconds: float, rate: float | None) -> None:
+        """A request took `seconds`; resize for the current requests/s budget."""
+        if self.latency is None:
+            self.latency = seconds
+        else:
+            self.latency += self.smoothing * (seconds - self.latency)
+        if self.fixed is not None:
+            return
+        if rate is None:
+            return  # no budget to fill: stay at `start` (a local server gains nothing more)
+        want = min(self.high, max(self.low, int(self.headroom * rate * self.latency) + 2))
+        # grow by at most one per completed request (doubling per round trip, like TCP's
+        # slow start), so a budget above the server's ceiling is found with a small
+        # overshoot instead of a full round trip of rejected requests; shrink at once
+        self.limit = min(want, self.limit + 1)
+
+    async def enter(self) -> None:
+        """Wait for room, then count one request in flight."""
+        if self.in_flight >= self.limit:
+            if self._room is None:
+                self._room = asyncio.Condition()
+            async with self._room:
+                await self._room.wait_for(lambda: self.in_flight < self.limit)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+
+    async def leave(self) -> None:
+        """Count one request done and wake a waiter if there is room."""
+        self.in_flight -= 1
+        if self._room is not None and self.in_flight < self.limit:
+            async with self._room:
+                self._room.notify(self.limit - self.in_flight)

@@ -34,6 +34,8 @@ class Endpoint:
 
     base_url: str
     api_key: str | None = None
+    embedded: bool = False
+    """The local server this process started: no account limits apply to it."""
 
     def __repr__(self) -> str:
         shown = "***" if self.api_key else None
@@ -123,4 +125,4 @@ def open_target(
     db = local_db_path(cfg, workdir)
     db.parent.mkdir(parents=True, exist_ok=True)
     with start_server(ServerConfig(db_path=db)) as server:
-        yield Endpoint(server.url, None)
+        yield Endpoint(server.url, None, embedded=True)

@@ -26,6 +26,8 @@ Body codes (see docs/local-server.md):
     40003 a field has the wrong type or value      40300 rate limited (QPS ceiling)
     40010 user_id over 100 characters              40304 quota exhausted (forced only)
     40011 conversation_id over 100 characters      40305 input over the token limit
+                                                   (40013 with too_long_code=40013)
+                                                   40309 tokens per minute spent (tpm_limit)
     50000 internal error, 50004 unavailable (injected transient failures)
 
 Library use: `with start_server(ServerConfig(db_path=p)) as server: ... server.url ...` runs
@@ -115,6 +117,8 @@ MESSAGES: Mapping[int, str] = MappingProxyType(
         40300: "rate limit exceeded, retry later",
         40304: "quota exhausted",
         40305: "input too long",
+        40013: "messages too long, split them",
+        40309: "too many input tokens this minute",
         50000: "internal server error",
         50004: "service temporarily unavailable, retry later",
     }
@@ -149,6 +153,8 @@ class ServerConfig:
     port: int = 0
     token: str | None = field(default=None, repr=False)
     max_input_tokens: int = MAX_CALL_TOKENS
+    too_long_code: int = 40305
+    """Code answered above `max_input_tokens`: 40305 (older docs) or 40013 (newest)."""
     faults: FaultConfig = FaultConfig()
     synchronous: Synchronous = "NORMAL"
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -163,6 +169,8 @@ class ServerConfig:
             )
         if self.max_input_tokens < 1:
             raise ConfigError("max_input_tokens must be at least 1")
+        if self.too_long_code not in (40305, 40013):
+            raise ConfigError("too_long_code must be 40305 or 40013")
 
 
 def _is_loopback(host: str) -> bool:
@@ -184,6 +192,7 @@ class ServerStats:
     codes: Mapping[int, int]
     http_status: Mapping[int, int]
     rate_limited: int
+    token_limited: int
     injected_failures: int
     forced: int
     dropped_before: int
@@ -231,6 +240,7 @@ class _Counters:
                 codes=dict(self._codes),
                 http_status=dict(self._status),
                 rate_limited=n["rate_limited"],
+                token_limited=n["token_limited"],
                 injected_failures=n["fail"],
                 forced=n["forced"],
                 dropped_before=n["drop_before"],
@@ -344,6 +354,12 @@ def _new_message(raw: Mapping[str, Any]) -> NewMessage:
     )
 
 
+def _weight(payload: Any) -> int:
+    """Requests a call costs against the QPS limit: one per user id it names."""
+    users = payload.get("user_id") if isinstance(payload, dict) else None
+    return max(1, len(users)) if isinstance(users, list) else 1
+
+
 def _memory_key(content: str) -> str:
     first = content.strip().split("\n", 1)[0]
     return first if len(first) <= 60 else first[:59] + "…"
@@ -420,12 +436,15 @@ class _Api:
         key = "session_id" if server else "conversation_id"
         conversation_id = payload.get(key) if isinstance(payload, dict) else None
         decision = self.injector.decide(
-            path, conversation_id if isinstance(conversation_id, str) else None
+            path,
+            conversation_id if isinstance(conversation_id, str) else None,
+            weight=_weight(payload),
+            tokens=self._input_tokens(path, payload),
         )
         if decision.delay_s > 0:
             self.counters.slept(decision.delay_s * 1000)
             await asyncio.sleep(decision.delay_s)
-        if decision.kind in ("answer", "rate_limited", "fail"):
+        if decision.kind in ("answer", "rate_limited", "token_limited", "fail"):
             return self._injected(decision, server=server)
         if decision.kind == "drop_before":
             self.counters.add("drop_before")
@@ -448,6 +467,23 @@ class _Api:
             return _Answer.dropped_after(out)
         self.counters.answered(200, ok_code)
         return _Answer(out, 200, f"code={ok_code}")
+
+    def _input_tokens(self, path: str, payload: Any) -> int:
+        """Input tokens of an add/message call, counted only when a tokens-per-minute limit
+        needs them (a malformed body counts 0 and is rejected later by validation)."""
+        if self.injector.config.tpm_limit is None or path != "/add/message":
+            return 0
+        messages = payload.get("messages") if isinstance(payload, dict) else None
+        if not isinstance(messages, list):
+            return 0
+        total = 0
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+                total += count_tokens(_content_text(content))
+            elif isinstance(content, str):
+                total += count_tokens(content)
+        return total
 
     def _check_auth(self, header: str | None) -> ApiError | None:
         if self._token is None:
@@ -516,7 +552,10 @@ class _Api:
         nbytes = sum(len(m.content.encode("utf-8")) for m in messages)
         tokens = sum(count_tokens(m.content) for m in messages) if nbytes > limit else 0
         if tokens > limit:
-            raise ApiError(40305, f"input too long: {tokens} tokens, over the limit of {limit}")
+            raise ApiError(
+                self.config.too_long_code,
+                f"input too long: {tokens} tokens, over the limit of {limit}",
+            )
         users = payload["user_id"]
         agent_id = payload.get("agent_id")
         task_id = self.store.add_messages(

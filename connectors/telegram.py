@@ -18,6 +18,10 @@ Contract (every rule, option and reason: docs/telegram.md):
   sees (links keep their target, code keeps its backticks); media becomes a placeholder
   with its file name; forwarded and via-bot messages say so; edits keep the final text.
 - Owners and conversations follow `connectors.group_chat`.
+
+Longer than most modules because the Telegram export contract (chats, messages, service
+actions, conversation and owner policies) reads best in one place; text rendering and the
+split of a full export by chat live in telegram_text.py and telegram_split.py.
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import read_staging
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
+from pipeline.load.entry import batch_file_cut_for, load_workdir
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import LoadStats, batch_file_cut_for, load_workdir
 from pipeline.load.preflight import preflight
+from pipeline.load.stats import LoadStats
 from pipeline.load.targets import local_db_path, open_target
 
 log = logging.getLogger("memos_etl.run")

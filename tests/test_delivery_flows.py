@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from pipeline.cli import main
 from pipeline.core.lock import workdir_lock
 from pipeline.core.workdir import ledger_path
-from pipeline.server.app import LocalServer, ServerConfig, start_server
+from pipeline.server import LocalServer, ServerConfig, start_server
 from pipeline.server.faults import FaultConfig, ForcedAnswer
 from pipeline.server.store import conversation_messages, message_counts
 

@@ -16,7 +16,9 @@ from pipeline.core.config import LoadConfig
 from pipeline.core.errors import PermanentLoadError
 from pipeline.incremental import delivered_message_hashes
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import Endpoint, LoadStats, load_batches, split_body
+from pipeline.load.loader import Endpoint, load_batches
+from pipeline.load.split import split_body
+from pipeline.load.stats import LoadStats
 from tests.loader_fakes import Fake, FakeTime, make_batches
 
 KEY = "sk-secret-key-123"

@@ -14,7 +14,7 @@ from pipeline.core.batches import Batch, write_batches
 from pipeline.core.config import LoadConfig
 from pipeline.core.destination import Destination, destination_for
 from pipeline.load.ledger import Ledger
-from pipeline.server.app import LocalServer, ServerConfig, start_server
+from pipeline.server import LocalServer, ServerConfig, start_server
 from pipeline.server.faults import FaultConfig
 from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches

@@ -20,10 +20,11 @@ from pipeline.cli import main
 from pipeline.core.batches import Batch, write_batches
 from pipeline.core.config import LoadConfig
 from pipeline.incremental import delivered_message_hashes
+from pipeline.load.entry import load_workdir
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import LoadStats, load_workdir
+from pipeline.load.stats import LoadStats
 from pipeline.load.targets import Endpoint
-from pipeline.server.app import LocalServer, ServerConfig, start_server
+from pipeline.server import LocalServer, ServerConfig, start_server
 from pipeline.server.faults import FaultConfig, ForcedAnswer
 from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches

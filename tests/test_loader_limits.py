@@ -13,9 +13,11 @@ import pytest
 from pipeline.core.batches import Batch
 from pipeline.core.config import AccountConfig, LoadConfig, budget, load_config
 from pipeline.core.errors import ConfigError
+from pipeline.core.memos_api import id_count
 from pipeline.load.ledger import Ledger
-from pipeline.load.loader import Endpoint, LoadStats, _weight, load_batches
+from pipeline.load.loader import Endpoint, load_batches
 from pipeline.load.policy import classify
+from pipeline.load.stats import LoadStats
 from tests.loader_fakes import Fake, FakeTime, make_batches
 
 
@@ -97,9 +99,8 @@ def test_the_embedded_target_has_no_client_side_limit(tmp_path: Path) -> None:
 
 
 def test_a_group_chat_request_costs_one_request_per_user() -> None:
-    assert _weight({"user_id": "u1"}) == 1
-    assert _weight({"user_id": ["u1", "u2", "u3"]}) == 3
-    assert _weight({"user_id": []}) == 1
+    assert id_count({"user_id": "u1"}) == 1
+    assert id_count({"user_id": ["u1", "u2", "u3"]}) == 3
 
 
 def test_budget_resolution() -> None:

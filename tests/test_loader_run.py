@@ -114,7 +114,7 @@ def test_load_and_status_have_help() -> None:
 
 
 def test_run_finishes_what_a_stopped_run_left_before_new_data(tmp_path: Path) -> None:
-    from pipeline.server.app import ServerConfig, start_server
+    from pipeline.server import ServerConfig, start_server
     from pipeline.server.faults import FaultConfig, ForcedAnswer
 
     export = tmp_path / "export.csv"

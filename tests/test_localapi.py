@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from pipeline.core.errors import ConfigError
 from pipeline.core.memos_api import load_spec
 from pipeline.core.tokens import count_tokens
-from pipeline.server.app import (
+from pipeline.server import (
     ENDPOINTS,
     LocalServer,
     ServerConfig,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pipeline.core.memos_api import load_spec
-from pipeline.server.app import (
+from pipeline.server import (
     LocalServer,
     ServerConfig,
     start_server,

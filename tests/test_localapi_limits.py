@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.core.tokens import count_tokens
-from pipeline.server.app import ServerConfig, start_server
+from pipeline.server import ServerConfig, start_server
 from pipeline.server.faults import FaultConfig, LimitMode, Window
 
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.core.errors import PermanentLoadError, TransientLoadError
 from pipeline.load.policy import AmbiguousDeliveryError, error_from_response
-from pipeline.server.app import ForcedAnswer, LocalServer, ServerConfig, start_server
+from pipeline.server import ForcedAnswer, LocalServer, ServerConfig, start_server
 from pipeline.server.store import conversation_messages, message_counts
 
 EXPORT = (

@@ -17,9 +17,9 @@ from pipeline.chunk import ChunkLimits, chunk_workdir
 from pipeline.cli import main
 from pipeline.core.config import LoadConfig
 from pipeline.core.redact import DEFAULT_POLICY, Policy, mask_token
-from pipeline.load.loader import load_workdir
+from pipeline.load.entry import load_workdir
 from pipeline.load.targets import Endpoint
-from pipeline.server.app import ServerConfig, start_server
+from pipeline.server import ServerConfig, start_server
 from pipeline.server.store import conversation_messages, message_counts
 from tests.test_redact import PERSONAL, SECRETS, SENSITIVE
 

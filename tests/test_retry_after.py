@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.core.batches import write_batches
 from pipeline.core.config import LoadConfig
 from pipeline.load.policy import cap_retry_after
-from pipeline.server.app import ServerConfig, start_server
+from pipeline.server import ServerConfig, start_server
 from pipeline.server.faults import FaultConfig, ForcedAnswer
 from pipeline.server.store import conversation_messages
 from tests.loader_fakes import Fake, make_batches

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from pipeline.core.errors import ConfigError
-from pipeline.server.app import LocalServer, ServerConfig, ServerLimits, start_server
+from pipeline.server import LocalServer, ServerConfig, ServerLimits, start_server
 
 TOKEN = "tok-SECRET"
 GUARD = 10.0

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.cli.common import SafeFormatter, safe_json, safe_text
 from pipeline.core.batches import write_batches
-from pipeline.server.app import ServerConfig, start_server
+from pipeline.server import ServerConfig, start_server
 from pipeline.server.faults import FaultConfig, ForcedAnswer
 from tests.loader_fakes import make_batches
 

@@ -14,6 +14,9 @@ microseconds: unique in its conversation and ordered like time.
 This module and `connectors.slack.text` are compiled with mypyc when the package is
 built (setup.py). Compiled code checks declared types at run time, so values from a day
 file stay `Any` until checked; classes that are pickled live in `connectors.slack.model`.
+
+Longer than most modules because it is the per-message code that mypyc may compile as
+one unit; splitting it would add calls across compiled modules on the hot path.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ or message record; read == staged + skipped + quarantined. Conversations are pro
 in worker processes (a unit = day files of one conversation, cut only between days, so
 threads are rebuilt across days; a job = consecutive units, one part each). Defaults and
 every option: docs/slack.md.
+
+Longer than most modules because it plans, runs and merges the jobs of a whole export;
+the per-message work lives in normalize.py and the listing in export.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from pipeline.load.loader import LoadStats as LoadStatsT
+    from pipeline.load.stats import LoadStats as LoadStatsT
 
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
@@ -149,7 +149,7 @@ def load(
     Example: memos-etl load --workdir w --target local
     """
     from pipeline.core.destination import destination_for
-    from pipeline.load.loader import load_command, load_settings
+    from pipeline.load.entry import load_command, load_settings
 
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(

@@ -57,7 +57,7 @@ def run(
     Example: memos-etl run configs/quickstart.yaml
     """
     from pipeline.core.destination import destination_for
-    from pipeline.load.loader import load_settings
+    from pipeline.load.entry import load_settings
     from pipeline.run import run_pipeline
 
     progress = setup(verbose, quiet, no_progress)

@@ -205,7 +205,7 @@ def serve(
 
     Example: memos-etl serve --db w/local-memos.sqlite --port 8765 -v
     """
-    from pipeline.server.app import LocalServer, ServerConfig, ServerLimits, run_until_signal
+    from pipeline.server import LocalServer, ServerConfig, ServerLimits, run_until_signal
     from pipeline.server.faults import FaultConfig, parse_forced
 
     setup(verbose, quiet, no_progress)

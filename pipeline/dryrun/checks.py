@@ -11,6 +11,9 @@ Severity: `error` means the API would reject something (the run must not start a
 `warning` means the data loses something or looks wrong; `info` is worth knowing.
 Content that looks like a secret or personal data is never copied into a finding: examples
 carry `mask()`ed forms only.
+
+Longer than most modules because it holds every dry-run check, each a small pure
+function over Arrow columns or a built batch.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ consistent file. The schema is versioned with `PRAGMA user_version` and marked w
 migrated in place: its deliveries are kept and attributed to the workdir's default local
 store when that store exists (the only target that could have written it without a
 base URL), else to a placeholder that the first destination loaded adopts.
+
+Longer than most modules because every state change of a batch, a destination or a run
+is one transaction here, beside the schema and its migrations: the ledger's whole
+contract can be read in one place.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Guarantees:
   message into token parts), invalid batches fail and block the rest of their
   conversation (order), an auth error stops the run at once, quota exhaustion stops it
   cleanly. Failed and unsent batches stay in the ledger for the next run.
+
+Longer than most modules because the delivery state machine (`_Loader`: scheduling,
+sending, read-back checks, splits, retries, budgets) is one piece whose parts share its
+state; entry points, counts and the split rule live in entry.py, stats.py and split.py.
 """
 
 from __future__ import annotations
@@ -27,14 +31,12 @@ import heapq
 import logging
 import math
 import random
-import shlex
 import signal
 import time
-from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,21 +48,16 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from pipeline import incremental
-from pipeline.core.batches import Batch, read_batches
-from pipeline.core.config import AccountConfig, Config, LoadConfig, budget
-from pipeline.core.destination import EMBEDDED, Destination, destination_for
+from pipeline.core.batches import Batch
+from pipeline.core.config import AccountConfig, LoadConfig, budget
 from pipeline.core.errors import (
     AuthError,
-    ConfigError,
-    InputError,
     LoadError,
     PermanentLoadError,
     QuotaExhaustedError,
     TooLargeError,
     TransientLoadError,
 )
-from pipeline.core.lock import workdir_lock
 from pipeline.core.memos_api import (
     CLOUD_GET_MESSAGE_PATH,
     GET_MESSAGE_LIMIT,
@@ -69,8 +66,6 @@ from pipeline.core.memos_api import (
     id_count,
 )
 from pipeline.core.progress import NullProgress, Progress
-from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
-from pipeline.core.workdir import batches_path, manifest_path
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
@@ -78,9 +73,10 @@ from pipeline.load.policy import (
     error_from_exception,
     error_from_response,
 )
-from pipeline.load.preflight import preflight
 from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
-from pipeline.load.targets import Endpoint, open_target
+from pipeline.load.split import split_body
+from pipeline.load.stats import LoadStats
+from pipeline.load.targets import Endpoint
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
@@ -91,75 +87,6 @@ SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish after the first Ctrl-C."""
 LONG_WAIT = 60.0
 """A server-imposed wait at least this long is logged as a warning (shorter ones at -v)."""
-
-
-@dataclass
-class LoadStats:
-    """What a load did; `batches == done + failed + pending` over the batch file."""
-
-    batches: int = 0
-    messages: int = 0
-    sent_batches: int = 0
-    sent_messages: int = 0
-    already_batches: int = 0
-    already_messages: int = 0
-    duplicate_messages: int = 0
-    changed: list[str] = field(default_factory=list)
-    verified_landed: int = 0
-    verified_messages: int = 0
-    split: int = 0
-    requests: int = 0
-    peak_in_flight: int = 0
-    retries: Counter[str] = field(default_factory=Counter)
-    done: int = 0
-    failed: int = 0
-    pending: int = 0
-    blocked: int = 0
-    duration: float = 0.0
-    stopped: str | None = None
-    stop_message: str | None = None
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    redacted: Counter[str] = field(default_factory=Counter)
-    """Matches masked in the batches this load sent, per kind (from the batch file)."""
-    limits: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def complete(self) -> bool:
-        """Every batch of the batch file is confirmed delivered."""
-        return self.done == self.batches
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON summary printed by `load --json`."""
-        rps = self.requests / self.duration if self.duration > 0 else 0.0
-        return {
-            "batches": self.batches,
-            "messages": self.messages,
-            "sent": {"batches": self.sent_batches, "messages": self.sent_messages},
-            "already_delivered": {
-                "batches": self.already_batches,
-                "messages": self.already_messages,
-            },
-            "duplicates_skipped": self.duplicate_messages,
-            "changed_not_resent": len(self.changed),
-            "verified_landed": self.verified_landed,
-            "verified_messages": self.verified_messages,
-            "done": self.done,
-            "failed": self.failed,
-            "pending": self.pending,
-            "blocked": self.blocked,
-            "split": self.split,
-            "requests": self.requests,
-            "peak_in_flight": self.peak_in_flight,
-            "retries": dict(sorted(self.retries.items())),
-            "requests_per_s": round(rps, 2),
-            "duration_s": round(self.duration, 3),
-            "complete": self.complete,
-            "stopped": self.stopped,
-            "stop_message": self.stop_message,
-            "failures": self.failures,
-            "redacted": dict(sorted(self.redacted.items())),
-            "limits": self.limits,
-        }
 
 
 class _Outcome(Enum):
@@ -175,44 +102,6 @@ class _Unit:
     row: Row
     body: dict[str, Any]
     client: httpx.AsyncClient
-
-
-def split_body(
-    body: dict[str, Any], completes: Sequence[tuple[str, str]]
-) -> list[tuple[dict[str, Any], int, list[tuple[str, str]]]]:
-    """Cut a too-large request in two halves (by messages) or a lone message into parts.
-
-    Returns `(body, tokens, completes)` per piece, in sending order. Messages are matched
-    to `completes` by position; a message cut into parts completes with its last part.
-    """
-    messages = body["messages"]
-    done_ids = list(completes)
-
-    def piece(
-        msgs: list[dict[str, Any]], comp: list[tuple[str, str]]
-    ) -> tuple[dict[str, Any], int, list[tuple[str, str]]]:
-        tokens = sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in msgs)
-        return {**body, "messages": msgs}, tokens, comp
-
-    if len(messages) > 1:
-        mid = len(messages) // 2
-        # completes lists only whole messages; align it from the end when a part leads
-        offset = len(messages) - len(done_ids)
-        first = [c for i, c in enumerate(done_ids) if i + offset < mid]
-        second = [c for i, c in enumerate(done_ids) if i + offset >= mid]
-        return [piece(messages[:mid], first), piece(messages[mid:], second)]
-    message = messages[0]
-    content = str(message.get("content", ""))
-    tokens = count_tokens(content)
-    parts = split_by_tokens(content, math.ceil(tokens / 2)) if tokens > 1 else [content]
-    if len(parts) < 2:
-        raise PermanentLoadError(
-            f"the API says a message of {tokens} tokens is too large, and it cannot be cut"
-        )
-    return [
-        piece([{**message, "content": text}], done_ids if k == len(parts) - 1 else [])
-        for k, text in enumerate(parts)
-    ]
 
 
 class _Loader:
@@ -729,172 +618,9 @@ def _signals(loader: _Loader, *, enabled: bool) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-def load_workdir(
-    workdir: Path,
-    endpoint: Endpoint,
-    cfg: LoadConfig,
-    *,
-    destination: Destination | None = None,
-    command: str = "memos-etl load",
-    settings: dict[str, Any] | None = None,
-    progress: Progress | None = None,
-    retry_failed: bool = False,
-    handle_signals: bool = False,
-    heartbeat: float | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-    account: AccountConfig | None = None,
-) -> LoadStats:
-    """Load `<workdir>/batches/batches.jsonl` into `destination` through the ledger
-    (synchronous entry point; default destination: the workdir's local store).
-
-    Messages the destination already has, or that an earlier batch carries, are dropped
-    first (`pipeline.incremental.filter_batches`), so however the batch file was made, each
-    message is sent once. The run is recorded for `memos-etl history` and `settings` kept
-    as the destination's last load settings. The caller holds the workdir lock.
-    """
-    if not batches_path(workdir).exists():
-        raise ConfigError(f"no batches in {workdir}; run `memos-etl chunk` first")
-    with Ledger.open(workdir, destination) as ledger:
-        _check_batch_file_is_for(workdir, ledger.destination)
-        if settings is not None:
-            ledger.remember_settings(settings)
-        plan = incremental.filter_batches(
-            read_batches(workdir), ledger.delivered(), cfg.resend_changed
-        )
-        if plan.changed and not cfg.resend_changed:
-            log.warning(
-                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
-                len(plan.changed),
-            )
-        run_id = ledger.start_run(command)
-        stats = LoadStats()
-        try:
-            stats = asyncio.run(
-                load_batches(
-                    plan.batches,
-                    ledger,
-                    endpoint,
-                    cfg,
-                    progress=progress,
-                    retry_failed=retry_failed,
-                    handle_signals=handle_signals,
-                    heartbeat=heartbeat,
-                    transport=transport,
-                    account=account,
-                )
-            )
-        finally:
-            stats.already_batches += plan.already_batches
-            stats.already_messages += plan.already_messages
-            stats.duplicate_messages = plan.duplicate_messages
-            stats.changed = plan.changed
-            stats.messages += plan.already_messages
-            ledger.end_run(run_id, run_counts(stats))
-        return stats
-
-
-def batch_file_cut_for(workdir: Path) -> str | None:
-    """The destination id `run` cut the batch file for (leaving out what it had), if any."""
-    try:
-        manifest = orjson.loads(manifest_path(workdir).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    cut_for = manifest.get("excluded_for") if isinstance(manifest, dict) else None
-    return str(cut_for) if cut_for else None
-
-
-def _check_batch_file_is_for(workdir: Path, destination: Destination) -> None:
-    """Refuse a batch file `run` cut for another destination: it leaves out what that
-    destination already had, which this one may lack (`chunk` batches everything)."""
-    cut_for = batch_file_cut_for(workdir)
-    if cut_for and cut_for != destination.id:
-        raise InputError(
-            f"the batch file in {workdir} was made by `run` for another destination and "
-            f"leaves out messages {destination.describe()} may not have; run "
-            f"`memos-etl chunk --workdir {shlex.quote(str(workdir))}` first (nothing is "
-            "sent twice: messages a destination has are skipped)"
-        )
-
-
-def run_counts(stats: LoadStats) -> dict[str, Any]:
-    """A load's counts in the one vocabulary of `history`, `status` and the summaries:
-    sent (newly delivered by a request of this run), verified (found already landed after
-    an uncertain send; not resent), already (delivered before), failed, pending, requests."""
-    return {
-        "sent": stats.sent_messages,
-        "verified": stats.verified_messages,
-        "already": stats.already_messages,
-        "failed": stats.failed,
-        "pending": stats.pending,
-        "requests": stats.requests,
-        "duration_s": round(stats.duration, 3),
-        "stopped": stats.stopped,
-    }
-
-
-def load_settings(
-    cfg: Config, config_path: Path | None, destination: Destination
-) -> dict[str, Any]:
-    """What a resume command must repeat to reach the same destination the same way (the
-    normalized URL is spelled out, so the command works without `MEMOS_BASE_URL`)."""
-    return {
-        "config": str(config_path) if config_path else None,
-        "workdir": str(cfg.workdir),
-        "target": cfg.load.target,
-        "base_url": None if destination.base_url == EMBEDDED else destination.base_url,
-        "rate": cfg.load.rate,
-        "max_in_flight": cfg.load.max_in_flight,
-        "allow_insecure_http": cfg.load.allow_insecure_http,
-    }
-
-
-def load_command(
-    cfg: Config,
-    *,
-    base_url: str | None = None,
-    retry_failed: bool = False,
-    progress: Progress | None = None,
-    handle_signals: bool = False,
-    heartbeat: float | None = None,
-    env: Mapping[str, str] | None = None,
-    settings: dict[str, Any] | None = None,
-    command: str = "memos-etl load",
-) -> LoadStats:
-    """`memos-etl load`: lock the workdir, open the target, check it answers (preflight),
-    load the batch file into that destination."""
-    if not batches_path(cfg.workdir).exists():
-        raise ConfigError(f"no batches in {cfg.workdir}; run `memos-etl chunk` first")
-    destination = destination_for(cfg.load, cfg.workdir, base_url=base_url, env=env)
-    with (
-        workdir_lock(cfg.workdir),
-        open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint,
-    ):
-        preflight(
-            endpoint,
-            server=cfg.load.target == "memos-server",
-            auth_scheme=cfg.load.auth_scheme,
-            timeout=min(cfg.load.timeout, 10.0),
-        )
-        return load_workdir(
-            cfg.workdir,
-            endpoint,
-            cfg.load,
-            destination=destination,
-            command=command,
-            settings=settings,
-            progress=progress,
-            retry_failed=retry_failed,
-            handle_signals=handle_signals,
-            heartbeat=heartbeat,
-            account=cfg.account,
-        )
-
-
 __all__ = [
     "Endpoint",
     "LoadStats",
     "load_batches",
-    "load_workdir",
-    "load_command",
     "split_body",
 ]

@@ -120,7 +120,7 @@ def open_target(
             check_key_transport(url, SERVE_TOKEN_ENV, allow_insecure_http=cfg.allow_insecure_http)
         yield Endpoint(url.rstrip("/"), token)
         return
-    from pipeline.server.app import ServerConfig, start_server
+    from pipeline.server import ServerConfig, start_server
 
     db = local_db_path(cfg, workdir)
     db.parent.mkdir(parents=True, exist_ok=True)

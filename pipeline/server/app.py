@@ -32,6 +32,10 @@ Body codes (see docs/local-server.md):
 
 Library use: `with start_server(ServerConfig(db_path=p)) as server: ... server.url ...` runs
 uvicorn in a background thread on a free port of 127.0.0.1.
+
+Longer than most modules because every endpoint (MemOS Cloud's and the self-hosted
+`/product/add`) shares one request path in `_Api` (auth, limits, faults, validation);
+running the server, the store, limits and faults live in their own modules.
 """
 
 from __future__ import annotations
@@ -41,8 +45,6 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -50,7 +52,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, MappingProxyType
+from types import MappingProxyType
 from typing import Any
 
 import fastjsonschema
@@ -80,7 +82,6 @@ from pipeline.server.limits import (
     BodyTooLarge,
     ClientGone,
     ServerLimits,
-    guarded_protocol,
     read_body,
 )
 from pipeline.server.store import NewMessage, Store, Synchronous
@@ -88,13 +89,10 @@ from pipeline.server.store import NewMessage, Store, Synchronous
 __all__ = [
     "FaultConfig",
     "ForcedAnswer",
-    "LocalServer",
     "ServerConfig",
     "ServerLimits",
     "ServerStats",
     "create_app",
-    "run_until_signal",
-    "start_server",
 ]
 
 log = logging.getLogger("memos_etl.localapi")
@@ -208,7 +206,7 @@ class ServerStats:
     connections_refused: int = 0
 
 
-class _Counters:
+class Counters:
     """Thread-safe counters: the server thread writes, callers of `.stats` read."""
 
     def __init__(self) -> None:
@@ -369,7 +367,7 @@ class _Api:
     """Request handling for one server: auth, faults, validation, then the store."""
 
     def __init__(
-        self, config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
+        self, config: ServerConfig, store: Store, injector: FaultInjector, counters: Counters
     ) -> None:
         self.config = config
         self.store = store
@@ -699,13 +697,6 @@ _CLOSE: Mapping[str, str] = MappingProxyType({"connection": "close"})
 _DROPPED_PLACEHOLDER = orjson.dumps({"code": 0, "data": {}, "message": "ok"})
 
 
-class _QuietDrops(logging.Filter):
-    """Hides uvicorn's complaint about the responses we break on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "without completing response" not in record.getMessage()
-
-
 INDEX_INTERVAL_S = 0.2
 INDEX_BATCH_ROWS = 1000
 """The search index catches up every 0.2 s, at most 1000 messages (~30 ms) at a time."""
@@ -723,7 +714,7 @@ async def _index_forever(store: Store) -> None:
 
 
 def create_app(
-    config: ServerConfig, store: Store, injector: FaultInjector, counters: _Counters
+    config: ServerConfig, store: Store, injector: FaultInjector, counters: Counters
 ) -> Starlette:
     """The ASGI app for one server (used by `LocalServer`; exposed for embedding).
 
@@ -750,146 +741,3 @@ def create_app(
                 await indexer
 
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-class LocalServer:
-    """A running local API server (uvicorn in a background thread). Context manager.
-
-    `url` is the API base (`url + "/add/message"`); `stats` a snapshot of its counters;
-    `force(...)` queues a forced answer at run time; `stop()` shuts it down and closes the
-    store. Pass `clock` to drive the QPS limiter in tests.
-    """
-
-    def __init__(
-        self, config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        import uvicorn
-
-        self.config = config
-        count_tokens("warm up")  # load the tokenizer now, not on the first request
-        self._store = Store(config.db_path, config.synchronous)
-        self._injector = FaultInjector(config.faults, clock)
-        self._counters = _Counters()
-        app = create_app(config, self._store, self._injector, self._counters)
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted sockets only then
-        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._sock.bind((config.host, config.port))
-        except OSError as exc:
-            self._sock.close()
-            self._store.close()
-            raise ConfigError(
-                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
-            ) from None
-        self.port: int = self._sock.getsockname()[1]
-        host = f"[{config.host}]" if family == socket.AF_INET6 else config.host
-        self.url = f"http://{host}:{self.port}"
-        uv_config = uvicorn.Config(
-            app,
-            http=guarded_protocol(config.limits, self._counters.add),
-            timeout_keep_alive=config.limits.keep_alive_timeout,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            server_header=False,
-            timeout_graceful_shutdown=5,
-        )
-        self._server = uvicorn.Server(uv_config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._sock]},
-            name=f"memos-local-api:{self.port}",
-            daemon=True,
-        )
-        self._filter = _QuietDrops()
-        self._started = False
-        self._stopped = False
-
-    def start(self, timeout: float = 10.0) -> LocalServer:
-        """Start serving; returns once the server accepts connections."""
-        logging.getLogger("uvicorn.error").addFilter(self._filter)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise ConfigError(f"local API server on {self.url} did not start")
-            time.sleep(0.01)
-        self._started = True
-        log.info("local MemOS API listening on %s (store %s)", self.url, self.config.db_path)
-        return self
-
-    @property
-    def stats(self) -> ServerStats:
-        """Counters since start (a snapshot)."""
-        return self._counters.snapshot()
-
-    def force(self, answer: ForcedAnswer) -> None:
-        """Queue a forced answer (see `pipeline.server.faults.ForcedAnswer`)."""
-        self._injector.force(answer)
-
-    def clear_forced(self) -> None:
-        """Drop every forced answer still queued."""
-        self._injector.clear_forced()
-
-    def stop(self) -> None:
-        """Finish in-flight requests, stop, close the store. Safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=15)
-        self._sock.close()
-        try:
-            self._store.index_pending()  # leave a complete search index behind
-        except sqlite3.Error as exc:
-            log.warning("could not finish the search index (next start will): %s", exc)
-        self._store.close()
-        logging.getLogger("uvicorn.error").removeFilter(self._filter)
-
-    def __enter__(self) -> LocalServer:
-        if not self._started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_server(
-    config: ServerConfig, *, clock: Callable[[], float] = time.monotonic
-) -> LocalServer:
-    """Start a server in a background thread (on a free port when `config.port` is 0)."""
-    return LocalServer(config, clock=clock).start()
-
-
-def run_until_signal(
-    config: ServerConfig, on_ready: Callable[[LocalServer], None] | None = None
-) -> ServerStats:
-    """Serve until SIGINT or SIGTERM, then shut down cleanly and return the final counters.
-
-    Must run in the main thread (it installs signal handlers, restored on return).
-    """
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server = start_server(config)
-        try:
-            if on_ready is not None:
-                on_ready(server)
-            while not stop.wait(0.5):
-                pass
-            log.info("shutting down")
-        finally:
-            server.stop()
-        return server.stats
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

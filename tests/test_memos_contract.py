@@ -28,7 +28,7 @@ from pipeline.core.memos_api import (
     server_validator,
 )
 from pipeline.core.models import STAGING_SCHEMA, Message
-from pipeline.load.ratelimit import AdaptiveRateLimiter
+from pipeline.load.ratelimit import AccountLimiter
 from tests.conftest import openapi_spec
 
 T0 = datetime(2025, 3, 1, tzinfo=timezone.utc)
@@ -123,10 +123,10 @@ def test_the_limiter_charges_a_weighted_request_n_slots() -> None:
         slept.append(seconds)
         now[0] += seconds
 
-    limiter = AdaptiveRateLimiter(10.0, clock=lambda: now[0], sleep=sleep, catch_up=0.0)
+    limiter = AccountLimiter(10.0, clock=lambda: now[0], sleep=sleep, catch_up=0.0)
 
     async def two_requests() -> None:
-        await limiter.acquire(weight=20)  # a 20-participant group chat: two seconds of budget
+        await limiter.acquire(requests=20)  # a 20-participant group chat: two seconds of budget
         await limiter.acquire()
 
     asyncio.run(two_requests())

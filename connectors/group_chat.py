@@ -120,8 +120,16 @@ class Owners:
         return owner
 
 
-def load_user_map(path: Path) -> dict[str, str]:
-    """Read a user map: a JSON object, or a CSV whose first two columns are key, user_id."""
+def load_user_map(
+    path: Path,
+    header_keys: tuple[str, ...] = ("key", "id", "sender"),
+    key_hint: str = "sender id or name",
+) -> dict[str, str]:
+    """Read a user map: a JSON object, or a CSV whose first two columns are key, user_id.
+
+    A first CSV row whose first cell is one of `header_keys` is a header; `key_hint` names
+    the key in the one-line error a malformed row gets (each connector says what it maps).
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -142,10 +150,10 @@ def load_user_map(path: Path) -> dict[str, str]:
         raise ConfigError(f"user_map {path}: not UTF-8 text") from None
     out: dict[str, str] = {}
     for n, row in enumerate(csv.reader(text.splitlines()), start=1):
-        if not row or (n == 1 and row[0].strip().lower() in ("key", "id", "sender")):
+        if not row or (n == 1 and row[0].strip().lower() in header_keys):
             continue
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ConfigError(f"user_map {path} line {n}: expected `sender id or name,user_id`")
+            raise ConfigError(f"user_map {path} line {n}: expected `{key_hint},user_id`")
         out[row[0].strip()] = row[1].strip()
     return out
 

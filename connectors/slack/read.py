@@ -18,7 +18,6 @@ the per-message work lives in normalize.py and the listing in export.py.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import logging
 import os
@@ -39,6 +38,7 @@ from pydantic import Field, field_validator, model_validator
 
 from connectors.base import ConnectorOptions
 from connectors.export_files import Limits, dropped_events
+from connectors.group_chat import load_user_map
 from connectors.process_start import main_module_hidden
 from connectors.slack.export import (
     ExportListing,
@@ -221,40 +221,16 @@ def _settings(options: Options) -> Settings:
         memory_owner=options.memory_owner,
         user_id=options.user_id or "",
         user_id_template=options.user_id_template,
-        user_map=load_user_map(options.user_map) if options.user_map else {},
+        user_map=load_user_map(options.user_map, SLACK_MAP_HEADERS, "slack id/email")
+        if options.user_map
+        else {},
         speaker_prefix=prefix,
         max_member_bytes=options.max_member_bytes,
     )
 
 
-def load_user_map(path: Path) -> dict[str, str]:
-    """Read a user map: a JSON object, or a CSV whose first two columns are key, user_id."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"user_map {path}: cannot read ({exc.strerror or exc})") from None
-    if path.suffix.lower() == ".json":
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"user_map {path}: not valid JSON at line {exc.lineno}") from None
-        if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in value.items()
-        ):
-            raise ConfigError(f"user_map {path}: expected a JSON object of string -> string")
-        return dict(value)
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ConfigError(f"user_map {path}: not UTF-8 text") from None
-    out: dict[str, str] = {}
-    for n, row in enumerate(csv.reader(text.splitlines()), start=1):
-        if not row or (n == 1 and row[0].strip().lower() in ("slack", "key", "id", "slack_id")):
-            continue
-        if len(row) < 2 or not row[0].strip() or not row[1].strip():
-            raise ConfigError(f"user_map {path} line {n}: expected `slack id/email,user_id`")
-        out[row[0].strip()] = row[1].strip()
-    return out
+SLACK_MAP_HEADERS = ("slack", "key", "id", "slack_id")
+"""First cells of a user-map CSV header row."""
 
 
 class _Index:

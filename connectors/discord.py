@@ -392,9 +392,9 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         )
     skipped = state.skipped
     kind = msg.get("type", "Default")
+    if type(kind) is not str:  # any JSON value may stand here; lists are not hashable
+        kind = str(kind)
     if kind not in KEPT_TYPES:
-        if type(kind) is not str:
-            kind = str(kind)
         if kind in SYSTEM_TYPES:
             skipped["discord:" + kind] += 1
             return None

@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.base import get_connector, known_sources
@@ -402,6 +402,7 @@ AUTHOR = st.fixed_dictionaries(
     owner=st.sampled_from(["workspace", "author", "group"]),
     conversation=st.sampled_from(["channel", "thread", "session"]),
 )
+@example(records=[{"id": 1, "type": []}], header=None, owner="workspace", conversation="channel")
 def test_any_json_in_any_field_is_counted_never_raised(
     tmp_path: Path, records: list[Any], header: Any, owner: str, conversation: str
 ) -> None:

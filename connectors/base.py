@@ -21,6 +21,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from string import Formatter
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,6 +37,30 @@ class ConnectorOptions(BaseModel):
 
     user_id: str | None = None
     """Memory owner for every message, unless the connector takes it from the data."""
+
+
+def known_time_zone(value: str) -> str:
+    """`value` if it names a time zone (IANA, or UTC); for connectors' `timezone` option
+    validators, which report the `ValueError` as a one-line config error."""
+    if value != "UTC":
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
+    return value
+
+
+def user_id_template(value: str, fields: tuple[str, ...]) -> str:
+    """`value` if it is a `str.format` template using only (and at least one of) `fields`;
+    for connectors' `user_id_template` option validators."""
+    try:
+        used = {f for _, f, _, _ in Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    if not used or used - set(fields):
+        names = ", ".join("{" + f + "}" for f in fields[:-1]) + " and {" + fields[-1] + "}"
+        raise ValueError(f"template must use only {names} (got {value!r})")
+    return value
 
 
 ReadFn = Callable[..., Iterator[Event]]

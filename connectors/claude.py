@@ -29,7 +29,7 @@ import orjson
 from connectors.base import ConnectorOptions
 from connectors.export_files import ExportFiles, stream_array_file
 from connectors.input_limits import InputLimitOptions
-from connectors.row_buffer import RowBuffer
+from connectors.row_buffer import RowBuffer, guarded
 from connectors.tree import ParentTree, running_times
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, Quarantined, Skipped
@@ -131,28 +131,18 @@ def _parse_time(value: Any) -> float | None:
 
 
 def _guarded_events(conv: Any, ctx: _Context, source_file: str, index: int) -> list[Event]:
-    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
-    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
-    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
-    mark = len(ctx.rows)
-    try:
-        return list(conversation_events(conv, ctx, source_file, index))
-    except (orjson.JSONEncodeError, RecursionError) as exc:
-        ctx.rows.truncate(mark)
-        messages = conv.get("chat_messages") if isinstance(conv, dict) else None
-        count = len(messages) if isinstance(messages, list) and messages else 1
-        events: list[Event] = [
-            Quarantined(
-                source_file,
-                f"conversations[{index}]",
-                f"claude:unusable_conversation: a value cannot be stored ({exc}); "
-                "conversation not loaded",
-                f"{count} messages",
-            )
-        ]
-        if count > 1:
-            events.append(Skipped("claude:quarantined_conversation", count - 1))
-        return events
+    """`conversation_events`, with a conversation holding a value that cannot be stored
+    quarantined whole (`connectors.row_buffer.guarded`)."""
+    messages = conv.get("chat_messages") if isinstance(conv, dict) else None
+    return guarded(
+        lambda: conversation_events(conv, ctx, source_file, index),
+        ctx.rows,
+        kind="claude",
+        source_file=source_file,
+        index=index,
+        count=len(messages) if isinstance(messages, list) and messages else 1,
+        unit="messages",
+    )
 
 
 def conversation_events(conv: Any, ctx: _Context, source_file: str, index: int) -> Iterator[Event]:

@@ -28,10 +28,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import ConnectorOptions
+from connectors.base import ConnectorOptions, user_id_template
 from pipeline.core.errors import ConfigError
-
-TEMPLATE_FIELDS = frozenset({"id", "name"})
 
 
 class GroupChatOptions(ConnectorOptions):
@@ -53,13 +51,7 @@ class GroupChatOptions(ConnectorOptions):
     @field_validator("user_id_template")
     @classmethod
     def _template_fields(cls, value: str) -> str:
-        try:
-            used = {f for _, f, _, _ in Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"bad template: {exc}") from None
-        if not used or used - TEMPLATE_FIELDS:
-            raise ValueError(f"template must use only {{id}} and {{name}} (got {value!r})")
-        return value
+        return user_id_template(value, ("id", "name"))
 
     @model_validator(mode="after")
     def _group_has_no_prefix(self) -> GroupChatOptions:

@@ -8,12 +8,13 @@ row tuples: turning rows into columns (`zip(*rows)`) cost as much as building th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
-from pipeline.core.models import STAGING_SCHEMA, MessageTable
+from pipeline.core.models import STAGING_SCHEMA, Event, MessageTable, Quarantined, Skipped
 from pipeline.core.staging import replace_surrogates, table_from_columns
 
 ROWS_PER_TABLE = 4_096
@@ -82,3 +83,36 @@ class RowBuffer:
         for column in self.columns:
             column.clear()
         return MessageTable(table)
+
+
+def guarded(
+    produce: Callable[[], Iterable[Event]],
+    rows: RowBuffer,
+    *,
+    kind: str,
+    source_file: str,
+    index: int,
+    count: int,
+    unit: str,
+) -> list[Event]:
+    """The events `produce` yields for one conversation, or, when a value in it cannot be
+    stored (nested deeper than the JSON writer allows, an integer beyond 64 bits in
+    metadata), one quarantine entry for it plus its other `count - 1` records as skipped:
+    the rows it had added are taken back first, so counts stay exact."""
+    mark = len(rows)
+    try:
+        return list(produce())
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        rows.truncate(mark)
+        events: list[Event] = [
+            Quarantined(
+                source_file,
+                f"conversations[{index}]",
+                f"{kind}:unusable_conversation: a value cannot be stored ({exc}); "
+                "conversation not loaded",
+                f"{count} {unit}",
+            )
+        ]
+        if count > 1:
+            events.append(Skipped(f"{kind}:quarantined_conversation", count - 1))
+        return events

@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import orjson
 from pydantic import Field, field_validator
 
+from connectors.base import known_time_zone
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
     Conversations,
@@ -195,11 +196,7 @@ class Options(GroupChatOptions):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
+        return known_time_zone(value)
 
 
 def looks_like(path: Path) -> bool:

@@ -38,7 +38,7 @@ from connectors.chatgpt.content import shape
 from connectors.export_files import ExportFiles, stream_array_file
 from connectors.input_limits import InputLimitOptions
 from connectors.json_stream import StreamedElement
-from connectors.row_buffer import RowBuffer
+from connectors.row_buffer import RowBuffer, guarded
 from connectors.tree import ParentTree, running_times
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, Quarantined, Skipped
@@ -191,28 +191,18 @@ def consume(
 
 
 def guarded_events(conv: Any, ctx: Context, source_file: str, index: int) -> list[Event]:
-    """`conversation_events`, or, when a value in the conversation cannot be stored (nested
-    deeper than the JSON writer allows, an integer beyond 64 bits in metadata), one
-    quarantine entry for it: its rows so far are taken back, so counts stay exact."""
-    mark = len(ctx.rows)
-    try:
-        return list(conversation_events(conv, ctx, source_file, index))
-    except (orjson.JSONEncodeError, RecursionError) as exc:
-        ctx.rows.truncate(mark)
-        mapping = conv.get("mapping") if isinstance(conv, dict) else None
-        nodes = len(mapping) if isinstance(mapping, dict) and mapping else 1
-        events: list[Event] = [
-            Quarantined(
-                source_file,
-                f"conversations[{index}]",
-                f"chatgpt:unusable_conversation: a value cannot be stored ({exc}); "
-                "conversation not loaded",
-                f"{nodes} nodes",
-            )
-        ]
-        if nodes > 1:
-            events.append(Skipped("chatgpt:quarantined_conversation", nodes - 1))
-        return events
+    """`conversation_events`, with a conversation holding a value that cannot be stored
+    quarantined whole (`connectors.row_buffer.guarded`)."""
+    mapping = conv.get("mapping") if isinstance(conv, dict) else None
+    return guarded(
+        lambda: conversation_events(conv, ctx, source_file, index),
+        ctx.rows,
+        kind="chatgpt",
+        source_file=source_file,
+        index=index,
+        count=len(mapping) if isinstance(mapping, dict) and mapping else 1,
+        unit="nodes",
+    )
 
 
 def conversation_events(conv: Any, ctx: Context, source_file: str, index: int) -> Iterator[Event]:

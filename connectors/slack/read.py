@@ -28,15 +28,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
-from string import Formatter
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import ConnectorOptions
+from connectors.base import ConnectorOptions, known_time_zone, user_id_template
 from connectors.export_files import Limits, dropped_events
 from connectors.group_chat import load_user_map
 from connectors.process_start import main_module_hidden
@@ -50,7 +48,6 @@ from connectors.slack.export import (
 from connectors.slack.model import Context, Job, JobResult, Settings, Unit, UserInfo
 from connectors.slack.normalize import (
     SYSTEM_SUBTYPES,
-    TEMPLATE_FIELDS,
     run_in_worker,
     run_job,
     save_context,
@@ -117,26 +114,12 @@ class Options(ConnectorOptions):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        if value != "UTC":
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
+        return known_time_zone(value)
 
     @field_validator("user_id_template")
     @classmethod
     def _template_fields(cls, value: str) -> str:
-        try:
-            used = {f for _, f, _, _ in Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"bad template: {exc}") from None
-        unknown = used - TEMPLATE_FIELDS
-        if unknown or not used:
-            raise ValueError(
-                f"template must use only {{id}}, {{name}}, {{email}}, {{team}} (got {value!r})"
-            )
-        return value
+        return user_id_template(value, ("id", "name", "email", "team"))
 
     @model_validator(mode="after")
     def _no_prefix_in_group_mode(self) -> Options:

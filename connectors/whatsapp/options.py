@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from string import Formatter
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import ConnectorOptions
-
-TEMPLATE_FIELDS = frozenset({"id", "name"})
+from connectors.base import ConnectorOptions, known_time_zone, user_id_template
 
 
 class Options(ConnectorOptions):
@@ -45,23 +41,12 @@ class Options(ConnectorOptions):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
-        if value != "UTC":
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
-        return value
+        return known_time_zone(value)
 
     @field_validator("user_id_template")
     @classmethod
     def _template_fields(cls, value: str) -> str:
-        try:
-            used = {f for _, f, _, _ in Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"bad template: {exc}") from None
-        if not used or used - TEMPLATE_FIELDS:
-            raise ValueError(f"template must use only {{id}} and {{name}} (got {value!r})")
-        return value
+        return user_id_template(value, ("id", "name"))
 
     @field_validator("chat_name", "owner_name")
     @classmethod

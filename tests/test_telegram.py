@@ -4,6 +4,7 @@ Desktop's export writer lays them out) staged to Parquet, through the library an
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.base import get_connector, known_sources
@@ -528,6 +529,12 @@ FIELDS = [
     owner=st.sampled_from(["workspace", "author", "group"]),
     conversation=st.sampled_from(["chat", "thread", "session"]),
 )
+# Found by the fuzz test: json.dumps writes an infinite float as `Infinity` (also NaN), which
+# the message parser reads as a number but the walk over the chat's header refused, losing
+# the whole chat.
+@example(records=[], header={"name": math.inf}, owner="workspace", conversation="chat")
+@example(records=[], header={"type": -math.inf}, owner="group", conversation="session")
+@example(records=[], header={"name": [math.nan]}, owner="author", conversation="thread")
 def test_any_json_in_any_field_is_counted_never_raised(
     tmp_path: Path,
     records: list[Any],

@@ -55,6 +55,10 @@ from pipeline.core.staging import part_path
 
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
+HEADER_CHUNK = 64 * 1024
+"""The header pass reads a file in steps this small: it stops at the first message, and the
+walk's default 8 MB read would pull most of every channel file through the main process
+before any worker starts."""
 LOOK_FILES = 3
 """`looks_like` reads the head of at most this many JSON files (64 KB in all)."""
 
@@ -247,7 +251,8 @@ def _header(export: ExportFiles, name: str) -> _Channel:
     header = _Channel(name)
     try:
         with export.open(name) as fh:
-            for event in walk(fh, descend=lambda p: p == (), stream=_is_messages):
+            events = walk(fh, descend=lambda p: p == (), stream=_is_messages, chunk=HEADER_CHUNK)
+            for event in events:
                 if type(event) is JsonField and len(event.path) == 1:
                     key, value = event.path[0], event.value
                     if key in ("guild", "channel") and isinstance(value, dict):

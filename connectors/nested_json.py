@@ -58,7 +58,17 @@ Select = Callable[[Path], bool]
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
+_LITERALS = {
+    ord("t"): (b"true", True),
+    ord("f"): (b"false", False),
+    ord("n"): (b"null", None),
+    ord("I"): (b"Infinity", float("inf")),
+    ord("N"): (b"NaN", float("nan")),
+}
+"""Literals of a scalar value. `Infinity` and `NaN` are not JSON, but Python's `json.dumps`
+writes them, and the element parser (the standard library's, after orjson) reads them in
+the elements of a streamed array: a header field is read the same way."""
+_MINUS_INFINITY = b"-Infinity"
 _BOM = b"\xef\xbb\xbf"
 _OPEN_OBJECT, _CLOSE_OBJECT = ord("{"), ord("}")
 _OPEN_ARRAY, _CLOSE_ARRAY = ord("["), ord("]")
@@ -166,6 +176,8 @@ class _Walker:
         pos = self.ensure(pos, 512)  # a number cut by the window's end would mis-match
         while True:
             match = _NUMBER.match(buf.data, pos)
+            if match is None and buf.data.startswith(_MINUS_INFINITY, pos):
+                return float("-inf"), pos + len(_MINUS_INFINITY)
             if match is None:
                 found = bytes(buf.data[pos : pos + 1]).decode("latin-1")
                 raise self.error(f"unexpected {found!r} where a JSON value was expected", pos)

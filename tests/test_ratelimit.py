@@ -239,6 +239,48 @@ def test_gate_waits_for_room() -> None:
     assert order == ["blocked", "in flight 2"]
 
 
+def test_gate_admits_in_arrival_order() -> None:
+    """A request that just left and comes straight back never overtakes one waiting: a
+    barging worker would stall the waiter's conversation until the end of the run."""
+    gate = InFlightGate(1)
+    order: list[str] = []
+
+    async def request(name: str) -> None:
+        await gate.enter()
+        order.append(name)
+        await asyncio.sleep(0)
+        await gate.leave()
+
+    async def main() -> None:
+        await gate.enter()
+        waiting = asyncio.create_task(request("waiting"))
+        await asyncio.sleep(0)
+        await gate.leave()  # and straight back for the next batch, like a worker
+        await request("newcomer")
+        await waiting
+
+    asyncio.run(asyncio.wait_for(main(), 5.0))
+    assert order == ["waiting", "newcomer"]
+
+
+def test_gate_cancelled_waiter_gives_its_room_on() -> None:
+    gate = InFlightGate(1)
+
+    async def main() -> None:
+        await gate.enter()
+        first = asyncio.create_task(gate.enter())
+        second = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        first.cancel()
+        await gate.leave()
+        await second
+        assert gate.in_flight == 1
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     "header,expected",
     [

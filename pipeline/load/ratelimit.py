@@ -321,7 +321,7 @@ class InFlightGate:
         self.limit = fixed if fixed is not None else min(max(start, low), self.high)
         self.in_flight = 0
         self.peak = 0
-        self._room: asyncio.Condition | None = None
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     @property
     def capacity(self) -> int:
@@ -345,18 +345,40 @@ class InFlightGate:
         self.limit = min(want, self.limit + 1)
 
     async def enter(self) -> None:
-        """Wait for room, then count one request in flight."""
-        if self.in_flight >= self.limit:
-            if self._room is None:
-                self._room = asyncio.Condition()
-            async with self._room:
-                await self._room.wait_for(lambda: self.in_flight < self.limit)
+        """Wait for room, then count one request in flight. Waiters are served in arrival
+        order: a request that just finished and comes back for another never overtakes
+        one already waiting, so no conversation stalls behind the others (a stalled one
+        would finish alone at the end of the run, one latency per batch)."""
+        if self.in_flight < self.limit and not self._waiting:
+            self._take()
+            return
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(ticket)
+        try:
+            await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():
+                self._give_back()  # room was handed over just as it was cancelled
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            raise
+
+    def _take(self) -> None:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
-    async def leave(self) -> None:
-        """Count one request done and wake a waiter if there is room."""
+    def _give_back(self) -> None:
         self.in_flight -= 1
-        if self._room is not None and self.in_flight < self.limit:
-            async with self._room:
-                self._room.notify(self.limit - self.in_flight)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free room to the longest-waiting requests."""
+        while self._waiting and self.in_flight < self.limit:
+            ticket = self._waiting.popleft()
+            if not ticket.done():
+                self._take()
+                ticket.set_result(None)
+
+    async def leave(self) -> None:
+        """Count one request done and hand its room to the longest waiter."""
+        self._give_back()

@@ -76,7 +76,7 @@ from pipeline.load.policy import (
 from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
 from pipeline.load.split import split_body
 from pipeline.load.stats import LoadStats
-from pipeline.load.targets import Endpoint
+from pipeline.load.targets import Endpoint, Poster
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
@@ -101,7 +101,7 @@ class _Unit:
 
     row: Row
     body: dict[str, Any]
-    client: httpx.AsyncClient
+    client: Poster
 
 
 class _Loader:
@@ -109,7 +109,7 @@ class _Loader:
 
     def __init__(
         self,
-        clients: Sequence[httpx.AsyncClient],
+        clients: Sequence[Poster],
         ledger: Ledger,
         cfg: LoadConfig,
         *,
@@ -157,7 +157,7 @@ class _Loader:
     # --- HTTP -----------------------------------------------------------------------
 
     async def _post(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], tokens: int = 0
+        self, client: Poster, path: str, body: dict[str, Any], tokens: int = 0
     ) -> dict[str, Any]:
         """One request within the budget (`tokens` input tokens); returns the JSON answer
         or raises a LoadError."""
@@ -355,7 +355,7 @@ class _Loader:
         )
         return _Outcome.FAILED
 
-    async def deliver_next(self, lane: deque[tuple[Batch, Row]], client: httpx.AsyncClient) -> bool:
+    async def deliver_next(self, lane: deque[tuple[Batch, Row]], client: Poster) -> bool:
         """Deliver the next batch of one conversation; False when the lane must stop here
         (a failed batch blocks the rest of its conversation, to keep order)."""
         batch, row = lane.popleft()
@@ -437,7 +437,7 @@ class _Loader:
             unit="msg",
         )
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: Poster) -> None:
             try:
                 while heap and not self.stopping.is_set():
                     _, i, lane = heapq.heappop(heap)
@@ -472,6 +472,31 @@ def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
     n = math.ceil(max_in_flight / POOL_SHARD)
     base, extra = divmod(max_in_flight, n)
     return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+def _http_clients(
+    endpoint: Endpoint,
+    cfg: LoadConfig,
+    capacity: int,
+    transport: httpx.AsyncBaseTransport | None,
+) -> list[httpx.AsyncClient]:
+    """HTTP clients for `capacity` requests in flight (pool shards, see `_pool_sizes`)."""
+    headers = {"user-agent": "memos-etl"}
+    if endpoint.api_key:
+        headers["authorization"] = f"{cfg.auth_scheme} {endpoint.api_key}"
+    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
+    tls = httpx.create_ssl_context()
+    return [
+        httpx.AsyncClient(
+            base_url=endpoint.base_url,
+            headers=headers,
+            timeout=cfg.timeout,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            transport=transport,
+            verify=tls,
+        )
+        for size in _pool_sizes(capacity, shared=transport is not None)
+    ]
 
 
 def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> None:
@@ -546,26 +571,16 @@ async def load_batches(
             log.info("re-queued %d failed batches", n)
     ledger.sync(batches)
     rows = ledger.rows(b.batch_id for b in batches)
-    headers = {"user-agent": "memos-etl"}
-    if endpoint.api_key:
-        headers["authorization"] = f"{cfg.auth_scheme} {endpoint.api_key}"
-    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
-    tls = httpx.create_ssl_context()
     started = clock()
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=endpoint.base_url,
-                    headers=headers,
-                    timeout=cfg.timeout,
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                    transport=transport,
-                    verify=tls,
-                )
-            )
-            for size in _pool_sizes(gate_capacity, shared=transport is not None)
-        ]
+        clients: list[Poster]
+        if endpoint.in_process is not None and transport is None:
+            clients = [endpoint.in_process]  # the embedded server: no HTTP at all
+        else:
+            clients = [
+                await stack.enter_async_context(client)
+                for client in _http_clients(endpoint, cfg, gate_capacity, transport)
+            ]
         loader = _Loader(
             clients,
             ledger,

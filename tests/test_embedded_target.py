@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -122,3 +123,12 @@ def test_load_in_windows_sends_each_message_once_and_never_reads_every_delivery(
         sent.append(json.loads(result.stdout)["sent"]["messages"])
     assert sent == [40, 0]
     assert sum(message_counts(work / "local-memos.sqlite").values()) == 40
+
+
+def test_no_shipped_config_throttles_the_local_target() -> None:
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("load") or {}
+        if load.get("target", "local") == "local" and not load.get("base_url"):
+            assert load.get("rate") is None, f"{path.name} sets a client rate for the local target"

@@ -329,10 +329,27 @@ class Ledger:
             )
         )
 
+    def delivered_among(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """`{message_id: content_hash}` of those of `message_ids` this destination confirmed
+        (a window of the batch file at a time: memory never holds every delivery)."""
+        out: dict[str, str] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.conn.execute(
+                    "select message_id, content_hash from delivered_messages"  # noqa: S608
+                    f" where dest_id = ? and message_id in ({marks})",
+                    [self.dest, *chunk],
+                )
+            )
+        return out
+
     # --- planning -------------------------------------------------------------------
 
-    def sync(self, batches: Iterable[Batch]) -> None:
-        """Add a pending row for every batch not yet in the ledger (idempotent)."""
+    def sync(self, batches: Iterable[Batch], start: int = 0) -> None:
+        """Add a pending row for every batch not yet in the ledger (idempotent); positions
+        count from `start` (a window of the batch file starts where the last one ended)."""
         now = _now()
         rows = (
             (
@@ -347,7 +364,7 @@ class Ledger:
                 now,
                 now,
             )
-            for pos, b in enumerate(batches)
+            for pos, b in enumerate(batches, start)
         )
         with self._tx():
             self.conn.executemany(

@@ -34,6 +34,7 @@ from pipeline.core.models import STAGING_SCHEMA, ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
 from pipeline.core.staging import read_labeled, staged_sources
+from pipeline.core.staging_buckets import all_files
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks
 from pipeline.dryrun.html import write_reports
@@ -207,7 +208,7 @@ def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding
     for name in staged_sources(workdir):
         if name in configured:
             continue
-        files = sorted((staging_dir(workdir) / name).glob("*.parquet"))
+        files = all_files(staging_dir(workdir) / name)
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         examples.append(
             {"source": name, "messages": rows, "folder": str(staging_dir(workdir) / name)}

@@ -1,0 +1,193 @@
+"""Staging bucketed by conversation: `staging/<source>/bucket=NNNN/part-*.parquet`.
+
+Chunk, the dry run and `run` work one bucket at a time, so their memory is bounded by the
+largest bucket instead of the export. Every conversation lives in exactly one bucket
+(`pipeline.core.buckets.bucket_of`); the bucket count B is a power of two chosen from the
+staged data's size, so a conversation's bucket under a smaller count is its bucket under a
+larger one modulo the smaller (sources staged with different counts can be read together).
+
+An extract writes its rows (and the parts its connector's workers wrote) unbucketed first;
+`bucket_parts` then streams them, row group by row group, into the bucket folders and removes
+the flat parts. Rows keep their staged order inside a bucket. `_buckets.json` beside the
+bucket folders records the count and rows per bucket (a leading `_` keeps pandas, pyarrow and
+DuckDB from taking it for data). A folder without it is an older, unbucketed source: all its
+files are one bucket (B = 1), still readable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.core.buckets import bucket_count, bucket_indices
+from pipeline.core.models import STAGING_SCHEMA
+
+BUCKETS_FILE = "_buckets.json"
+STAGING_BUCKET_BYTES = 16 * 1024 * 1024
+"""Uncompressed staged bytes per bucket the count aims at: chunk turns a bucket's rows into
+Python objects (several times their Arrow size), and `chunk --workers N` holds N buckets."""
+FLUSH_BUCKET_BYTES = 4 * 1024 * 1024
+"""A bucket's buffered rows are written as a row group once they reach this size."""
+FLUSH_TOTAL_BYTES = 96 * 1024 * 1024
+"""Above this many buffered bytes in all buckets, the largest buffer is written."""
+LAYOUT_VERSION = 1
+
+
+def bucket_dir(source: Path, bucket: int) -> Path:
+    """`<source>/bucket=NNNN`: hive-style, so pandas and pyarrow add a `bucket` column."""
+    return source / f"bucket={bucket:04d}"
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """How one staged source is stored: `buckets` folders, or one flat folder (B = 1)."""
+
+    buckets: int
+    files: dict[int, list[Path]]
+    """Parquet files per bucket (buckets without rows are absent)."""
+
+    def files_for(self, bucket: int, of: int) -> list[Path]:
+        """Files holding the rows of bucket `bucket` of `of` (`of` a multiple of `buckets`)."""
+        return self.files.get(bucket % self.buckets, [])
+
+
+def read_layout(source: Path) -> SourceLayout:
+    """The layout of a staged source folder (bucketed, or flat from an older version)."""
+    marker = source / BUCKETS_FILE
+    if not marker.is_file():
+        return SourceLayout(1, {0: sorted(source.glob("*.parquet"))})
+    meta = orjson.loads(marker.read_bytes())
+    buckets = int(meta["buckets"])
+    files: dict[int, list[Path]] = {}
+    for name in meta.get("rows", {}):
+        found = sorted(bucket_dir(source, int(name)).glob("*.parquet"))
+        if found:
+            files[int(name)] = found
+    return SourceLayout(buckets, files)
+
+
+def all_files(source: Path) -> list[Path]:
+    """Every Parquet file of a staged source, bucketed or not."""
+    layout = read_layout(source)
+    return [f for b in sorted(layout.files) for f in layout.files[b]]
+
+
+def choose_buckets(files: list[Path], target_bytes: int = STAGING_BUCKET_BYTES) -> int:
+    """Bucket count for staged `files`, from their uncompressed size in the Parquet footers."""
+    size = 0
+    for path in files:
+        meta = pq.ParquetFile(path).metadata
+        size += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return bucket_count(size, target_bytes=target_bytes)
+
+
+class _BucketWriters:
+    """One Parquet writer per bucket, fed through bounded per-bucket buffers."""
+
+    def __init__(self, folder: Path, buckets: int, open_writer: Any):
+        self.folder = folder
+        self.buckets = buckets
+        self.open_writer = open_writer
+        self.pending: dict[int, list[pa.Table]] = {}
+        self.pending_bytes: dict[int, int] = {}
+        self.total = 0
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.rows: dict[int, int] = {}
+
+    def add(self, bucket: int, table: pa.Table) -> None:
+        self.pending.setdefault(bucket, []).append(table)
+        size = table.nbytes
+        self.pending_bytes[bucket] = self.pending_bytes.get(bucket, 0) + size
+        self.total += size
+        if self.pending_bytes[bucket] >= FLUSH_BUCKET_BYTES:
+            self.flush(bucket)
+        while self.total > FLUSH_TOTAL_BYTES:
+            self.flush(max(self.pending_bytes, key=self.pending_bytes.__getitem__))
+
+    def flush(self, bucket: int) -> None:
+        tables = self.pending.pop(bucket, [])
+        self.total -= self.pending_bytes.pop(bucket, 0)
+        if not tables:
+            return
+        table = pa.concat_tables(tables)
+        writer = self.writers.get(bucket)
+        if writer is None:
+            folder = bucket_dir(self.folder, bucket)
+            folder.mkdir()
+            writer = self.writers[bucket] = self.open_writer(folder / "part-00000.parquet")
+        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.rows[bucket] = self.rows.get(bucket, 0) + table.num_rows
+
+    def close(self) -> None:
+        for bucket in list(self.pending):
+            self.flush(bucket)
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _split(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
+    """The rows of `table` per bucket, each in their original order."""
+    index = bucket_indices(table.column("conversation_id"), buckets)
+    order = pc.sort_indices(index)  # stable: rows keep their order inside a bucket
+    ordered = table.take(order)
+    counts = pc.value_counts(index)
+    sizes = sorted(
+        zip(
+            counts.field("values").to_pylist(),
+            counts.field("counts").to_pylist(),
+            strict=True,
+        )
+    )
+    start = 0
+    for bucket, size in sizes:
+        yield bucket, ordered.slice(start, size)
+        start += size
+
+
+def bucket_parts(folder: Path, open_writer: Any, buckets: int | None = None) -> int:
+    """Rewrite the flat parts in `folder` (in name order) as bucket folders; return B.
+
+    Streams row group by row group; buffered rows stay under `FLUSH_TOTAL_BYTES`. Writes
+    `_buckets.json` last, then removes the flat parts.
+    """
+    parts = sorted(folder.glob("*.parquet"))
+    count = buckets or choose_buckets(parts)
+    writers = _BucketWriters(folder, count, open_writer)
+    try:
+        for path in parts:
+            reader = pq.ParquetFile(path)
+            for group in range(reader.num_row_groups):
+                table = reader.read_row_group(group)
+                if not table.schema.equals(STAGING_SCHEMA, check_metadata=False):
+                    table = table.cast(STAGING_SCHEMA)
+                if count == 1:
+                    writers.add(0, table)
+                    continue
+                for bucket, rows in _split(table, count):
+                    writers.add(bucket, rows)
+    finally:
+        writers.close()
+    if not writers.rows:  # nothing staged: one readable empty file
+        bucket_dir(folder, 0).mkdir()
+        pq.write_table(STAGING_SCHEMA.empty_table(), bucket_dir(folder, 0) / "part-00000.parquet")
+        writers.rows[0] = 0
+    meta = {
+        "version": LAYOUT_VERSION,
+        "buckets": count,
+        "rule": "blake2b (8 bytes, big-endian) of conversation_id, modulo buckets",
+        "rows": {f"{b:04d}": n for b, n in sorted(writers.rows.items())},
+    }
+    tmp = folder / f"{BUCKETS_FILE}.tmp"
+    tmp.write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, folder / BUCKETS_FILE)
+    for path in parts:
+        path.unlink()
+    return count

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from pipeline.chunk import ChunkLimits, chunk_workdir
 from pipeline.core.batches import read_batches
@@ -134,3 +135,29 @@ def test_two_names_for_one_export_chunk_as_today(tmp_path: Path) -> None:
     assert actual["stats"] == expected["stats"]
     assert [b[:4] for b in actual["batches"]] == [b[:4] for b in expected["batches"]]
     assert actual["stats"]["duplicates"] > 0
+
+
+def test_workers_and_bucket_counts_give_the_same_batch_file(tmp_path: Path) -> None:
+    """Same batches whatever the bucket count and the worker processes: the file holds them in
+    bucket order, the same file for one process or two."""
+    import pipeline.core.staging_buckets as sb
+    from pipeline.cli import main
+
+    flat = tmp_path / "flat"
+    cfg = _stage("quickstart", flat, overrides={"workdir": str(flat)})
+    one = _fingerprint(flat, cfg, LIMITS["tight"])
+    many = tmp_path / "many"
+    original = sb.choose_buckets
+    sb.choose_buckets = lambda files, target_bytes=0: 8  # type: ignore[assignment]
+    try:
+        cfg = _stage("quickstart", many, overrides={"workdir": str(many)})
+    finally:
+        sb.choose_buckets = original  # type: ignore[assignment]
+    assert len(list((many / "staging").glob("*/bucket=*"))) > 2
+    assert _fingerprint(many, cfg, LIMITS["tight"]) == one
+    serial = (many / "batches" / "batches.jsonl").read_bytes()
+    config = str(REPO / "configs" / "quickstart.yaml")
+    args = ["chunk", "--config", config, "--workdir", str(many), "--max-tokens", "120"]
+    result = CliRunner().invoke(main, [*args, "--max-messages", "4", "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert (many / "batches" / "batches.jsonl").read_bytes() == serial

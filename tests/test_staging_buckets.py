@@ -125,3 +125,24 @@ def test_an_unbucketed_source_from_an_older_version_is_still_read(tmp_path: Path
         ids += table.column("message_id").to_pylist()
     assert sorted(ids) == sorted(read_staging(tmp_path).column("message_id").to_pylist())
     assert len(ids) == 40
+
+
+def test_the_incremental_plan_bucket_by_bucket_equals_the_whole_table_plan(
+    tmp_path: Path,
+) -> None:
+    from pipeline import incremental
+    from pipeline.core.models import content_hash
+
+    _stage(tmp_path, "a", [_message(i, f"c{i % 9}") for i in range(60)], 4)
+    _stage(tmp_path, "b", [_message(100 + i, f"c{i % 3}") for i in range(10)], 1)
+    delivered = {f"m{i}": content_hash(f"text {i}") for i in range(0, 60, 2)}
+    delivered |= {"m1": "edited", "m105": "edited", "gone": "x"}
+    for resend in (False, True):
+        whole = incremental.plan(read_staging(tmp_path), delivered, resend)
+        buckets = incremental.plan_workdir(tmp_path, ["a", "b"], delivered, resend)
+        assert buckets.exclude == whole.exclude and len(whole.exclude) >= 30
+        assert sorted(buckets.changed_ids) == sorted(whole.changed_ids) == ["m1", "m105"]
+        assert (buckets.staged_delivered, buckets.delivered_total) == (
+            whole.staged_delivered,
+            whole.delivered_total,
+        )

@@ -250,7 +250,8 @@ def chunk_conversation(
         redacted: Counter[str] = Counter()
         if part is None or part[0] == 1:
             for r, _, _ in items:
-                redacted.update(r.masked or {})
+                if r.masked:
+                    redacted.update(r.masked)
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,

@@ -30,6 +30,7 @@ from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.redact import DEFAULT_POLICY, Policy
 from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
+from pipeline.core.staging_buckets import release_freed_memory
 from pipeline.core.workdir import batches_dir, batches_path, manifest_path
 
 
@@ -76,6 +77,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(job: BucketJob, exclude_ids: Container[str] | None) -> None:
+    release_freed_memory()
     _worker["job"], _worker["exclude"] = job, exclude_ids
 
 
@@ -109,6 +111,7 @@ def chunk_workdir(
     policy's actions and the redaction counts next to the other counts. `workers` > 1
     chunks that many buckets at a time in worker processes.
     """
+    release_freed_memory()
     labels = tuple(staged_sources(workdir))
     columns = CHUNK_COLUMNS + AUTHOR_COLUMNS if group else CHUNK_COLUMNS
     job = BucketJob(

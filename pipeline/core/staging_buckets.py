@@ -191,3 +191,16 @@ def bucket_parts(folder: Path, open_writer: Any, buckets: int | None = None) -> 
     for path in parts:
         path.unlink()
     return count
+
+
+def release_freed_memory() -> None:
+    """Make Arrow allocate with the system allocator from now on (unless the user chose one
+    with `ARROW_DEFAULT_MEMORY_POOL`).
+
+    Chunk and the dry run read, use and drop one bucket after another. Arrow's default
+    allocator (mimalloc) keeps freed segments for reuse, so the process's resident memory
+    crept up bucket by bucket (345 MB against 262 MB for the same 200k-message chunk); the
+    system allocator hands them back, at no measurable cost in time here.
+    """
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())

@@ -34,7 +34,7 @@ from pipeline.core.models import STAGING_SCHEMA, ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
 from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
-from pipeline.core.staging_buckets import all_files
+from pipeline.core.staging_buckets import all_files, release_freed_memory
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
 from pipeline.dryrun.html import write_reports
@@ -87,6 +87,7 @@ def _validate(
     labels = [s.label for s in cfg.sources]
     group = cfg.group_sources()
     columns = READ_COLUMNS + AUTHOR_COLUMNS if group else READ_COLUMNS
+    release_freed_memory()
     buckets = staged_bucket_count(workdir, labels)
     staged = sum(e.staged for e in extracted)
     log.info("validate: %d staged messages from %d source(s)", staged, len(labels))

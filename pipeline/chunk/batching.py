@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from hashlib import sha256
 from typing import Any
 
 import pyarrow as pa
@@ -150,7 +151,7 @@ class ChunkStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     source: str
     message_id: str
@@ -221,7 +222,7 @@ def chunk_conversation(
     def make(items: list[tuple[_Row, dict[str, Any], int]], part: tuple[int, int] | None) -> Batch:
         nonlocal index
         ids = tuple(r.message_id for r, _, _ in items)
-        hashes = tuple(content_hash(r.content) for r, _, _ in items)
+        hashes = tuple(_hash(r.content) for r, _, _ in items)
         part_key = f"{part[0]}/{part[1]}" if part else ""
         batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes, *id_key)
         sources = sorted({r.source for r, _, _ in items})
@@ -430,6 +431,11 @@ def chunk_table(
             user, conv, _ordered(rows), limits, stats, tags, group=in_group
         )
     stats.users = len(owners)
+
+
+def _hash(content: str) -> str:
+    """`content_hash(content)`, inlined: called once per batched message."""
+    return sha256(content.encode("utf-8")).hexdigest()[:16]
 
 
 def _micros(ts: datetime) -> int:

@@ -7,8 +7,9 @@ staged data's size, so a conversation's bucket under a smaller count is its buck
 larger one modulo the smaller (sources staged with different counts can be read together).
 
 An extract writes its rows (and the parts its connector's workers wrote) unbucketed first;
-`bucket_parts` then streams them, row group by row group, into the bucket folders and removes
-the flat parts. Rows keep their staged order inside a bucket. `_buckets.json` beside the
+`bucket_parts` then streams them, a few thousand rows at a time, into one Arrow IPC spool
+file per bucket, writes each bucket's Parquet file from its spool, and removes the flat
+parts. Rows keep their staged order inside a bucket. `_buckets.json` beside the
 bucket folders records the count and rows per bucket (a leading `_` keeps pandas, pyarrow and
 DuckDB from taking it for data). A folder without it is an older, unbucketed source: all its
 files are one bucket (B = 1), still readable.
@@ -16,7 +17,9 @@ files are one bucket (B = 1), still readable.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,10 +37,10 @@ BUCKETS_FILE = "_buckets.json"
 STAGING_BUCKET_BYTES = 16 * 1024 * 1024
 """Uncompressed staged bytes per bucket the count aims at: chunk turns a bucket's rows into
 Python objects (several times their Arrow size), and `chunk --workers N` holds N buckets."""
-FLUSH_BUCKET_BYTES = 4 * 1024 * 1024
-"""A bucket's buffered rows are written as a row group once they reach this size."""
-FLUSH_TOTAL_BYTES = 96 * 1024 * 1024
-"""Above this many buffered bytes in all buckets, the largest buffer is written."""
+ROW_GROUP_BYTES = 16 * 1024 * 1024
+"""Arrow bytes of a bucket file's row groups."""
+READ_ROWS = 8192
+"""Rows read from the flat parts at a time (their row groups can be tens of MB)."""
 LAYOUT_VERSION = 1
 
 
@@ -89,48 +92,66 @@ def choose_buckets(files: list[Path], target_bytes: int = STAGING_BUCKET_BYTES) 
     return bucket_count(size, target_bytes=target_bytes)
 
 
-class _BucketWriters:
-    """One Parquet writer per bucket, fed through bounded per-bucket buffers."""
+class _BucketSpool:
+    """Rows per bucket spooled to Arrow IPC streams, then each bucket written as Parquet alone.
 
-    def __init__(self, folder: Path, buckets: int, open_writer: Any):
+    An open Parquet writer per bucket kept a few MB each (128 buckets: hundreds of MB); an
+    IPC stream writer keeps nothing, so memory stays at one read batch, then one bucket's
+    row group, whatever the bucket count.
+    """
+
+    def __init__(self, folder: Path):
         self.folder = folder
-        self.buckets = buckets
-        self.open_writer = open_writer
-        self.pending: dict[int, list[pa.Table]] = {}
-        self.pending_bytes: dict[int, int] = {}
-        self.total = 0
-        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.spool = folder / ".spool"
+        self.spool.mkdir()
+        self.streams: dict[int, tuple[Any, Any]] = {}
         self.rows: dict[int, int] = {}
 
     def add(self, bucket: int, table: pa.Table) -> None:
-        self.pending.setdefault(bucket, []).append(table)
-        size = table.nbytes
-        self.pending_bytes[bucket] = self.pending_bytes.get(bucket, 0) + size
-        self.total += size
-        if self.pending_bytes[bucket] >= FLUSH_BUCKET_BYTES:
-            self.flush(bucket)
-        while self.total > FLUSH_TOTAL_BYTES:
-            self.flush(max(self.pending_bytes, key=self.pending_bytes.__getitem__))
-
-    def flush(self, bucket: int) -> None:
-        tables = self.pending.pop(bucket, [])
-        self.total -= self.pending_bytes.pop(bucket, 0)
-        if not tables:
-            return
-        table = pa.concat_tables(tables)
-        writer = self.writers.get(bucket)
-        if writer is None:
-            folder = bucket_dir(self.folder, bucket)
-            folder.mkdir()
-            writer = self.writers[bucket] = self.open_writer(folder / "part-00000.parquet")
-        writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        stream = self.streams.get(bucket)
+        if stream is None:
+            sink = pa.OSFile(str(self.spool / f"{bucket:04d}.arrow"), "wb")
+            stream = self.streams[bucket] = (sink, pa.ipc.new_stream(sink, STAGING_SCHEMA))
+        stream[1].write_table(table)
         self.rows[bucket] = self.rows.get(bucket, 0) + table.num_rows
 
-    def close(self) -> None:
-        for bucket in list(self.pending):
-            self.flush(bucket)
-        for writer in self.writers.values():
+    def _close_streams(self) -> None:
+        for sink, writer in self.streams.values():
             writer.close()
+            sink.close()
+        self.streams = {}
+
+    def finish(self, open_writer: Any) -> None:
+        """Write every spooled bucket as `bucket=NNNN/part-00000.parquet`."""
+        buckets = sorted(self.streams)
+        self._close_streams()
+        for bucket in buckets:
+            path = self.spool / f"{bucket:04d}.arrow"
+            folder = bucket_dir(self.folder, bucket)
+            folder.mkdir()
+            writer = open_writer(folder / "part-00000.parquet")
+            try:
+                with pa.OSFile(str(path), "rb") as source:
+                    pending: list[pa.RecordBatch] = []
+                    size = 0
+                    for batch in pa.ipc.open_stream(source):
+                        pending.append(batch)
+                        size += batch.nbytes
+                        if size >= ROW_GROUP_BYTES:
+                            writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
+                            pending, size = [], 0
+                    if pending:
+                        writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
+            finally:
+                writer.close()
+            path.unlink()
+        self.spool.rmdir()
+
+    def abort(self) -> None:
+        """Close and remove the spool (after a failure)."""
+        with contextlib.suppress(OSError):
+            self._close_streams()
+        shutil.rmtree(self.spool, ignore_errors=True)
 
 
 def _split(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
@@ -158,23 +179,32 @@ def bucket_parts(folder: Path, open_writer: Any, buckets: int | None = None) -> 
     Streams row group by row group; buffered rows stay under `FLUSH_TOTAL_BYTES`. Writes
     `_buckets.json` last, then removes the flat parts.
     """
+    release_freed_memory()
     parts = sorted(folder.glob("*.parquet"))
     count = buckets or choose_buckets(parts)
-    writers = _BucketWriters(folder, count, open_writer)
+    writers = _BucketSpool(folder)
+    if count == 1 and parts:  # one bucket: the parts move in as they are
+        bucket_dir(folder, 0).mkdir()
+        for path in parts:
+            os.replace(path, bucket_dir(folder, 0) / path.name)
+            writers.rows[0] = (
+                writers.rows.get(0, 0)
+                + pq.ParquetFile(bucket_dir(folder, 0) / path.name).metadata.num_rows
+            )
+        parts = []
     try:
         for path in parts:
             reader = pq.ParquetFile(path)
-            for group in range(reader.num_row_groups):
-                table = reader.read_row_group(group)
+            for batch in reader.iter_batches(batch_size=READ_ROWS, use_threads=False):
+                table = pa.Table.from_batches([batch])
                 if not table.schema.equals(STAGING_SCHEMA, check_metadata=False):
                     table = table.cast(STAGING_SCHEMA)
-                if count == 1:
-                    writers.add(0, table)
-                    continue
                 for bucket, rows in _split(table, count):
                     writers.add(bucket, rows)
-    finally:
-        writers.close()
+        writers.finish(open_writer)
+    except BaseException:
+        writers.abort()
+        raise
     if not writers.rows:  # nothing staged: one readable empty file
         bucket_dir(folder, 0).mkdir()
         pq.write_table(STAGING_SCHEMA.empty_table(), bucket_dir(folder, 0) / "part-00000.parquet")

@@ -178,10 +178,14 @@ def _parallel(
         initargs=(job, exclude_ids),
     ) as pool:
         futures = [pool.submit(_bucket_in_worker, b) for b in range(job.buckets)]
-        for future in futures:
-            part, owners, path = future.result()
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-            os.unlink(path)
-            stats.merge(part)
-            users |= owners
+        try:
+            for future in futures:
+                part, owners, path = future.result()
+                with open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, 1024 * 1024)
+                os.unlink(path)
+                stats.merge(part)
+                users |= owners
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # then the caller removes temp files
+            raise

@@ -325,3 +325,32 @@ def plan(
         if not (is_changed and resend_changed)
     }
     return Delta(len(delivered), hit.num_rows, changed, exclude)
+
+
+def plan_workdir(
+    workdir: Path,
+    labels: Iterable[str],
+    delivered: Mapping[str, str],
+    resend_changed: bool,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+) -> Delta:
+    """`plan` over the staged rows of the sources `labels`, one staging bucket at a time
+    (memory bounded by the largest bucket, never the whole staging table)."""
+    from pipeline.core.staging import read_labeled_bucket, staged_bucket_count
+
+    names = list(labels)
+    if not delivered:
+        empty = pa.schema([("message_id", pa.large_string()), ("content", pa.large_string())])
+        return Delta(len(delivered), 0, empty.empty_table(), set())
+    buckets = staged_bucket_count(workdir, names)
+    parts: list[Delta] = []
+    for bucket in range(buckets):
+        table = read_labeled_bucket(workdir, names, ["message_id", "content"], bucket, buckets)
+        parts.append(plan(table.drop_columns(["label"]), delivered, resend_changed, policy=policy))
+    return Delta(
+        len(delivered),
+        sum(p.staged_delivered for p in parts),
+        pa.concat_tables([p.changed for p in parts]),
+        set().union(*(p.exclude for p in parts)),
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
 
@@ -121,9 +122,11 @@ def reset(
 
 @click.command()
 @click.option("--limit", type=int, default=20, show_default=True, help="Runs to show.")
+@account_option
 @common_options
 def history(
     limit: int,
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -141,7 +144,7 @@ def history(
     from pipeline.load.ledger import run_history
 
     setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(config_path, {"workdir": workdir})
+    cfg = select_account(load_cli_config(config_path, {"workdir": workdir}), account).config
     runs = run_history(cfg.workdir, limit)
     lines = [
         f"{r['started_at']} -> {r['ended_at'] or 'unfinished'}  {r['destination']}: "

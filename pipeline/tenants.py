@@ -90,8 +90,12 @@ def account_errors(pipeline: AccountPipeline) -> Iterator[None]:
         yield
     except MemosError as exc:
         prefix = f"account {pipeline.account!r}"
-        if pipeline.named and not str(exc).startswith(prefix):
-            exc.args = (f"{prefix}: {exc}", *exc.args[1:])
+        text = str(exc)
+        if pipeline.key_env:  # the key was handed on as MEMOS_API_KEY: name the real variable
+            text = text.replace(API_KEY_ENV, pipeline.key_env)
+        if pipeline.named and not text.startswith(prefix):
+            text = f"{prefix}: {text}"
+        exc.args = (text, *exc.args[1:])
         raise
 
 

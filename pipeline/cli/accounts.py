@@ -139,6 +139,7 @@ def summary(runs: list[AccountRun]) -> dict[str, Any]:
             sources[source.source] = row
         load = done.result.load
         accounts[done.pipeline.account] = {
+            "search_command": search_command(done),
             "workdir": str(done.pipeline.config.workdir),
             "destination": done.destination.describe(),
             "sources": [s.source for s in done.sources],
@@ -153,6 +154,18 @@ def summary(runs: list[AccountRun]) -> dict[str, Any]:
         "requests": sum(done.result.load.requests for done in runs),
     }
     return {"accounts": accounts, "sources": sources, "totals": totals}
+
+
+def search_command(done: AccountRun) -> str | None:
+    """For an account loaded into the embedded local store: how to search what it holds."""
+    result, owner = done.result, done.pipeline.config.user_id
+    if not (result.local_db and result.user_ids and result.load.complete):
+        return None
+    user = owner if owner in result.user_ids else result.user_ids[0]
+    return (
+        f"memos-etl search --db {shlex.quote(str(result.local_db))} "
+        f'--user-id {shlex.quote(user)} "your question"'
+    )
 
 
 def summary_text(out: dict[str, Any]) -> str:
@@ -176,6 +189,8 @@ def summary_text(out: dict[str, Any]) -> str:
         )
         for source in account["sources"]:
             lines.append(f"  source {source}: {counts(out['sources'][source])}")
+        if account["search_command"]:
+            lines.append(f"  try: {account['search_command']}")
     totals = out["totals"]
     lines.append(
         f"total: {totals['accounts']} accounts, {totals['sources']} sources: {counts(totals)}"

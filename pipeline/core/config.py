@@ -340,11 +340,18 @@ class Config(_Section):
             seen.add(source.label.casefold())
         return self
 
+    @field_validator("accounts")
+    @classmethod
+    def _account_names_are_identifiers(
+        cls, accounts: dict[str, NamedAccountConfig]
+    ) -> dict[str, NamedAccountConfig]:
+        for name in accounts:
+            check_account_name(name)
+        return accounts
+
     @model_validator(mode="after")
     def _sources_name_known_accounts(self) -> Config:
         names = ", ".join(self.accounts)
-        for account in self.accounts:
-            check_account_name(account)
         for source in self.sources:
             if not self.accounts and source.account is not None:
                 raise ValueError(

@@ -302,6 +302,33 @@ def test_wrong_key_is_one_line_naming_the_account_and_nothing_is_sent(tmp_path: 
         assert one.exit_code == 2 and "no batches" in one.stderr  # nothing was chunked
 
 
+def test_check_and_reset_act_on_one_account(tmp_path: Path) -> None:
+    env = {"ACME_MEMOS_KEY": KEY_A, "BETA_MEMOS_KEY": KEY_A}  # beta's variable holds a bad key
+    with servers(tmp_path) as (a, b):
+        config = write_config(tmp_path, memos_accounts(a, b))
+        checked = ok(cli("check", "--config", str(config), "--account", "acme", env=env))
+        assert checked.stdout.startswith(f"OK: memos {a.url}")
+        bad = cli("check", "--config", str(config), "--account", "beta", env=env)
+        assert bad.exit_code == 6 and bad.stderr.startswith("error: account 'beta': ")
+        assert "BETA_MEMOS_KEY" in bad.stderr and KEY_A not in bad.stderr
+        env["BETA_MEMOS_KEY"] = KEY_B
+        run_json(config, env=env)
+        reset = ["reset", "--config", str(config), "--account", "beta", "--yes", "--json"]
+        assert orjson.loads(ok(cli(*reset, env=env)).stdout)["forgotten"] == 14
+        out = run_json(config, env=env)
+        assert {n: r["sent"] for n, r in out["sources"].items()} == {
+            "acme-sales": 0,
+            "acme-support": 0,
+            "beta-eng": 9,
+            "beta-ops": 5,
+        }
+    assert held(tmp_path / "acme.sqlite") == contents("acme-sales", 12) + contents(
+        "acme-support", 7
+    )
+    beta = contents("beta-eng", 9) + contents("beta-ops", 5)
+    assert held(tmp_path / "beta.sqlite") == beta + beta  # reset: sent everything again
+
+
 # --- the config ----------------------------------------------------------------------------
 
 

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
+from click.testing import CliRunner
 
+from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.extract import connector_options
 from tests.conftest import (
@@ -45,3 +48,20 @@ def test_flag_beats_env_beats_file(tmp_path: Path) -> None:
     assert load_config(config, env=env).workdir == Path("/env-dir")
     flagged = load_config(config, {"workdir": "/flag-dir", "user_id": None}, env=env)
     assert (flagged.workdir, flagged.user_id) == (Path("/flag-dir"), "env-user")
+
+
+def test_the_multi_account_example_runs_with_no_key_and_no_network(tmp_path: Path) -> None:
+    """configs/multi-account.yaml loads each account's samples into its own local store."""
+    config = REPO / "configs" / "multi-account.yaml"
+    args = ["run", str(config), "--workdir", str(tmp_path / "w"), "--json", "--no-progress"]
+    result = CliRunner().invoke(main, args, env={"MEMOS_API_KEY": ""})
+    assert result.exit_code == 0, result.output
+    out = orjson.loads(result.stdout)
+    assert {a: out["accounts"][a]["sources"] for a in out["accounts"]} == {
+        "team": ["support-csv", "team-slack"],
+        "personal": ["chatgpt", "claude"],
+    }
+    assert out["totals"]["sent"] == out["totals"]["staged"] > 0
+    assert out["totals"]["not_delivered"] == 0 and out["totals"]["quarantined"] == 0
+    for account in out["accounts"]:
+        assert (tmp_path / "w" / "accounts" / account / "local-memos.sqlite").exists()

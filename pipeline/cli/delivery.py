@@ -3,11 +3,15 @@ the ledger (is it reachable, forget what it received, what past loads did)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import click
 
+from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
+from pipeline.core.config import Config
 
 
 def _target_options(func: click.decorators.FC) -> click.decorators.FC:
@@ -21,10 +25,12 @@ def _target_options(func: click.decorators.FC) -> click.decorators.FC:
 
 @click.command()
 @_target_options
+@account_option
 @common_options
 def check(
     target: str | None,
     base_url: str | None,
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -44,17 +50,16 @@ def check(
     from pipeline.load.targets import open_target
 
     setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(
-        config_path, {"workdir": workdir, "load": {"target": target, "base_url": base_url}}
-    )
-    dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
-    with open_target(cfg.load, cfg.workdir, base_url=base_url) as endpoint:
-        result = preflight(
-            endpoint,
-            server=cfg.load.target == "memos-server",
-            auth_scheme=cfg.load.auth_scheme,
-            timeout=min(cfg.load.timeout, 10.0),
-        )
+    cfg, env, guard = _account_config(config_path, workdir, target, base_url, account)
+    with guard:
+        dest = destination_for(cfg.load, cfg.workdir, base_url=base_url, env=env)
+        with open_target(cfg.load, cfg.workdir, base_url=base_url, env=env) as endpoint:
+            result = preflight(
+                endpoint,
+                server=cfg.load.target == "memos-server",
+                auth_scheme=cfg.load.auth_scheme,
+                timeout=min(cfg.load.timeout, 10.0),
+            )
     note = f" ({result.note})" if result.note else ""
     emit(
         {**result.to_json(), "destination": dest.describe()},
@@ -66,11 +71,13 @@ def check(
 @click.command()
 @_target_options
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@account_option
 @common_options
 def reset(
     target: str | None,
     base_url: str | None,
     yes: bool,
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -90,10 +97,9 @@ def reset(
     from pipeline.load.ledger import Ledger, ledger_status
 
     setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(
-        config_path, {"workdir": workdir, "load": {"target": target, "base_url": base_url}}
-    )
-    dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
+    cfg, env, guard = _account_config(config_path, workdir, target, base_url, account)
+    with guard:
+        dest = destination_for(cfg.load, cfg.workdir, base_url=base_url, env=env)
     known = ledger_path(cfg.workdir).exists() and any(
         d["dest_id"] == dest.id for d in ledger_status(cfg.workdir)["destinations"]
     )
@@ -119,11 +125,32 @@ def reset(
     )
 
 
+def _account_config(
+    config_path: Path | None,
+    workdir: Path | None,
+    target: str | None,
+    base_url: str | None,
+    account: str | None,
+) -> tuple[Config, dict[str, str], contextlib.AbstractContextManager[None]]:
+    """The config, environment and error prefix of the account `check` / `reset` act on
+    (a config without `accounts:`: the config itself and the process environment)."""
+    from pipeline.tenants import account_errors
+
+    flags = {"target": target, "base_url": base_url}
+    cfg = load_cli_config(config_path, {"workdir": workdir, "load": flags})
+    pipeline = select_account(cfg, account, flags)
+    with account_errors(pipeline):
+        env = pipeline.environment(os.environ)
+    return pipeline.config, env, account_errors(pipeline)
+
+
 @click.command()
 @click.option("--limit", type=int, default=20, show_default=True, help="Runs to show.")
+@account_option
 @common_options
 def history(
     limit: int,
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -141,7 +168,7 @@ def history(
     from pipeline.load.ledger import run_history
 
     setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(config_path, {"workdir": workdir})
+    cfg = select_account(load_cli_config(config_path, {"workdir": workdir}), account).config
     runs = run_history(cfg.workdir, limit)
     lines = [
         f"{r['started_at']} -> {r['ended_at'] or 'unfinished'}  {r['destination']}: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import click
 if TYPE_CHECKING:
     from pipeline.load.stats import LoadStats as LoadStatsT
 
+from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
 
@@ -42,10 +44,17 @@ def load_line(stats: LoadStatsT) -> str:
 def resume_command(settings: dict[str, Any], *extra: str) -> str:
     """A complete `memos-etl load` command for the same destination and the same settings
     (what `status`, Ctrl-C and failures print; running it as printed resumes)."""
+    from pipeline.core.workdir import config_workdir
+
     parts = ["memos-etl load"]
     if settings.get("config"):
         parts.append(f"--config {shlex.quote(str(settings['config']))}")
-    parts.append(f"--workdir {shlex.quote(str(settings['workdir']))}")
+    if settings.get("account"):  # an account's workdir is named by the config's and the name
+        top = config_workdir(Path(settings["workdir"]))
+        parts.append(f"--workdir {shlex.quote(str(top))}")
+        parts.append(f"--account {shlex.quote(str(settings['account']))}")
+    else:
+        parts.append(f"--workdir {shlex.quote(str(settings['workdir']))}")
     parts.append(f"--target {settings['target']}")
     if settings.get("base_url"):
         parts.append(f"--base-url {shlex.quote(str(settings['base_url']))}")
@@ -126,6 +135,7 @@ def finish_load(stats: LoadStatsT, command: str) -> None:
     is_flag=True,
     help="Allow sending the key over plain http to a non-loopback host (docs/security.md).",
 )
+@account_option
 @common_options
 def load(
     target: str | None,
@@ -134,6 +144,7 @@ def load(
     max_in_flight: int | None,
     retry_failed: bool,
     allow_insecure_http: bool,
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -150,42 +161,48 @@ def load(
     """
     from pipeline.core.destination import destination_for
     from pipeline.load.entry import load_command, load_settings
+    from pipeline.tenants import account_errors
 
     progress = setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(
-        config_path,
-        {
-            "workdir": workdir,
-            "load": {
-                "target": target,
-                "base_url": base_url,
-                "rate": rate,
-                "max_in_flight": max_in_flight,
-                "allow_insecure_http": True if allow_insecure_http else None,
-            },
-        },
+    flags = {
+        "target": target,
+        "base_url": base_url,
+        "rate": rate,
+        "max_in_flight": max_in_flight,
+        "allow_insecure_http": True if allow_insecure_http else None,
+    }
+    pipeline = select_account(
+        load_cli_config(config_path, {"workdir": workdir, "load": flags}), account, flags
     )
-    dest = destination_for(cfg.load, cfg.workdir, base_url=base_url)
-    settings = load_settings(cfg, config_path, dest)
-    command = resume_command(settings)
-    stats = load_command(
-        cfg,
-        base_url=base_url,
-        retry_failed=retry_failed,
-        progress=progress,
-        handle_signals=True,
-        heartbeat=heartbeat_seconds(quiet, verbose),
-        settings=settings,
-        command=command,
-    )
+    cfg = pipeline.config
+    with account_errors(pipeline):
+        env = pipeline.environment(os.environ)
+        dest = destination_for(cfg.load, cfg.workdir, base_url=base_url, env=env)
+        settings = load_settings(cfg, config_path, dest)
+        if pipeline.named:
+            settings["account"] = pipeline.account
+        command = resume_command(settings)
+        stats = load_command(
+            cfg,
+            base_url=base_url,
+            retry_failed=retry_failed,
+            progress=progress,
+            handle_signals=True,
+            heartbeat=heartbeat_seconds(quiet, verbose),
+            env=env,
+            settings=settings,
+            command=command,
+        )
     out = {**stats.to_json(), "workdir": str(cfg.workdir), "destination": dest.describe()}
     emit(out, as_json, f"destination: {dest.describe()}\n{load_summary(stats)}")
     finish_load(stats, command)
 
 
 @click.command()
+@account_option
 @common_options
 def status(
+    account: str | None,
     config_path: Path | None,
     workdir: Path | None,
     verbose: int,
@@ -200,7 +217,7 @@ def status(
     from pipeline.load.ledger import ledger_status
 
     setup(verbose, quiet, no_progress)
-    cfg = load_cli_config(config_path, {"workdir": workdir})
+    cfg = select_account(load_cli_config(config_path, {"workdir": workdir}), account).config
     info = ledger_status(cfg.workdir)
     if not info["exists"]:
         emit(info, as_json, f"no ledger in {cfg.workdir} yet; nothing was loaded")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from pipeline.core.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
+from pipeline.cli.accounts import account_option, run_accounts, select_account
 from pipeline.cli.chunk import redaction_line
 from pipeline.cli.common import emit, load_cli_config, setup
 from pipeline.cli.extract import extract_line, sum_counts
@@ -36,6 +38,7 @@ from pipeline.cli.validate import dry_run_report
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr; no progress.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@account_option
 @redact_options
 def run(
     config_file: Path,
@@ -46,6 +49,7 @@ def run(
     quiet: bool,
     as_json: bool,
     no_progress: bool,
+    account: str | None,
     redact_actions: tuple[str, ...],
     redact_patterns: tuple[str, ...],
 ) -> None:
@@ -54,18 +58,43 @@ def run(
     Messages already delivered are skipped, so a scheduled re-run sends only what is new.
     With --dry-run nothing is sent: the validation report is written instead.
 
+    A config with `accounts:` runs each account's pipeline in turn (or only --account
+    NAME's) and prints a summary per account and per source (docs/accounts.md).
+
     Example: memos-etl run configs/quickstart.yaml
     """
     from pipeline.core.destination import destination_for
     from pipeline.load.entry import load_settings
     from pipeline.run import run_pipeline
+    from pipeline.tenants import account_pipelines
 
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_file, {"workdir": workdir})
-    cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    if cfg.accounts:
+        pipelines = [select_account(cfg, account)] if account or dry_run else account_pipelines(cfg)
+        pipelines = [
+            replace(p, config=apply_redact_flags(p.config, redact_actions, redact_patterns))
+            for p in pipelines
+        ]
+        if dry_run:
+            dry_run_report(pipelines[0].config, progress, when, as_json)
+            return
+        run_accounts(
+            pipelines,
+            config_file=config_file,
+            workdir=workdir,
+            since=when,
+            progress=progress,
+            heartbeat=heartbeat_seconds(quiet, verbose),
+            quiet=quiet,
+            as_json=as_json,
+        )
+        return
+    select_account(cfg, account)  # refuses --account without `accounts:`
+    cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     if dry_run:
         dry_run_report(cfg, progress, when, as_json)
         return

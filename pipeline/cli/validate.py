@@ -14,6 +14,7 @@ from pipeline.core.progress import Progress
 if TYPE_CHECKING:
     pass
 
+from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.common import emit, load_cli_config, setup
 from pipeline.cli.redaction import apply_redact_flags, redact_options
 
@@ -26,6 +27,7 @@ from pipeline.cli.redaction import apply_redact_flags, redact_options
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--since", type=click.DateTime(), help="Only messages from this date (UTC) on.")
+@account_option
 @redact_options
 def validate(
     config_file: Path,
@@ -35,6 +37,7 @@ def validate(
     as_json: bool,
     no_progress: bool,
     since: datetime | None,
+    account: str | None,
     redact_actions: tuple[str, ...],
     redact_patterns: tuple[str, ...],
 ) -> None:
@@ -42,12 +45,14 @@ def validate(
 
     Prints a summary (or the report as JSON with --json) and writes report.json and a
     self-contained report.html into the workdir. Exits 3 when the API would reject
-    something (see docs/report.md), 0 otherwise.
+    something (see docs/report.md), 0 otherwise. A config with several `accounts:` is
+    checked one account at a time (--account NAME).
 
     Example: memos-etl validate configs/quickstart.yaml
     """
     progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(config_file, {"workdir": workdir})
+    cfg = select_account(cfg, account).config
     cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
     dry_run_report(cfg, progress, when, as_json)

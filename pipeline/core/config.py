@@ -2,7 +2,9 @@
 
 Precedence is flag > environment > file > default. Relative paths in a config file are
 resolved against the file's own folder, so a scheduled run works from any directory.
-Secrets never live here: the API key comes only from `MEMOS_API_KEY`.
+Secrets never live here: the API key comes only from `MEMOS_API_KEY`, or, in a
+multi-account config (`accounts:`), from the environment variable each account names
+(`api_key_env`): the config holds the variable's name, never the key.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pydantic import (
 
 from pipeline.core import memos_api, redact
 from pipeline.core.errors import ConfigError
+from pipeline.core.workdir import account_workdir
 
 DEFAULT_WORKDIR = Path(".memos-etl")
 API_KEY_ENV = "MEMOS_API_KEY"
@@ -67,6 +70,8 @@ class SourceConfig(_Section):
     user_id: str | None = None
     tags: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    account: str | None = None
+    """In a multi-account config: the name of the account (under `accounts:`) it loads into."""
 
     @field_validator("name")
     @classmethod
@@ -106,6 +111,44 @@ class AccountConfig(_Section):
     """Input tokens per minute (beyond it: code 40309); null when the plan has no such limit."""
     max_tokens_per_call: int = Field(default=memos_api.MAX_CALL_TOKENS, ge=64)
     """Input tokens one add/message call may carry (beyond it: 40305 / 40013)."""
+
+
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+"""An environment variable's name: what `api_key_env` holds (never a key itself)."""
+
+
+class NamedAccountConfig(AccountConfig):
+    """One account of a multi-account config (`accounts: {NAME: ...}`): where its sources
+    load, which environment variable holds its key, and its budget (shared by its sources).
+
+    `target`, `base_url` and `allow_insecure_http` default to the config's `load:` section.
+    """
+
+    target: Literal["local", "memos", "memos-server"] | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    """Name of the environment variable holding this account's API key (for a `local`
+    target with a `base_url`: the serve token); default `MEMOS_API_KEY`."""
+    allow_insecure_http: bool | None = None
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _names_a_variable(cls, name: str | None) -> str | None:
+        if name is not None and not ENV_NAME_RE.fullmatch(name):
+            # never echo the value: it may be a key pasted where its variable's name belongs
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits, '_'), "
+                "never the key itself"
+            )
+        return name
+
+    def budget(self) -> AccountConfig:
+        """The account's budget alone (the `account:` section of its pipeline)."""
+        return AccountConfig(
+            requests_per_second=self.requests_per_second,
+            tokens_per_minute=self.tokens_per_minute,
+            max_tokens_per_call=self.max_tokens_per_call,
+        )
 
 
 class ChunkConfig(_Section):
@@ -244,6 +287,9 @@ class Config(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     account: AccountConfig = Field(default_factory=AccountConfig)
+    accounts: dict[str, NamedAccountConfig] = Field(default_factory=dict)
+    """Several MemOS accounts in one config (see docs/accounts.md): each source names one
+    (`account: NAME`); `for_account` gives each account's own pipeline."""
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     load: LoadConfig = Field(default_factory=LoadConfig)
     redact: RedactConfig = Field(default_factory=RedactConfig)
@@ -294,6 +340,91 @@ class Config(_Section):
             seen.add(source.label.casefold())
         return self
 
+    @field_validator("accounts")
+    @classmethod
+    def _account_names_are_identifiers(
+        cls, accounts: dict[str, NamedAccountConfig]
+    ) -> dict[str, NamedAccountConfig]:
+        for name in accounts:
+            check_account_name(name)
+        return accounts
+
+    @model_validator(mode="after")
+    def _sources_name_known_accounts(self) -> Config:
+        names = ", ".join(self.accounts)
+        for source in self.sources:
+            if not self.accounts and source.account is not None:
+                raise ValueError(
+                    f"source {source.label!r} names account {source.account!r} but the "
+                    "config has no `accounts:` section"
+                )
+            if self.accounts and source.account is None:
+                raise ValueError(
+                    f"source {source.label!r} names no account: with `accounts:`, give each "
+                    f"source `account: NAME` (one of {names})"
+                )
+            if self.accounts and source.account not in self.accounts:
+                raise ValueError(
+                    f"source {source.label!r}: unknown account {source.account!r} "
+                    f"(accounts: {names})"
+                )
+        if self.accounts:
+            if "account" in self.model_fields_set:
+                raise ValueError(
+                    "with `accounts:`, each account's budget goes in its own entry, "
+                    "not in `account:`"
+                )
+            used = {s.account for s in self.sources}
+            for account in self.accounts:
+                if account not in used:
+                    raise ValueError(f"account {account!r} has no sources")
+        return self
+
+    def for_account(self, name: str, load_overrides: Mapping[str, Any] | None = None) -> Config:
+        """Account `name`'s own single-account pipeline: its sources only, its budget as
+        `account:`, its target, and the workdir `<workdir>/accounts/<name>/`.
+
+        `load_overrides` (flags, in the `load:` section's shape) beat the account's
+        settings, as flags beat the file everywhere.
+        """
+        if not self.accounts:
+            raise ConfigError(
+                f"--account {name}: the config lists no accounts (no `accounts:` section)"
+            )
+        if name not in self.accounts:
+            raise ConfigError(
+                f"unknown account {name!r}: the config lists {', '.join(self.accounts)}"
+            )
+        entry = self.accounts[name]
+        raw = self.model_dump(exclude_unset=True, exclude={"accounts", "account", "sources"})
+        raw["workdir"] = account_workdir(self.workdir, name)
+        raw["sources"] = [
+            s.model_dump(exclude_unset=True, exclude={"account"})
+            for s in self.sources
+            if s.account == name
+        ]
+        raw["account"] = entry.budget().model_dump()
+        load = dict(raw.get("load", {}))
+        for key in ("target", "base_url", "allow_insecure_http"):
+            if getattr(entry, key) is not None:
+                load[key] = getattr(entry, key)
+        raw["load"] = {**load, **_drop_none(load_overrides or {})}
+        try:
+            return Config.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc, f"account {name!r}")) from None
+
+
+def check_account_name(name: str) -> str:
+    """`name` if it can name an account: like a source name, it becomes a folder
+    (`<workdir>/accounts/<name>/`), so it is an identifier, never a path."""
+    if not SOURCE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"account {name!r}: an account name is 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
 
 def budget(
     load: LoadConfig, account: AccountConfig | None, *, embedded: bool = False
@@ -320,7 +451,10 @@ def describe_validation_error(exc: ValidationError, where: str) -> str:
         text = f"missing required key {key!r}"
     else:
         value = first.get("input")
-        shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+        secret = bool(first["loc"]) and first["loc"][-1] == "api_key_env"
+        shown = (
+            f" (got {value!r})" if isinstance(value, (str, int, float, bool)) and not secret else ""
+        )
         text = f"key {key!r}: {first['msg']}{shown}"
     more = len(exc.errors()) - 1
     suffix = f" (+{more} more problem{'s' if more > 1 else ''})" if more else ""

@@ -15,6 +15,9 @@ spelling them, so the layout can change in one place:
       report.json, report.html          validate: the dry-run report
       local-memos.sqlite                load: the embedded local target's store (default)
       .memos-etl.lock                   every writer: the workdir lock
+      accounts/<account>/               a multi-account config: one whole workdir (this
+                                        same layout) per account, so each account has its
+                                        own staging, batches, ledger and local store
 """
 
 from __future__ import annotations
@@ -66,3 +69,20 @@ def local_db(workdir: Path, configured: Path | None = None) -> Path:
 def lock_path(workdir: Path) -> Path:
     """The advisory lock file every writer takes."""
     return workdir / ".memos-etl.lock"
+
+
+ACCOUNTS = "accounts"
+
+
+def account_workdir(workdir: Path, account: str) -> Path:
+    """The workdir of one account of a multi-account config: `<workdir>/accounts/<account>/`.
+
+    Each account's pipeline is a whole single-account pipeline, so it gets a whole workdir:
+    its ledger and destination never mix with another account's.
+    """
+    return workdir / ACCOUNTS / account
+
+
+def config_workdir(account_dir: Path) -> Path:
+    """The config's workdir an `account_workdir` lies in (what `--workdir` must repeat)."""
+    return account_dir.parent.parent

@@ -43,7 +43,7 @@ def staged_digest(kind: str, path: Path, workdir: Path, **options: Any) -> str:
     source = SourceConfig(kind=kind, path=path, user_id="owner", options=options)
     stats = extract_source(source, workdir)
     assert stats.balanced, stats
-    table = pq.read_table(workdir / "staging" / kind)
+    table = pq.read_table(workdir / "staging" / kind, partitioning=None)  # no bucket column
     rows = sorted(
         orjson.dumps(row, option=orjson.OPT_SORT_KEYS).replace(str(path).encode(), b"<input>")
         for row in table.to_pylist()

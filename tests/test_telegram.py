@@ -439,7 +439,7 @@ def test_a_chat_header_the_scan_cannot_read_makes_workers_redo_nothing_different
     folder.mkdir()
     (folder / "result.json").write_text(data, "utf-8")
     stats, parallel = extract(folder, tmp_path / "p", workers=2)
-    parts = sorted(p.name for p in (tmp_path / "p" / "staging" / "telegram").glob("*.parquet"))
+    parts = sorted(p.name for p in (tmp_path / "p" / "staging" / "telegram").rglob("*.parquet"))
     assert parts == ["part-00000.parquet"]
     serial_stats, serial = extract(folder, tmp_path / "s", workers=1)
     assert stats == serial_stats and stats.quarantined == 1

@@ -45,6 +45,8 @@ def starts(
 def limiter_at(
     ft: FakeTime, rps: float | None, tpm: float | None = None, **kw: float
 ) -> AccountLimiter:
+    """A limiter on the fake clock; without the start ramp unless a test asks for it."""
+    kw.setdefault("ramp_seconds", 0.0)
     return AccountLimiter(rps, tpm, clock=ft.clock, sleep=ft.sleep, **kw)
 
 

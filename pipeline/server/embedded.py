@@ -33,8 +33,8 @@ from pipeline.server.store import Store
 
 log = logging.getLogger("memos_etl.localapi")
 
-EMBEDDED_URL = "http://embedded.memos-etl.invalid"
-"""The base URL the embedded server's answers name (no socket listens there)."""
+EMBEDDED_URL = "embedded"
+"""The base URL of the embedded server: none (it has no socket); as `Destination.base_url`."""
 
 
 @dataclass(frozen=True, slots=True)

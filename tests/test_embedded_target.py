@@ -22,6 +22,7 @@ from pipeline.load.loader import load_batches
 from pipeline.load.targets import Endpoint
 from pipeline.server import EmbeddedServer, ServerConfig, start_server
 from pipeline.server.app import FaultConfig, ForcedAnswer
+from pipeline.server.embedded import Answer
 from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches
 
@@ -65,7 +66,7 @@ def test_embedded_answers_as_the_http_server_does(tmp_path: Path, path: str, bod
         over_http = client.post(path, content=content)
     with EmbeddedServer(ServerConfig(db_path=tmp_path / "embedded.sqlite")) as embedded:
 
-        async def ask() -> httpx.Response:
+        async def ask() -> Answer:
             await embedded.post("/add/message", content=orjson.dumps(VALID))
             return await embedded.post(path, content=content)
 

@@ -25,20 +25,17 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-import httpx
-
 from pipeline.core.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.workdir import local_db
+from pipeline.load.policy import Answer
 
 
 class Poster(Protocol):
     """What the loader sends through: an `httpx.AsyncClient`, or the embedded server
     answering in this process (`pipeline.server.embedded.EmbeddedServer`)."""
 
-    async def post(
-        self, url: str, *, content: bytes, headers: Mapping[str, str]
-    ) -> httpx.Response: ...
+    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> Answer: ...
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
+from connectors.discord_model import decode_message
 from connectors.discord_text import Names, attachment_lines, learn_roles, render_markup
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
@@ -336,7 +337,7 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
                 array = event
                 full, take = state.rows.__len__, state.rows.take
                 limit = state.rows.rows_per_table
-                for value in event.values():
+                for value in event.values(decode_message):
                     problem = _message(value, event.index, channel, conversations, state, label)
                     if problem is not None:
                         yield problem

@@ -54,6 +54,7 @@ class Exit:
 
 
 Select = Callable[[Path], bool]
+Decode = Callable[[memoryview], Any]
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
@@ -266,7 +267,11 @@ class Array:
         self._pos = pos
         self._started = False
 
-    def values(self) -> Iterator[Any]:
+    def values(self, decode: Decode = orjson.loads) -> Iterator[Any]:
+        """The elements, in order. `decode` parses an element whose end the learned
+        separator found (most elements of an indented array); it must return what
+        `orjson.loads` would for every field the caller reads and raise
+        `orjson.JSONDecodeError` where orjson does. Others are parsed generically."""
         if self._started:
             return
         self._started = True
@@ -283,7 +288,7 @@ class Array:
             if pos >= len(buf.data):
                 raise walker.error("unexpected end of file (the array is not closed)", pos)
             if separator is not None:
-                value, (start, pos) = _parse_separated(buf, pos, separator, walker.items)
+                value, (start, pos) = _parse_separated(buf, pos, separator, walker.items, decode)
             else:
                 value, (start, pos) = _parse_element(buf, pos, walker.items)
             self.offset = buf.base + start
@@ -326,7 +331,7 @@ def _learned_separator(between: bytearray, first: int) -> re.Pattern[bytes] | No
 
 
 def _parse_separated(
-    buf: _Buffer, pos: int, separator: re.Pattern[bytes], index: int
+    buf: _Buffer, pos: int, separator: re.Pattern[bytes], index: int, decode: Decode
 ) -> tuple[Any, tuple[int, int]]:
     """Parse the element at `pos`, guessing its end at the learned separator (orjson
     confirms it); anything else (the array's last element, other layouts) falls back to
@@ -345,7 +350,7 @@ def _parse_separated(
                 continue
             end = match.start() + 1
             try:
-                return orjson.loads(memoryview(buf.data)[pos:end]), (pos, end)
+                return decode(memoryview(buf.data)[pos:end]), (pos, end)
             except orjson.JSONDecodeError:
                 break
     return _parse_element(buf, pos, index)

@@ -37,8 +37,8 @@ EXPECTED: dict[tuple[LimitMode, float, int], tuple[float, float]] = {
 EXPECTED[("bucket", 0.2, 2)] = (0.90, 0.016)
 EXPECTED[("bucket", 1.0, 2)] = (0.90, 0.035)
 # at 1 s latency the ramp that keeps rate = ceiling above 90% overshoots a ceiling of half
-# the rate by one latency of sends, and the learned ceiling ends a step lower
-EXPECTED[("sliding", 1.0, 2)] = (0.86, 0.015)
+# the rate for one latency before the first refusal is heard
+EXPECTED[("sliding", 1.0, 2)] = (0.90, 0.015)
 
 
 def _run(mode: LimitMode, latency: float, over: int) -> SimResult:

@@ -47,10 +47,10 @@ REQUEST_WINDOW = 1.0
 """Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
 TOKEN_WINDOW = 60.0
 """Seconds over which a tokens-per-minute limit is counted."""
-REFINE_BY = 1.5
+REFINE_BY = 2.5
 """A later rejection of the same event lowers the learned ceiling when the server accepted
-at least this many requests (per second) fewer than learned: counts, not shares, so one
-request of jitter never ratchets the budget down."""
+at least this many requests (per second) fewer than learned: counts, not shares, so a
+request or two of jitter never ratchets the budget down."""
 
 
 @dataclass

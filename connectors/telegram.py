@@ -336,6 +336,11 @@ class _SplitJobs:
         self.jobs += 1
 
     def results(self) -> Iterator[Event]:
+        """The jobs' events in order; a lone job (nothing handed out yet) runs in this
+        process, as `run_jobs` runs it, without starting a worker."""
+        if self.group and self.jobs == 0:
+            yield from _span_job(Job(tuple(self.group), self.context))
+            return
         if self.group:
             self._submit()
         yield from self.pool.results()

@@ -446,6 +446,18 @@ def test_a_chat_header_the_scan_cannot_read_makes_workers_redo_nothing_different
     assert parallel == serial
 
 
+def test_a_file_of_one_job_is_staged_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Split by chat but small enough for one job: no worker is started for it."""
+    import connectors.telegram as telegram
+
+    monkeypatch.setattr(telegram, "SPLIT_MIN_BYTES", 0)
+    stats, rows = extract(SAMPLE, tmp_path / "p", workers=2)
+    parts = sorted(p.name for p in (tmp_path / "p" / "staging" / "telegram").rglob("*.parquet"))
+    assert parts == ["part-00000.parquet"] and stats.staged == len(rows) == 33
+
+
 def test_flatten_text_entity_kinds() -> None:
     parts = [
         "a ",

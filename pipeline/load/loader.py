@@ -392,9 +392,10 @@ class _Loader:
             self._last_beat = now
             rate = self.limiter.rate
             progress_log.info(
-                "sent %d/%d messages (%d batches), %d requests, rate limit %s, %d in flight",
+                "sent %d/%s messages (%d batches), %d requests, rate limit %s, %d in flight",
                 self.stats.sent_messages,
-                self._messages_todo,
+                # windows: the batch file is read as it goes, so the total is not known yet
+                f"{self._messages_todo}+" if self.windowed else self._messages_todo,
                 self.stats.sent_batches,
                 self.stats.requests,
                 "none" if rate is None else f"{rate:.1f}/s",

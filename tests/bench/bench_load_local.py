@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,24 @@ def _requests(workdir: Path) -> tuple[int, int]:
 def _stored(workdir: Path) -> int:
     with sqlite3.connect(local_db(workdir)) as conn:
         return int(conn.execute("select count(*) from messages").fetchone()[0])
+
+
+def _tenths(workdir: Path) -> str:
+    """Requests per second in each tenth of the load (from the store's task times): flat
+    when the cost per request does not grow with the run."""
+    with sqlite3.connect(local_db(workdir)) as conn:
+        times = [
+            datetime.fromisoformat(t).timestamp()
+            for (t,) in conn.execute("select created_at from tasks order by created_at")
+        ]
+    if len(times) < 20:
+        return "-"
+    step = len(times) // 10
+    rates = []
+    for k in range(10):
+        first, last = times[k * step], times[min((k + 1) * step, len(times) - 1)]
+        rates.append(f"{step / max(last - first, 1e-3):,.0f}")
+    return " ".join(rates)
 
 
 def _show(name: str, wall: float, peak: int, code: int, requests: int, messages: int) -> None:
@@ -99,6 +118,7 @@ def main() -> None:
         requests, sent = _requests(workdir)
         _show("load", wall, peak, code, requests, sent)
         print(f"  {requests:,} requests, {sent:,} messages sent, {_stored(workdir):,} stored")
+        print(f"  req/s in each tenth of the load: {_tenths(workdir)}")
         if not args.no_rerun:
             wall, peak, code = measured(load, args.timeout)
             requests, _ = _requests(workdir)

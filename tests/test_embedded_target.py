@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pipeline.load import entry
 from pipeline.load.ledger import Ledger
 from pipeline.load.loader import load_batches
 from pipeline.load.targets import Endpoint
-from pipeline.server import EmbeddedServer, ServerConfig, start_server
+from pipeline.server import EmbeddedServer, ServerConfig, embedded, start_server
 from pipeline.server.app import FaultConfig, ForcedAnswer
 from pipeline.server.embedded import Answer
 from pipeline.server.store import conversation_messages, message_counts
@@ -133,3 +134,16 @@ def test_no_shipped_config_throttles_the_local_target() -> None:
         load = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("load") or {}
         if load.get("target", "local") == "local" and not load.get("base_url"):
             assert load.get("rate") is None, f"{path.name} sets a client rate for the local target"
+
+
+def test_closing_catches_the_search_index_up_in_slices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "INDEX_SLICE", 2)
+    db = tmp_path / "s.sqlite"
+    body = {**VALID, "messages": [{"role": "user", "content": f"note {i}"} for i in range(5)]}
+    with EmbeddedServer(ServerConfig(db_path=db)) as server:
+        asyncio.run(server.post("/add/message", content=orjson.dumps(body)))
+    with sqlite3.connect(db) as conn:
+        (indexed,) = conn.execute("select count(*) from messages_fts").fetchone()
+    assert indexed == 5

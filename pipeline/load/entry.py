@@ -98,7 +98,6 @@ def load_workdir(
                     heartbeat=heartbeat,
                     transport=transport,
                     account=account,
-                    total_messages=_batched_messages(workdir),
                 )
             )
         finally:
@@ -131,16 +130,6 @@ def _did_work(stats: LoadStats) -> bool:
         or stats.pending
         or stats.stopped
     )
-
-
-def _batched_messages(workdir: Path) -> int | None:
-    """Messages in the batch file, from its manifest (sizes the progress bar)."""
-    try:
-        manifest = orjson.loads(manifest_path(workdir).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    batched = manifest.get("batched") if isinstance(manifest, dict) else None
-    return batched if isinstance(batched, int) else None
 
 
 def batch_file_cut_for(workdir: Path) -> str | None:

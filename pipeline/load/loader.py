@@ -143,7 +143,8 @@ class _Loader:
         self._verified: set[str] = set()
         self.blocked: set[tuple[str, str]] = set()
         """Conversations a failed or stopped batch holds back (kept across windows)."""
-        self.total_messages: int | None = None
+        self.windowed = False
+        """Windows of the batch file come one after the other: one progress bar for all."""
         self._progress_started = False
 
     # --- stopping -------------------------------------------------------------------
@@ -391,9 +392,10 @@ class _Loader:
             self._last_beat = now
             rate = self.limiter.rate
             progress_log.info(
-                "sent %d/%d messages (%d batches), %d requests, rate limit %s, %d in flight",
+                "sent %d/%s messages (%d batches), %d requests, rate limit %s, %d in flight",
                 self.stats.sent_messages,
-                self._messages_todo,
+                # windows: the batch file is read as it goes, so the total is not known yet
+                f"{self._messages_todo}+" if self.windowed else self._messages_todo,
                 self.stats.sent_batches,
                 self.stats.requests,
                 "none" if rate is None else f"{rate:.1f}/s",
@@ -441,7 +443,7 @@ class _Loader:
         # two; a worker leaves only when every remaining conversation is held by another.
         heap = [(-len(lane), i, deque(lane)) for i, lane in enumerate(lanes.values())]
         heapq.heapify(heap)
-        if self.total_messages is None:
+        if not self.windowed:
             n_batches = sum(len(lane) for lane in lanes.values())
             self.progress.start(
                 f"load {n_batches} batches of {len(heap)} conversations",
@@ -450,7 +452,7 @@ class _Loader:
             )
         elif not self._progress_started:
             self._progress_started = True
-            self.progress.start("load", total=self.total_messages, unit="msg")
+            self.progress.start("load", total=None, unit="msg")  # the file is not read ahead
 
         async def worker(client: Poster) -> None:
             try:
@@ -469,7 +471,7 @@ class _Loader:
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         results = await asyncio.gather(*self.workers, return_exceptions=True)
-        if self.total_messages is None:
+        if not self.windowed:
             self.progress.close()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
@@ -577,15 +579,14 @@ async def load_batches(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     account: AccountConfig | None = None,
-    total_messages: int | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
     `batches` is a list, or an iterable of windows (lists) of the batch file: windows are
-    delivered one after the other, so memory holds one window at a time (`total_messages`
-    then sizes the progress bar). Never raises for API errors: failures, auth and quota
-    stops are in the returned stats (`stopped` is "auth", "quota" or "interrupted"); the
-    ledger records every batch, also those of windows a stop left unsent.
+    delivered one after the other, so memory holds one window at a time. Never raises
+    for API errors: failures, auth and quota stops are in the returned stats (`stopped`
+    is "auth", "quota" or "interrupted"); the ledger records every batch, also those of
+    windows a stop left unsent.
     The budget is `account`'s (with `cfg.rate` overriding its requests per second); no
     account, or the embedded local server: `cfg.rate` alone (None: unlimited).
     """
@@ -620,7 +621,7 @@ async def load_batches(
             requests_per_second=rps,
             tokens_per_minute=tpm,
         )
-        loader.total_messages = None if isinstance(batches, Sequence) else total_messages
+        loader.windowed = not isinstance(batches, Sequence)
         position = 0
         # in-process, a ledger commit costs as much as storing the batch: one per request
         ledger.defer_done = endpoint.in_process is not None and transport is None
@@ -633,11 +634,12 @@ async def load_batches(
                     loader.stats.messages += sum(b.message_count for b in window)
                     if not loader.stopping.is_set():
                         await loader.run(window, ledger.rows(b.batch_id for b in window))
+                    await asyncio.sleep(0)  # let a signal in between windows
                     _summarize(loader.stats, ledger, window, loader.blocked)
         finally:
             ledger.defer_done = False
             ledger.flush()
-        if loader.total_messages is not None:
+        if loader.windowed:
             loader.progress.close()
     stats = loader.stats
     stats.duration = clock() - started

@@ -57,6 +57,10 @@ class Answer:
         return self.content.decode("utf-8", errors="replace")
 
 
+INDEX_SLICE = 5000
+"""Messages the search index takes per transaction when it catches up at close."""
+
+
 class EmbeddedServer:
     """The local MemOS-compatible API answered in this process. Context manager.
 
@@ -113,7 +117,9 @@ class EmbeddedServer:
             return
         self._closed = True
         try:
-            self._store.index_pending()
+            # in slices: all at once would hold every unindexed message in memory
+            while self._store.index_pending(INDEX_SLICE) == INDEX_SLICE:
+                pass
         except sqlite3.Error as exc:
             log.warning("could not finish the search index (next start will): %s", exc)
         self._store.close()

@@ -22,6 +22,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,6 +47,26 @@ def _stored(workdir: Path) -> int:
         return int(conn.execute("select count(*) from messages").fetchone()[0])
 
 
+def _tenths(workdir: Path) -> str:
+    """Requests per second (and messages per request) in each tenth of the load, from the
+    store's task times: flat when the cost per request does not grow with the run."""
+    with sqlite3.connect(local_db(workdir)) as conn:
+        rows = [
+            (datetime.fromisoformat(t).timestamp(), n)
+            for t, n in conn.execute("select created_at, messages from tasks order by created_at")
+        ]
+    if len(rows) < 20:
+        return "-"
+    step = len(rows) // 10
+    out = []
+    for k in range(10):
+        part = rows[k * step : (k + 1) * step + 1]
+        seconds = max(part[-1][0] - part[0][0], 1e-3)
+        per_request = sum(n for _, n in part) / len(part)
+        out.append(f"{(len(part) - 1) / seconds:,.0f} ({per_request:.1f})")
+    return " ".join(out)
+
+
 def _show(name: str, wall: float, peak: int, code: int, requests: int, messages: int) -> None:
     status = "" if code == 0 else f"  (exit {code})"
     print(
@@ -67,6 +88,19 @@ def _set_aside(workdir: Path, keep: Path) -> list[tuple[Path, Path]]:
     return moved
 
 
+def _load_steps(load: list[str], workdir: Path, timeout: float, *, rerun: bool) -> None:
+    """`load` into a fresh store, then (with `rerun`) the same load again."""
+    wall, peak, code = measured(load, timeout)
+    requests, sent = _requests(workdir)
+    _show("load", wall, peak, code, requests, sent)
+    print(f"  {requests:,} requests, {sent:,} messages sent, {_stored(workdir):,} stored")
+    print(f"  req/s (msg/req) in each tenth of the load: {_tenths(workdir)}")
+    if rerun:
+        wall, peak, code = measured(load, timeout)
+        requests, _ = _requests(workdir)
+        _show("load rerun", wall, peak, code, requests, sent)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, help="A chunked workdir (made if missing).")
@@ -74,6 +108,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--run", action="store_true", help="Also time `run` of the export.")
     parser.add_argument("--no-rerun", action="store_true", help="Skip the rerun step.")
+    parser.add_argument("--skip-load", action="store_true", help="Only `run` (with --run).")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
 
@@ -95,14 +130,8 @@ def main() -> None:
         moved = _set_aside(workdir, tmp)
         print(f"{'step':<12} {'wall s':>8} {'req/s':>9} {'msg/s':>10} {'peak RSS MB':>12}")
         load = [CLI, "load", "--workdir", str(workdir), "--target", "local", "-q"]
-        wall, peak, code = measured(load, args.timeout)
-        requests, sent = _requests(workdir)
-        _show("load", wall, peak, code, requests, sent)
-        print(f"  {requests:,} requests, {sent:,} messages sent, {_stored(workdir):,} stored")
-        if not args.no_rerun:
-            wall, peak, code = measured(load, args.timeout)
-            requests, _ = _requests(workdir)
-            _show("load rerun", wall, peak, code, requests, sent)
+        if not args.skip_load:
+            _load_steps(load, workdir, args.timeout, rerun=not args.no_rerun)
         for path in (ledger_path(workdir), local_db(workdir)):
             for p in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
                 p.unlink(missing_ok=True)

@@ -88,8 +88,7 @@ def main() -> None:
         config.write_text(
             f"workdir: {tmp / 'validate'}\nuser_id: bench\n"
             f"sources:\n  - kind: slack\n    path: {data}\n"
-            "load:\n  rate: 1000\n  max_in_flight: 64\n"
-        )
+        )  # `run` into the local target as a user runs it: no client-side rate
         work = str(tmp / "stepwise")
         stages = [
             (

@@ -165,9 +165,7 @@ def _row_event(
 ) -> Event:
     raw = ",".join(row)
     if any(_has_surrogates(cell) for cell in row):
-        return Quarantined(
-            name, position, f"bytes that are not valid {options.encoding}", _printable(raw)
-        )
+        return Quarantined(name, position, undecodable(options.encoding), _printable(raw))
     if len(row) != len(header):
         return Quarantined(name, position, f"expected {len(header)} fields, found {len(row)}", raw)
 
@@ -282,9 +280,15 @@ def _encoding(path: Path, configured: str) -> str:
     if lines and bad >= 3 and bad > len(lines) // 5:
         raise InputError(
             f"{path}: {bad} of the first {len(lines)} lines are not valid UTF-8; "
-            "set options.encoding (e.g. cp1252 or gb18030)"
+            "set --encoding or options.encoding (e.g. --encoding cp1252, or gb18030)"
         )
     return "utf-8-sig"
+
+
+def undecodable(encoding: str) -> str:
+    """The quarantine reason of a row that is not in the file's encoding, with the fix: a
+    CSV saved by Excel on Windows is usually cp1252, hence the example."""
+    return f"bytes that are not valid {encoding} (another encoding? e.g. --encoding cp1252)"
 
 
 def _decodes(data: bytes) -> bool:
@@ -303,7 +307,9 @@ def _header(reader: Iterator[list[str]], name: str, columns: dict[str, str]) -> 
     except csv.Error as exc:
         raise InputError(f"{name} line 1: malformed CSV header: {exc}") from None
     if any(_has_surrogates(h) for h in header):
-        raise InputError(f"{name} line 1: the header is not valid UTF-8; set options.encoding")
+        raise InputError(
+            f"{name} line 1: the header is not valid UTF-8; set --encoding (e.g. --encoding cp1252)"
+        )
     missing = [
         columns[f] for f in ("conversation_id", "role", "content") if columns[f] not in header
     ]

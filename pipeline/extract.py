@@ -69,8 +69,10 @@ def _refuse(
     quarantined: int,
     share: float | None,
     required: bool,
+    top_reason: str | None = None,
 ) -> str | None:
-    """Why this extract must fail loudly, or None."""
+    """Why this extract must fail loudly, or None (`top_reason`: the commonest quarantine
+    reason, which often names the fix, e.g. the file's encoding)."""
     where = f"{source.path} (as --source {source.kind})"
     if staged == 0 and required:
         guess = [k for k in detect.detect(source.path) if k != source.kind]
@@ -80,7 +82,8 @@ def _refuse(
             else "check the file and its kind (--source auto detects it)"
         )
         if quarantined:
-            hint += "; reasons in {quarantine}"
+            commonest = f"commonest reason: {top_reason}; " if top_reason else ""
+            hint += f"; {commonest}reasons in {{quarantine}}"
         return (
             f"nothing staged from {where}: read {read} records, skipped {skipped}, "
             f"quarantined {quarantined}; {hint}"
@@ -92,6 +95,11 @@ def _refuse(
             "{quarantine}"
         )
     return None
+
+
+def _commonest_reason(quarantined: list[dict[str, object]]) -> str | None:
+    reasons = Counter(str(q.get("reason")) for q in quarantined)
+    return reasons.most_common(1)[0][0] if reasons else None
 
 
 def connector_options(source: SourceConfig, default_user_id: str | None) -> ConnectorOptions:
@@ -173,6 +181,7 @@ def extract_source(
             len(quarantined),
             max_quarantined_share,
             require_staged,
+            _commonest_reason(quarantined),
         )
         if why is not None:
             replace_source_entries(workdir, source.label, quarantined)

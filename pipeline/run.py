@@ -96,6 +96,7 @@ def run_pipeline(
                 handle_signals=handle_signals,
                 heartbeat=heartbeat,
                 account=cfg.account,
+                record_idle=False,
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
@@ -157,6 +158,7 @@ def run_pipeline(
             handle_signals=handle_signals,
             heartbeat=heartbeat,
             account=cfg.account,
+            already_excluded=len(delta.exclude) if delta else 0,
         )
         with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()

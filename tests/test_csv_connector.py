@@ -70,7 +70,8 @@ def test_broken_rows_are_quarantined_with_line_and_reason(tmp_path: Path) -> Non
     reasons = {e["position"]: e["reason"] for e in entries}
     assert reasons["line 3"] == "missing content"
     assert reasons["line 4"].startswith("bad timestamp 'yesterday at noon'")
-    assert reasons["line 5"] == "bytes that are not valid utf-8"
+    assert reasons["line 5"].startswith("bytes that are not valid utf-8 (")
+    assert "--encoding cp1252" in reasons["line 5"]
     assert reasons["line 8"] == "unknown role 'wizard'"
     assert stats.quarantined == len(entries) == 4
     # the good rows, including the multi-line one after the bad lines, still flow

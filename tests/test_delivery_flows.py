@@ -453,6 +453,7 @@ def test_non_utf8_csv_is_exit_3_and_encoding_reads_it(tmp_path: Path) -> None:
     result = extract(w, path)
     assert result.exit_code == 3, result.stderr
     assert result.stderr.startswith("error: ")
+    assert "--encoding cp1252" in result.stderr  # the hint names the fix
     fixed = ok(extract(w, path, "--encoding", "cp1252", "--json"))
     assert orjson.loads(fixed.stdout)["staged"] == 3
 

@@ -59,7 +59,10 @@ def test_serve_stores_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-    assert "stopped: 1 requests, 1 ok, 1 messages stored" in out
+    assert (
+        "stopped: requests 1 (add 1; ok 1, rejected 0: rate limit 0, tokens per minute 0), "
+        "messages stored 1" in out
+    )
     assert "POST /add/message -> code=0" in err  # one line per request at -v
     assert message_counts(db) == {("alice", "c1"): 1}
 
@@ -78,7 +81,15 @@ def test_serve_stops_cleanly_on_sigint_with_json(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert json.loads(out) == {"messages_stored": 0, "ok": 0, "requests": 0}
+    assert json.loads(out) == {
+        "messages_stored": 0,
+        "ok": 0,
+        "requests": 0,
+        "add_requests": 0,
+        "rejected": 0,
+        "rate_limited": 0,
+        "token_limited": 0,
+    }
 
 
 def test_an_acknowledged_add_survives_a_killed_server(tmp_path: Path) -> None:
@@ -243,3 +254,82 @@ def test_other_sqlite_files_are_refused_untouched(tmp_path: Path) -> None:
     served = runner.invoke(main, ["serve", "--db", str(other), "--port", "0"])
     assert served.exit_code == 3 and "not a memos-etl local store" in served.stderr
     assert other.read_bytes() == before
+
+
+def _csv_export(path: Path, messages: int) -> Path:
+    lines = ["conversation_id,user_id,role,content,timestamp"]
+    for i in range(messages):
+        role = "user" if i % 2 == 0 else "assistant"
+        lines.append(
+            f"c{i % 7},alice,{role},message number {i},2024-05-0{1 + i % 9}T10:{i % 60:02d}:00Z"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_serve_and_the_loader_count_in_one_vocabulary(tmp_path: Path) -> None:
+    """A run against `serve` under a tight request limit: the loader's requests are the
+    server's add requests, its rejections the server's, and what it sent is what the server
+    stored; a rerun reports the messages as already delivered, in one new history line."""
+    export = _csv_export(tmp_path / "chats.csv", 56)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"workdir: {tmp_path / 'w'}\nuser_id: alice\n"
+        f"sources:\n  - kind: csv\n    path: {export}\n"
+        "chunk:\n  max_messages: 2\n"
+        "load:\n  target: memos\n  rate: 40\n",
+        encoding="utf-8",
+    )
+    key = "k-vocabulary"
+    args = ["--db", str(tmp_path / "store.sqlite"), "--token", key, "--json"]
+    proc = subprocess.Popen(
+        [MEMOS_ETL, "serve", "--port", "0", "--qps-limit", "5", "--retry-after", "0.2", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        env = {
+            "MEMOS_BASE_URL": url,
+            "MEMOS_API_KEY": key,
+            "PATH": str(Path(sys.executable).parent),
+        }
+
+        def run() -> dict:
+            done = subprocess.run(
+                [MEMOS_ETL, "run", str(config), "--json", "--no-progress"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            return json.loads(done.stdout)
+
+        first = run()
+        again = run()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    served = json.loads(out)
+    load = first["load"]
+    # one request to check the key before loading (preflight) is not an add request
+    assert load["requests"] + again["load"]["requests"] == served["add_requests"], (load, served)
+    assert load["sent"]["messages"] == served["messages_stored"] == 56
+    assert load["retries"]["rate_limited"] == served["rate_limited"] > 0, (load, served)
+    assert again["load"]["sent"]["messages"] == 0
+    assert again["load"]["already_delivered"]["messages"] == 56
+    history = subprocess.run(
+        [MEMOS_ETL, "history", "--workdir", str(tmp_path / "w"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    runs = json.loads(history.stdout)["runs"]
+    assert len(runs) == 2, runs  # one line per run, the rerun's included
+    assert runs[0]["sent"] == 0 and runs[0]["already_delivered"] == 56, runs[0]
+    assert runs[1]["sent"] == 56, runs[1]

@@ -12,7 +12,7 @@ from pipeline.core.memos_api import MAX_CALL_TOKENS
 from pipeline.core.workdir import local_db
 
 if TYPE_CHECKING:
-    pass
+    from pipeline.server.app import ServerStats
 
 from pipeline.cli.common import common_options, emit, load_cli_config, setup
 
@@ -261,10 +261,29 @@ def serve(
 
     stats = run_until_signal(config, ready)
     emit(
-        {"requests": stats.requests, "ok": stats.ok, "messages_stored": stats.messages_stored},
+        {
+            "requests": stats.requests,
+            "add_requests": stats.add_requests,
+            "ok": stats.ok,
+            "rejected": stats.rate_limited + stats.token_limited,
+            "rate_limited": stats.rate_limited,
+            "token_limited": stats.token_limited,
+            "messages_stored": stats.messages_stored,
+        },
         as_json,
-        f"stopped: {stats.requests} requests, {stats.ok} ok, "
-        f"{stats.messages_stored} messages stored",
+        _stopped_line(stats),
+    )
+
+
+def _stopped_line(stats: ServerStats) -> str:
+    """The closing line in the loader's vocabulary: its `requests` are this server's add
+    requests, and rejections are split the way the loader's limiter sees them."""
+    rejected = stats.rate_limited + stats.token_limited
+    return (
+        f"stopped: requests {stats.requests} (add {stats.add_requests}; ok {stats.ok}, "
+        f"rejected {rejected}: rate limit {stats.rate_limited}, "
+        f"tokens per minute {stats.token_limited}), "
+        f"messages stored {stats.messages_stored}"
     )
 
 

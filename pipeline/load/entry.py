@@ -49,6 +49,8 @@ def load_workdir(
     heartbeat: float | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     account: AccountConfig | None = None,
+    already_excluded: int = 0,
+    record_idle: bool = True,
 ) -> LoadStats:
     """Load `<workdir>/batches/batches.jsonl` into `destination` through the ledger
     (synchronous entry point; default destination: the workdir's local store).
@@ -57,6 +59,12 @@ def load_workdir(
     first (`pipeline.incremental.filter_batches`), so however the batch file was made, each
     message is sent once. The run is recorded for `memos-etl history` and `settings` kept
     as the destination's last load settings. The caller holds the workdir lock.
+
+    `already_excluded` counts messages the caller left out of the batch file because this
+    destination has them (`run` cuts them at chunk time): they are reported as already
+    delivered, so a rerun says what it skipped instead of "sent 0". With `record_idle`
+    false, a load that found nothing to do leaves no history line (`run`'s first step,
+    finishing an earlier batch file, when there is none to finish).
     """
     if not batches_path(workdir).exists():
         raise ConfigError(f"no batches in {workdir}; run `memos-etl chunk` first")
@@ -94,9 +102,25 @@ def load_workdir(
             stats.already_messages += plan.already_messages
             stats.duplicate_messages = plan.duplicate_messages
             stats.changed = plan.changed
-            stats.messages += plan.already_messages
-            ledger.end_run(run_id, run_counts(stats))
+            stats.already_messages += already_excluded
+            stats.messages += plan.already_messages + already_excluded
+            if record_idle or _did_work(stats):
+                ledger.end_run(run_id, run_counts(stats))
+            else:
+                ledger.drop_run(run_id)
         return stats
+
+
+def _did_work(stats: LoadStats) -> bool:
+    """Whether a load sent, checked, failed or left anything: worth a history line."""
+    return bool(
+        stats.requests
+        or stats.sent_batches
+        or stats.verified_landed
+        or stats.failed
+        or stats.pending
+        or stats.stopped
+    )
 
 
 def batch_file_cut_for(workdir: Path) -> str | None:

@@ -316,6 +316,10 @@ class Ledger:
             ),
         )
 
+    def drop_run(self, run_id: int) -> None:
+        """Remove a history line that recorded nothing (a step with no work in a bigger run)."""
+        self.conn.execute("delete from runs where run_id = ?", (run_id,))
+
     def delivered(self) -> dict[str, str]:
         """`{message_id: content_hash}` confirmed by this destination."""
         return dict(

@@ -136,6 +136,9 @@ ENDPOINTS: Mapping[str, str] = MappingProxyType(
 SERVER_ENDPOINTS = (SERVER_ADD_PATH,)
 """Served paths of the self-hosted server's contract."""
 
+_ADD_PATHS = frozenset({"/add/message", SERVER_ADD_PATH})
+"""The paths that add messages: a loader's requests."""
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -204,6 +207,9 @@ class ServerStats:
     header_timeouts: int = 0
     headers_too_large: int = 0
     connections_refused: int = 0
+    add_requests: int = 0
+    """Requests to an add endpoint (`/add/message`, `/product/add`): what a loader counts as
+    its requests, so `serve`'s totals and the loader's can be compared one to one."""
 
 
 class Counters:
@@ -251,6 +257,7 @@ class Counters:
                 header_timeouts=n["header_timeouts"],
                 headers_too_large=n["headers_too_large"],
                 connections_refused=n["connections_refused"],
+                add_requests=n["add_requests"],
             )
 
 
@@ -390,6 +397,8 @@ class _Api:
         started = time.perf_counter()
         path = request.url.path
         self.counters.add("requests")
+        if path in _ADD_PATHS:
+            self.counters.add("add_requests")
         response = await self._respond(request, path)
         if log.isEnabledFor(logging.INFO):
             log.info(

@@ -15,12 +15,13 @@ from pipeline.core.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-from pipeline.cli.accounts import account_option, run_accounts, select_account
+from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.chunk import redaction_line
 from pipeline.cli.common import emit, load_cli_config, setup
 from pipeline.cli.extract import extract_line, sum_counts
 from pipeline.cli.load import finish_load, heartbeat_seconds, load_line, load_summary
 from pipeline.cli.redaction import apply_redact_flags, redact_options
+from pipeline.cli.run_accounts import run_accounts
 from pipeline.cli.validate import dry_run_report
 
 

@@ -34,6 +34,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
+from connectors.discord_model import decode_message
 from connectors.discord_text import Names, attachment_lines, learn_roles, render_markup
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
@@ -55,6 +56,10 @@ from pipeline.core.staging import part_path
 
 SOURCE = "discord"
 HEAD_BYTES = 64 * 1024
+HEADER_CHUNK = 64 * 1024
+"""The header pass reads a file in steps this small: it stops at the first message, and the
+walk's default 8 MB read would pull most of every channel file through the main process
+before any worker starts."""
 LOOK_FILES = 3
 """`looks_like` reads the head of at most this many JSON files (64 KB in all)."""
 
@@ -247,7 +252,8 @@ def _header(export: ExportFiles, name: str) -> _Channel:
     header = _Channel(name)
     try:
         with export.open(name) as fh:
-            for event in walk(fh, descend=lambda p: p == (), stream=_is_messages):
+            events = walk(fh, descend=lambda p: p == (), stream=_is_messages, chunk=HEADER_CHUNK)
+            for event in events:
                 if type(event) is JsonField and len(event.path) == 1:
                     key, value = event.path[0], event.value
                     if key in ("guild", "channel") and isinstance(value, dict):
@@ -331,7 +337,7 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
                 array = event
                 full, take = state.rows.__len__, state.rows.take
                 limit = state.rows.rows_per_table
-                for value in event.values():
+                for value in event.values(decode_message):
                     problem = _message(value, event.index, channel, conversations, state, label)
                     if problem is not None:
                         yield problem

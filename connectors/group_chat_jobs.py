@@ -99,22 +99,60 @@ def run_jobs(job_fn: JobFn, jobs: list[Job], workers: int) -> Iterator[Event]:
         for job in jobs:
             yield from job_fn(job)
         return
-    pool = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=get_context("spawn"),
-        initializer=init_group_chat_worker,
-    )
-    try:
+    with JobPool(job_fn, workers) as pool:
+        for job in jobs:
+            pool.submit(job)
+        yield from pool.results()
+
+
+class JobPool:
+    """Worker processes that take jobs as they are planned, for a planner that finds its
+    jobs while reading (Telegram's chat scan): the first jobs run while later ones are
+    still being found. A worker process is started at a submission that finds none idle,
+    up to `workers`. Use as a context manager; `results()` yields in submission order.
+    """
+
+    def __init__(self, job_fn: JobFn, workers: int) -> None:
+        self._job_fn = job_fn
+        self._workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._futures: list[tuple[Job, Future[JobResult]]] = []
+
+    def __enter__(self) -> JobPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def submit(self, job: Job) -> None:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._workers,
+                mp_context=get_context("spawn"),
+                initializer=init_group_chat_worker,
+            )
         with main_module_hidden():
-            futures: list[Future[JobResult]] = [
-                pool.submit(run_in_worker, job_fn, job) for job in jobs
-            ]
-        for future in futures:
+            self._futures.append((job, self._pool.submit(run_in_worker, self._job_fn, job)))
+
+    def discard(self) -> None:
+        """Drop every job submitted so far: cancel those not started, wait for the others
+        and delete the parts they wrote (the planner will stage their units another way)."""
+        for job, future in self._futures:
+            if not future.cancel():
+                future.exception()  # wait; whatever it did is thrown away
+            if job.part_path is not None:
+                Path(job.part_path).unlink(missing_ok=True)
+        self._futures.clear()
+
+    def results(self) -> Iterator[Event]:
+        """Each submitted job's part, skip counts and quarantined records, in order."""
+        for _, future in self._futures:
             result = future.result()
             if result.part is not None:
                 yield result.part
             for reason, count in sorted(result.skipped.items()):
                 yield Skipped(reason, count)
             yield from result.quarantined
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        self._futures.clear()

@@ -54,11 +54,22 @@ class Exit:
 
 
 Select = Callable[[Path], bool]
+Decode = Callable[[memoryview], Any]
 
 _WS_RUN = re.compile(rb"[ \t\r\n]*")
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
+_LITERALS = {
+    ord("t"): (b"true", True),
+    ord("f"): (b"false", False),
+    ord("n"): (b"null", None),
+    ord("I"): (b"Infinity", float("inf")),
+    ord("N"): (b"NaN", float("nan")),
+}
+"""Literals of a scalar value. `Infinity` and `NaN` are not JSON, but Python's `json.dumps`
+writes them, and the element parser (the standard library's, after orjson) reads them in
+the elements of a streamed array: a header field is read the same way."""
+_MINUS_INFINITY = b"-Infinity"
 _BOM = b"\xef\xbb\xbf"
 _OPEN_OBJECT, _CLOSE_OBJECT = ord("{"), ord("}")
 _OPEN_ARRAY, _CLOSE_ARRAY = ord("["), ord("]")
@@ -166,6 +177,8 @@ class _Walker:
         pos = self.ensure(pos, 512)  # a number cut by the window's end would mis-match
         while True:
             match = _NUMBER.match(buf.data, pos)
+            if match is None and buf.data.startswith(_MINUS_INFINITY, pos):
+                return float("-inf"), pos + len(_MINUS_INFINITY)
             if match is None:
                 found = bytes(buf.data[pos : pos + 1]).decode("latin-1")
                 raise self.error(f"unexpected {found!r} where a JSON value was expected", pos)
@@ -254,7 +267,11 @@ class Array:
         self._pos = pos
         self._started = False
 
-    def values(self) -> Iterator[Any]:
+    def values(self, decode: Decode = orjson.loads) -> Iterator[Any]:
+        """The elements, in order. `decode` parses an element whose end the learned
+        separator found (most elements of an indented array); it must return what
+        `orjson.loads` would for every field the caller reads and raise
+        `orjson.JSONDecodeError` where orjson does. Others are parsed generically."""
         if self._started:
             return
         self._started = True
@@ -271,7 +288,7 @@ class Array:
             if pos >= len(buf.data):
                 raise walker.error("unexpected end of file (the array is not closed)", pos)
             if separator is not None:
-                value, (start, pos) = _parse_separated(buf, pos, separator, walker.items)
+                value, (start, pos) = _parse_separated(buf, pos, separator, walker.items, decode)
             else:
                 value, (start, pos) = _parse_element(buf, pos, walker.items)
             self.offset = buf.base + start
@@ -314,7 +331,7 @@ def _learned_separator(between: bytearray, first: int) -> re.Pattern[bytes] | No
 
 
 def _parse_separated(
-    buf: _Buffer, pos: int, separator: re.Pattern[bytes], index: int
+    buf: _Buffer, pos: int, separator: re.Pattern[bytes], index: int, decode: Decode
 ) -> tuple[Any, tuple[int, int]]:
     """Parse the element at `pos`, guessing its end at the learned separator (orjson
     confirms it); anything else (the array's last element, other layouts) falls back to
@@ -333,7 +350,7 @@ def _parse_separated(
                 continue
             end = match.start() + 1
             try:
-                return orjson.loads(memoryview(buf.data)[pos:end]), (pos, end)
+                return decode(memoryview(buf.data)[pos:end]), (pos, end)
             except orjson.JSONDecodeError:
                 break
     return _parse_element(buf, pos, index)

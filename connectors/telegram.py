@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pydantic import Field, field_validator
 
+from connectors import group_chat_jobs
 from connectors.base import known_time_zone
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
@@ -50,13 +51,13 @@ from connectors.group_chat import (
     Owners,
     iso_from_micros,
 )
-from connectors.group_chat_jobs import Job, group_units, run_jobs, worker_count
+from connectors.group_chat_jobs import Job, JobPool, worker_count
 from connectors.json_stream import JSONStreamError
 from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
-from connectors.telegram_split import ChatSpan, chat_spans
+from connectors.telegram_split import ChatSpan, SpanScan
 from connectors.telegram_text import flatten_text, media_placeholder
 from pipeline.core.errors import InputError
 from pipeline.core.models import Event, Quarantined, Skipped, excerpt
@@ -247,8 +248,10 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
     """Yield the events of every message of every chat in the export at `path`.
 
     With `parts_dir` and more than one worker, a large plain `result.json` of a full
-    export is cut at its chats (found by `chat_spans`) and worker processes stage groups
-    of chats into Parquet parts; everything else is read here, streamed.
+    export is cut at its chats (found by a byte scan, `telegram_split.SpanScan`) and
+    worker processes stage groups of chats into Parquet parts, each group as soon as the
+    scan has found it; everything else is read here, streamed. The workers' events come
+    after this process's own, in group order.
     """
     owners = Owners.from_options(options, SOURCE)
     with ExportFiles(path) as export:
@@ -261,28 +264,81 @@ def read(path: Path, options: Options, parts_dir: Path | None = None) -> Iterato
         total = sum(export.size(n) for n in names)
         workers = worker_count(options.workers, total) if parts_dir is not None else 1
         state = _State(options, owners, ZoneInfo(options.timezone))
-        spans: list[tuple[ChatSpan, int]] = []
-        for name in names:
-            found = None
-            if workers > 1 and not export.zipped and export.size(name) >= SPLIT_MIN_BYTES:
-                found = chat_spans(export, name, options.include_left_chats)
-            if found:
-                spans.extend(found)
-                continue
-            yield from _read_file(export, name, state)
-        table = state.rows.take()
-        if table is not None:
-            yield table
-        yield from _flush_skipped(state)
-    if not spans:
-        return
-    context = _Context(path, options, owners)
-    assert parts_dir is not None
-    jobs = [
-        Job(tuple(group), context, str(part_path(parts_dir, i)))
-        for i, group in enumerate(group_units(spans))
-    ]
-    yield from run_jobs(_span_job, jobs, min(workers, len(jobs)))
+        with _SplitJobs(_Context(path, options, owners), parts_dir, workers) as split:
+            for name in names:
+                if workers > 1 and not export.zipped and export.size(name) >= SPLIT_MIN_BYTES:
+                    assert parts_dir is not None
+                    if split.add_file(export, name):
+                        continue
+                yield from _read_file(export, name, state)
+            table = state.rows.take()
+            if table is not None:
+                yield table
+            yield from _flush_skipped(state)
+            yield from split.results()
+
+
+class _SplitJobs:
+    """The chats of large files, grouped into jobs (`group_units`' grouping) and handed to
+    worker processes while the files are still being scanned.
+
+    A file's chats found while scanning are provisional: when the finished scan disagrees
+    (see `SpanScan`), every job so far is thrown away and the groups are made again from
+    the final chats, as if nothing had started early.
+    """
+
+    def __init__(self, context: _Context, parts_dir: Path | None, workers: int) -> None:
+        self.context = context
+        self.parts_dir = parts_dir
+        self.workers = workers
+        self.pool = JobPool(_span_job, workers)
+        self.spans: list[tuple[ChatSpan, int]] = []
+        """Chats of the files read so far, final."""
+        self.group: list[ChatSpan] = []
+        self.group_bytes = 0
+        self.jobs = 0
+
+    def __enter__(self) -> _SplitJobs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.__exit__(*exc)
+
+    def add_file(self, export: ExportFiles, name: str) -> bool:
+        """Scan `name` for its chats, submitting jobs on the way; False (and no jobs of
+        it) when it must be walked whole instead."""
+        scan = SpanScan(name, self.context.options.include_left_chats)
+        seen: list[tuple[ChatSpan, int]] = []
+        with export.open(name) as fh:
+            for found in scan.provisional(fh):
+                seen.append(found)
+                self._add(*found)
+        final = scan.final()
+        if final != seen:
+            self.pool.discard()
+            self.group, self.group_bytes, self.jobs = [], 0, 0
+            for found in [*self.spans, *final]:
+                self._add(*found)
+        self.spans.extend(final)
+        return bool(final)
+
+    def _add(self, span: ChatSpan, size: int) -> None:
+        if self.group and self.group_bytes >= group_chat_jobs.JOB_BYTES:
+            self._submit()
+        self.group.append(span)
+        self.group_bytes += size
+
+    def _submit(self) -> None:
+        assert self.parts_dir is not None
+        part = str(part_path(self.parts_dir, self.jobs))
+        self.pool.submit(Job(tuple(self.group), self.context, part))
+        self.group, self.group_bytes = [], 0
+        self.jobs += 1
+
+    def results(self) -> Iterator[Event]:
+        if self.group:
+            self._submit()
+        yield from self.pool.results()
 
 
 @dataclass(frozen=True)

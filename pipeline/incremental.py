@@ -27,8 +27,9 @@ run can use it without importing the loader.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from hashlib import blake2b
 from pathlib import Path
 
 import pyarrow as pa
@@ -169,55 +170,97 @@ def filter_batches(
     rebuilt (with the id the chunker would give it), one that loses all is left out.
     Parts of a split message go or stay together."""
     plan = BatchPlan([])
-    seen: set[tuple[str, str]] = set()
+    for window in filter_windows([list(batches)], lambda _: delivered, resend_changed, plan):
+        plan.batches.extend(window)
+    return plan
+
+
+Lookup = Callable[[Sequence[str]], Mapping[str, str]]
+"""`{message_id: content_hash}` of the given ids that the destination has (a ledger query)."""
+
+
+def windows(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    """`batches` in consecutive lists of at most `size` (the last may be shorter)."""
+    window: list[Batch] = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def _seen_key(mid: str, digest: str) -> bytes:
+    """16 bytes standing for (message id, content hash) in the seen set: a message costs
+    ~60 bytes there instead of two strings (1M messages fit in ~80 MB)."""
+    return blake2b(f"{mid}\x00{digest}".encode(), digest_size=16).digest()
+
+
+def filter_windows(
+    batches: Iterable[Sequence[Batch]],
+    lookup: Lookup,
+    resend_changed: bool,
+    plan: BatchPlan,
+) -> Iterator[list[Batch]]:
+    """`filter_batches`, one window of the batch file at a time: each window's delivered
+    messages are asked of `lookup` (the ledger), so memory grows with the window, not with
+    what the destination has. Counts go to `plan` as windows are consumed (its `batches`
+    stays empty)."""
+    seen: set[bytes] = set()
     changed: set[str] = set()
     dropped_parts: set[str] = set()
+    for window in batches:
+        delivered = lookup(sorted({mid for b in window for mid in b.message_ids}))
 
-    def verdict(mid: str, digest: str) -> str:
-        """ "send", "already" or "duplicate" for one message."""
-        sent = delivered.get(mid)
-        if sent is not None and sent != digest and mid not in changed:
-            changed.add(mid)
-            plan.changed.append(mid)
-        if sent is not None and (sent == digest or not resend_changed):
-            return "already"
-        return "duplicate" if (mid, digest) in seen else "send"
+        def verdict(mid: str, digest: str, delivered: Mapping[str, str] = delivered) -> str:
+            """ "send", "already" or "duplicate" for one message."""
+            sent = delivered.get(mid)
+            if sent is not None and sent != digest and mid not in changed:
+                changed.add(mid)
+                plan.changed.append(mid)
+            if sent is not None and (sent == digest or not resend_changed):
+                return "already"
+            key = _seen_key(mid, digest)
+            if key in seen:
+                return "duplicate"
+            seen.add(key)
+            return "send"
 
-    for batch in batches:
-        if batch.part is not None:  # one message in parts: decided by its first part
-            mid = batch.message_ids[0]
-            if batch.part[0] == 1:
-                what = verdict(mid, batch.content_hashes[0])
-                seen.add((mid, batch.content_hashes[0]))
+        kept: list[Batch] = []
+        for batch in window:
+            if batch.part is not None:  # one message in parts: decided by its first part
+                mid = batch.message_ids[0]
+                if batch.part[0] == 1:
+                    what = verdict(mid, batch.content_hashes[0])
+                    if what == "send":
+                        dropped_parts.discard(mid)
+                    else:
+                        dropped_parts.add(mid)
+                        plan.already_batches += what == "already"
+                        plan.already_messages += what == "already"
+                        plan.duplicate_messages += what == "duplicate"
+                if mid not in dropped_parts:
+                    kept.append(batch)
+                continue
+            keep: list[int] = []
+            for i, (mid, digest) in enumerate(
+                zip(batch.message_ids, batch.content_hashes, strict=True)
+            ):
+                what = verdict(mid, digest)
                 if what == "send":
-                    dropped_parts.discard(mid)
+                    keep.append(i)
+                elif what == "already":
+                    plan.already_messages += 1
                 else:
-                    dropped_parts.add(mid)
-                    plan.already_batches += what == "already"
-                    plan.already_messages += what == "already"
-                    plan.duplicate_messages += what == "duplicate"
-            if mid not in dropped_parts:
-                plan.batches.append(batch)
-            continue
-        keep: list[int] = []
-        for i, (mid, digest) in enumerate(
-            zip(batch.message_ids, batch.content_hashes, strict=True)
-        ):
-            what = verdict(mid, digest)
-            seen.add((mid, digest))
-            if what == "send":
-                keep.append(i)
-            elif what == "already":
-                plan.already_messages += 1
+                    plan.duplicate_messages += 1
+            if len(keep) == len(batch.message_ids):
+                kept.append(batch)
+            elif not keep:
+                plan.already_batches += 1
             else:
-                plan.duplicate_messages += 1
-        if len(keep) == len(batch.message_ids):
-            plan.batches.append(batch)
-        elif not keep:
-            plan.already_batches += 1
-        else:
-            plan.batches.append(_subset(batch, keep))
-    return plan
+                kept.append(_subset(batch, keep))
+        yield kept
 
 
 def _subset(batch: Batch, keep: list[int]) -> Batch:
@@ -282,3 +325,32 @@ def plan(
         if not (is_changed and resend_changed)
     }
     return Delta(len(delivered), hit.num_rows, changed, exclude)
+
+
+def plan_workdir(
+    workdir: Path,
+    labels: Iterable[str],
+    delivered: Mapping[str, str],
+    resend_changed: bool,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+) -> Delta:
+    """`plan` over the staged rows of the sources `labels`, one staging bucket at a time
+    (memory bounded by the largest bucket, never the whole staging table)."""
+    from pipeline.core.staging import read_labeled_bucket, staged_bucket_count
+
+    names = list(labels)
+    if not delivered:
+        empty = pa.schema([("message_id", pa.large_string()), ("content", pa.large_string())])
+        return Delta(len(delivered), 0, empty.empty_table(), set())
+    buckets = staged_bucket_count(workdir, names)
+    parts: list[Delta] = []
+    for bucket in range(buckets):
+        table = read_labeled_bucket(workdir, names, ["message_id", "content"], bucket, buckets)
+        parts.append(plan(table.drop_columns(["label"]), delivered, resend_changed, policy=policy))
+    return Delta(
+        len(delivered),
+        sum(p.staged_delivered for p in parts),
+        pa.concat_tables([p.changed for p in parts]),
+        set().union(*(p.exclude for p in parts)),
+    )

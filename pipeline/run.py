@@ -23,7 +23,7 @@ from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.lock import workdir_lock
 from pipeline.core.progress import NullProgress, Progress
-from pipeline.core.staging import read_staging
+from pipeline.core.staging import staged_sources
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.entry import batch_file_cut_for, load_workdir
@@ -118,10 +118,11 @@ def run_pipeline(
         started = time.monotonic()
         policy = cfg.redact.policy()
         delivered = incremental.delivered_message_hashes(workdir, dest)
-        staged = read_staging(workdir, columns=["message_id", "content"]) if delivered else None
         delta = (
-            incremental.plan(staged, delivered, cfg.load.resend_changed, policy=policy)
-            if staged is not None
+            incremental.plan_workdir(
+                workdir, staged_sources(workdir), delivered, cfg.load.resend_changed, policy=policy
+            )
+            if delivered
             else None
         )
         changed = delta.changed_ids if delta else []

@@ -48,3 +48,25 @@ def schema_for(name: str) -> dict[str, Any]:
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture
+def flat_parts(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, int]]:
+    """The parts each extract wrote before bucketing (source name -> part name -> row
+    groups): what a connector and its workers produced, before `bucket_parts` rewrote them."""
+    import pyarrow.parquet as pq
+
+    import pipeline.core.staging_buckets as sb
+
+    seen: dict[str, dict[str, int]] = {}
+    original = sb.bucket_parts
+
+    def spy(folder: Path, open_writer: Any, buckets: int | None = None) -> int:
+        name = folder.name.removeprefix(".").removesuffix(".tmp")
+        seen[name] = {
+            p.name: pq.ParquetFile(p).num_row_groups for p in sorted(folder.glob("*.parquet"))
+        }
+        return original(folder, open_writer, buckets)
+
+    monkeypatch.setattr(sb, "bucket_parts", spy)
+    return seen

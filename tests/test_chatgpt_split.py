@@ -189,22 +189,24 @@ MANY: list[Any] = [
 ]
 
 
-def extract_all(export: Path, workdir: Path, parallel: str) -> tuple[Any, ...]:
+def extract_all(
+    export: Path, workdir: Path, parallel: str, flat_parts: dict[str, dict[str, int]]
+) -> tuple[Any, ...]:
     """Stats, staged rows in staging order, quarantine entries, and the staged files."""
     options = {"parallel": parallel, "branches": "all"}
     stats = extract_source(SourceConfig(kind="chatgpt", path=export, options=options), workdir)
-    files = sorted(p.name for p in (workdir / "staging" / "chatgpt").glob("*.parquet"))
+    files = sorted(flat_parts["chatgpt"])
     rows = read_staging(workdir).to_pylist()
     return stats, rows, list(read_quarantine(workdir)), files
 
 
 def test_the_helper_share_is_adopted_as_a_part_that_sorts_after_this_process_rows(
-    tmp_path: Path,
+    tmp_path: Path, flat_parts: dict[str, dict[str, int]]
 ) -> None:
     export = write_export(tmp_path / "e", MANY)
-    stats, rows, quarantined, files = extract_all(export, tmp_path / "one", "off")
+    stats, rows, quarantined, files = extract_all(export, tmp_path / "one", "off", flat_parts)
     assert files == ["part-00000.parquet"] and len(quarantined) == 2
-    two = extract_all(export, tmp_path / "two", "on")
+    two = extract_all(export, tmp_path / "two", "on", flat_parts)
     assert two[:3] == (stats, rows, quarantined)  # rows compared in staging order
     assert two[3] == ["part-00000.parquet", "part-00001.parquet"]
 
@@ -227,12 +229,13 @@ def test_a_failed_helper_is_withdrawn_and_its_share_read_here(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     work: Callable[[Any, Path], Any],
+    flat_parts: dict[str, dict[str, int]],
 ) -> None:
     export = write_export(tmp_path / "e", MANY)
-    expected = extract_all(export, tmp_path / "one", "off")
+    expected = extract_all(export, tmp_path / "one", "off", flat_parts)
     monkeypatch.setattr(chatgpt_split, "_helper_work", work)
     with caplog.at_level(logging.WARNING):
-        got = extract_all(export, tmp_path / "two", "on")
+        got = extract_all(export, tmp_path / "two", "on", flat_parts)
     assert got == expected  # the half-written part is gone, every row read here
     assert "the helper process failed" in caplog.text
     if work is _raising_work:
@@ -250,12 +253,15 @@ def _miscounting_work(job: Any, folder: Path) -> Any:
 
 
 def test_a_miscounted_share_is_renumbered_here(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    flat_parts: dict[str, dict[str, int]],
 ) -> None:
     export = write_export(tmp_path / "e", MANY)
-    expected = extract_all(export, tmp_path / "one", "off")
+    expected = extract_all(export, tmp_path / "one", "off", flat_parts)
     monkeypatch.setattr(chatgpt_split, "_helper_work", _miscounting_work)
     with caplog.at_level(logging.INFO):
-        got = extract_all(export, tmp_path / "two", "on")
+        got = extract_all(export, tmp_path / "two", "on", flat_parts)
     assert "renumbering" in caplog.text and not fell_back(caplog)
     assert got == expected  # positions and quarantine entries of the helper's share fixed

@@ -3,6 +3,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pyarrow as pa
@@ -74,12 +75,20 @@ def test_every_message_lands_once_in_order_within_limits(
         body_tokens = sum(
             count_tokens(m["content"]) + MESSAGE_OVERHEAD for m in batch.body["messages"]
         )
-        assert body_tokens == batch.tokens <= max_tokens
+        # exact, or (nothing in it tokenized) its byte bound, never above the budget
+        assert body_tokens <= batch.tokens <= max_tokens
         assert {m["role"] for m in batch.body["messages"]} <= {"user"}
 
+    content = {m.message_id: m.content for m in messages}
     for n, conv in enumerate(conversations):
         mine = [b for b in batches if b.conversation_id == f"c{n}"]
         assert [b.index for b in mine] == list(range(len(mine)))
+        # lazy counting cuts exactly where counting every message would
+        sent = list(dict.fromkeys(mid for b in mine for mid in b.message_ids))
+        got = [("split", b.message_ids[0]) if b.part else list(b.message_ids) for b in mine]
+        got = [g for k, g in enumerate(got) if k == 0 or g != got[k - 1] or g[0] != "split"]
+        assert got == _eager_cuts(sent, content, limits)
+
         # reassemble: split parts concatenate back to the original message
         delivered: dict[str, str] = {}
         order: list[str] = []
@@ -92,6 +101,29 @@ def test_every_message_lands_once_in_order_within_limits(
         expected = _expected_order([_msg(i, f"c{n}", minutes=mm) for i, (_, mm) in enumerate(conv)])
         assert order == expected
         assert [delivered[f"c{n}:{i}"] for i in range(len(conv))] == [t for t, _ in conv]
+
+
+def _eager_cuts(order: list[str], content: dict[str, str], limits: ChunkLimits) -> list[Any]:
+    """The cuts of the greedy rule with every message counted (the chunker before lazy counts)."""
+    cuts: list[Any] = []
+    pending: list[str] = []
+    total = 0
+    for mid in order:
+        tokens = count_tokens(content[mid]) + MESSAGE_OVERHEAD
+        if tokens > limits.max_tokens:
+            if pending:
+                cuts.append(pending)
+                pending, total = [], 0
+            cuts.append(("split", mid))
+            continue
+        if pending and (total + tokens > limits.max_tokens or len(pending) >= limits.max_messages):
+            cuts.append(pending)
+            pending, total = [], 0
+        pending.append(mid)
+        total += tokens
+    if pending:
+        cuts.append(pending)
+    return cuts
 
 
 def _expected_order(messages: list[Message]) -> list[str]:
@@ -194,3 +226,17 @@ def test_batches_carry_the_tags_of_their_sources() -> None:
     untagged = list(chunk_table(table, ChunkLimits(max_messages=3), ChunkStats()))
     assert [b.body for b in untagged if "tags" in b.body] == []
     assert [b.batch_id for b in untagged] == [b.batch_id for b in batches]
+
+
+def test_lazy_counts_cut_where_exact_counts_would() -> None:
+    """Messages of many bytes but few tokens: the byte bounds alone would cut far earlier."""
+    text = "deploy the release " * 12  # 228 bytes, far fewer tokens
+    messages = [_msg(i, content=text + str(i)) for i in range(40)]
+    limits = ChunkLimits(max_tokens=400, max_messages=50)
+    batches = _chunk(messages, limits)
+    content = {m.message_id: m.content for m in messages}
+    order = [mid for b in batches for mid in b.message_ids]
+    assert [list(b.message_ids) for b in batches] == _eager_cuts(order, content, limits)
+    assert len(batches[0].message_ids) > 400 // 228  # more than the bytes would allow
+    small = _chunk(messages[:1], limits)  # fits in bytes: not tokenized, bounded by bytes
+    assert small[0].tokens == len(messages[0].content.encode()) + MESSAGE_OVERHEAD

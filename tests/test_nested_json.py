@@ -97,3 +97,30 @@ def test_array_at_streams_one_nested_array() -> None:
     assert list(array_at(io.BytesIO(data), at).values()) == [{"id": 1}, {"id": [2, {"y": 3}]}]
     with pytest.raises(JSONStreamError):
         array_at(io.BytesIO(data), 0)
+
+
+@pytest.mark.parametrize("chunk", [3, 64, 1 << 16])
+def test_non_finite_numbers_read_as_in_streamed_elements(chunk: int) -> None:
+    """`Infinity`, `-Infinity` and `NaN` (Python's `json.dumps` writes them) are read as
+    floats in a field, as the element parser reads them in a streamed array."""
+    data = b'{"a": Infinity, "b": [-Infinity, NaN], "c": -Infinity, "messages": [Infinity]}'
+    fields = {
+        e.path: e.value
+        for e in walk(
+            io.BytesIO(data), descend=lambda p: p == (), stream=lambda p: False, chunk=chunk
+        )
+        if isinstance(e, Field)
+    }
+    assert fields[("a",)] == float("inf") and fields[("c",)] == float("-inf")
+    assert fields[("b",)][0] == float("-inf") and fields[("b",)][1] != fields[("b",)][1]
+    streamed = [
+        list(e.values())
+        for e in walk(
+            io.BytesIO(data),
+            descend=lambda p: p == (),
+            stream=lambda p: p == ("messages",),
+            chunk=chunk,
+        )
+        if isinstance(e, Array)
+    ]
+    assert streamed == [[float("inf")]]

@@ -45,6 +45,8 @@ def starts(
 def limiter_at(
     ft: FakeTime, rps: float | None, tpm: float | None = None, **kw: float
 ) -> AccountLimiter:
+    """A limiter on the fake clock; without the start ramp unless a test asks for it."""
+    kw.setdefault("ramp_seconds", 0.0)
     return AccountLimiter(rps, tpm, clock=ft.clock, sleep=ft.sleep, **kw)
 
 
@@ -148,6 +150,40 @@ def test_rejection_settles_below_what_the_server_accepted_once_per_event() -> No
     assert limiter.rate_limited == 20
 
 
+def test_after_a_rejection_nothing_is_sent_into_the_still_full_window() -> None:
+    """A burst filled the server's second; the budget is lowered, but the next start also
+    waits until the burst's oldest requests have left the window (counted, not guessed)."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    tickets = sent_at(limiter, ft, 100.0, 60)  # 0.6 s: 50 accepted, then refusals
+    for t in tickets[50:]:
+        t.rejected = True
+    limiter.on_rate_limited(1.0, tickets[50])
+    assert limiter.learned_rate == pytest.approx(50.0)
+    nxt = starts(limiter, ft, 3)
+    # at most 49 (48.5 a second, rounded up) may be in the window when the next one starts:
+    # it waits for the two oldest to leave it
+    assert nxt[0] == pytest.approx(tickets[1].started + 1.0, abs=1e-5)
+    assert all(
+        b - a == pytest.approx(1 / 48.5, rel=0.05) for a, b in zip(nxt[1:], nxt[2:], strict=False)
+    )
+
+
+def test_start_ramps_from_half_the_budget_until_the_first_rejection() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
+    times = starts(limiter, ft, 400)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] == pytest.approx(1 / 50.0, rel=0.02)  # half the budget at first
+    assert times[140] - times[0] < 2.0 < times[160] - times[0]  # 75/s on average
+    assert gaps[-1] == pytest.approx(1 / 100.0)  # the whole budget after 2 s
+    fresh = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
+    tickets = sent_at(fresh, ft, 100.0, 5)
+    fresh.on_rate_limited(None, tickets[-1])
+    after = starts(fresh, ft, 3)
+    assert after[2] - after[1] == pytest.approx(1 / fresh.rate)  # learned: no ramp left
+
+
 def test_rejection_at_the_rate_itself_settles_below_it_and_stays() -> None:
     ft = FakeTime()
     limiter = limiter_at(ft, 50.0, catch_up=0.0, probe_every=60.0, probe_step=0.01)
@@ -237,6 +273,48 @@ def test_gate_waits_for_room() -> None:
 
     asyncio.run(main())
     assert order == ["blocked", "in flight 2"]
+
+
+def test_gate_admits_in_arrival_order() -> None:
+    """A request that just left and comes straight back never overtakes one waiting: a
+    barging worker would stall the waiter's conversation until the end of the run."""
+    gate = InFlightGate(1)
+    order: list[str] = []
+
+    async def request(name: str) -> None:
+        await gate.enter()
+        order.append(name)
+        await asyncio.sleep(0)
+        await gate.leave()
+
+    async def main() -> None:
+        await gate.enter()
+        waiting = asyncio.create_task(request("waiting"))
+        await asyncio.sleep(0)
+        await gate.leave()  # and straight back for the next batch, like a worker
+        await request("newcomer")
+        await waiting
+
+    asyncio.run(asyncio.wait_for(main(), 5.0))
+    assert order == ["waiting", "newcomer"]
+
+
+def test_gate_cancelled_waiter_gives_its_room_on() -> None:
+    gate = InFlightGate(1)
+
+    async def main() -> None:
+        await gate.enter()
+        first = asyncio.create_task(gate.enter())
+        second = asyncio.create_task(gate.enter())
+        await asyncio.sleep(0)
+        first.cancel()
+        await gate.leave()
+        await second
+        assert gate.in_flight == 1
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def extract(path: Path, workdir: Path, **options: Any) -> tuple[ExtractStats, li
     source = SourceConfig(kind="slack", path=path, options=options)
     stats = extract_source(source, workdir)
     assert stats.balanced, stats
-    rows = pq.read_table(workdir / "staging" / "slack").to_pylist()
+    rows = pq.read_table(workdir / "staging" / "slack").drop_columns(["bucket"]).to_pylist()
     for row in rows:
         row["meta"] = json.loads(row["metadata"])
     return stats, rows
@@ -822,7 +822,7 @@ def test_user_map_in_a_config_file_is_relative_to_the_file(
     assert source.options["user_map"] == str(folder / "map.csv")
     stats = extract_source(source, tmp_path / "w")
     assert stats.balanced and stats.staged == 5
-    rows = pq.read_table(tmp_path / "w" / "staging" / "slack").to_pylist()
+    rows = pq.read_table(tmp_path / "w" / "staging" / "slack").drop_columns(["bucket"]).to_pylist()
     assert {r["author_id"]: r["user_id"] for r in rows} == {"U1": "alice-memos", "U2": "bob-memos"}
 
 
@@ -931,11 +931,14 @@ def test_any_text_survives_connector_to_parquet(tmp_path: Path, text: str) -> No
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_write_parts_with_the_same_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    flat_parts: dict[str, dict[str, int]],
 ) -> None:
     monkeypatch.setattr(slack_zip, "JOB_BYTES", 1)  # one job (and part) per unit
     stats, rows = extract(SAMPLE, tmp_path / "w", workers=workers)
-    parts = sorted(p.name for p in (tmp_path / "w/staging/slack").glob("*.parquet"))
+    parts = sorted(flat_parts["slack"])
     assert len(parts) > 3 and "part-00000.parquet" not in parts
     tables = [
         e.table for e in read(SAMPLE, Options(user_id="owner")) if isinstance(e, MessageTable)
@@ -955,8 +958,17 @@ def test_counts_of_parts_are_distinct_over_all_parts(
     """Conversations and owners that span parts are counted once (author mode)."""
     monkeypatch.setattr(slack_zip, "JOB_BYTES", 1)
     monkeypatch.setattr(slack_zip, "PART_BYTES", 1)  # a channel's days in separate parts
+    import pipeline.core.staging_buckets as sb
+
+    parts: list[Any] = []
+    original = sb.bucket_parts
+
+    def spy(folder: Path, open_writer: Any, buckets: int | None = None) -> int:
+        parts.extend(pq.read_table(p) for p in sorted(folder.glob("*.parquet")))
+        return original(folder, open_writer, buckets)
+
+    monkeypatch.setattr(sb, "bucket_parts", spy)  # the parts as the workers wrote them
     stats, rows = extract(SAMPLE, tmp_path / "w", workers=workers, memory_owner="author")
-    parts = [pq.read_table(p) for p in (tmp_path / "w/staging/slack").glob("*.parquet")]
     channels = [{f.split("/")[0] for f in part["source_file"].to_pylist()} for part in parts]
     assert len(set().union(*channels)) < sum(map(len, channels))  # a channel spans parts
     assert stats.users == len({r["user_id"] for r in rows}) > 1

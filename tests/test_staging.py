@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.core.staging import PartWriter, StagingWriter, part_path, read_staging, staged_sources
+from pipeline.core.staging_buckets import all_files
 
 
 def _message(i: int, content: str = "hello", conversation: str = "c1") -> Message:
@@ -32,7 +33,9 @@ def _message(i: int, content: str = "hello", conversation: str = "c1") -> Messag
     )
 
 
-def test_round_trip_preserves_every_column(tmp_path: Path) -> None:
+def test_round_trip_preserves_every_column(
+    tmp_path: Path, flat_parts: dict[str, dict[str, int]]
+) -> None:
     messages = [_message(i, content=f"text {i} 你好 😀\nline two") for i in range(10)]
     with StagingWriter(tmp_path, "src", row_group_rows=3) as writer:
         for m in messages:
@@ -45,19 +48,18 @@ def test_round_trip_preserves_every_column(tmp_path: Path) -> None:
         for column in STAGING_SCHEMA.names:
             assert row[column] == getattr(message, column), column
     # streamed: several row groups, not one big buffer
-    files = list((tmp_path / "staging" / "src").glob("*.parquet"))
-    assert pq.ParquetFile(files[0]).num_row_groups == 4
+    assert flat_parts["src"] == {"part-00000.parquet": 4}
 
 
 def test_pandas_and_duckdb_open_staging_as_is(tmp_path: Path) -> None:
     with StagingWriter(tmp_path, "src") as writer:
         for i in range(5):
             writer.write(_message(i))
-    path = tmp_path / "staging" / "src" / "part-00000.parquet"
+    path = tmp_path / "staging" / "src" / "bucket=0000" / "part-00000.parquet"
     frame = pd.read_parquet(path)
     assert list(frame.columns) == STAGING_SCHEMA.names
     assert str(frame["created_at"].dt.tz) == "UTC"
-    glob = str(tmp_path / "staging" / "*" / "*.parquet")
+    glob = str(tmp_path / "staging" / "*" / "*" / "*.parquet")
     count = duckdb.sql(f"select count(*), min(seq), max(seq) from '{glob}'").fetchall()[0]
     assert count == (5, 0, 4)
 
@@ -89,7 +91,9 @@ def _batch(messages: list[Message]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist([asdict(m) for m in messages], schema=STAGING_SCHEMA)
 
 
-def test_parts_written_by_a_connector_are_adopted(tmp_path: Path) -> None:
+def test_parts_written_by_a_connector_are_adopted(
+    tmp_path: Path, flat_parts: dict[str, dict[str, int]]
+) -> None:
     with StagingWriter(tmp_path, "src") as writer:
         writer.write(_message(0))
         first = PartWriter(part_path(writer.parts_dir, 0), row_group_rows=2)
@@ -102,9 +106,7 @@ def test_parts_written_by_a_connector_are_adopted(tmp_path: Path) -> None:
         writer.adopt(part)
         assert PartWriter(part_path(writer.parts_dir, 1)).close() is None
     assert writer.rows_written == 6
-    files = sorted(p.name for p in (tmp_path / "staging" / "src").glob("*.parquet"))
-    assert files == ["part-00000.parquet", "part-00001.parquet"]
-    assert pq.ParquetFile(tmp_path / "staging/src/part-00001.parquet").num_row_groups == 3
+    assert flat_parts["src"] == {"part-00000.parquet": 1, "part-00001.parquet": 3}
     ids = sorted(read_staging(tmp_path).column("message_id").to_pylist())
     assert ids == [f"m{i}" for i in range(6)]
 
@@ -137,14 +139,15 @@ def test_distinct_pairs_never_mix_up_user_and_conversation() -> None:
     assert one_owner.users.to_pylist() == ["u"]
 
 
-def test_only_parts_means_no_empty_file(tmp_path: Path) -> None:
+def test_only_parts_means_no_empty_file(
+    tmp_path: Path, flat_parts: dict[str, dict[str, int]]
+) -> None:
     with StagingWriter(tmp_path, "src") as writer:
         part = PartWriter(part_path(writer.parts_dir, 0))
         part.add(_batch([_message(1)]))
         writer.adopt(part.close())  # type: ignore[arg-type]
-    assert [p.name for p in (tmp_path / "staging" / "src").glob("*.parquet")] == [
-        "part-00001.parquet"
-    ]
+    assert list(flat_parts["src"]) == ["part-00001.parquet"]
+    assert len(all_files(tmp_path / "staging" / "src")) == 1
 
 
 def test_adopt_refuses_files_outside_the_parts_folder(tmp_path: Path) -> None:

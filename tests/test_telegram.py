@@ -4,6 +4,7 @@ Desktop's export writer lays them out) staged to Parquet, through the library an
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from connectors.base import get_connector, known_sources
@@ -66,7 +67,7 @@ def extract(path: Path, workdir: Path, **options: Any) -> tuple[ExtractStats, li
     source = SourceConfig(kind="telegram", path=path, user_id="owner", options=options)
     stats = extract_source(source, workdir)
     assert stats.balanced, stats
-    rows = pq.read_table(workdir / "staging" / "telegram").to_pylist()
+    rows = pq.read_table(workdir / "staging" / "telegram").drop_columns(["bucket"]).to_pylist()
     for row in rows:
         row["meta"] = json.loads(row["metadata"])
     return stats, rows
@@ -387,15 +388,16 @@ def test_same_chat_twice_is_staged_once(tmp_path: Path) -> None:
 
 
 def test_worker_processes_split_a_large_file_by_chat_with_the_same_rows(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flat_parts: dict[str, dict[str, int]]
 ) -> None:
     import connectors.group_chat_jobs as jobs
     import connectors.telegram as telegram
+    import connectors.telegram_split as split
 
     monkeypatch.setattr(telegram, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(jobs, "JOB_BYTES", 1)  # one job per chat
     with ExportFilesFor(SAMPLE) as export:
-        spans = telegram.chat_spans(export, "result.json")
+        spans = split.chat_spans(export, "result.json")
     assert [(s.list_name, s.index, s.id) for s, _ in spans] == [
         ("chats", 0, 1002),
         ("chats", 1, 2200),
@@ -405,13 +407,11 @@ def test_worker_processes_split_a_large_file_by_chat_with_the_same_rows(
         ("chats", 5, 1001),
         ("left_chats", 0, 8008),
     ]
-    import connectors.telegram_split as split
-
     monkeypatch.setattr(split, "SCAN_CHUNK", 97)  # headers cut by chunk ends are found too
     with ExportFilesFor(SAMPLE) as export:
-        assert telegram.chat_spans(export, "result.json") == spans
+        assert split.chat_spans(export, "result.json") == spans
     stats, parallel = extract(SAMPLE, tmp_path / "p", workers=2)
-    parts = list((tmp_path / "p" / "staging" / "telegram").glob("*.parquet"))
+    parts = list(flat_parts["telegram"])
     assert len(parts) >= 6
     _, serial = extract(SAMPLE, tmp_path / "s", workers=1)
     assert stats.staged == 33
@@ -420,6 +420,30 @@ def test_worker_processes_split_a_large_file_by_chat_with_the_same_rows(
         return str(r["message_id"])
 
     assert sorted(parallel, key=key) == sorted(serial, key=key)
+
+
+@pytest.mark.parametrize("bad", ["WeatherBot\\q", "Weather\tBot"])
+def test_a_chat_header_the_scan_cannot_read_makes_workers_redo_nothing_differently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    """Workers start on the first chats while the scan goes on; a later chat header that
+    does not parse (an invalid escape, a raw tab) sends the file to the in-process walk,
+    and what workers did already is thrown away: the same rows and counts as one process."""
+    import connectors.group_chat_jobs as jobs
+    import connectors.telegram as telegram
+
+    monkeypatch.setattr(telegram, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(jobs, "JOB_BYTES", 1)
+    data = (SAMPLE / "result.json").read_text("utf-8").replace('"WeatherBot"', f'"{bad}"')
+    folder = tmp_path / "e"
+    folder.mkdir()
+    (folder / "result.json").write_text(data, "utf-8")
+    stats, parallel = extract(folder, tmp_path / "p", workers=2)
+    parts = sorted(p.name for p in (tmp_path / "p" / "staging" / "telegram").rglob("*.parquet"))
+    assert parts == ["part-00000.parquet"]
+    serial_stats, serial = extract(folder, tmp_path / "s", workers=1)
+    assert stats == serial_stats and stats.quarantined == 1
+    assert parallel == serial
 
 
 def test_flatten_text_entity_kinds() -> None:
@@ -528,6 +552,12 @@ FIELDS = [
     owner=st.sampled_from(["workspace", "author", "group"]),
     conversation=st.sampled_from(["chat", "thread", "session"]),
 )
+# Found by the fuzz test: json.dumps writes an infinite float as `Infinity` (also NaN), which
+# the message parser reads as a number but the walk over the chat's header refused, losing
+# the whole chat.
+@example(records=[], header={"name": math.inf}, owner="workspace", conversation="chat")
+@example(records=[], header={"type": -math.inf}, owner="group", conversation="session")
+@example(records=[], header={"name": [math.nan]}, owner="author", conversation="thread")
 def test_any_json_in_any_field_is_counted_never_raised(
     tmp_path: Path,
     records: list[Any],

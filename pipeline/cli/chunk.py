@@ -23,11 +23,19 @@ from pipeline.cli.redaction import apply_redact_flags, redact_options
     help="Token budget per request (default 4000; ≤ 40000, the newest documented limit).",
 )
 @click.option("--max-messages", type=int, help="Messages per request (default 50).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Staging buckets chunked at a time, each in its own process (memory grows with it).",
+)
 @redact_options
 @common_options
 def chunk(
     max_tokens: int | None,
     max_messages: int | None,
+    workers: int,
     redact_actions: tuple[str, ...],
     redact_patterns: tuple[str, ...],
     config_path: Path | None,
@@ -62,6 +70,7 @@ def chunk(
             tags=cfg.tags_by_source(),
             group=cfg.group_sources(),
             policy=cfg.redact.policy(),
+            workers=workers,
         )
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     lines = [

@@ -1,5 +1,5 @@
 """`memos-etl run` over a multi-account config: each account's pipeline in turn, then one
-summary per account and per source with totals that add up (docs/accounts.md)."""
+summary per account and per source with totals that add up."""
 
 from __future__ import annotations
 

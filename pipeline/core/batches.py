@@ -78,6 +78,11 @@ class Batch:
         )
 
 
+def encode_batch(batch: Batch) -> bytes:
+    """One line of the batch file (with its newline)."""
+    return orjson.dumps(batch.to_json()) + b"\n"
+
+
 def write_batches(workdir: Path, batches: Iterable[Batch]) -> int:
     """Write all batches atomically (temp file, then rename); returns the batch count."""
     folder = batches_dir(workdir)
@@ -86,7 +91,7 @@ def write_batches(workdir: Path, batches: Iterable[Batch]) -> int:
     count = 0
     with tmp.open("wb") as out:
         for batch in batches:
-            out.write(orjson.dumps(batch.to_json()) + b"\n")
+            out.write(encode_batch(batch))
             count += 1
     os.replace(tmp, batches_path(workdir))
     return count

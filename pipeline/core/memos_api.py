@@ -378,7 +378,22 @@ def fast_check(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
     return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
 
 
-_VALUE_KEYWORDS = {"enum", "const", "pattern", "format", "minLength", "maxLength"}
+_VALUE_KEYWORDS = {
+    "enum",
+    "const",
+    "pattern",
+    "format",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+}
+MAX_SHAPES = 4096
+"""Shapes a `RequestValidator` remembers; beyond, it forgets them all (memory stays flat
+even when constrained values, such as a self-hosted `session_id`, differ on every body)."""
 _COUNT_KEYWORDS = {"minItems", "maxItems"}
 _ARRAY_KEYWORDS = {"uniqueItems", "contains", "prefixItems"}
 
@@ -487,7 +502,7 @@ class RequestValidator:
         if kind is bool:
             return "b"
         if kind is int or kind is float:
-            return "n"
+            return ("n", value) if key in self._keys else "n"
         return kind.__name__
 
     def is_valid(self, body: Mapping[str, Any]) -> bool:
@@ -498,6 +513,8 @@ class RequestValidator:
         result = self._cache.get(shape)
         if result is None:
             result = bool(self._validator.is_valid(body))
+            if len(self._cache) >= MAX_SHAPES:
+                self._cache.clear()
             self._cache[shape] = result
         return result
 

@@ -3,8 +3,10 @@
 The writer streams: rows are buffered per column and flushed as row groups, so memory
 stays bounded however large the export. A source's files are written to a hidden
 temporary folder and swapped in only when the extract finished, so a crash never leaves
-a half-written source behind. pandas, pyarrow and DuckDB read the result as-is, e.g.
-`duckdb.sql("select * from '<workdir>/staging/*/*.parquet'")`.
+a half-written source behind. Before the swap the rows are bucketed by conversation
+(`pipeline.core.staging_buckets`): `staging/<source>/bucket=NNNN/part-*.parquet`. pandas,
+pyarrow and DuckDB read the result as-is, e.g. `pandas.read_parquet("<workdir>/staging")` or
+`duckdb.sql("select * from '<workdir>/staging/*/*/*.parquet'")`.
 """
 
 from __future__ import annotations
@@ -169,14 +171,23 @@ def source_dir(workdir: Path, name: str) -> Path:
 
 
 class StagingWriter:
-    """Streams messages of one source into `staging/<name>/part-NNNNN.parquet`.
+    """Streams messages of one source into `staging/<name>/`, bucketed by conversation.
 
     Use as a context manager: on a clean exit the new files replace the source's old
     ones atomically (per folder); on an exception they are discarded.
     """
 
-    def __init__(self, workdir: Path, name: str, *, row_group_rows: int = ROW_GROUP_ROWS):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        *,
+        row_group_rows: int = ROW_GROUP_ROWS,
+        buckets: int | None = None,
+    ):
         self.final_dir = source_dir(workdir, name)
+        self.buckets = buckets
+        """Bucket count (a power of two); None: chosen from the staged size."""
         self.tmp_dir = self.final_dir.with_name(f".{name}.tmp")
         self.row_group_rows = row_group_rows
         self.rows_written = 0
@@ -259,8 +270,9 @@ class StagingWriter:
             self.flush()
             if self._writer is not None:
                 self._writer.close()
-            if self._writer is None and not self._adopted:  # nothing staged: a readable file
-                pq.write_table(STAGING_SCHEMA.empty_table(), self.tmp_dir / _OWN_PART)
+            from pipeline.core.staging_buckets import bucket_parts
+
+            bucket_parts(self.tmp_dir, open_part_writer, self.buckets)
         except OSError as error:  # e.g. the disk filled up on the last row group
             self._discard()
             if is_disk_full(error):
@@ -313,14 +325,61 @@ def _read_sources(
         schema = schema.append(pa.field("label", pa.string()))
     import pyarrow.dataset as ds  # heavy: connector worker processes import this module
 
+    from pipeline.core.staging_buckets import all_files
+
     parts = []
     for label in labels:
-        files = [str(f) for f in sorted(source_dir(workdir, label).glob("*.parquet"))]
+        files = [str(f) for f in all_files(source_dir(workdir, label))]
         if not files:
             continue
         part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)
         if with_label:
             part = part.append_column("label", pa.repeat(label, part.num_rows))
+        parts.append(part)
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts).cast(schema)
+
+
+def staged_bucket_count(workdir: Path, labels: Iterable[str]) -> int:
+    """The bucket count to read the named sources with: the largest of theirs (all are
+    powers of two, so each source's bucket of a conversation is this count's modulo its own)."""
+    from pipeline.core.staging_buckets import read_layout
+
+    return max((read_layout(source_dir(workdir, label)).buckets for label in labels), default=1)
+
+
+def read_labeled_bucket(
+    workdir: Path, labels: Iterable[str], columns: list[str], bucket: int, buckets: int
+) -> pa.Table:
+    """`read_labeled` restricted to the conversations of bucket `bucket` of `buckets`.
+
+    A source staged with fewer buckets (or unbucketed, by an older version) is read from its
+    bucket `bucket % own count` and filtered by the rule, so the result is the same whatever
+    counts the sources were staged with.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
+
+    from pipeline.core.buckets import bucket_indices
+    from pipeline.core.staging_buckets import read_layout
+
+    schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns]).append(
+        pa.field("label", pa.string())
+    )
+    wanted = list(dict.fromkeys([*columns, "conversation_id"]))
+    parts = []
+    for label in labels:
+        layout = read_layout(source_dir(workdir, label))
+        files = [str(f) for f in layout.files_for(bucket, buckets)]
+        if not files:
+            continue
+        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=wanted)
+        if layout.buckets < buckets:
+            mine = bucket_indices(part.column("conversation_id"), buckets)
+            part = part.filter(pc.equal(mine, bucket))
+        part = part.select(columns)
+        part = part.append_column("label", pa.repeat(label, part.num_rows))
         parts.append(part)
     if not parts:
         return schema.empty_table()

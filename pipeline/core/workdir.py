@@ -5,7 +5,9 @@ writer. Stages, the dry run, the CLI and the tests ask this module for paths ins
 spelling them, so the layout can change in one place:
 
     <workdir>/
-      staging/<source>/part-*.parquet   extract: the staging table, one folder per source
+      staging/<source>/bucket=NNNN/part-*.parquet
+                                        extract: the staging table, one folder per source,
+                                        bucketed by conversation (`_buckets.json`)
       batches/batches.jsonl             chunk: addMessage batches in delivery order
       batches/manifest.json             chunk: counts of the last chunk
       ledger.sqlite                     load: delivery state (batches, delivered messages)

@@ -33,9 +33,10 @@ from pipeline.core.lock import workdir_lock
 from pipeline.core.models import STAGING_SCHEMA, ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
-from pipeline.core.staging import read_labeled, staged_sources
+from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
+from pipeline.core.staging_buckets import all_files, release_freed_memory
 from pipeline.core.workdir import staging_dir
-from pipeline.dryrun import checks
+from pipeline.dryrun import checks, merge
 from pipeline.dryrun.html import write_reports
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.report import Report, ReportInputs, build_report
@@ -86,54 +87,81 @@ def _validate(
     labels = [s.label for s in cfg.sources]
     group = cfg.group_sources()
     columns = READ_COLUMNS + AUTHOR_COLUMNS if group else READ_COLUMNS
-    table = read_labeled(workdir, labels, columns)
-    log.info("validate: %d staged messages from %d source(s)", table.num_rows, len(labels))
+    release_freed_memory()
+    buckets = staged_bucket_count(workdir, labels)
+    staged = sum(e.staged for e in extracted)
+    log.info("validate: %d staged messages from %d source(s)", staged, len(labels))
 
     policy = cfg.redact.policy()
     delivered = incremental.delivered_message_hashes(workdir, destination_for(cfg.load, workdir))
-    ledger = ledger_figures(table, delivered, cfg.load.resend_changed, policy)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
+    owners: set[str] = set()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
     channels = ChannelTally() if any(s.kind == "slack" for s in cfg.sources) else None
-    progress.start("validate", total=table.num_rows, unit="msg")
-    with _stage("chunk + batch checks"):
-        batches = chunk_table(
-            table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
-            limits,
-            chunk_stats,
-            ledger.exclude,
-            since=since,
-            tags=cfg.tags_by_source(),
-            group=group,
-            policy=policy,
-        )
-        for batch in batches:
-            checker.check(batch)
-            if channels is not None:
-                channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
-            if batch.part is None or batch.part[0] == 1:
-                progress.advance(len(batch.message_ids))
+    ledger = LedgerFigures(bool(delivered), len(delivered), 0, 0, set())
+    rows = merge.AggregateParts(TOP_N)
+    per_bucket: dict[str, list[checks.Finding]] = {}
+    before_since = 0
+    progress.start("validate", total=staged, unit="msg")
+    for bucket in range(buckets):  # memory: one bucket's rows at a time
+        table = read_labeled_bucket(workdir, labels, columns, bucket, buckets)
+        part = ledger_figures(table, delivered, cfg.load.resend_changed, policy)
+        ledger.add(part)
+        with _stage(f"chunk + batch checks, bucket {bucket}"):
+            bucket_stats = ChunkStats()
+            batches = chunk_table(
+                table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
+                limits,
+                bucket_stats,
+                part.exclude,
+                since=since,
+                tags=cfg.tags_by_source(),
+                group=group,
+                policy=policy,
+                users=owners,
+            )
+            for batch in batches:
+                checker.check(batch)
+                if channels is not None:
+                    channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
+                if batch.part is None or batch.part[0] == 1:
+                    progress.advance(len(batch.message_ids))
+            chunk_stats.merge(bucket_stats)
+        before_since += _before_since(table, since, part.exclude)
+        with _stage(f"row checks, bucket {bucket}"):
+            rows.add(table)
+            for check in ROW_CHECKS:
+                per_bucket.setdefault(check.__name__, []).append(check(table))
+    chunk_stats.users = len(owners)
     progress.close()
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
-    before_since = _before_since(table, since, ledger.exclude)
     with _stage("row checks"):
-        aggregates = aggregate(table)
+        unit, timeline = rows.timeline(TIMELINE_MAX_DAYS, TIMELINE_MAX_WEEKS)
+        aggregates = Aggregates(
+            conversation_sizes=sorted(rows.conversation_sizes, reverse=True),
+            largest_conversations=[_largest(r) for r in rows.largest_conversations()],
+            user_counts=dict(rows.user_counts),
+            user_conversations=dict(rows.user_conversations),
+            timeline_unit=unit,
+            timeline=timeline,
+        )
+        merged = {name: merge.merge_findings(parts) for name, parts in per_bucket.items()}
         findings = [
             checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
-            checks.unknown_roles(table),
+            merged["unknown_roles"],
             *checker.findings(chunk_stats.split_messages),
             checks.group_chat(
                 chunk_stats.group_conversations, chunk_stats.group_left_out, checker.weights
             ),
             checks.long_ids(chunk_stats.shortened_ids),
-            checks.empty_content(table),
-            checks.missing_timestamps(table),
-            checks.duplicate_ids(table),
-            checks.out_of_order(table),
-            checks.secrets(table, policy),
-            checks.personal_data(table, policy),
+            merged["empty_content"],
+            merged["missing_timestamps"],
+            merged["duplicate_ids"],
+            merged["out_of_order"],
+            merge.merge_scans(per_bucket["_secrets"], policy),
+            merge.merge_scans(per_bucket["_personal_data"], policy),
             checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
@@ -172,6 +200,38 @@ def _validate(
     return report
 
 
+def _secrets(table: pa.Table) -> checks.Finding:
+    return checks.secrets(table)
+
+
+def _personal_data(table: pa.Table) -> checks.Finding:
+    return checks.personal_data(table)
+
+
+ROW_CHECKS = (
+    checks.unknown_roles,
+    checks.empty_content,
+    checks.missing_timestamps,
+    checks.duplicate_ids,
+    checks.out_of_order,
+    _secrets,
+    _personal_data,
+)
+"""Checks over one bucket's staged rows, added up with `merge` (secrets and personal data
+are found without the policy per bucket and restated under it once)."""
+
+
+def _largest(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "source": r["label_min"],
+        "user_id": r["user_id"],
+        "conversation_id": r["conversation_id"],
+        "messages": r["seq_count"],
+        "first": _iso(r["created_at_min"]),
+        "last": _iso(r["created_at_max"]),
+    }
+
+
 @contextmanager
 def _stage(name: str) -> Iterator[None]:
     """Log how long one stage of a validation took (INFO, shown with -v)."""
@@ -207,7 +267,7 @@ def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding
     for name in staged_sources(workdir):
         if name in configured:
             continue
-        files = sorted((staging_dir(workdir) / name).glob("*.parquet"))
+        files = all_files(staging_dir(workdir) / name)
         rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         examples.append(
             {"source": name, "messages": rows, "folder": str(staging_dir(workdir) / name)}
@@ -234,6 +294,14 @@ class LedgerFigures:
     changed: int
     exclude: set[str]
     changed_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, part: LedgerFigures) -> None:
+        """Add the figures of another staging bucket (same ledger)."""
+        self.staged_delivered += part.staged_delivered
+        self.changed += part.changed
+        self.exclude |= part.exclude
+        room = checks.MAX_EXAMPLES - len(self.changed_examples)
+        self.changed_examples += part.changed_examples[: max(room, 0)]
 
     def finding(self) -> checks.Finding:
         """Delivered messages whose content changed since they were sent."""
@@ -281,72 +349,5 @@ class Aggregates:
     timeline: dict[str, list[tuple[str, int]]]
 
 
-def aggregate(table: pa.Table) -> Aggregates:
-    """Group the staged rows by conversation, user and time bucket (Arrow hash aggregates)."""
-    convs = table.group_by(["user_id", "conversation_id"]).aggregate(
-        [("seq", "count"), ("label", "min"), ("created_at", "min"), ("created_at", "max")]
-    )
-    convs = convs.sort_by(
-        [("seq_count", "descending"), ("user_id", "ascending"), ("conversation_id", "ascending")]
-    )
-    largest = [
-        {
-            "source": r["label_min"],
-            "user_id": r["user_id"],
-            "conversation_id": r["conversation_id"],
-            "messages": r["seq_count"],
-            "first": _iso(r["created_at_min"]),
-            "last": _iso(r["created_at_max"]),
-        }
-        for r in convs.slice(0, TOP_N).to_pylist()
-    ]
-    users = table.group_by("user_id").aggregate(
-        [("seq", "count"), ("conversation_id", "count_distinct")]
-    )
-    user_ids = users.column("user_id").to_pylist()
-    user_counts = dict(zip(user_ids, users.column("seq_count").to_pylist(), strict=True))
-    user_convs = dict(
-        zip(user_ids, users.column("conversation_id_count_distinct").to_pylist(), strict=True)
-    )
-    unit, timeline = _timeline(table)
-    return Aggregates(
-        conversation_sizes=convs.column("seq_count").to_pylist(),
-        largest_conversations=largest,
-        user_counts=user_counts,
-        user_conversations=user_convs,
-        timeline_unit=unit,
-        timeline=timeline,
-    )
-
-
 def _iso(value: Any) -> str | None:
     return None if value is None else str(value.isoformat())
-
-
-def _timeline(table: pa.Table) -> tuple[str, dict[str, list[tuple[str, int]]]]:
-    """Timed messages per source per day, week or month (the finest that fits the span)."""
-    timed = table.select(["label", "created_at"]).filter(pc.is_valid(table.column("created_at")))
-    if timed.num_rows == 0:
-        return "day", {}
-    bounds = pc.min_max(timed.column("created_at")).as_py()
-    days = (bounds["max"] - bounds["min"]).days
-    unit = (
-        "day"
-        if days <= TIMELINE_MAX_DAYS
-        else "week"
-        if days <= TIMELINE_MAX_WEEKS * 7
-        else ("month")
-    )
-    bucket = pc.floor_temporal(timed.column("created_at"), unit=unit)
-    grouped = (
-        pa.table({"source": timed.column("label"), "bucket": bucket})
-        .group_by(["source", "bucket"])
-        .aggregate([("bucket", "count")])
-        .sort_by([("source", "ascending"), ("bucket", "ascending")])
-    )
-    series: dict[str, list[tuple[str, int]]] = {}
-    for r in grouped.to_pylist():
-        series.setdefault(r["source"], []).append(
-            (r["bucket"].date().isoformat(), r["bucket_count"])
-        )
-    return unit, series

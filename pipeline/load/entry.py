@@ -34,6 +34,9 @@ from pipeline.load.targets import Endpoint, open_target
 
 log = logging.getLogger("memos_etl.loader")
 
+WINDOW = 2000
+"""Batches of the batch file the embedded target loads at a time (bounded memory)."""
+
 
 def load_workdir(
     workdir: Path,
@@ -72,20 +75,20 @@ def load_workdir(
         _check_batch_file_is_for(workdir, ledger.destination)
         if settings is not None:
             ledger.remember_settings(settings)
-        plan = incremental.filter_batches(
-            read_batches(workdir), ledger.delivered(), cfg.resend_changed
-        )
-        if plan.changed and not cfg.resend_changed:
-            log.warning(
-                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
-                len(plan.changed),
-            )
+        plan = incremental.BatchPlan([])
+        # the embedded target answers in this process at CPU speed: the batch file goes in
+        # windows, so memory holds one window, never the export (a remote target gets the
+        # whole file at once, so its slow conversations all overlap)
+        size = WINDOW if endpoint.in_process is not None and transport is None else None
+        batches = read_batches(workdir)
+        windows = incremental.windows(batches, size) if size else iter([list(batches)])
+        kept = incremental.filter_windows(windows, ledger.delivered_among, cfg.resend_changed, plan)
         run_id = ledger.start_run(command)
         stats = LoadStats()
         try:
             stats = asyncio.run(
                 load_batches(
-                    plan.batches,
+                    kept if size else next(kept, []),
                     ledger,
                     endpoint,
                     cfg,
@@ -95,9 +98,16 @@ def load_workdir(
                     heartbeat=heartbeat,
                     transport=transport,
                     account=account,
+                    total_messages=_batched_messages(workdir),
                 )
             )
         finally:
+            if plan.changed and not cfg.resend_changed:
+                log.warning(
+                    "%d delivered messages changed since; not resent"
+                    " (resend_changed: true sends them)",
+                    len(plan.changed),
+                )
             stats.already_batches += plan.already_batches
             stats.already_messages += plan.already_messages
             stats.duplicate_messages = plan.duplicate_messages
@@ -121,6 +131,16 @@ def _did_work(stats: LoadStats) -> bool:
         or stats.pending
         or stats.stopped
     )
+
+
+def _batched_messages(workdir: Path) -> int | None:
+    """Messages in the batch file, from its manifest (sizes the progress bar)."""
+    try:
+        manifest = orjson.loads(manifest_path(workdir).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    batched = manifest.get("batched") if isinstance(manifest, dict) else None
+    return batched if isinstance(batched, int) else None
 
 
 def batch_file_cut_for(workdir: Path) -> str | None:

@@ -224,6 +224,11 @@ class Ledger:
         self.destination = destination or local_default(path.parent)
         self.dest = self.destination.id
         self.conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+        self.defer_done = False
+        """Leave `mark_done` uncommitted until the next commit (the next `mark_sending`, any
+        other transition, `flush` or `close`): one commit per request instead of two. Safe
+        because the batch was committed as `sending` first: lost by a crash, a done mark
+        only costs the read-back of that batch on the next run, never a resend."""
         try:
             self.conn.execute("pragma journal_mode=wal")
             self.conn.execute("pragma synchronous=normal")
@@ -247,8 +252,16 @@ class Ledger:
         self.close()
 
     def close(self) -> None:
-        """Close the connection (every change is already committed)."""
-        self.conn.close()
+        """Commit what `defer_done` left pending and close the connection."""
+        try:
+            self.flush()
+        finally:
+            self.conn.close()
+
+    def flush(self) -> None:
+        """Commit the done marks `defer_done` left pending (if any)."""
+        if self.conn.in_transaction:
+            self.conn.execute("commit")
 
     def _register(self) -> None:
         """Record this destination; it adopts a version-1 ledger's unattributed rows when it
@@ -329,10 +342,27 @@ class Ledger:
             )
         )
 
+    def delivered_among(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """`{message_id: content_hash}` of those of `message_ids` this destination confirmed
+        (a window of the batch file at a time: memory never holds every delivery)."""
+        out: dict[str, str] = {}
+        for start in range(0, len(message_ids), 500):
+            chunk = message_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.conn.execute(
+                    "select message_id, content_hash from delivered_messages"  # noqa: S608
+                    f" where dest_id = ? and message_id in ({marks})",
+                    [self.dest, *chunk],
+                )
+            )
+        return out
+
     # --- planning -------------------------------------------------------------------
 
-    def sync(self, batches: Iterable[Batch]) -> None:
-        """Add a pending row for every batch not yet in the ledger (idempotent)."""
+    def sync(self, batches: Iterable[Batch], start: int = 0) -> None:
+        """Add a pending row for every batch not yet in the ledger (idempotent); positions
+        count from `start` (a window of the batch file starts where the last one ended)."""
         now = _now()
         rows = (
             (
@@ -347,7 +377,7 @@ class Ledger:
                 now,
                 now,
             )
-            for pos, b in enumerate(batches)
+            for pos, b in enumerate(batches, start)
         )
         with self._tx():
             self.conn.executemany(
@@ -410,6 +440,7 @@ class Ledger:
             " attempts = attempts + 1, updated_at = ? where dest_id = ? and batch_id = ?",
             (_now(), self.dest, batch_id),
         )
+        self.flush()  # with deferred done marks: committed with them, before the send
 
     def note_error(self, batch_id: str, code: int | None, message: str, uncertain: bool) -> None:
         """Record an attempt's error while the batch is retried."""
@@ -425,18 +456,28 @@ class Ledger:
     ) -> None:
         """Confirmed by the API: done, and its finished messages recorded as delivered."""
         now = _now()
+        if self.defer_done:
+            if not self.conn.in_transaction:
+                self.conn.execute("begin immediate")
+            self._done(batch_id, task_id, completes, now)
+            return
         with self._tx():
-            self.conn.execute(
-                "update batches set status = 'done', uncertain = 0, task_id = ?, done_at = ?,"
-                " updated_at = ? where dest_id = ? and batch_id = ?",
-                (task_id, now, now, self.dest, batch_id),
-            )
-            self.conn.executemany(
-                "insert or replace into delivered_messages"
-                " (dest_id, message_id, content_hash, batch_id, delivered_at)"
-                " values (?, ?, ?, ?, ?)",
-                [(self.dest, m, h, batch_id, now) for m, h in completes],
-            )
+            self._done(batch_id, task_id, completes, now)
+
+    def _done(
+        self, batch_id: str, task_id: str | None, completes: Sequence[tuple[str, str]], now: str
+    ) -> None:
+        self.conn.execute(
+            "update batches set status = 'done', uncertain = 0, task_id = ?, done_at = ?,"
+            " updated_at = ? where dest_id = ? and batch_id = ?",
+            (task_id, now, now, self.dest, batch_id),
+        )
+        self.conn.executemany(
+            "insert or replace into delivered_messages"
+            " (dest_id, message_id, content_hash, batch_id, delivered_at)"
+            " values (?, ?, ?, ?, ?)",
+            [(self.dest, m, h, batch_id, now) for m, h in completes],
+        )
 
     def mark_failed(
         self, batch_id: str, code: int | None, message: str, *, uncertain: bool = False
@@ -610,6 +651,8 @@ class _Transaction:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
+        if self.conn.in_transaction:  # done marks `Ledger.defer_done` left pending
+            self.conn.execute("commit")
         self.conn.execute("begin immediate")
         return self.conn
 

@@ -34,7 +34,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -76,7 +76,7 @@ from pipeline.load.policy import (
 from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
 from pipeline.load.split import split_body
 from pipeline.load.stats import LoadStats
-from pipeline.load.targets import Endpoint
+from pipeline.load.targets import Endpoint, Poster
 
 log = logging.getLogger("memos_etl.loader")
 progress_log = logging.getLogger("memos_etl.progress")
@@ -101,7 +101,7 @@ class _Unit:
 
     row: Row
     body: dict[str, Any]
-    client: httpx.AsyncClient
+    client: Poster
 
 
 class _Loader:
@@ -109,7 +109,7 @@ class _Loader:
 
     def __init__(
         self,
-        clients: Sequence[httpx.AsyncClient],
+        clients: Sequence[Poster],
         ledger: Ledger,
         cfg: LoadConfig,
         *,
@@ -141,6 +141,10 @@ class _Loader:
         self._last_beat = clock()
         self._messages_todo = 0
         self._verified: set[str] = set()
+        self.blocked: set[tuple[str, str]] = set()
+        """Conversations a failed or stopped batch holds back (kept across windows)."""
+        self.total_messages: int | None = None
+        self._progress_started = False
 
     # --- stopping -------------------------------------------------------------------
 
@@ -157,7 +161,7 @@ class _Loader:
     # --- HTTP -----------------------------------------------------------------------
 
     async def _post(
-        self, client: httpx.AsyncClient, path: str, body: dict[str, Any], tokens: int = 0
+        self, client: Poster, path: str, body: dict[str, Any], tokens: int = 0
     ) -> dict[str, Any]:
         """One request within the budget (`tokens` input tokens); returns the JSON answer
         or raises a LoadError."""
@@ -355,16 +359,18 @@ class _Loader:
         )
         return _Outcome.FAILED
 
-    async def deliver_next(self, lane: deque[tuple[Batch, Row]], client: httpx.AsyncClient) -> bool:
+    async def deliver_next(self, lane: deque[tuple[Batch, Row]], client: Poster) -> bool:
         """Deliver the next batch of one conversation; False when the lane must stop here
         (a failed batch blocks the rest of its conversation, to keep order)."""
         batch, row = lane.popleft()
         if row.status == "failed":
+            self.blocked.add((batch.user_id, batch.conversation_id))
             return False
         was_done = row.status == "done"
         body = self.cfg.request_body(batch.body, batch.user_id)
         outcome = await self.deliver(_Unit(row, body, client))
         if outcome is not _Outcome.DONE:
+            self.blocked.add((batch.user_id, batch.conversation_id))
             return False
         if not was_done:
             if batch.batch_id in self._verified:  # found landed: not sent by this run
@@ -413,7 +419,9 @@ class _Loader:
         }
 
     async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
-        """Deliver every conversation's batches in order with `max_in_flight` workers."""
+        """Deliver every conversation's batches in order with `max_in_flight` workers (one
+        window of the batch file; windows run one after the other, so a conversation's
+        order holds across them, and one blocked in a window stays blocked)."""
         lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
         for batch in batches:
             row = rows[batch.batch_id]
@@ -421,8 +429,11 @@ class _Loader:
                 self.stats.already_batches += 1
                 self.stats.already_messages += batch.message_count
                 continue
+            key = (batch.user_id, batch.conversation_id)
+            if key in self.blocked:
+                continue  # an earlier batch of the conversation failed: keep order
             self._messages_todo += batch.message_count
-            lanes.setdefault((batch.user_id, batch.conversation_id), []).append((batch, row))
+            lanes.setdefault(key, []).append((batch, row))
         # A conversation goes one batch at a time, so each worker takes the conversation
         # with the most batches left, sends its next batch and puts it back: all
         # conversations drain together instead of the last few trickling out one by one.
@@ -430,14 +441,18 @@ class _Loader:
         # two; a worker leaves only when every remaining conversation is held by another.
         heap = [(-len(lane), i, deque(lane)) for i, lane in enumerate(lanes.values())]
         heapq.heapify(heap)
-        n_batches = sum(len(lane) for lane in lanes.values())
-        self.progress.start(
-            f"load {n_batches} batches of {len(heap)} conversations",
-            total=self._messages_todo,
-            unit="msg",
-        )
+        if self.total_messages is None:
+            n_batches = sum(len(lane) for lane in lanes.values())
+            self.progress.start(
+                f"load {n_batches} batches of {len(heap)} conversations",
+                total=self._messages_todo,
+                unit="msg",
+            )
+        elif not self._progress_started:
+            self._progress_started = True
+            self.progress.start("load", total=self.total_messages, unit="msg")
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: Poster) -> None:
             try:
                 while heap and not self.stopping.is_set():
                     _, i, lane = heapq.heappop(heap)
@@ -454,7 +469,8 @@ class _Loader:
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         results = await asyncio.gather(*self.workers, return_exceptions=True)
-        self.progress.close()
+        if self.total_messages is None:
+            self.progress.close()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
@@ -474,10 +490,41 @@ def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n)]
 
 
-def _summarize(stats: LoadStats, ledger: Ledger, batches: Sequence[Batch]) -> None:
-    """Fill the end-state counts from the ledger (the source of truth)."""
+def _http_clients(
+    endpoint: Endpoint,
+    cfg: LoadConfig,
+    capacity: int,
+    transport: httpx.AsyncBaseTransport | None,
+) -> list[httpx.AsyncClient]:
+    """HTTP clients for `capacity` requests in flight (pool shards, see `_pool_sizes`)."""
+    headers = {"user-agent": "memos-etl"}
+    if endpoint.api_key:
+        headers["authorization"] = f"{cfg.auth_scheme} {endpoint.api_key}"
+    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
+    tls = httpx.create_ssl_context()
+    return [
+        httpx.AsyncClient(
+            base_url=endpoint.base_url,
+            headers=headers,
+            timeout=cfg.timeout,
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            transport=transport,
+            verify=tls,
+        )
+        for size in _pool_sizes(capacity, shared=transport is not None)
+    ]
+
+
+def _summarize(
+    stats: LoadStats,
+    ledger: Ledger,
+    batches: Sequence[Batch],
+    blocked: set[tuple[str, str]] | None = None,
+) -> None:
+    """Add the end-state counts of `batches` from the ledger (the source of truth);
+    `blocked` names conversations an earlier window's failure holds back."""
     rows = ledger.rows(b.batch_id for b in batches)
-    by_conv: dict[tuple[str, str], bool] = {}
+    by_conv: dict[tuple[str, str], bool] = dict.fromkeys(blocked or (), True)
     for batch in batches:
         row = rows[batch.batch_id]
         key = (batch.user_id, batch.conversation_id)
@@ -516,7 +563,7 @@ def _failed_piece(ledger: Ledger, row: Row) -> Row | None:
 
 
 async def load_batches(
-    batches: Sequence[Batch],
+    batches: Sequence[Batch] | Iterable[Sequence[Batch]],
     ledger: Ledger,
     endpoint: Endpoint,
     cfg: LoadConfig,
@@ -530,42 +577,36 @@ async def load_batches(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     account: AccountConfig | None = None,
+    total_messages: int | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
-    Never raises for API errors: failures, auth and quota stops are in the returned stats
-    (`stopped` is "auth", "quota" or "interrupted"); the ledger records every batch.
+    `batches` is a list, or an iterable of windows (lists) of the batch file: windows are
+    delivered one after the other, so memory holds one window at a time (`total_messages`
+    then sizes the progress bar). Never raises for API errors: failures, auth and quota
+    stops are in the returned stats (`stopped` is "auth", "quota" or "interrupted"); the
+    ledger records every batch, also those of windows a stop left unsent.
     The budget is `account`'s (with `cfg.rate` overriding its requests per second); no
     account, or the embedded local server: `cfg.rate` alone (None: unlimited).
     """
+    windows: Iterable[Sequence[Batch]]
+    windows = [batches] if isinstance(batches, Sequence) else batches
     rps, tpm = budget(cfg, account, embedded=endpoint.embedded)
     gate_capacity = InFlightGate(cfg.max_in_flight).capacity
     if retry_failed:
         n = ledger.retry_failed()
         if n:
             log.info("re-queued %d failed batches", n)
-    ledger.sync(batches)
-    rows = ledger.rows(b.batch_id for b in batches)
-    headers = {"user-agent": "memos-etl"}
-    if endpoint.api_key:
-        headers["authorization"] = f"{cfg.auth_scheme} {endpoint.api_key}"
-    # one TLS context for every pool shard: loading the CA bundle costs ~60 ms of CPU each
-    tls = httpx.create_ssl_context()
     started = clock()
     async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                httpx.AsyncClient(
-                    base_url=endpoint.base_url,
-                    headers=headers,
-                    timeout=cfg.timeout,
-                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
-                    transport=transport,
-                    verify=tls,
-                )
-            )
-            for size in _pool_sizes(gate_capacity, shared=transport is not None)
-        ]
+        clients: list[Poster]
+        if endpoint.in_process is not None and transport is None:
+            clients = [endpoint.in_process]  # the embedded server: no HTTP at all
+        else:
+            clients = [
+                await stack.enter_async_context(client)
+                for client in _http_clients(endpoint, cfg, gate_capacity, transport)
+            ]
         loader = _Loader(
             clients,
             ledger,
@@ -579,15 +620,29 @@ async def load_batches(
             requests_per_second=rps,
             tokens_per_minute=tpm,
         )
-        loader.stats.batches = len(batches)
-        loader.stats.messages = sum(b.message_count for b in batches)
-        with _signals(loader, enabled=handle_signals):
-            await loader.run(batches, rows)
+        loader.total_messages = None if isinstance(batches, Sequence) else total_messages
+        position = 0
+        # in-process, a ledger commit costs as much as storing the batch: one per request
+        ledger.defer_done = endpoint.in_process is not None and transport is None
+        try:
+            with _signals(loader, enabled=handle_signals):
+                for window in windows:
+                    ledger.sync(window, position)
+                    position += len(window)
+                    loader.stats.batches += len(window)
+                    loader.stats.messages += sum(b.message_count for b in window)
+                    if not loader.stopping.is_set():
+                        await loader.run(window, ledger.rows(b.batch_id for b in window))
+                    _summarize(loader.stats, ledger, window, loader.blocked)
+        finally:
+            ledger.defer_done = False
+            ledger.flush()
+        if loader.total_messages is not None:
+            loader.progress.close()
     stats = loader.stats
     stats.duration = clock() - started
     stats.peak_in_flight = loader.gate.peak
     stats.limits = loader.limits_json()
-    _summarize(stats, ledger, batches)
     return stats
 
 

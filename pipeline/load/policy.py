@@ -34,8 +34,9 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import orjson
@@ -188,7 +189,23 @@ def cap_retry_after(seconds: float, cap: float) -> float:
     return min(seconds, cap)
 
 
-def _body(response: httpx.Response) -> dict[str, Any] | None:
+class Answer(Protocol):
+    """What `error_from_response` reads of an answer: an `httpx.Response`, or the embedded
+    server's in-process answer (`pipeline.server.embedded.Answer`, no HTTP parsing)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def is_success(self) -> bool: ...
+
+
+def _body(response: Answer) -> dict[str, Any] | None:
     try:
         data = orjson.loads(response.content)
     except orjson.JSONDecodeError:
@@ -197,7 +214,7 @@ def _body(response: httpx.Response) -> dict[str, Any] | None:
 
 
 def error_from_response(
-    response: httpx.Response,
+    response: Answer,
     *,
     secret: str | None = None,
     now: float | None = None,

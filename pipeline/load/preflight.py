@@ -61,6 +61,9 @@ def preflight(
     A self-hosted MemOS server (`server`) has no `get/message`: its probe is `GET /health`,
     which proves the URL reaches a MemOS server (its stock build has no auth to check).
     """
+    if endpoint.in_process is not None and transport is None:
+        # the embedded server answers in this process: there is no host or key to check
+        return PreflightResult(endpoint.base_url, 0.0)
     headers = {"user-agent": "memos-etl", "content-type": "application/json"}
     if endpoint.api_key:
         headers["authorization"] = f"{auth_scheme} {endpoint.api_key}"

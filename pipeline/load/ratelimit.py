@@ -35,6 +35,7 @@ Clock and sleep are injected so tests run instantly; not thread-safe (one asynci
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,8 +47,10 @@ REQUEST_WINDOW = 1.0
 """Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
 TOKEN_WINDOW = 60.0
 """Seconds over which a tokens-per-minute limit is counted."""
-REFINE_BELOW = 0.85
-"""A later rejection of the same event lowers the learned ceiling only below this share."""
+REFINE_BY = 2.5
+"""A later rejection of the same event lowers the learned ceiling when the server accepted
+at least this many requests (per second) fewer than learned: counts, not shares, so a
+request or two of jitter never ratchets the budget down."""
 
 
 @dataclass
@@ -75,8 +78,8 @@ class _Budget:
     calm_since: float = 0.0
     rejections: int = 0
 
-    def interval(self, weight: float) -> float:
-        return 0.0 if self.rate is None or weight <= 0 else weight / self.rate
+    def interval(self, weight: float, share: float = 1.0) -> float:
+        return 0.0 if self.rate is None or weight <= 0 else weight / (self.rate * share)
 
 
 class AccountLimiter:
@@ -96,6 +99,8 @@ class AccountLimiter:
         catch_up: float = 0.1,
         max_pause: float = 60.0,
         cut_every: float = 2.0,
+        ramp_from: float = 0.5,
+        ramp_seconds: float = 2.0,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -117,6 +122,9 @@ class AccountLimiter:
         self.catch_up = catch_up
         self.max_pause = max_pause
         self.cut_every = cut_every
+        self.ramp_from = ramp_from
+        self.ramp_seconds = ramp_seconds
+        self._started = now
         self._clock = clock
         self._sleep = sleep
         self._paused_until = float("-inf")
@@ -167,8 +175,9 @@ class AccountLimiter:
             now = self._clock()
             early = self.catch_up if req.learned is None else 0.0
             start = max(now, req.tat - early, tok.tat, self._paused_until)
+            start = max(start, self._window_room(start))
             if req.rate is not None:
-                req.tat = max(req.tat, start) + req.interval(requests)
+                req.tat = max(req.tat, start) + req.interval(requests, self._ramp(start))
             if tok.rate is not None:
                 tok.tat = max(tok.tat, start) + tok.interval(tokens)
             if start <= now:
@@ -184,6 +193,49 @@ class AccountLimiter:
         ticket = Ticket(start, requests, tokens)
         self._remember(ticket)
         return ticket
+
+    def _ramp(self, at: float) -> float:
+        """The share of the request budget usable at `at` before anything is learned.
+
+        The configured rate may be above the server's ceiling (the user does not know it),
+        and the first rejection reaches us one latency after the server's window filled:
+        everything sent meanwhile is refused. Starting at `ramp_from` of the budget and
+        rising linearly over `ramp_seconds` keeps that blind overshoot small; once a
+        rejection taught the ceiling, the ramp is over.
+        """
+        if self._req.learned is not None or self.ramp_seconds <= 0:
+            return 1.0
+        done = (at - self._started) / self.ramp_seconds
+        return min(1.0, self.ramp_from + (1.0 - self.ramp_from) * max(0.0, done))
+
+    def _window_room(self, start: float) -> float:
+        """The earliest time from `start` at which one more request keeps what was sent
+        (and not rejected) in the last request window within the learned budget.
+
+        Even spacing alone is not enough right after a rejection: the server's window still
+        holds the requests that filled it, so requests sent at the new rate would meet the
+        same full window for up to a second. Counting our own sends in the window (those
+        still in flight included) waits exactly until it has room. Before the first
+        rejection nothing is known, and nothing waits.
+        """
+        req = self._req
+        if req.learned is None or req.rate is None:
+            return start
+        # what even spacing at the current rate puts in one window, never above the ceiling
+        # learned: in the steady state the count never waits, only after a burst
+        cap = max(1, min(math.ceil(req.rate * req.window), math.floor(req.learned * req.window)))
+        horizon = start - req.window
+        sent: list[float] = []
+        for t in reversed(self._recent):
+            if t.started <= horizon:
+                break
+            if not t.rejected:
+                sent.append(t.started)
+        if len(sent) + 1 <= cap:
+            return start
+        # sent is newest first: the oldest `excess` must leave the window first
+        excess = len(sent) + 1 - cap
+        return sent[-excess] + req.window + 1e-6
 
     def _remember(self, ticket: Ticket) -> None:
         """Keep the tickets of the last token window (what a rejection is measured against)."""
@@ -286,7 +338,9 @@ class AccountLimiter:
             budget.calm_since = now
             budget.tat = now  # requests still waiting take new slots at the new rate
             self._epoch += 1
-        elif budget.rate / 2 < observed < REFINE_BELOW * (budget.learned or budget.rate):
+        elif (
+            budget.rate / 2 < observed < (budget.learned or budget.rate) - REFINE_BY * budget.window
+        ):
             budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
@@ -321,7 +375,7 @@ class InFlightGate:
         self.limit = fixed if fixed is not None else min(max(start, low), self.high)
         self.in_flight = 0
         self.peak = 0
-        self._room: asyncio.Condition | None = None
+        self._waiting: deque[asyncio.Future[None]] = deque()
 
     @property
     def capacity(self) -> int:
@@ -343,20 +397,43 @@ class InFlightGate:
         # slow start), so a budget above the server's ceiling is found with a small
         # overshoot instead of a full round trip of rejected requests; shrink at once
         self.limit = min(want, self.limit + 1)
+        self._admit()
 
     async def enter(self) -> None:
-        """Wait for room, then count one request in flight."""
-        if self.in_flight >= self.limit:
-            if self._room is None:
-                self._room = asyncio.Condition()
-            async with self._room:
-                await self._room.wait_for(lambda: self.in_flight < self.limit)
+        """Wait for room, then count one request in flight. Waiters are served in arrival
+        order: a request that just finished and comes back for another never overtakes
+        one already waiting, so no conversation stalls behind the others (a stalled one
+        would finish alone at the end of the run, one latency per batch)."""
+        if self.in_flight < self.limit and not self._waiting:
+            self._take()
+            return
+        ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(ticket)
+        try:
+            await ticket
+        except asyncio.CancelledError:
+            if ticket.done() and not ticket.cancelled():
+                self._give_back()  # room was handed over just as it was cancelled
+            elif ticket in self._waiting:
+                self._waiting.remove(ticket)
+            raise
+
+    def _take(self) -> None:
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
-    async def leave(self) -> None:
-        """Count one request done and wake a waiter if there is room."""
+    def _give_back(self) -> None:
         self.in_flight -= 1
-        if self._room is not None and self.in_flight < self.limit:
-            async with self._room:
-                self._room.notify(self.limit - self.in_flight)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand free room to the longest-waiting requests."""
+        while self._waiting and self.in_flight < self.limit:
+            ticket = self._waiting.popleft()
+            if not ticket.done():
+                self._take()
+                ticket.set_result(None)
+
+    async def leave(self) -> None:
+        """Count one request done and hand its room to the longest waiter."""
+        self._give_back()

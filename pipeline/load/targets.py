@@ -3,8 +3,9 @@
 `memos` reads `MEMOS_BASE_URL` (default: the cloud) and `MEMOS_API_KEY` from the
 environment; `memos-server` (a self-hosted MemOS server, `/product/add`) needs a base URL
 (`base_url:` or `MEMOS_BASE_URL`) and sends `MEMOS_API_KEY` only when it is set (the stock
-server has no auth); `local` starts the embedded server on 127.0.0.1 in this process, storing into
-`LoadConfig.local_db` (default `<workdir>/local-memos.sqlite`), unless a URL is given.
+server has no auth); `local` answers with the embedded server inside this process (no
+HTTP: the loader calls its request path directly), storing into `LoadConfig.local_db`
+(default `<workdir>/local-memos.sqlite`), unless a URL (a running `memos-etl serve`) is given.
 The key is never logged: `Endpoint.__repr__` hides it and error texts are redacted.
 
 Where a key may go (see docs/security.md): `MEMOS_API_KEY` only to the `memos` target,
@@ -19,13 +20,22 @@ import contextlib
 import ipaddress
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from pipeline.core.config import API_KEY_ENV, BASE_URL_ENV, CLOUD_BASE_URL, LoadConfig
 from pipeline.core.errors import ConfigError
 from pipeline.core.workdir import local_db
+from pipeline.load.policy import Answer
+
+
+class Poster(Protocol):
+    """What the loader sends through: an `httpx.AsyncClient`, or the embedded server
+    answering in this process (`pipeline.server.embedded.EmbeddedServer`)."""
+
+    async def post(self, url: str, *, content: bytes, headers: Mapping[str, str]) -> Answer: ...
 
 
 @dataclass(frozen=True)
@@ -36,6 +46,8 @@ class Endpoint:
     api_key: str | None = None
     embedded: bool = False
     """The local server this process started: no account limits apply to it."""
+    in_process: Poster | None = field(default=None, compare=False)
+    """The embedded server itself, when it answers in this process (no HTTP)."""
 
     def __repr__(self) -> str:
         shown = "***" if self.api_key else None
@@ -120,9 +132,9 @@ def open_target(
             check_key_transport(url, SERVE_TOKEN_ENV, allow_insecure_http=cfg.allow_insecure_http)
         yield Endpoint(url.rstrip("/"), token)
         return
-    from pipeline.server import ServerConfig, start_server
+    from pipeline.server import EmbeddedServer, ServerConfig
 
     db = local_db_path(cfg, workdir)
     db.parent.mkdir(parents=True, exist_ok=True)
-    with start_server(ServerConfig(db_path=db)) as server:
-        yield Endpoint(server.url, None, embedded=True)
+    with EmbeddedServer(ServerConfig(db_path=db)) as server:
+        yield Endpoint(server.url, None, embedded=True, in_process=server)

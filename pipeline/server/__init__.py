@@ -7,10 +7,12 @@ from pipeline.server.app import (
     ServerConfig,
     ServerLimits,
 )
+from pipeline.server.embedded import EmbeddedServer
 from pipeline.server.runner import LocalServer, run_until_signal, start_server
 
 __all__ = [
     "ENDPOINTS",
+    "EmbeddedServer",
     "ForcedAnswer",
     "LocalServer",
     "ServerConfig",

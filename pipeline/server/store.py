@@ -222,11 +222,11 @@ class Store:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for i, (user, m) in enumerate((u, m) for u in users for m in messages):
-                conn.execute(
-                    "INSERT INTO messages (id, task_id, user_id, conversation_id, role, content,"
-                    " chat_time, tags, info, agent_id, app_id, extra, created_at)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            conn.executemany(
+                "INSERT INTO messages (id, task_id, user_id, conversation_id, role, content,"
+                " chat_time, tags, info, agent_id, app_id, extra, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
                     (
                         f"{task_id}-{i}",
                         task_id,
@@ -241,8 +241,10 @@ class Store:
                         app_id,
                         m.extra,
                         now,
-                    ),
-                )
+                    )
+                    for i, (user, m) in enumerate((u, m) for u in users for m in messages)
+                ],
+            )
             conn.execute(
                 "INSERT OR REPLACE INTO tasks VALUES (?, 'completed', ?, ?)",
                 (task_id, len(messages), now),

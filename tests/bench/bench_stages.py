@@ -9,6 +9,8 @@ resident memory of its whole process tree is sampled (/proc, every 20 ms):
 3. `memos-etl validate` (the dry run: extract + chunk + checks + report)
 4. `memos-etl run` into the embedded local target (fresh workdir; skipped with --no-run)
 
+(with `--chunk-workers N`, also `memos-etl chunk --workers N` after step 2)
+
 and prints, per stage, wall seconds, messages per second and peak RSS of the process tree.
 Figures go to docs/performance.md with the command and the date.
 
@@ -67,6 +69,12 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="Export folder to use (generated if missing).")
     parser.add_argument("--no-run", action="store_true", help="Skip `run` into the local target.")
     parser.add_argument("--timeout", type=float, default=3600, help="Seconds per stage.")
+    parser.add_argument(
+        "--chunk-workers",
+        type=int,
+        default=0,
+        help="Also time `chunk --workers N` (staging buckets on N processes).",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="memos-etl-stages-"))
@@ -100,8 +108,11 @@ def main() -> None:
                 ],
             ),
             ("chunk", [CLI, "chunk", "--workdir", work, "-q"]),
-            ("validate", [CLI, "validate", str(config), "-q"]),
         ]
+        if args.chunk_workers:
+            n = str(args.chunk_workers)
+            stages.append((f"chunk -w{n}", [CLI, "chunk", "--workdir", work, "--workers", n, "-q"]))
+        stages.append(("validate", [CLI, "validate", str(config), "-q"]))
         if not args.no_run:
             run_config = tmp / "run.yaml"
             run_config.write_text(

@@ -1,7 +1,12 @@
-"""Chunk stage: staged rows -> per-conversation addMessage batches within the API limits.
+"""Chunk stage, one table: staged rows -> per-conversation addMessage batches within API limits.
 
 Batches never mix conversations, keep each conversation's messages in (created_at, seq)
-order, and hold at most `max_messages` messages and `max_tokens` tokens. A message larger
+order, and hold at most `max_messages` messages and `max_tokens` tokens. Tokens are counted
+lazily: a cl100k token is at least one UTF-8 byte, so while a batch's bytes (plus framing)
+fit the budget no message in it is tokenized; exact counts are taken only where the cut
+decision needs them, and the cuts are exactly those of counting everything. A batch's
+`tokens` is then its exact count, or (when nothing forced a count) its byte bound, which
+is never above `max_tokens`. A message larger
 than the budget is cut into ordered parts (never truncated); ids longer than the API's
 100 characters get a deterministic short form, the original kept in `info`. A batch
 carries the configured `tags` of the sources its messages were staged by.
@@ -25,19 +30,17 @@ from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
+from hashlib import sha256
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline.core.batches import Batch, write_batches, write_json_atomic
-from pipeline.core.diskfull import disk_full_error, is_disk_full
-from pipeline.core.memos_api import api_id, chat_time, group_participants
+from pipeline.core.batches import Batch
+from pipeline.core.memos_api import api_id, group_participants
 from pipeline.core.models import content_hash, stable_id
 from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
-from pipeline.core.staging import read_labeled, staged_sources
-from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, count_tokens_many, split_by_tokens
-from pipeline.core.workdir import batches_dir, manifest_path
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 
 DROPPED_EXAMPLES = 20
 """Dropped messages listed by id in the chunk stats (and the dry-run report)."""
@@ -97,6 +100,31 @@ class ChunkStats:
     dropped_examples: list[dict[str, Any]] = field(default_factory=list)
     """The first few dropped messages: ids and kinds only, never content."""
 
+    def merge(self, other: ChunkStats) -> None:
+        """Add the counts of another part of the same chunk (another bucket). `users` is
+        not added: the caller counts distinct users over all parts."""
+        for name in (
+            "messages",
+            "batched",
+            "excluded",
+            "duplicates",
+            "dropped",
+            "batches",
+            "conversations",
+            "tokens",
+            "split_messages",
+            "group_conversations",
+            "group_left_out",
+            "request_weight",
+            "masked_messages",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shortened_ids.update(other.shortened_ids)
+        self.masked.update(other.masked)
+        self.dropped_by_kind.update(other.dropped_by_kind)
+        room = DROPPED_EXAMPLES - len(self.dropped_examples)
+        self.dropped_examples.extend(other.dropped_examples[: max(room, 0)])
+
     def to_json(self) -> dict[str, Any]:
         """The JSON form printed by `chunk --json` and kept in the manifest."""
         return {
@@ -123,15 +151,19 @@ class ChunkStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
     source: str
     message_id: str
     role: str
     content: str
-    created_at: datetime | None
+    created_at: int | None
+    """Microseconds since the epoch (the order key)."""
     seq: int
-    tokens: int
+    nbytes: int
+    """UTF-8 length of `content`: an upper bound of its token count."""
+    when: str | None = None
+    """`created_at` as the API's `chat_time`."""
     label: str | None = None
     """The configured name of the source that staged the row, where known."""
     author_id: str | None = None
@@ -143,8 +175,8 @@ class _Row:
 def _ordered(rows: list[_Row]) -> list[_Row]:
     """Sort by (created_at, seq); a row without a time keeps its place by seq."""
     rows.sort(key=lambda r: r.seq)
-    filled: list[datetime | None] = []
-    last: datetime | None = next((r.created_at for r in rows if r.created_at), None)
+    filled: list[int | None] = []
+    last: int | None = next((r.created_at for r in rows if r.created_at), None)
     for row in rows:
         if row.created_at is not None:
             last = row.created_at
@@ -190,7 +222,7 @@ def chunk_conversation(
     def make(items: list[tuple[_Row, dict[str, Any], int]], part: tuple[int, int] | None) -> Batch:
         nonlocal index
         ids = tuple(r.message_id for r, _, _ in items)
-        hashes = tuple(content_hash(r.content) for r, _, _ in items)
+        hashes = tuple(_hash(r.content) for r, _, _ in items)
         part_key = f"{part[0]}/{part[1]}" if part else ""
         batch_id = stable_id(api_user, api_conv, part_key, *ids, *hashes, *id_key)
         sources = sorted({r.source for r, _, _ in items})
@@ -219,7 +251,8 @@ def chunk_conversation(
         redacted: Counter[str] = Counter()
         if part is None or part[0] == 1:
             for r, _, _ in items:
-                redacted.update(r.masked or {})
+                if r.masked:
+                    redacted.update(r.masked)
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -238,8 +271,24 @@ def chunk_conversation(
         stats.tokens += batch.tokens
         return batch
 
+    max_tokens, max_messages = limits.max_tokens, limits.max_messages
+    pending_exact: list[bool] = []
+    """Per pending message: is its figure in `pending` an exact count (else a byte bound)?"""
+
+    def count_pending() -> int:
+        """Replace the byte bounds in `pending` by exact counts; the new exact total."""
+        for k, exact in enumerate(pending_exact):
+            if not exact:
+                r, m, _ = pending[k]
+                pending[k] = (r, m, count_tokens(m["content"]) + MESSAGE_OVERHEAD)
+                pending_exact[k] = True
+        return sum(t for _, _, t in pending)
+
     for row in rows:
-        tokens = row.tokens + MESSAGE_OVERHEAD
+        tokens = row.nbytes + MESSAGE_OVERHEAD
+        exact = False
+        if tokens > max_tokens:
+            tokens, exact = count_tokens(row.content) + MESSAGE_OVERHEAD, True
         message: dict[str, Any] = {"role": row.role, "content": row.content}
         if participants:
             speaker = api_id(row.author_id) if row.author_id else None
@@ -247,13 +296,12 @@ def chunk_conversation(
                 message["role_id"] = speaker
             if row.author_name:
                 message["role_name"] = row.author_name
-        when = chat_time(row.created_at)
-        if when is not None:
-            message["chat_time"] = when
-        if tokens > limits.max_tokens:
+        if row.when is not None:
+            message["chat_time"] = row.when
+        if tokens > max_tokens:
             if pending:
                 yield make(pending, None)
-                pending, pending_tokens = [], 0
+                pending, pending_tokens, pending_exact = [], 0, []
             pieces = split_by_tokens(row.content, budget)
             stats.split_messages += 1
             for k, piece in enumerate(pieces, start=1):
@@ -261,12 +309,16 @@ def chunk_conversation(
                 piece_tokens = count_tokens(piece) + MESSAGE_OVERHEAD
                 yield make([(row, piece_msg, piece_tokens)], (k, len(pieces)))
             continue
-        if pending and (
-            pending_tokens + tokens > limits.max_tokens or len(pending) >= limits.max_messages
-        ):
+        if pending and len(pending) < max_messages and pending_tokens + tokens > max_tokens:
+            if not exact:  # the bounds say it may not fit: count exactly
+                tokens, exact = count_tokens(row.content) + MESSAGE_OVERHEAD, True
+            if pending_tokens + tokens > max_tokens:
+                pending_tokens = count_pending()
+        if pending and (pending_tokens + tokens > max_tokens or len(pending) >= max_messages):
             yield make(pending, None)
-            pending, pending_tokens = [], 0
+            pending, pending_tokens, pending_exact = [], 0, []
         pending.append((row, message, tokens))
+        pending_exact.append(exact)
         pending_tokens += tokens
     if pending:
         yield make(pending, None)
@@ -282,6 +334,7 @@ def chunk_table(
     tags: Mapping[str, Sequence[str]] | None = None,
     group: Container[str] = frozenset(),
     policy: Policy = DEFAULT_POLICY,
+    users: set[str] | None = None,
 ) -> Iterator[Batch]:
     """Group staged rows by (user_id, conversation_id) and yield their batches in order.
 
@@ -291,12 +344,21 @@ def chunk_table(
     a conversation with rows of a source named in `group` is sent as a group chat (the
     table then needs the `AUTHOR_COLUMNS`). The remaining rows are redacted under `policy`
     (the default masks every secret kind): a row the policy drops is counted in
-    `stats.dropped`, the others are sent redacted.
+    `stats.dropped`, the others are sent redacted. `users` (when given) collects the owners
+    of the batched conversations, for callers adding up several tables.
     """
     table = table.sort_by([("user_id", "ascending"), ("conversation_id", "ascending")])
-    cols = {name: table.column(name).to_pylist() for name in CHUNK_COLUMNS if name != "content"}
+    cols: dict[str, list[Any]] = {
+        name: table.column(name).to_pylist()
+        for name in CHUNK_COLUMNS
+        if name not in ("content", "created_at")
+    }
+    created = table.column("created_at")
+    cols["created_at"] = pc.cast(created, pa.int64()).to_pylist()  # microseconds, for order
+    whens = _chat_times(created)
     redacted = redact(table.column("content"), policy)
     cols["content"] = redacted.content.to_pylist()
+    nbytes = pc.binary_length(redacted.content).to_pylist()
     grouping = bool(group) and "label" in table.column_names
     labels = (
         table.column("label").to_pylist()
@@ -306,12 +368,13 @@ def chunk_table(
     nones: list[str | None] = [None] * table.num_rows
     authors = table.column("author_id").to_pylist() if grouping else nones
     names = table.column("author_name").to_pylist() if grouping else nones
-    users: set[str] = set()
+    owners: set[str] = set() if users is None else users
     n = table.num_rows
     stats.messages += n
+    floor = None if since is None else _micros(since)
     keep = [
         (exclude_ids is None or mid not in exclude_ids)
-        and (since is None or ts is None or ts >= since)
+        and (floor is None or ts is None or ts >= floor)
         for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
     ]
     _drop_duplicates(cols["message_id"], cols["content"], keep, stats)
@@ -333,9 +396,6 @@ def chunk_table(
     kept = [i for i in range(n) if keep[i]]
     stats.masked.update(redacted.masked_counts(kept))
     stats.masked_messages += sum(1 for i in kept if redacted.masked_by_row.get(i))
-    tokens = [0] * n
-    for i, count in zip(kept, count_tokens_many([cols["content"][i] for i in kept]), strict=True):
-        tokens[i] = count
     start = 0
     while start < n:
         user, conv = cols["user_id"][start], cols["conversation_id"][start]
@@ -350,7 +410,8 @@ def chunk_table(
                 cols["content"][i],
                 cols["created_at"][i],
                 cols["seq"][i],
-                tokens[i],
+                nbytes[i],
+                whens[i],
                 labels[i],
                 authors[i],
                 names[i],
@@ -364,12 +425,32 @@ def chunk_table(
             continue
         stats.batched += len(rows)
         stats.conversations += 1
-        users.add(user)
+        owners.add(user)
         in_group = grouping and any(r.label in group for r in rows)
         yield from chunk_conversation(
             user, conv, _ordered(rows), limits, stats, tags, group=in_group
         )
-    stats.users = len(users)
+    stats.users = len(owners)
+
+
+def _hash(content: str) -> str:
+    """`content_hash(content)`, inlined: called once per batched message."""
+    return sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+def _micros(ts: datetime) -> int:
+    """`ts` (timezone-aware) as microseconds since the epoch, the staged times' unit."""
+    return int(pa.scalar(ts, pa.timestamp("us", tz="UTC")).cast(pa.int64()).as_py())
+
+
+def _chat_times(created: pa.ChunkedArray | pa.Array) -> list[str | None]:
+    """`chat_time` of every row, vectorized (the same text as `memos_api.chat_time`)."""
+    if len(created) == 0:
+        return []
+    utc = pc.cast(created, pa.timestamp("us", tz="UTC"))
+    text = pc.strftime(utc, format="%Y-%m-%dT%H:%M:%S")  # seconds with six decimals
+    text = pc.replace_substring_regex(text, pattern=r"\.000000$", replacement="")
+    return [None if t is None else t + "Z" for t in text.to_pylist()]
 
 
 def _drop_duplicates(
@@ -395,50 +476,3 @@ def _drop_duplicates(
             stats.duplicates += 1
         else:
             first.add(key)
-
-
-def chunk_workdir(
-    workdir: Path,
-    limits: ChunkLimits,
-    exclude_ids: Container[str] | None = None,
-    *,
-    since: datetime | None = None,
-    tags: Mapping[str, Sequence[str]] | None = None,
-    excluded_for: str | None = None,
-    group: Container[str] = frozenset(),
-    policy: Policy = DEFAULT_POLICY,
-) -> ChunkStats:
-    """Read the staging table, write `<workdir>/batches/`, and return the counts.
-
-    `tags` maps source names to the MemOS tags of their batches (see `Config.tags_by_source`);
-    `group` names the sources in group-chat mode (see `Config.group_sources`).
-    `excluded_for` names the destination `exclude_ids` came from; the manifest keeps it, so
-    a load into another destination knows the batch file leaves messages out.
-    `policy` is the redaction policy (see `RedactConfig.policy`). The manifest records the
-    policy's actions and the redaction counts next to the other counts.
-    """
-    stats = ChunkStats()
-    columns = CHUNK_COLUMNS + AUTHOR_COLUMNS if group else CHUNK_COLUMNS
-    table = read_labeled(workdir, staged_sources(workdir), columns)
-    try:
-        batches = chunk_table(
-            table, limits, stats, exclude_ids, since=since, tags=tags, group=group, policy=policy
-        )
-        write_batches(workdir, batches)
-        manifest: dict[str, object] = {
-            "max_tokens": limits.max_tokens,
-            "max_messages": limits.max_messages,
-            "redact": policy.actions(),
-        }
-        if excluded_for is not None and stats.excluded > stats.duplicates:
-            manifest["excluded_for"] = excluded_for
-        write_json_atomic(manifest_path(workdir), {**manifest, **stats.to_json()})
-    except BaseException as exc:
-        # a half-written temp file (disk full, Ctrl-C) would keep the disk full: remove it;
-        # the previous batch file, if any, is untouched
-        for tmp in batches_dir(workdir).glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and is_disk_full(exc):
-            raise disk_full_error(batches_dir(workdir), exc) from exc
-        raise
-    return stats

@@ -308,8 +308,10 @@ def run_accounts(
                 )
             runs.append(AccountRun(pipeline.account, dest))
 
+        # fault injection (tests): only one task of the whole run is killed
+        marker = pipelines[0].config.workdir / ".engine-kill-marker" if pipelines else None
+
         def jobs(run: AccountRun, pipeline: AccountPipeline, numbers: Iterable[int]) -> Group:
-            marker = pipeline.config.workdir / ".engine-kill-marker"
             return pipeline, [
                 BucketJob(
                     pipeline,

@@ -46,6 +46,8 @@ from pipeline.tenants import AccountPipeline
 
 TASK_RETRIES = 3
 """How often Ray reruns a task whose worker process or node died."""
+TASK_CPUS = 0.5
+"""CPUs Ray reserves per load task: a task mostly waits on the network, so two share a CPU."""
 TICKET_MEMORY = 180.0
 """Seconds the actor remembers a reservation (longer than a token window plus a pause)."""
 
@@ -175,7 +177,9 @@ def _load_task(job: BucketJob, actor: Any) -> LoadStats:
         return asyncio.run(load_slice(job, endpoint, ActorBudget(actor)))
 
 
-_remote_load = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(_load_task)
+_remote_load = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES, retry_exceptions=False)(
+    _load_task
+)
 _RemoteBudget = ray.remote(num_cpus=0)(AccountBudget)
 
 

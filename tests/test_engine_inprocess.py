@@ -3,6 +3,7 @@ order, each account's budget shared by its buckets (no Ray needed)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import orjson
@@ -66,3 +67,15 @@ def test_engines_refuse_the_embedded_store(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(config), "--engine", "inprocess"])
     assert result.exit_code != 0
     assert "memos-etl serve" in result.output
+
+
+def test_engine_ray_without_the_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "pipeline.engines.ray_engine", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workdir: {tmp_path / 'w'}\nsources:\n  - kind: csv\n    path: x.csv\n")
+    result = CliRunner().invoke(main, ["run", str(config), "--engine", "ray"])
+    assert result.exit_code != 0
+    assert "pip install 'memos-etl[ray]'" in result.output

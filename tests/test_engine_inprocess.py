@@ -39,9 +39,11 @@ def test_two_accounts_by_bucket_exactly_once_within_each_budget(tmp_path: Path) 
             assert_budget_kept(acc, run)
             ledgers = bucket_ledger_dir(acc.pipeline.config.workdir, run.destination.id)
             assert len(list(ledgers.glob("bucket-*.sqlite"))) == 8
-        # a second run sends nothing: every bucket ledger knows what it delivered
+            assert not list(ledgers.glob("bucket-*.jsonl"))  # every slice was delivered
+        # a second run sends nothing, even cut into other buckets: the driver drops what
+        # any bucket ledger has delivered
         again = run_accounts([a.pipeline for a in accs], inprocess.run_slices, buckets=4)
-        assert all(r.load.sent_messages == 0 for r in again)
+        assert all(r.load.sent_messages == 0 and not r.buckets for r in again)
         for acc in accs:
             assert_exactly_once_in_order(acc)
 

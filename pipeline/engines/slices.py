@@ -235,7 +235,7 @@ def merge_stats(parts: Iterable[LoadStats]) -> LoadStats:
 
 
 def existing_slices(workdir: Path, dest: Destination) -> list[int]:
-    """Buckets a previous run wrote slices for (any bucket count)."""
+    """Buckets a previous run left unfinished (a slice file is removed once delivered)."""
     folder = bucket_ledger_dir(workdir, dest.id)
     if not folder.is_dir():
         return []
@@ -410,4 +410,6 @@ async def load_slice(job: BucketJob, endpoint: Endpoint, budget: Budget) -> Load
             )
         finally:
             ledger.end_run(run_id, run_counts(stats))
+    if stats.complete:  # nothing left to resume: the next run need not read it again
+        bucket_slice_path(job.workdir, job.destination.id, job.bucket).unlink(missing_ok=True)
     return stats

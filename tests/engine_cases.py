@@ -21,10 +21,12 @@ from pipeline.server.store import conversation_messages, message_counts
 from pipeline.tenants import AccountPipeline
 
 KEY = "sk-engines-0123456789abcdef"
-SLACK = 1.15
-"""The server's ceiling over the account's budget: the limiter may catch up 0.1 s of missed
-slots before its first rejection, and arrival times jitter; a sliding window of exactly the
-budget would count those as over. Requests above the ceiling are rejected (and counted)."""
+SLACK = 1.25
+"""The server's ceiling over the account's budget. The shared schedule itself is checked
+exactly (`assert_budget_kept`: reservations within the budget plus the limiter's 0.1 s of
+catch-up); the server sees arrival times, which a busy machine shifts by tens of ms (a
+task's wait is timed from the actor's answer), so its strict sliding window gets room for
+that. Buckets that did not share one budget would arrive at several times the ceiling."""
 
 
 @dataclass

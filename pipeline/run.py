@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import incremental
-from pipeline.chunk import ChunkLimits, chunk_workdir
+from pipeline.chunk import ChunkLimits, ChunkStats, chunk_workdir
 from pipeline.core.config import Config
-from pipeline.core.destination import destination_for
+from pipeline.core.destination import Destination, destination_for
 from pipeline.core.lock import workdir_lock
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import staged_sources
@@ -100,54 +100,7 @@ def run_pipeline(
             )
             if resumed.stopped:
                 return RunResult([], {}, [], resumed, None)
-        started = time.monotonic()
-        extracted = [
-            stats_dict(
-                extract_source(
-                    s,
-                    workdir,
-                    default_user_id=cfg.user_id,
-                    progress=progress,
-                    max_quarantined_share=cfg.extract.max_quarantined_share,
-                    require_staged=True,
-                )
-            )
-            for s in cfg.sources
-        ]
-        log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
-        started = time.monotonic()
-        policy = cfg.redact.policy()
-        delivered = incremental.delivered_message_hashes(workdir, dest)
-        delta = (
-            incremental.plan_workdir(
-                workdir, staged_sources(workdir), delivered, cfg.load.resend_changed, policy=policy
-            )
-            if delivered
-            else None
-        )
-        changed = delta.changed_ids if delta else []
-        if changed and not cfg.load.resend_changed:
-            log.warning(
-                "%d delivered messages changed since; not resent (resend_changed: true sends them)",
-                len(changed),
-            )
-        limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-        chunked = chunk_workdir(
-            workdir,
-            limits,
-            exclude_ids=delta.exclude if delta else set(),
-            since=since,
-            tags=cfg.tags_by_source(),
-            excluded_for=dest.id,
-            group=cfg.group_sources(),
-            policy=policy,
-        )
-        log.info(
-            "chunk: %d batches from %d new messages in %.1f s",
-            chunked.batches,
-            chunked.batched,
-            time.monotonic() - started,
-        )
+        extracted, chunked, changed, already = extract_and_chunk(cfg, dest, since, progress)
         stats = load_workdir(
             workdir,
             endpoint,
@@ -159,7 +112,7 @@ def run_pipeline(
             handle_signals=handle_signals,
             heartbeat=heartbeat,
             account=cfg.account,
-            already_excluded=len(delta.exclude) if delta else 0,
+            already_excluded=already,
         )
         with Ledger.open(workdir, dest) as ledger:
             users = ledger.user_ids()
@@ -168,6 +121,65 @@ def run_pipeline(
     is_local = cfg.load.target == "local" and not cfg.load.base_url
     local = local_db_path(cfg.load, workdir) if is_local else None
     return RunResult(extracted, chunked.to_json(), changed, stats, resumed, local, users)
+
+
+def extract_and_chunk(
+    cfg: Config, dest: Destination, since: datetime | None, progress: Progress
+) -> tuple[list[dict[str, Any]], ChunkStats, list[str], int]:
+    """Extract every source, then chunk only what `dest` has not received (the first
+    two steps of `run`, shared with the engines in `pipeline.engines`). The caller holds
+    the workdir lock. Returns (extract stats per source, chunk result, changed ids, messages
+    left out because `dest` has them)."""
+    workdir = cfg.workdir
+    started = time.monotonic()
+    extracted = [
+        stats_dict(
+            extract_source(
+                s,
+                workdir,
+                default_user_id=cfg.user_id,
+                progress=progress,
+                max_quarantined_share=cfg.extract.max_quarantined_share,
+                require_staged=True,
+            )
+        )
+        for s in cfg.sources
+    ]
+    log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
+    started = time.monotonic()
+    policy = cfg.redact.policy()
+    delivered = incremental.delivered_message_hashes(workdir, dest)
+    delta = (
+        incremental.plan_workdir(
+            workdir, staged_sources(workdir), delivered, cfg.load.resend_changed, policy=policy
+        )
+        if delivered
+        else None
+    )
+    changed = delta.changed_ids if delta else []
+    if changed and not cfg.load.resend_changed:
+        log.warning(
+            "%d delivered messages changed since; not resent (resend_changed: true sends them)",
+            len(changed),
+        )
+    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+    chunked = chunk_workdir(
+        workdir,
+        limits,
+        exclude_ids=delta.exclude if delta else set(),
+        since=since,
+        tags=cfg.tags_by_source(),
+        excluded_for=dest.id,
+        group=cfg.group_sources(),
+        policy=policy,
+    )
+    log.info(
+        "chunk: %d batches from %d new messages in %.1f s",
+        chunked.batches,
+        chunked.batched,
+        time.monotonic() - started,
+    )
+    return extracted, chunked, changed, len(delta.exclude) if delta else 0
 
 
 def _whole_run(resumed: LoadStats, final: LoadStats) -> LoadStats:

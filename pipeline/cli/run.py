@@ -13,7 +13,8 @@ import click
 from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    pass
+    from pipeline.core.config import Config
+    from pipeline.core.progress import Progress
 
 from pipeline.cli.accounts import account_option, select_account
 from pipeline.cli.chunk import redaction_line
@@ -40,6 +41,22 @@ from pipeline.cli.validate import dry_run_report
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @account_option
+@click.option(
+    "--engine",
+    type=click.Choice(["embedded", "inprocess", "ray"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: one loader; inprocess / ray: one load per conversation bucket sharing "
+    "the account's budget, in this process or as Ray tasks (memos-etl[ray]; RAY_ADDRESS "
+    "joins a cluster). See docs/ray.md.",
+)
+@click.option(
+    "--buckets",
+    type=click.IntRange(min=1, max=1024),
+    default=8,
+    show_default=True,
+    help="Conversation buckets per destination with --engine inprocess or ray.",
+)
 @redact_options
 def run(
     config_file: Path,
@@ -51,6 +68,8 @@ def run(
     as_json: bool,
     no_progress: bool,
     account: str | None,
+    engine: str,
+    buckets: int,
     redact_actions: tuple[str, ...],
     redact_patterns: tuple[str, ...],
 ) -> None:
@@ -74,6 +93,15 @@ def run(
     if not cfg.sources:
         raise ConfigError(f"{config_file}: no sources configured")
     when = since.replace(tzinfo=timezone.utc) if since and since.tzinfo is None else since
+    if engine != "embedded" and not dry_run:
+        # the engines iterate every account of the config themselves (pipeline.tenants)
+        command = f"memos-etl run {shlex.quote(str(config_file))}"
+        if workdir is not None:
+            command += f" --workdir {shlex.quote(str(workdir))}"
+        command += f" --engine {engine} --buckets {buckets}"
+        cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
+        engine_run(cfg, engine, buckets, when, progress, as_json, command)
+        return
     if cfg.accounts:
         pipelines = [select_account(cfg, account)] if account or dry_run else account_pipelines(cfg)
         pipelines = [
@@ -156,3 +184,48 @@ def run(
         lines.append(f"try: {search}")
     emit(out, as_json, "\n".join(lines))
     finish_load(result.load, command)
+
+
+def engine_run(
+    cfg: Config,
+    engine: str,
+    buckets: int,
+    since: datetime | None,
+    progress: Progress,
+    as_json: bool,
+    command: str,
+) -> None:
+    """`run --engine inprocess|ray`: every account by bucket; one summary line per account."""
+    from pipeline.engines.driver import run_with_engine
+    from pipeline.load.stats import LoadStats
+
+    runs = run_with_engine(
+        cfg,
+        "ray" if engine == "ray" else "inprocess",
+        buckets=buckets,
+        since=since,
+        progress=progress,
+        command=command,
+    )
+    out: dict[str, Any] = {"engine": engine, "buckets": buckets, "accounts": []}
+    lines: list[str] = []
+    worst = LoadStats()
+    for r in runs:
+        load = r.load
+        out["accounts"].append(
+            {
+                "account": r.account,
+                "destination": r.destination.describe(),
+                "extract": {**sum_counts(r.extract), "sources": r.extract},
+                "chunk": r.chunk,
+                "load": load.to_json(),
+                "buckets": {str(b): s.to_json() for b, s in sorted(r.buckets.items())},
+                "budget_peaks": r.peaks,
+            }
+        )
+        lines.extend(extract_line(e) for e in r.extract)
+        lines.append(f"{r.account}: {len(r.buckets)} buckets; " + load_summary(load))
+        if not load.complete and (worst.complete or load.stopped):
+            worst = load
+    emit(out, as_json, "\n".join(lines))
+    finish_load(worst, command)

@@ -11,6 +11,8 @@ spelling them, so the layout can change in one place:
       batches/batches.jsonl             chunk: addMessage batches in delivery order
       batches/manifest.json             chunk: counts of the last chunk
       ledger.sqlite                     load: delivery state (batches, delivered messages)
+      ledger/<dest>/bucket-NNNN.sqlite  engines: one bucket's delivery state for one destination
+      ledger/<dest>/bucket-NNNN.jsonl   engines: the batches of that bucket still to deliver
       quarantine.jsonl                  extract: unreadable input records, per source
       report.json, report.html          validate: the dry-run report
       local-memos.sqlite                load: the embedded local target's store (default)
@@ -86,3 +88,18 @@ def account_workdir(workdir: Path, account: str) -> Path:
 def config_workdir(account_dir: Path) -> Path:
     """The config's workdir an `account_workdir` lies in (what `--workdir` must repeat)."""
     return account_dir.parent.parent
+
+
+def bucket_ledger_dir(workdir: Path, dest_id: str) -> Path:
+    """Folder of the engines' per-bucket ledgers and slices for one destination id."""
+    return workdir / "ledger" / dest_id
+
+
+def bucket_ledger_path(workdir: Path, dest_id: str, bucket: int) -> Path:
+    """One bucket's delivery ledger (`pipeline.engines`): a task owns it alone."""
+    return bucket_ledger_dir(workdir, dest_id) / f"bucket-{bucket:04d}.sqlite"
+
+
+def bucket_slice_path(workdir: Path, dest_id: str, bucket: int) -> Path:
+    """One bucket's batches to deliver (`pipeline.engines`), written before its task runs."""
+    return bucket_ledger_dir(workdir, dest_id) / f"bucket-{bucket:04d}.jsonl"

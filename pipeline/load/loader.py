@@ -66,6 +66,7 @@ from pipeline.core.memos_api import (
     id_count,
 )
 from pipeline.core.progress import NullProgress, Progress
+from pipeline.load.budget import Budget
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
     AmbiguousDeliveryError,
@@ -121,6 +122,7 @@ class _Loader:
         heartbeat: float | None,
         requests_per_second: float | None,
         tokens_per_minute: float | None,
+        shared_budget: Budget | None = None,
     ) -> None:
         self.clients = clients
         self.ledger = ledger
@@ -131,7 +133,7 @@ class _Loader:
         self.rng = rng
         self.progress = progress
         self.heartbeat = heartbeat
-        self.limiter = AccountLimiter(
+        self.limiter: Budget = shared_budget or AccountLimiter(
             requests_per_second, tokens_per_minute, clock=clock, sleep=sleep
         )
         self.gate = InFlightGate(cfg.max_in_flight)
@@ -579,6 +581,7 @@ async def load_batches(
     handle_signals: bool = False,
     heartbeat: float | None = None,
     account: AccountConfig | None = None,
+    shared_budget: Budget | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
@@ -589,6 +592,8 @@ async def load_batches(
     windows a stop left unsent.
     The budget is `account`'s (with `cfg.rate` overriding its requests per second); no
     account, or the embedded local server: `cfg.rate` alone (None: unlimited).
+    `shared_budget`, when given, is used instead: one account's budget shared by several
+    loads at once (`pipeline.engines`).
     """
     windows: Iterable[Sequence[Batch]]
     windows = [batches] if isinstance(batches, Sequence) else batches
@@ -620,6 +625,7 @@ async def load_batches(
             heartbeat=heartbeat,
             requests_per_second=rps,
             tokens_per_minute=tpm,
+            shared_budget=shared_budget,
         )
         loader.windowed = not isinstance(batches, Sequence)
         position = 0

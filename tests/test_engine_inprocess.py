@@ -1,0 +1,83 @@
+"""`run --engine inprocess`: two accounts by bucket into faulty `serve`s, exactly once, in
+order, each account's budget shared by its buckets (no Ray needed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.core.workdir import bucket_ledger_dir
+from pipeline.engines import inprocess
+from pipeline.engines.slices import run_accounts
+from tests.engine_cases import (
+    KEY,
+    accounts,
+    assert_budget_kept,
+    assert_exactly_once_in_order,
+)
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMOS_API_KEY", KEY)
+
+
+def test_two_accounts_by_bucket_exactly_once_within_each_budget(tmp_path: Path) -> None:
+    budgets = [("acme", 40.0, 60_000), ("globex", 25.0, 30_000)]
+    with accounts(tmp_path, budgets, conversations=24, per=6) as accs:
+        runs = run_accounts([a.pipeline for a in accs], inprocess.run_slices, buckets=8)
+        for acc, run in zip(accs, runs, strict=True):
+            assert run.load.complete, run.load.to_json()
+            assert len(run.buckets) == 8  # 24 conversations fill all 8 buckets
+            assert run.load.retries  # the faults were met
+            assert_exactly_once_in_order(acc)
+            assert_budget_kept(acc, run)
+            ledgers = bucket_ledger_dir(acc.pipeline.config.workdir, run.destination.id)
+            assert len(list(ledgers.glob("bucket-*.sqlite"))) == 8
+            assert not list(ledgers.glob("bucket-*.jsonl"))  # every slice was delivered
+        # a second run sends nothing, even cut into other buckets: the driver drops what
+        # any bucket ledger has delivered
+        again = run_accounts([a.pipeline for a in accs], inprocess.run_slices, buckets=4)
+        assert all(r.load.sent_messages == 0 and not r.buckets for r in again)
+        for acc in accs:
+            assert_exactly_once_in_order(acc)
+
+
+def test_run_engine_inprocess_through_the_cli(tmp_path: Path) -> None:
+    with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
+        config = tmp_path / "solo" / "config.yaml"
+        result = CliRunner().invoke(
+            main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        out = orjson.loads(result.stdout)
+        (account,) = out["accounts"]
+        assert out["engine"] == "inprocess"
+        assert account["load"]["sent"]["messages"] + account["load"]["verified_messages"] == 40
+        assert len(account["buckets"]) == 4
+        assert_exactly_once_in_order(accs[0])
+
+
+def test_engines_refuse_the_embedded_store(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workdir: {tmp_path / 'w'}\nsources:\n  - kind: csv\n    path: x.csv\n")
+    result = CliRunner().invoke(main, ["run", str(config), "--engine", "inprocess"])
+    assert result.exit_code != 0
+    assert "memos-etl serve" in result.output
+
+
+def test_engine_ray_without_the_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "pipeline.engines.ray_engine", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"workdir: {tmp_path / 'w'}\nsources:\n  - kind: csv\n    path: x.csv\n")
+    result = CliRunner().invoke(main, ["run", str(config), "--engine", "ray"])
+    assert result.exit_code != 0
+    assert "pip install 'memos-etl[ray]'" in result.output

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+import pipeline.engines
 from pipeline.cli import main
 from pipeline.core.workdir import bucket_ledger_dir
 from pipeline.engines import inprocess
@@ -76,6 +77,7 @@ def test_engine_ray_without_the_extra_says_how_to_install_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
     monkeypatch.delitem(sys.modules, "pipeline.engines.ray_engine", raising=False)
+    monkeypatch.delattr(pipeline.engines, "ray_engine", raising=False)
     config = tmp_path / "c.yaml"
     config.write_text(f"workdir: {tmp_path / 'w'}\nsources:\n  - kind: csv\n    path: x.csv\n")
     result = CliRunner().invoke(main, ["run", str(config), "--engine", "ray"])

@@ -448,7 +448,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     if "<" in content:
         content = render_markup(content, msg.get("mentions"), state.names)
     parts = [content] if content.strip() else []
-    parts.extend(attachment_lines(msg, extra))
+    if msg.get("attachments") or msg.get("stickers") or msg.get("embeds"):
+        parts.extend(attachment_lines(msg, extra))
     forwarded = msg.get("forwardedMessage")
     if type(forwarded) is dict:
         inner = _text(forwarded.get("content"))
@@ -477,10 +478,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
 
     key = conversations.key(snowflake, micros, reply_to)
     conversation = f"{SOURCE}:{channel.id}" if key is None else f"{SOURCE}:{channel.id}:{key}"
-    if extra:
-        head = orjson.loads(f'{channel.meta_head}{snowflake}"}}')
-        head.update(extra)
-        meta = orjson.dumps(head, default=str).decode()
+    if extra:  # no key of `extra` is in the head: the same text as dumping them merged
+        meta = f'{channel.meta_head}{snowflake}",{orjson.dumps(extra, default=str).decode()[1:]}'
     else:
         meta = f'{channel.meta_head}{snowflake}"}}'
     if owners.prefix:

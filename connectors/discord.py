@@ -420,8 +420,10 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     if type(author) is dict:
         aid = author.get("id")
         author_id = aid if type(aid) is str and aid else None
-        handle = _text(author.get("name"))
-        name = _text(author.get("nickname")) or handle or author_id or "Unknown"
+        given = author.get("name")
+        handle = given if type(given) is str else ""
+        nickname = author.get("nickname")
+        name = (nickname if type(nickname) is str else "") or handle or author_id or "Unknown"
         is_bot = author.get("isBot") is True
         if author_id is not None:
             state.names.users[author_id] = name
@@ -448,7 +450,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     if "<" in content:
         content = render_markup(content, msg.get("mentions"), state.names)
     parts = [content] if content.strip() else []
-    parts.extend(attachment_lines(msg, extra))
+    if msg.get("attachments") or msg.get("stickers") or msg.get("embeds"):
+        parts.extend(attachment_lines(msg, extra))
     forwarded = msg.get("forwardedMessage")
     if type(forwarded) is dict:
         inner = _text(forwarded.get("content"))
@@ -477,10 +480,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
 
     key = conversations.key(snowflake, micros, reply_to)
     conversation = f"{SOURCE}:{channel.id}" if key is None else f"{SOURCE}:{channel.id}:{key}"
-    if extra:
-        head = orjson.loads(f'{channel.meta_head}{snowflake}"}}')
-        head.update(extra)
-        meta = orjson.dumps(head, default=str).decode()
+    if extra:  # no key of `extra` is in the head: the same text as dumping them merged
+        meta = f'{channel.meta_head}{snowflake}",{orjson.dumps(extra, default=str).decode()[1:]}'
     else:
         meta = f'{channel.meta_head}{snowflake}"}}'
     if owners.prefix:
@@ -503,8 +504,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
 
 
 def _more_metadata(msg: dict[str, Any], kind: Any, extra: dict[str, Any], is_bot: bool) -> None:
-    edited = micros_from_iso(msg.get("timestampEdited"))
-    if edited is not None:
+    edited_at = msg.get("timestampEdited")
+    if edited_at is not None and (edited := micros_from_iso(edited_at)) is not None:
         extra["edited"] = iso_from_micros(edited)
     if msg.get("isPinned") is True:
         extra["pinned"] = True

@@ -20,12 +20,19 @@ import msgspec
 import orjson
 
 
+class Role(TypedDict, total=False):
+    id: Any
+    name: Any
+
+
 class Author(TypedDict, total=False):
     id: Any
     name: Any
     nickname: Any
     isBot: Any
-    roles: Any
+    roles: list[Role] | None
+    """Only a role's id and name are read (its color and position, repeated in every
+    message, are skipped); a list holding anything but objects falls back to orjson."""
 
 
 class Reaction(TypedDict, total=False):

@@ -83,3 +83,23 @@ def test_engine_ray_without_the_extra_says_how_to_install_it(
     result = CliRunner().invoke(main, ["run", str(config), "--engine", "ray"])
     assert result.exit_code != 0
     assert "pip install 'memos-etl[ray]'" in result.output
+
+
+def test_a_plain_run_after_an_engine_run_resends_nothing(tmp_path: Path) -> None:
+    """Engines record deliveries in per-bucket ledgers; `run` and `load` without an engine,
+    into the same destination, adopt them: nothing is sent twice, and `status` counts them."""
+    with accounts(tmp_path, [("mixed", 50.0, 100_000)], conversations=10, per=4) as accs:
+        config = tmp_path / "mixed" / "config.yaml"
+        first = CliRunner().invoke(
+            main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
+        )
+        assert first.exit_code == 0, first.output
+        again = CliRunner().invoke(main, ["run", str(config), "--json"])
+        assert again.exit_code == 0, again.output
+        load = orjson.loads(again.stdout)["load"]
+        assert load["sent"]["messages"] == 0, load
+        assert load["already_delivered"]["messages"] == 40, load
+        assert_exactly_once_in_order(accs[0])
+        status = CliRunner().invoke(main, ["status", "--config", str(config), "--json"])
+        dests = orjson.loads(status.stdout)["destinations"]
+        assert [d["delivered_messages"] for d in dests] == [40], dests

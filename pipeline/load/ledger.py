@@ -41,7 +41,8 @@ import orjson
 
 from pipeline.core.batches import Batch
 from pipeline.core.destination import Destination, local_default
-from pipeline.core.workdir import ledger_path
+from pipeline.core.errors import LedgerError
+from pipeline.core.workdir import bucket_ledger_dir, ledger_path
 from pipeline.incremental import (
     APPLICATION_ID,
     LEGACY_DEST,
@@ -240,8 +241,45 @@ class Ledger:
 
     @classmethod
     def open(cls, workdir: Path, destination: Destination | None = None) -> Ledger:
-        """Open (creating or migrating) the ledger of `workdir` for `destination`."""
-        return cls(ledger_path(workdir), destination)
+        """Open (creating or migrating) the ledger of `workdir` for `destination`; what the
+        engines' bucket ledgers confirmed for it is adopted first (`adopt_bucket_deliveries`)."""
+        ledger = cls(ledger_path(workdir), destination)
+        try:
+            ledger.adopt_bucket_deliveries(workdir)
+        except BaseException:
+            ledger.close()
+            raise
+        return ledger
+
+    def adopt_bucket_deliveries(self, workdir: Path) -> int:
+        """Copy into this ledger every delivery the engines' per-bucket ledgers recorded for
+        this destination (`run --engine ...`), so a later `load` or plain `run` into the same
+        destination never resends them and `status` counts them. Returns the rows read."""
+        folder = bucket_ledger_dir(workdir, self.dest)
+        if not folder.is_dir():
+            return 0
+        read = 0
+        for path in sorted(folder.glob("bucket-*.sqlite")):
+            source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = source.execute(
+                    "select dest_id, message_id, content_hash, batch_id, delivered_at"
+                    " from delivered_messages where dest_id = ?",
+                    (self.dest,),
+                )
+                while chunk := rows.fetchmany(5000):
+                    read += len(chunk)
+                    with self._tx():
+                        self.conn.executemany(
+                            "insert or ignore into delivered_messages (dest_id, message_id,"
+                            " content_hash, batch_id, delivered_at) values (?, ?, ?, ?, ?)",
+                            chunk,
+                        )
+            except sqlite3.DatabaseError as exc:
+                raise LedgerError(f"{path}: not a readable bucket ledger ({exc})") from None
+            finally:
+                source.close()
+        return read
 
     def __enter__(self) -> Ledger:
         return self

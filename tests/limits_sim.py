@@ -11,6 +11,7 @@ benchmark grid (`tests/bench/bench_limits.py`) with exact, repeatable figures.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import selectors
 import tempfile
@@ -25,6 +26,7 @@ import orjson
 
 from pipeline.core.batches import Batch
 from pipeline.core.config import AccountConfig, LoadConfig
+from pipeline.core.tokens import count_tokens
 from pipeline.load.ledger import Ledger
 from pipeline.load.loader import load_batches
 from pipeline.load.stats import LoadStats
@@ -105,6 +107,16 @@ def small_batches(n: int, conversations: int = 300, words: int = 1) -> list[Batc
     return make_batches(
         {f"conv-{i:03d}": per_conv * 2 for i in range(conversations)}, per_batch=2, text=text
     )
+
+
+def token_bound_batches(seconds: int, tpm: int = 60_000, words: int = 50) -> list[Batch]:
+    """About `seconds` of work at `tpm` in calls of two ~55-token messages, each batch
+    carrying its exact token count (the token-bound runs of the test and the bench)."""
+    per_call = 2 * count_tokens(" ".join(["benchmark"] * words) + " conv-000 0")
+    return [
+        dataclasses.replace(b, tokens=sum(count_tokens(m["content"]) for m in b.body["messages"]))
+        for b in small_batches(tpm * seconds // 60 // per_call, 40, words)
+    ]
 
 
 def simulate_load(

@@ -88,16 +88,25 @@ def _golden() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize(("config", "limits"), _cases())
-def test_chunk_output_matches_the_pinned_output(tmp_path: Path, config: str, limits: str) -> None:
-    actual = _actual(tmp_path, config, limits)
-    key = f"{config}/{limits}"
+def _pinned(key: str, actual: dict[str, Any]) -> dict[str, Any] | None:
+    """The pinned output for `key`; with MEMOS_ETL_REGEN_GOLDEN set, pin `actual` instead
+    (and return None: nothing to compare)."""
     if os.environ.get("MEMOS_ETL_REGEN_GOLDEN"):
         data = _golden()
         data[key] = actual
         GOLDEN.write_bytes(orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+        return None
+    pinned: dict[str, Any] = _golden()[key]
+    return pinned
+
+
+@pytest.mark.parametrize(("config", "limits"), _cases())
+def test_chunk_output_matches_the_pinned_output(tmp_path: Path, config: str, limits: str) -> None:
+    actual = _actual(tmp_path, config, limits)
+    key = f"{config}/{limits}"
+    expected = _pinned(key, actual)
+    if expected is None:
         return
-    expected = _golden()[key]
     assert actual["stats"] == expected["stats"]
     assert len(actual["batches"]) == len(expected["batches"])
     max_tokens = LIMITS[limits].max_tokens
@@ -126,12 +135,9 @@ def test_two_names_for_one_export_chunk_as_today(tmp_path: Path) -> None:
         extract_source(source, tmp_path, default_user_id=cfg.user_id)
     actual = _fingerprint(tmp_path, cfg, LIMITS["tight"])
     key = "csv-twice/tight"
-    if os.environ.get("MEMOS_ETL_REGEN_GOLDEN"):
-        data = _golden()
-        data[key] = actual
-        GOLDEN.write_bytes(orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+    expected = _pinned(key, actual)
+    if expected is None:
         return
-    expected = _golden()[key]
     assert actual["stats"] == expected["stats"]
     assert [b[:4] for b in actual["batches"]] == [b[:4] for b in expected["batches"]]
     assert actual["stats"]["duplicates"] > 0

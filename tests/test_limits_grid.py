@@ -11,15 +11,12 @@ to the figures the limiter reaches so that a regression still fails.
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from pipeline.core.tokens import count_tokens
 from pipeline.load import loader as loader_module
 from pipeline.load.ratelimit import InFlightGate
 from pipeline.server.faults import LimitMode
-from tests.limits_sim import SimResult, simulate_load, small_batches
+from tests.limits_sim import SimResult, simulate_load, small_batches, token_bound_batches
 from tests.ratelimit_reference import OldAimd
 
 CEILING = 50.0
@@ -77,13 +74,7 @@ def test_old_limiter_oscillates_through_the_loader(monkeypatch: pytest.MonkeyPat
 def test_token_bound_run_holds_the_tpm(account_tpm: int) -> None:
     """Calls of ~110 tokens against 60,000 tokens/min (about 9 calls/s, far below 50/s):
     tokens bind. Told twice the server's TPM, the limiter meets 40309 and learns it."""
-    words = 50
-    per_call = 2 * count_tokens(" ".join(["benchmark"] * words) + " conv-000 0")
-    seconds = 40 if account_tpm == 60_000 else 80
-    batches = [
-        dataclasses.replace(b, tokens=sum(count_tokens(m["content"]) for m in b.body["messages"]))
-        for b in small_batches(60_000 * seconds // 60 // per_call, 40, words)
-    ]
+    batches = token_bound_batches(40 if account_tpm == 60_000 else 80)
     result = simulate_load(
         batches,
         mode="sliding",

@@ -12,15 +12,13 @@ machine adds event-loop jitter; bench_limits.py measures that.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipeline.core.tokens import count_tokens  # noqa: E402
 from pipeline.server.faults import LIMIT_MODES  # noqa: E402
-from tests.limits_sim import simulate_load, small_batches  # noqa: E402
+from tests.limits_sim import simulate_load, small_batches, token_bound_batches  # noqa: E402
 
 CEILING = 50.0
 
@@ -45,15 +43,8 @@ def main() -> None:
                     f"{lim['requests_per_second']}: {'met' if ok else 'NOT met'}"
                 )
     print(f"{met} of 12 cells met")
-    words = 50
-    per_call = 2 * count_tokens(" ".join(["benchmark"] * words) + " conv-000 0")
     for label, account_tpm, seconds in (("tpm = server", 60_000, 40), ("tpm 2x", 120_000, 80)):
-        big = [
-            dataclasses.replace(
-                b, tokens=sum(count_tokens(m["content"]) for m in b.body["messages"])
-            )
-            for b in small_batches(60_000 * seconds // 60 // per_call, 40, words)
-        ]
+        big = token_bound_batches(seconds)
         r = simulate_load(
             big,
             mode="sliding",

@@ -40,6 +40,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import orjson
+from msgspec import UNSET
 from pydantic import Field, field_validator
 
 from connectors import group_chat_jobs
@@ -57,6 +58,7 @@ from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
+from connectors.telegram_model import Message, decode_message, extra_fields
 from connectors.telegram_split import ChatSpan, SpanScan
 from connectors.telegram_text import flatten_text, media_placeholder
 from pipeline.core.errors import InputError
@@ -376,9 +378,12 @@ def _span_job(job: Job) -> Iterator[Event]:
             try:
                 with export.open(span.file) as fh:
                     array = array_at(fh, span.offset)
-                    for value in array.values():
-                        problem = _message(value, array.index, chat, state, label)
-                        if problem is not None:
+                    for value in array.values(decode_message):
+                        if type(value) is Message:
+                            _typed_message(value, array.index, chat, state, label)
+                        elif (
+                            problem := _message(value, array.index, chat, state, label)
+                        ) is not None:
                             yield problem
                         if state.rows.full and (table := state.rows.take()) is not None:
                             yield table
@@ -416,6 +421,7 @@ class _Chat:
     conv_prefix: str = ""
     id_prefix: str = ""
     bot_author: str = ""
+    channel: bool = False
     problem: str | None = None
     problem_count: int = 0
 
@@ -471,9 +477,12 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
                         continue
                     full, take = state.rows.__len__, state.rows.take
                     limit = state.rows.rows_per_table
-                    for value in event.values():
-                        problem = _message(value, event.index, chat, state, label)
-                        if problem is not None:
+                    for value in event.values(decode_message):
+                        if type(value) is Message:
+                            _typed_message(value, event.index, chat, state, label)
+                        elif (
+                            problem := _message(value, event.index, chat, state, label)
+                        ) is not None:
                             yield problem
                         if full() >= limit and (table := take()) is not None:
                             yield table
@@ -552,6 +561,7 @@ def _start_messages(chat: _Chat, state: _State) -> None:
     chat.meta_head = orjson.dumps(head).decode()[:-1] + ',"id":'
     if chat.type == "bot_chat":
         chat.bot_author = f"user{chat.id}"
+    chat.channel = chat.type in ("public_channel", "private_channel")
 
 
 def _default_name(chat_type: str | None) -> str:
@@ -592,16 +602,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         return None
     kind = msg.get("type", "message")
     if kind != "message":
-        if kind == "service":
-            action = msg.get("action")
-            if type(action) is str and action in SERVICE_ACTIONS:
-                skipped["telegram:service:" + action] += 1
-            else:
-                skipped["telegram:service:other"] += 1
-        elif kind == "unsupported":
-            skipped["telegram:unsupported"] += 1
-        else:
-            skipped["telegram:unknown_type"] += 1
+        _skip_kind(kind, msg.get("action"), skipped)
         return None
     if mid in chat.seen:
         skipped["telegram:duplicate"] += 1
@@ -613,7 +614,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     author = msg.get("from")
     if type(from_id) is not str or not from_id:
         from_id = None
-        if chat.type in ("public_channel", "private_channel"):
+        if chat.channel:
             from_id = f"channel{chat.id}"
             if "from" not in msg:
                 author = chat.name
@@ -621,15 +622,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         author = "Deleted Account" if "from" in msg and author is None else (from_id or "Unknown")
     is_bot = from_id is not None and from_id == chat.bot_author
     if owners.per_author:
-        if is_bot:
-            skipped["telegram:bot_author"] += 1
-            return None
-        if from_id is None:
-            skipped["telegram:no_author"] += 1
-            return None
-        owner = owners.author_owner(from_id, author)
+        owner = _author_owner(owners, is_bot, from_id, author, skipped)
         if owner is None:
-            skipped["telegram:author_unmapped"] += 1
             return None
     else:
         owner = owners.user_id
@@ -667,17 +661,140 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         extra: dict[str, Any] = {}
     else:
         extra = _extras(msg, chat, reply_to)
-        forwarded = extra.get("forwarded_from")
-        if forwarded is not None:
-            content = f"[forwarded from {forwarded}]\n{content}"
-        via = extra.get("via_bot")
-        if via is not None:
-            content = f"[via {via}] {content}"
+        content = _decorated(content, extra)
     if placeholder:
         extra["media"] = placeholder
     if is_bot:
         extra["bot"] = True
 
+    _stage(state, chat, label, index, mid, micros, reply_to, extra, owner, from_id, author, content)
+    return None
+
+
+def _typed_message(msg: Message, index: int, chat: _Chat, state: _State, label: str) -> None:
+    """`_message` for a record decoded as a `telegram_model.Message` (the common shape:
+    no media, so no placeholder), read by attribute; the same row or skip reason."""
+    if not chat.wanted:
+        state.skipped["telegram:excluded_chat"] += 1
+        return
+    mid = msg.id
+    kind = msg.type
+    if kind != "message":
+        _skip_kind(kind, msg.action, state.skipped)
+        return
+    seen = chat.seen
+    if mid in seen:
+        state.skipped["telegram:duplicate"] += 1
+        return
+
+    # author
+    owners = state.owners
+    from_id = msg.from_id
+    author = msg.from_
+    if type(from_id) is not str or not from_id:
+        from_id = None
+        if chat.channel:
+            from_id = f"channel{chat.id}"
+            if author is UNSET:
+                author = chat.name
+    if type(author) is not str:
+        author = "Deleted Account" if author is None else (from_id or "Unknown")
+    is_bot = from_id is not None and from_id == chat.bot_author
+    if owners.per_author:
+        owner = _author_owner(owners, is_bot, from_id, author, state.skipped)
+        if owner is None:
+            return
+    else:
+        owner = owners.user_id
+
+    text = msg.text
+    content = text if type(text) is str else flatten_text(text)
+    if not content or content.isspace():
+        state.skipped["telegram:empty"] += 1
+        return
+    seen.add(mid)
+
+    stamp = msg.date_unixtime
+    if type(stamp) is str and stamp.isdigit() and stamp.isascii() and len(stamp) < 12:
+        micros: int | None = int(stamp) * 1_000_000
+    else:
+        micros = _local_micros(msg.date, state.zone)
+
+    replied = msg.reply_to_message_id
+    reply_to = None if replied is UNSET else replied
+    if (
+        reply_to is None
+        and msg.edited is UNSET
+        and msg.edited_unixtime is UNSET
+        and msg.forwarded_from is UNSET
+        and msg.saved_from is UNSET
+        and msg.via_bot is UNSET
+        and msg.author is UNSET
+    ):
+        extra: dict[str, Any] = {}
+    else:
+        extra = _extras(extra_fields(msg), chat, reply_to)
+        content = _decorated(content, extra)
+    if is_bot:
+        extra["bot"] = True
+    _stage(state, chat, label, index, mid, micros, reply_to, extra, owner, from_id, author, content)
+
+
+def _skip_kind(kind: Any, action: Any, skipped: Counter[str]) -> None:
+    """Count a record that is not a `message` (service, unsupported, unknown)."""
+    if kind == "service":
+        if type(action) is str and action in SERVICE_ACTIONS:
+            skipped["telegram:service:" + action] += 1
+        else:
+            skipped["telegram:service:other"] += 1
+    elif kind == "unsupported":
+        skipped["telegram:unsupported"] += 1
+    else:
+        skipped["telegram:unknown_type"] += 1
+
+
+def _author_owner(
+    owners: Owners, is_bot: bool, from_id: str | None, author: str, skipped: Counter[str]
+) -> str | None:
+    """The owner of a message under a per-author policy, or None (counted as skipped)."""
+    if is_bot:
+        skipped["telegram:bot_author"] += 1
+        return None
+    if from_id is None:
+        skipped["telegram:no_author"] += 1
+        return None
+    owner = owners.author_owner(from_id, author)
+    if owner is None:
+        skipped["telegram:author_unmapped"] += 1
+    return owner
+
+
+def _decorated(content: str, extra: dict[str, Any]) -> str:
+    """The text with the forward and via-bot notes a reader sees."""
+    forwarded = extra.get("forwarded_from")
+    if forwarded is not None:
+        content = f"[forwarded from {forwarded}]\n{content}"
+    via = extra.get("via_bot")
+    if via is not None:
+        content = f"[via {via}] {content}"
+    return content
+
+
+def _stage(
+    state: _State,
+    chat: _Chat,
+    label: str,
+    index: int,
+    mid: int,
+    micros: int | None,
+    reply_to: int | None,
+    extra: dict[str, Any],
+    owner: str,
+    from_id: str | None,
+    author: str,
+    content: str,
+) -> None:
+    """Append the row of one staged message (its conversation, metadata and columns)."""
     assert chat.conversations is not None
     key = chat.conversations.key(mid, micros, reply_to)
     conversation = chat.conv_prefix if key is None else f"{chat.conv_prefix}:{key}"
@@ -687,7 +804,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         meta = orjson.dumps(head, default=str).decode()
     else:
         meta = f"{chat.meta_head}{mid}}}"
-    if owners.prefix:
+    if state.owners.prefix:
         content = f"{author}: {content}"
     add = state.add
     add[0](SOURCE)
@@ -696,14 +813,13 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     add[3](f"{chat.id_prefix}{mid}")
     add[4](conversation)
     add[5](owner)
-    add[6]("assistant" if is_bot else "user")
+    add[6]("assistant" if extra.get("bot") else "user")
     add[7](from_id)
     add[8](author)
     add[9](content)
     add[10](micros)
     add[11](mid)
     add[12](meta)
-    return None
 
 
 def _local_micros(value: Any, zone: ZoneInfo) -> int | None:

@@ -590,11 +590,11 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             excerpt(repr(msg)),
         )
     mid = msg.get("id")
-    if type(mid) is not int:
+    if type(mid) is not int or not -(2**63) <= mid < 2**63:
         return Quarantined(
             label,
             f"{chat.where}messages[{index}]",
-            "telegram:no_id: message has no integer `id`",
+            "telegram:no_id: message has no integer `id` (64-bit)",
             excerpt(repr(msg)),
         )
     if not chat.wanted:

@@ -27,6 +27,7 @@ split of a full export by chat live in telegram_text.py and telegram_split.py.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import re
 import zipfile
 import zlib
@@ -359,7 +360,20 @@ class _Context:
 
 def _span_job(job: Job) -> Iterator[Event]:
     """Stage the chats of one job (in a worker process): each chat's messages array is
-    streamed from its offset; a damaged chat loses only its own remaining messages."""
+    streamed from its offset; a damaged chat loses only its own remaining messages.
+
+    The objects that exist when the job starts (mostly imported modules) are left out of
+    the cyclic garbage collector's passes meanwhile (`gc.freeze`): its full passes over
+    them cost about a tenth of the job's time, and none of them becomes garbage here.
+    """
+    gc.freeze()
+    try:
+        yield from _staged_spans(job)
+    finally:
+        gc.unfreeze()
+
+
+def _staged_spans(job: Job) -> Iterator[Event]:
     context: _Context = job.context
     state = _State(context.options, context.owners, ZoneInfo(context.options.timezone))
     with ExportFiles(context.path) as export:

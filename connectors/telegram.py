@@ -812,10 +812,8 @@ def _stage(
     assert chat.conversations is not None
     key = chat.conversations.key(mid, micros, reply_to)
     conversation = chat.conv_prefix if key is None else f"{chat.conv_prefix}:{key}"
-    if extra:
-        head = orjson.loads(chat.meta_head + f"{mid}}}")
-        head.update(extra)
-        meta = orjson.dumps(head, default=str).decode()
+    if extra:  # its keys are never the head's: the head's text, then the extra members
+        meta = f"{chat.meta_head}{mid},{orjson.dumps(extra, default=str).decode()[1:]}"
     else:
         meta = f"{chat.meta_head}{mid}}}"
     if state.owners.prefix:

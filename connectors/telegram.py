@@ -37,7 +37,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -392,15 +392,7 @@ def _staged_spans(job: Job) -> Iterator[Event]:
             try:
                 with export.open(span.file) as fh:
                     array = array_at(fh, span.offset)
-                    for value in array.values(decode_message):
-                        if type(value) is Message:
-                            _typed_message(value, array.index, chat, state, label)
-                        elif (
-                            problem := _message(value, array.index, chat, state, label)
-                        ) is not None:
-                            yield problem
-                        if state.rows.full and (table := state.rows.take()) is not None:
-                            yield table
+                    yield from _staged(array, chat, state, label)
             except JSONStreamError as exc:
                 yield Quarantined(
                     label,
@@ -489,17 +481,7 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
                         for _ in event.values():
                             chat.problem_count += 1
                         continue
-                    full, take = state.rows.__len__, state.rows.take
-                    limit = state.rows.rows_per_table
-                    for value in event.values(decode_message):
-                        if type(value) is Message:
-                            _typed_message(value, event.index, chat, state, label)
-                        elif (
-                            problem := _message(value, event.index, chat, state, label)
-                        ) is not None:
-                            yield problem
-                        if full() >= limit and (table := take()) is not None:
-                            yield table
+                    yield from _staged(event, chat, state, label)
                 elif type(event) is JsonField:
                     if chat is not None and len(event.path) == len(chat.path) + 1:
                         _chat_field(chat, event.path[-1], event.value)
@@ -534,6 +516,21 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
             f"telegram:unreadable_file: {exc}; the rest of this file was not read",
         )
     yield from _flush_skipped(state)
+
+
+def _staged(array: Array, chat: _Chat, state: _State, label: str) -> Iterator[Event]:
+    """Stage every element of a chat's `messages` array: its quarantined records, and a
+    table each time the row buffer is full."""
+    rows = state.rows
+    full, take, limit = rows.__len__, rows.take, rows.rows_per_table
+    typed, general = _typed_message, _message
+    for value in array.values(decode_message):
+        if type(value) is Message:
+            typed(value, array.index, chat, state, label)
+        elif (problem := general(value, array.index, chat, state, label)) is not None:
+            yield problem
+        if full() >= limit and (table := take()) is not None:
+            yield table
 
 
 def _flush_skipped(state: _State) -> Iterator[Event]:
@@ -604,7 +601,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             excerpt(repr(msg)),
         )
     mid = msg.get("id")
-    if type(mid) is not int or not -(2**63) <= mid < 2**63:
+    if not _is_int64(mid):
         return Quarantined(
             label,
             f"{chat.where}messages[{index}]",
@@ -669,7 +666,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         micros = _local_micros(msg.get("date"), state.zone)
 
     reply_to = None if plain else msg.get("reply_to_message_id")
-    if type(reply_to) is not int:
+    if not _is_int64(reply_to):
         reply_to = None
     if plain or others.isdisjoint(EXTRA_KEYS):
         extra: dict[str, Any] = {}
@@ -834,6 +831,12 @@ def _stage(
     add[12](meta)
 
 
+def _is_int64(value: Any) -> TypeGuard[int]:
+    """An integer that fits the staging table and the metadata JSON (64 bits): the JSON
+    parser that reads an element orjson refuses keeps larger ones as integers."""
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
 def _local_micros(value: Any, zone: ZoneInfo) -> int | None:
     """Epoch microseconds of Telegram's exporter-local `date` (`2024-01-02T10:00:00`)."""
     if type(value) is not str or len(value) < 19:
@@ -875,7 +878,7 @@ def _extras(msg: dict[str, Any], chat: _Chat, reply_to: int | None) -> dict[str,
     if isinstance(reactions, list):
         kept = []
         for r in reactions:
-            if isinstance(r, dict) and type(r.get("count")) is int:
+            if isinstance(r, dict) and _is_int64(r.get("count")):
                 emoji = r.get("emoji") if isinstance(r.get("emoji"), str) else r.get("type")
                 if isinstance(emoji, str):
                     kept.append({"emoji": emoji, "count": r["count"]})

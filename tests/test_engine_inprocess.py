@@ -103,3 +103,29 @@ def test_a_plain_run_after_an_engine_run_resends_nothing(tmp_path: Path) -> None
         status = CliRunner().invoke(main, ["status", "--config", str(config), "--json"])
         dests = orjson.loads(status.stdout)["destinations"]
         assert [d["delivered_messages"] for d in dests] == [40], dests
+
+
+def test_history_shows_each_engine_run_and_a_rerun_counts_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    """`history` has one line per `run --engine` (it read only plain loads), and a rerun
+    says it found everything already delivered instead of "sent 0, already delivered 0"."""
+    with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
+        config = tmp_path / "solo" / "config.yaml"
+        runner = CliRunner()
+        for _ in range(2):
+            result = runner.invoke(
+                main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
+            )
+            assert result.exit_code == 0, result.output
+        (again,) = orjson.loads(result.stdout)["accounts"]
+        assert again["load"]["sent"]["messages"] == 0
+        assert again["load"]["already_delivered"]["messages"] == 40
+        shown = runner.invoke(main, ["history", "--config", str(config), "--json"])
+        assert shown.exit_code == 0, shown.output
+        newest, first = orjson.loads(shown.stdout)["runs"]
+        assert "--engine inprocess" in first["command"]
+        assert first["sent"] + first["verified"] == 40
+        assert (newest["sent"], newest["already_delivered"]) == (0, 40)
+        assert first["requests"] > 0 and newest["requests"] == 0
+        assert_exactly_once_in_order(accs[0])

@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from pipeline.core.workdir import (
     bucket_ledger_dir,
     bucket_ledger_path,
     bucket_slice_path,
+    ledger_path,
 )
 from pipeline.load.budget import Budget
 from pipeline.load.ledger import Ledger
@@ -92,11 +94,18 @@ class AccountRun:
     chunk: dict[str, Any] = field(default_factory=dict)
     buckets: dict[int, LoadStats] = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)
+    already_batches: int = 0
+    already_messages: int = 0
 
     @property
     def load(self) -> LoadStats:
-        """The buckets' loads added up (durations overlap: the longest counts)."""
-        return merge_stats(self.buckets.values())
+        """The buckets' loads added up (durations overlap: the longest counts), with what
+        the driver left out of the slices because the destination has it."""
+        stats = merge_stats(self.buckets.values())
+        stats.already_batches += self.already_batches
+        stats.already_messages += self.already_messages
+        stats.messages += self.already_messages
+        return stats
 
     def add(self, results: SliceResults) -> None:
         """Take in one executor pass (a resumed pass, then the new batches)."""
@@ -252,11 +261,21 @@ def delivered_everywhere(workdir: Path, dest: Destination) -> dict[str, str]:
     return delivered
 
 
+@dataclass(frozen=True)
+class SlicePlan:
+    """What `write_slices` wrote: batches per bucket, and what it left out because the
+    destination already has it (reported as already delivered)."""
+
+    counts: dict[int, int]
+    already_batches: int
+    already_messages: int
+
+
 def write_slices(
     workdir: Path, dest: Destination, batches: Iterable[Batch], buckets: int, resend: bool
-) -> dict[int, int]:
+) -> SlicePlan:
     """Split the batches `dest` still needs into one file per bucket (replacing the last
-    run's); returns the batch count per bucket written."""
+    run's)."""
     plan = incremental.filter_batches(batches, delivered_everywhere(workdir, dest), resend)
     folder = bucket_ledger_dir(workdir, dest.id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +290,11 @@ def write_slices(
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_bytes(b"".join(lines))
         os.replace(tmp, path)
-    return {bucket: len(lines) for bucket, lines in sorted(by_bucket.items())}
+    return SlicePlan(
+        {bucket: len(lines) for bucket, lines in sorted(by_bucket.items())},
+        plan.already_batches,
+        plan.already_messages,
+    )
 
 
 def run_accounts(
@@ -308,6 +331,8 @@ def run_accounts(
                 )
             runs.append(AccountRun(pipeline.account, dest))
 
+        locks.enter_context(recorded_in_history(runs, pipelines, command))
+
         # fault injection (tests): only one task of the whole run is killed
         marker = pipelines[0].config.workdir / ".engine-kill-marker" if pipelines else None
 
@@ -337,27 +362,51 @@ def run_accounts(
         fresh: list[Group] = []
         for run, pipeline in zip(runs, pipelines, strict=True):
             cfg = pipeline.config
-            run.extract, chunked, _, _ = extract_and_chunk(
+            run.extract, chunked, _, excluded = extract_and_chunk(
                 cfg, run.destination, since, progress or NullProgress()
             )
             run.chunk = chunked.to_json()
-            counts = write_slices(
+            plan = write_slices(
                 cfg.workdir,
                 run.destination,
                 read_batches(cfg.workdir),
                 buckets,
                 cfg.load.resend_changed,
             )
+            run.already_batches += plan.already_batches
+            run.already_messages += plan.already_messages + excluded
             log.info(
                 "%s: %d batches in %d buckets",
                 pipeline.account,
-                sum(counts.values()),
-                len(counts),
+                sum(plan.counts.values()),
+                len(plan.counts),
             )
-            fresh.append(jobs(run, pipeline, counts))
+            fresh.append(jobs(run, pipeline, plan.counts))
         for run, results in zip(runs, run_slices(fresh), strict=True):
             run.add(results)
     return runs
+
+
+@contextlib.contextmanager
+def recorded_in_history(
+    runs: Sequence[AccountRun], pipelines: Sequence[AccountPipeline], command: str
+) -> Iterator[None]:
+    """One `memos-etl history` line per account for the whole engine run, in the workdir
+    ledger `history` reads (the bucket ledgers keep their tasks' own lines). A run that
+    dies stays listed as unfinished."""
+    started = time.monotonic()
+    opened = []
+    for run, pipeline in zip(runs, pipelines, strict=True):
+        with Ledger(ledger_path(pipeline.config.workdir), run.destination) as ledger:
+            opened.append(ledger.start_run(command))
+    try:
+        yield
+    finally:
+        for run, pipeline, run_id in zip(runs, pipelines, opened, strict=True):
+            counts = run_counts(run.load)
+            counts["duration_s"] = round(time.monotonic() - started, 3)
+            with Ledger(ledger_path(pipeline.config.workdir), run.destination) as ledger:
+                ledger.end_run(run_id, counts)
 
 
 # --- a task ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@ order, each account's budget shared by its buckets (no Ray needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pipeline.engines
 from pipeline.cli import main
 from pipeline.core.workdir import bucket_ledger_dir
 from pipeline.engines import inprocess
-from pipeline.engines.slices import run_accounts
+from pipeline.engines.slices import SHARED_CATCH_UP, budget_peaks, run_accounts
+from pipeline.load.ratelimit import AccountLimiter
 from tests.engine_cases import (
     KEY,
     accounts,
@@ -129,3 +131,28 @@ def test_history_shows_each_engine_run_and_a_rerun_counts_what_it_skipped(
         assert (newest["sent"], newest["already_delivered"]) == (0, 40)
         assert first["requests"] > 0 and newest["requests"] == 0
         assert_exactly_once_in_order(accs[0])
+
+
+def test_a_shared_budget_never_bursts_over_the_account_rate_after_falling_behind() -> None:
+    """Tasks that fell behind (all busy, then all asking at once) must not be handed the
+    missed slots at once: that burst measured 56 requests in one second at 50/s."""
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += max(seconds, 0.0)
+
+    async def schedule() -> list[tuple[float, float, float]]:
+        limiter = AccountLimiter(50.0, None, clock=clock, sleep=sleep, catch_up=SHARED_CATCH_UP)
+        granted = []
+        for i in range(600):
+            if i % 100 == 99:
+                now[0] += 0.5  # every task busy: slots go by unused
+            ticket = await limiter.acquire()
+            granted.append((ticket.started, 1.0, 0.0))
+        return granted
+
+    peaks = budget_peaks(asyncio.run(schedule()))
+    assert peaks["requests_per_1s"] <= 50 + 1, peaks

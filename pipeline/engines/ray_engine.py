@@ -32,6 +32,7 @@ import ray
 
 from pipeline.core.config import budget
 from pipeline.engines.slices import (
+    SHARED_CATCH_UP,
     BucketJob,
     Group,
     SliceResults,
@@ -62,7 +63,11 @@ class AccountBudget:
 
     def __init__(self, requests_per_second: float | None, tokens_per_minute: float | None):
         self.limiter = AccountLimiter(
-            requests_per_second, tokens_per_minute, clock=time.monotonic, sleep=_no_sleep
+            requests_per_second,
+            tokens_per_minute,
+            clock=time.monotonic,
+            sleep=_no_sleep,
+            catch_up=SHARED_CATCH_UP,
         )
         self.tickets: dict[int, Ticket] = {}
         self.order: deque[tuple[float, int]] = deque()

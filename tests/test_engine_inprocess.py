@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -13,10 +15,20 @@ from click.testing import CliRunner
 
 import pipeline.engines
 from pipeline.cli import main
+from pipeline.core.destination import Destination
 from pipeline.core.workdir import bucket_ledger_dir
 from pipeline.engines import inprocess
-from pipeline.engines.slices import SHARED_CATCH_UP, budget_peaks, run_accounts
+from pipeline.engines.slices import (
+    SHARED_CATCH_UP,
+    AccountRun,
+    Group,
+    SliceResults,
+    budget_peaks,
+    run_accounts,
+    timed,
+)
 from pipeline.load.ratelimit import AccountLimiter
+from pipeline.load.stats import LoadStats
 from tests.engine_cases import (
     KEY,
     accounts,
@@ -156,3 +168,17 @@ def test_a_shared_budget_never_bursts_over_the_account_rate_after_falling_behind
 
     peaks = budget_peaks(asyncio.run(schedule()))
     assert peaks["requests_per_1s"] <= 50 + 1, peaks
+
+
+def test_an_engine_load_lasts_as_long_as_its_executor_not_its_longest_bucket() -> None:
+    """With fewer workers than buckets the buckets run a few at a time: the load's duration
+    (and so its requests/s) must be the executor's wall time, not the longest bucket's."""
+
+    def two_at_a_time(groups: Sequence[Group]) -> list[SliceResults]:
+        time.sleep(0.3)  # four buckets of 0.1 s each, run two at a time, plus start-up
+        return [SliceResults({b: LoadStats(duration=0.1) for b in range(4)}) for _ in groups]
+
+    run = AccountRun("solo", Destination("memos", "http://x", "solo"))
+    for _, results, seconds in timed(two_at_a_time, [(None, [])], [run]):  # type: ignore[list-item]
+        run.add(results, seconds)
+    assert run.load.duration >= 0.3

@@ -96,19 +96,25 @@ class AccountRun:
     peaks: dict[str, float] = field(default_factory=dict)
     already_batches: int = 0
     already_messages: int = 0
+    load_seconds: float = 0.0
+    """Wall time of the executor passes: buckets may run one after another (fewer workers
+    than buckets), so the longest bucket's load understates how long the load took."""
 
     @property
     def load(self) -> LoadStats:
         """The buckets' loads added up (durations overlap: the longest counts), with what
         the driver left out of the slices because the destination has it."""
         stats = merge_stats(self.buckets.values())
+        stats.duration = max(stats.duration, self.load_seconds)
         stats.already_batches += self.already_batches
         stats.already_messages += self.already_messages
         stats.messages += self.already_messages
         return stats
 
-    def add(self, results: SliceResults) -> None:
-        """Take in one executor pass (a resumed pass, then the new batches)."""
+    def add(self, results: SliceResults, seconds: float = 0.0) -> None:
+        """Take in one executor pass (a resumed pass, then the new batches) that took
+        `seconds` of wall time."""
+        self.load_seconds += seconds
         for bucket, stats in results.buckets.items():
             if bucket in self.buckets:
                 self.buckets[bucket] = merge_stats([self.buckets[bucket], stats])
@@ -361,8 +367,8 @@ def run_accounts(
         ]
         if any(group[1] for group in previous):
             log.info("finishing the slices of a previous run")
-            for run, results in zip(runs, run_slices(previous), strict=True):
-                run.add(results)
+            for run, results, seconds in timed(run_slices, previous, runs):
+                run.add(results, seconds)
             if any(r.load.stopped for r in runs):
                 return runs
         fresh: list[Group] = []
@@ -388,9 +394,20 @@ def run_accounts(
                 len(plan.counts),
             )
             fresh.append(jobs(run, pipeline, plan.counts))
-        for run, results in zip(runs, run_slices(fresh), strict=True):
-            run.add(results)
+        for run, results, seconds in timed(run_slices, fresh, runs):
+            run.add(results, seconds)
     return runs
+
+
+def timed(
+    run_slices: RunSlices, groups: Sequence[Group], runs: Sequence[AccountRun]
+) -> list[tuple[AccountRun, SliceResults, float]]:
+    """One executor pass over every account's jobs, with its wall time (accounts load at
+    once, so each gets the whole pass)."""
+    started = time.monotonic()
+    results = run_slices(groups)
+    seconds = time.monotonic() - started
+    return [(run, r, seconds) for run, r in zip(runs, results, strict=True)]
 
 
 @contextlib.contextmanager

@@ -97,8 +97,9 @@ class AccountRun:
     already_batches: int = 0
     already_messages: int = 0
     load_seconds: float = 0.0
-    """Wall time of the executor passes: buckets may run one after another (fewer workers
-    than buckets), so the longest bucket's load understates how long the load took."""
+    """How long the loads took, pass by pass: from the first bucket's start to the last
+    one's end (`pass_span`). Buckets may run a few at a time (fewer workers than buckets),
+    so the longest bucket's load alone understates it."""
 
     @property
     def load(self) -> LoadStats:
@@ -111,10 +112,9 @@ class AccountRun:
         stats.messages += self.already_messages
         return stats
 
-    def add(self, results: SliceResults, seconds: float = 0.0) -> None:
-        """Take in one executor pass (a resumed pass, then the new batches) that took
-        `seconds` of wall time."""
-        self.load_seconds += seconds
+    def add(self, results: SliceResults) -> None:
+        """Take in one executor pass (a resumed pass, then the new batches)."""
+        self.load_seconds += pass_span(results.buckets.values())
         for bucket, stats in results.buckets.items():
             if bucket in self.buckets:
                 self.buckets[bucket] = merge_stats([self.buckets[bucket], stats])
@@ -229,6 +229,16 @@ def check_engine_target(pipeline: AccountPipeline) -> None:
             f"account {pipeline.account!r}: --engine needs a server every task can reach; "
             "for the local store run `memos-etl serve` and set load.base_url to its URL"
         )
+
+
+def pass_span(parts: Iterable[LoadStats]) -> float:
+    """Seconds from the first bucket load's start to the last one's end (the longest
+    load when their start times were not recorded)."""
+    loads = list(parts)
+    timed = [s for s in loads if s.started_at]
+    if not timed:
+        return max((s.duration for s in loads), default=0.0)
+    return max(s.started_at + s.duration for s in timed) - min(s.started_at for s in timed)
 
 
 def merge_stats(parts: Iterable[LoadStats]) -> LoadStats:
@@ -367,8 +377,8 @@ def run_accounts(
         ]
         if any(group[1] for group in previous):
             log.info("finishing the slices of a previous run")
-            for run, results, seconds in timed(run_slices, previous, runs):
-                run.add(results, seconds)
+            for run, results in zip(runs, run_slices(previous), strict=True):
+                run.add(results)
             if any(r.load.stopped for r in runs):
                 return runs
         fresh: list[Group] = []
@@ -394,20 +404,9 @@ def run_accounts(
                 len(plan.counts),
             )
             fresh.append(jobs(run, pipeline, plan.counts))
-        for run, results, seconds in timed(run_slices, fresh, runs):
-            run.add(results, seconds)
+        for run, results in zip(runs, run_slices(fresh), strict=True):
+            run.add(results)
     return runs
-
-
-def timed(
-    run_slices: RunSlices, groups: Sequence[Group], runs: Sequence[AccountRun]
-) -> list[tuple[AccountRun, SliceResults, float]]:
-    """One executor pass over every account's jobs, with its wall time (accounts load at
-    once, so each gets the whole pass)."""
-    started = time.monotonic()
-    results = run_slices(groups)
-    seconds = time.monotonic() - started
-    return [(run, r, seconds) for run, r in zip(runs, results, strict=True)]
 
 
 @contextlib.contextmanager
@@ -476,10 +475,12 @@ async def load_slice(job: BucketJob, endpoint: Endpoint, budget: Budget) -> Load
     with open_bucket_ledger(job) as ledger:
         run_id = ledger.start_run(job.command)
         stats = LoadStats()
+        started = time.time()
         try:
             stats = await load_batches(
                 batches, ledger, endpoint, cfg.load, account=cfg.account, shared_budget=budget
             )
+            stats.started_at = started
         finally:
             ledger.end_run(run_id, run_counts(stats))
     if stats.complete:  # nothing left to resume: the next run need not read it again

@@ -46,7 +46,7 @@ def limiter_at(
     ft: FakeTime, rps: float | None, tpm: float | None = None, **kw: float
 ) -> AccountLimiter:
     """A limiter on the fake clock; without the start ramp unless a test asks for it."""
-    kw.setdefault("ramp_seconds", 0.0)
+    kw.setdefault("ramp", False)
     return AccountLimiter(rps, tpm, clock=ft.clock, sleep=ft.sleep, **kw)
 
 
@@ -169,19 +169,63 @@ def test_after_a_rejection_nothing_is_sent_into_the_still_full_window() -> None:
     )
 
 
-def test_start_ramps_from_half_the_budget_until_the_first_rejection() -> None:
+def test_start_steps_up_from_half_the_budget_until_the_first_rejection() -> None:
+    """Half the budget until an answer shows the latency, then steps of `overshoot` /
+    latency (at most `overshoot` above the last safe level), each held until a token
+    bucket's burst would have drained below it and the answers came back."""
     ft = FakeTime()
-    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
-    times = starts(limiter, ft, 400)
+    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 50)  # workers asking faster than allowed
+    blind = [b.started - a.started for a, b in zip(tickets, tickets[1:], strict=False)]
+    assert all(g == pytest.approx(1 / 50.0) for g in blind)  # half the budget, no answer yet
+    ft.now = tickets[0].started + 1.0
+    limiter.on_success(tickets[0])  # the first answer: 1 s latency
+    stepped = ft.now
+    times = starts(limiter, ft, 600)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert gaps[0] == pytest.approx(1 / 50.0, rel=0.02)  # half the budget at first
-    assert times[140] - times[0] < 2.0 < times[160] - times[0]  # 75/s on average
-    assert gaps[-1] == pytest.approx(1 / 100.0)  # the whole budget after 2 s
-    fresh = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
-    tickets = sent_at(fresh, ft, 100.0, 5)
-    fresh.on_rate_limited(None, tickets[-1])
+    hold = 1.1 * 50 / 12 + 1.0  # 50 requests of burst drain at 12/s, plus one latency
+    assert gaps[1] == pytest.approx(1 / 62.0)  # 50 + 12 / 1 s
+    i = next(i for i, g in enumerate(gaps) if g < 0.99 / 62.0)
+    assert times[i] - stepped == pytest.approx(hold, abs=0.05)  # held that long
+    assert gaps[i] == pytest.approx(1 / 74.0)  # then one more step
+    fresh = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(fresh, ft, 50.0, 60)
+    ft.now += 1.0
+    fresh.on_rate_limited(1.0, tickets[-1])  # rejected at 50/s, the level shown safe
+    assert fresh.learned_rate == pytest.approx(50.0)
     after = starts(fresh, ft, 3)
     assert after[2] - after[1] == pytest.approx(1 / fresh.rate)  # learned: no ramp left
+
+
+def test_short_latency_reaches_the_budget_in_one_step() -> None:
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 10)
+    assert tickets[1].started - tickets[0].started == pytest.approx(1 / 25.0)
+    ft.now = tickets[0].started + 0.2
+    limiter.on_success(tickets[0])  # 0.2 s: a step may be 60/s, so all of the 50/s at once
+    times = starts(limiter, ft, 5)
+    assert times[-1] - times[-2] == pytest.approx(1 / 50.0)
+
+
+def test_first_rejection_holds_the_safe_level_while_answers_are_in_flight() -> None:
+    """A token bucket's burst makes the second before the first rejection overstate its
+    rate: until the requests in flight are answered, nothing goes faster than the last
+    level shown safe."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 5)
+    ft.now = tickets[0].started + 1.0
+    limiter.on_success(tickets[0])  # latency 1 s: the level steps from 50 to 62
+    tickets = sent_at(limiter, ft, 1000.0, 200)  # 62/s for about 3 s, all accepted
+    ft.now += 1.0
+    limiter.on_rate_limited(1.0, tickets[-1])
+    assert limiter.learned_rate == pytest.approx(62.0, abs=1)
+    held = starts(limiter, ft, 20)
+    assert held[-1] - held[-2] == pytest.approx(1 / (0.97 * 50.0))  # the safe level
+    ft.now += 1.2
+    later = starts(limiter, ft, 3)
+    assert later[-1] - later[-2] == pytest.approx(1 / limiter.rate)  # then what it learned
 
 
 def test_rejection_at_the_rate_itself_settles_below_it_and_stays() -> None:
@@ -251,10 +295,12 @@ def test_in_flight_follows_rate_times_latency() -> None:
     assert fixed.limit == 8 and fixed.capacity == 8
 
 
-def test_in_flight_grows_one_per_completion() -> None:
+def test_in_flight_follows_the_rate_at_once() -> None:
+    """No slow start: the limiter's ramp keeps an unknown ceiling from being overrun, and
+    a gate growing one per answer would cap a 1 s latency at 16, then 32 requests/s."""
     gate = InFlightGate(None, start=16)
     gate.observe(1.0, 100.0)
-    assert gate.limit == 17  # not straight to 127: slow start
+    assert gate.limit == 127
 
 
 def test_gate_waits_for_room() -> None:

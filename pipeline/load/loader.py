@@ -136,7 +136,7 @@ class _Loader:
         self.limiter: Budget = shared_budget or AccountLimiter(
             requests_per_second, tokens_per_minute, clock=clock, sleep=sleep
         )
-        self.gate = InFlightGate(cfg.max_in_flight)
+        self.gate = InFlightGate(cfg.max_in_flight, start=_blind_in_flight(self.limiter.rate))
         self.stats = LoadStats()
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
@@ -478,6 +478,13 @@ class _Loader:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+
+def _blind_in_flight(rate: float | None) -> int:
+    """Requests in flight before the first answer shows the latency: 16, or one second
+    of the request budget when that is more (the limiter paces them; a fixed 16 would cap
+    a 50/s budget at 16/s while the first answers of a 1 s latency are on their way)."""
+    return 16 if rate is None else max(16, math.ceil(rate))
 
 
 def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:

@@ -100,7 +100,8 @@ class AccountLimiter:
         max_pause: float = 60.0,
         cut_every: float = 2.0,
         ramp_from: float = 0.5,
-        ramp_seconds: float = 2.0,
+        overshoot: float = 12.0,
+        ramp: bool = True,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -123,8 +124,19 @@ class AccountLimiter:
         self.max_pause = max_pause
         self.cut_every = cut_every
         self.ramp_from = ramp_from
-        self.ramp_seconds = ramp_seconds
+        self.overshoot = overshoot
+        self.ramp = ramp and rps is not None
         self._started = now
+        self._latency: float | None = None
+        """Smoothed seconds from a request's start to its answer (None: no answer yet)."""
+        blind = (rps or 0.0) * ramp_from if self.ramp else (rps or 0.0)
+        self._level = blind
+        """Requests/s the ramp allows now (the whole budget once the ramp is over)."""
+        self._proven = blind
+        """The highest level held long enough to show it is below the server's ceiling."""
+        self._level_since = now
+        self._confirm_until = float("-inf")
+        self._confirm_rate = float("inf")
         self._clock = clock
         self._sleep = sleep
         self._paused_until = float("-inf")
@@ -173,11 +185,13 @@ class AccountLimiter:
         req, tok = self._req, self._tok
         while True:
             now = self._clock()
+            if req.learned is None and self.ramp:
+                self._climb(now)
             early = self.catch_up if req.learned is None else 0.0
             start = max(now, req.tat - early, tok.tat, self._paused_until)
             start = max(start, self._window_room(start))
             if req.rate is not None:
-                req.tat = max(req.tat, start) + req.interval(requests, self._ramp(start))
+                req.tat = max(req.tat, start) + req.interval(requests, self._share(start))
             if tok.rate is not None:
                 tok.tat = max(tok.tat, start) + tok.interval(tokens)
             if start <= now:
@@ -194,19 +208,58 @@ class AccountLimiter:
         self._remember(ticket)
         return ticket
 
-    def _ramp(self, at: float) -> float:
-        """The share of the request budget usable at `at` before anything is learned.
+    def _share(self, at: float) -> float:
+        """The share of the request budget usable at `at`: the ramp's level before the
+        first rejection, the confirmation rate just after it, else all of it."""
+        req = self._req
+        if req.rate is None:
+            return 1.0
+        if req.learned is None:
+            if not self.ramp:
+                return 1.0
+            return min(1.0, self._level / req.rate)
+        if at < self._confirm_until:
+            return min(1.0, self._confirm_rate / req.rate)
+        return 1.0
+
+    def _climb(self, now: float) -> None:
+        """Step the ramp up while nothing is learned.
 
         The configured rate may be above the server's ceiling (the user does not know it),
-        and the first rejection reaches us one latency after the server's window filled:
-        everything sent meanwhile is refused. Starting at `ramp_from` of the budget and
-        rising linearly over `ramp_seconds` keeps that blind overshoot small; once a
-        rejection taught the ceiling, the ramp is over.
+        and a rejection is heard one latency L after the server began refusing: everything
+        sent meanwhile above the ceiling is refused. The ceiling is assumed to be at least
+        `ramp_from` of the configured rate, so that is where sending starts; each step up
+        from a level shown to be safe is at most `overshoot` / L requests/s (a sliding
+        window then refuses at most `overshoot` requests before we hear), and at most
+        `overshoot` requests/s unless the new level is itself at most `overshoot` / L (a
+        fixed window refuses at most one latency of sends). A level counts as safe once it
+        was held for `window x level / step` seconds plus one latency: long enough for a
+        token bucket's burst (one window of its rate) to drain if its rate were a step
+        below, so a burst cannot hide the ceiling for more than one step.
         """
-        if self._req.learned is not None or self.ramp_seconds <= 0:
-            return 1.0
-        done = (at - self._started) / self.ramp_seconds
-        return min(1.0, self.ramp_from + (1.0 - self.ramp_from) * max(0.0, done))
+        req = self._req
+        ceiling, latency = req.rate, self._latency
+        if ceiling is None or latency is None:
+            return  # no answer yet: stay at the level assumed safe
+        latency = max(latency, 1e-3)
+        while self._level < ceiling:
+            step = self._level - self._proven
+            if step > 0:
+                hold = 1.1 * req.window * self._proven / step + latency
+                if now < self._level_since + hold:
+                    return
+                self._level_since += hold
+            else:
+                self._level_since = now
+            self._proven = self._level
+            budget = self.overshoot / latency
+            nxt = min(ceiling, self._level + budget, max(budget, self._level + self.overshoot))
+            if nxt <= self._level:
+                return
+            self._level = nxt
+            # requests waiting on slots reserved at the lower level take new ones
+            req.tat = min(req.tat, now + self.catch_up + 1.0 / nxt)  # and no catch-up burst
+            self._epoch += 1
 
     def _window_room(self, start: float) -> float:
         """The earliest time from `start` at which one more request keeps what was sent
@@ -263,6 +316,7 @@ class AccountLimiter:
     def on_success(self, ticket: Ticket | None = None) -> None:
         """A confirmed request: after `probe_every` calm seconds, raise each budget a step."""
         now = self._clock()
+        self._observe(ticket, now)
         for budget in (self._req, self._tok):
             if budget.rate is None or budget.ceiling is None or budget.rate >= budget.ceiling:
                 continue
@@ -270,9 +324,17 @@ class AccountLimiter:
                 budget.rate = min(budget.ceiling, budget.rate + self.probe_step * budget.ceiling)
                 budget.calm_since = now
 
+    def _observe(self, ticket: Ticket | None, now: float) -> None:
+        """Learn the latency (start to answer) that the ramp's steps are sized by."""
+        if ticket is None or not self.ramp:
+            return
+        seconds = max(0.0, now - ticket.started)
+        self._latency = seconds if self._latency is None else 0.8 * self._latency + 0.2 * seconds
+
     def on_rate_limited(self, retry_after: float | None, ticket: Ticket | None = None) -> None:
         """The server said too many requests: settle below what it accepted, maybe pause."""
         now = self._clock()
+        self._observe(ticket, now)
         started = ticket.started if ticket is not None else now
         if ticket is not None:
             ticket.rejected = True
@@ -332,6 +394,8 @@ class AccountLimiter:
             cause = (
                 budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
             )
+            if budget is self._req and budget.learned is None and self.ramp:
+                self._confirm(now, cause)
             budget.learned = cause
             budget.rate = max(budget.floor, cause * self.settle)
             budget.last_cut = now
@@ -346,6 +410,18 @@ class AccountLimiter:
             budget.calm_since = now
             budget.tat = now
             self._epoch += 1
+
+    def _confirm(self, now: float, cause: float) -> None:
+        """The first rejection during the ramp: until the requests still in flight are
+        answered, send no faster than the last level shown safe.
+
+        What the server accepted in the second before the rejected request overstates a
+        token bucket's rate (its burst was part of it); the answers still in flight tell
+        (a bucket's count falls while a window's stays), and refine the estimate.
+        """
+        latency = self._latency if self._latency is not None else self._req.window
+        self._confirm_until = now + 1.1 * latency + 0.05
+        self._confirm_rate = max(self._req.floor, min(cause, self._proven) * self.settle)
 
 
 class InFlightGate:
@@ -392,11 +468,9 @@ class InFlightGate:
             return
         if rate is None:
             return  # no budget to fill: stay at `start` (a local server gains nothing more)
-        want = min(self.high, max(self.low, int(self.headroom * rate * self.latency) + 2))
-        # grow by at most one per completed request (doubling per round trip, like TCP's
-        # slow start), so a budget above the server's ceiling is found with a small
-        # overshoot instead of a full round trip of rejected requests; shrink at once
-        self.limit = min(want, self.limit + 1)
+        # the limiter's ramp keeps an unknown ceiling from being overrun; the gate only
+        # has to leave room for the rate it allows
+        self.limit = min(self.high, max(self.low, int(self.headroom * rate * self.latency) + 2))
         self._admit()
 
     async def enter(self) -> None:

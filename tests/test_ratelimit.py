@@ -26,6 +26,7 @@ from pipeline.load.policy import (
     redact,
 )
 from pipeline.load.ratelimit import AccountLimiter, InFlightGate, Ticket
+from tests.limits_sim import VirtualLoop, run_virtual
 from tests.loader_fakes import FakeTime
 
 
@@ -198,14 +199,21 @@ def test_start_steps_up_from_half_the_budget_until_the_first_rejection() -> None
 
 
 def test_short_latency_reaches_the_budget_in_one_step() -> None:
+    """At 0.2 s a step may be 60/s: after one window at half the budget (so a window
+    counting from the start is full before anything steps above it), 98% of it at once."""
     ft = FakeTime()
     limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
     tickets = sent_at(limiter, ft, 1000.0, 10)
     assert tickets[1].started - tickets[0].started == pytest.approx(1 / 25.0)
     ft.now = tickets[0].started + 0.2
-    limiter.on_success(tickets[0])  # 0.2 s: a step may be 60/s, so all of the 50/s at once
-    times = starts(limiter, ft, 5)
-    assert times[-1] - times[-2] == pytest.approx(1 / 50.0)
+    limiter.on_success(tickets[0])
+    times = starts(limiter, ft, 40)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] == pytest.approx(1 / 25.0)  # the first window is not over
+    i = next(i for i, g in enumerate(gaps) if g < 1 / 30.0)
+    # (a start already reserved at 25/s keeps its time: up to two slots of 0.04 s late)
+    assert times[i] == pytest.approx(tickets[0].started + 1.0, abs=0.09)
+    assert gaps[i] == pytest.approx(1 / 49.0)  # then 98% of the budget
 
 
 def test_first_rejection_holds_the_safe_level_while_answers_are_in_flight() -> None:
@@ -490,3 +498,59 @@ def test_a_waiting_slot_is_retaken_at_the_lowered_rate() -> None:
     asyncio.run(main())
     assert len(ft.sleeps) >= 2  # the second one slept again for a slot at the new rate
     assert order[1][1] - order[0][1] > 0.01
+
+
+def test_a_step_up_keeps_the_token_slots_already_reserved() -> None:
+    """Requests waiting on the token schedule take new request slots when the ramp steps
+    up, but keep their token slots: reserving tokens again would push every later call
+    back (a token-bound run sent 3 calls/s instead of 9 for its first seconds)."""
+
+    async def main(loop: VirtualLoop) -> list[float]:
+        limiter = AccountLimiter(50.0, 60_000, clock=loop.time, sleep=asyncio.sleep)
+        tickets = [asyncio.ensure_future(limiter.acquire(tokens=100)) for _ in range(30)]
+        await asyncio.sleep(1.05)
+        limiter.on_success(tickets[0].result())  # latency known after a window: a step up
+        return sorted(t.started for t in await asyncio.gather(*tickets))
+
+    starts = run_virtual(main)
+    # 30 calls of 100 tokens at 1,000 tokens/s: 2.9 s from the first to the last
+    assert starts[-1] - starts[0] == pytest.approx(2.9, abs=0.05)
+
+
+def test_one_low_count_is_jitter_two_in_a_row_refine() -> None:
+    """After the first rejection, a later one of the same event whose second held clearly
+    fewer requests lowers the learned ceiling only when the next one agrees: a token
+    bucket's counts fall one after the other, a window's jitter is one count here and
+    there (a single low count in real time halved the margin of a sliding window)."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    tickets = sent_at(limiter, ft, 60.0, 200)  # 60/s for over 3 s, all accepted
+    limiter.on_rate_limited(1.0, tickets[120])
+    assert limiter.learned_rate == pytest.approx(60.0, abs=1)
+    for t in tickets[121:123]:
+        t.rejected = True  # the server refused these too
+    tickets[124].rejected = True
+    tickets[126].rejected = True
+    # one count well below (9 of the second before refused): not yet
+    late = tickets[140]
+    for t in tickets[81:140:5]:
+        t.rejected = True
+    limiter.on_rate_limited(1.0, late)
+    assert limiter.learned_rate == pytest.approx(60.0, abs=1)
+    limiter.on_rate_limited(1.0, tickets[141])  # the next agrees: refined
+    assert limiter.learned_rate is not None and limiter.learned_rate < 55.0
+
+
+def test_refused_at_the_configured_rate_settles_without_a_hold() -> None:
+    """Once the ramp has reached the configured rate, a rejection there says the ceiling
+    is about that rate: the limiter settles at 97% of it at once."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    first = sent_at(limiter, ft, 1000.0, 2)
+    ft.now = first[0].started + 1.0
+    limiter.on_success(Ticket(ft.now - 0.2, 1.0, 0.0))  # 0.2 s: straight to 98%, 49/s
+    tickets = sent_at(limiter, ft, 1000.0, 100)
+    limiter.on_rate_limited(1.0, tickets[-1])
+    times = starts(limiter, ft, 5)
+    assert times[-1] - times[-2] == pytest.approx(1 / limiter.rate)
+    assert limiter.rate == pytest.approx(0.97 * 49.0, abs=0.6)

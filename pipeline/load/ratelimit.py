@@ -24,6 +24,10 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   limiter additionally pauses *every* start when the server asks for longer than one
   `window` (a longer pause is a statement about the account, not about one request), capped
   at `max_pause`; for 40309 the token schedule is pushed back by the (capped) Retry-After.
+- **A stepped start.** Until the first rejection the request budget climbs from half the
+  configured rate in steps sized by the observed latency, each held until a token
+  bucket's burst would have drained (`_climb`); right after the first rejection it holds
+  the last level shown safe for one latency (`_confirm`). docs/loader.md has the figures.
 - **Catch-up.** Slots missed while every worker was busy may be caught up within `catch_up`
   seconds, until the first rejection: a server that rejects has shown that it counts
   strictly, so from then on starts stay evenly spaced.
@@ -47,6 +51,9 @@ REQUEST_WINDOW = 1.0
 """Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
 TOKEN_WINDOW = 60.0
 """Seconds over which a tokens-per-minute limit is counted."""
+RAMP_FROM = 0.5
+"""Until the first answer, the share of the configured request rate sent: the server's
+ceiling is assumed to be at least this share of what the user configured."""
 REFINE_BY = 2.5
 """A later rejection of the same event lowers the learned ceiling when the server accepted
 at least this many requests (per second) fewer than learned: counts, not shares, so a
@@ -77,6 +84,8 @@ class _Budget:
     last_cut: float = float("-inf")
     calm_since: float = 0.0
     rejections: int = 0
+    low: float | None = None
+    """A count below the learned ceiling not yet confirmed by the next rejection."""
 
     def interval(self, weight: float, share: float = 1.0) -> float:
         return 0.0 if self.rate is None or weight <= 0 else weight / (self.rate * share)
@@ -99,8 +108,9 @@ class AccountLimiter:
         catch_up: float = 0.1,
         max_pause: float = 60.0,
         cut_every: float = 2.0,
-        ramp_from: float = 0.5,
+        ramp_from: float = RAMP_FROM,
         overshoot: float = 12.0,
+        ramp_to: float = 0.98,
         ramp: bool = True,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
@@ -125,6 +135,7 @@ class AccountLimiter:
         self.cut_every = cut_every
         self.ramp_from = ramp_from
         self.overshoot = overshoot
+        self.ramp_to = ramp_to
         self.ramp = ramp and rps is not None
         self._started = now
         self._latency: float | None = None
@@ -142,6 +153,8 @@ class AccountLimiter:
         self._paused_until = float("-inf")
         self._recent: deque[Ticket] = deque()
         self._epoch = 0
+        self._tok_epoch = 0
+        """Bumped whenever the token budget is lowered or its schedule pushed back."""
         """Bumped whenever a budget is lowered or starts are paused."""
 
     # --- what callers and reports read ----------------------------------------------------
@@ -150,6 +163,15 @@ class AccountLimiter:
     def rate(self) -> float | None:
         """Current requests-per-second budget (None: unlimited)."""
         return self._req.rate
+
+    @property
+    def pace(self) -> float | None:
+        """Requests/s allowed now: the ramp's level before the first rejection, the safe
+        level while its answers are in flight, else the budget (None: unlimited). The
+        in-flight gate is sized by it, so no more requests wait for a start than the pace
+        needs (a waiting request holds a start time reserved at the pace it was taken)."""
+        rate = self._req.rate
+        return None if rate is None else rate * self._share(self._clock())
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -183,17 +205,26 @@ class AccountLimiter:
         """Wait until a request of this weight may start within both budgets; returns its
         ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`)."""
         req, tok = self._req, self._tok
+        tok_slot: float | None = None
+        """This request's token slot once reserved: taking a new request slot (the ramp
+        stepped up, the request budget was cut) keeps it, so tokens are not reserved twice;
+        only a change of the token budget itself takes a new one."""
+        tok_epoch = self._tok_epoch
         while True:
             now = self._clock()
             if req.learned is None and self.ramp:
                 self._climb(now)
+            if self._tok_epoch != tok_epoch:
+                tok_slot, tok_epoch = None, self._tok_epoch
             early = self.catch_up if req.learned is None else 0.0
-            start = max(now, req.tat - early, tok.tat, self._paused_until)
+            tok_from = tok.tat if tok_slot is None else tok_slot
+            start = max(now, req.tat - early, tok_from, self._paused_until)
             start = max(start, self._window_room(start))
             if req.rate is not None:
                 req.tat = max(req.tat, start) + req.interval(requests, self._share(start))
-            if tok.rate is not None:
+            if tok.rate is not None and tok_slot is None:
                 tok.tat = max(tok.tat, start) + tok.interval(tokens)
+                tok_slot = start
             if start <= now:
                 break
             epoch = self._epoch
@@ -238,28 +269,28 @@ class AccountLimiter:
         below, so a burst cannot hide the ceiling for more than one step.
         """
         req = self._req
-        ceiling, latency = req.rate, self._latency
+        ceiling = None if req.rate is None else req.rate * self.ramp_to
+        latency = self._latency
         if ceiling is None or latency is None:
             return  # no answer yet: stay at the level assumed safe
         latency = max(latency, 1e-3)
         while self._level < ceiling:
             step = self._level - self._proven
+            # a window must have turned over at this level before a step above it costs
+            # only the step (until then the server's window holds less than the level)
+            hold = req.window
             if step > 0:
-                hold = 1.1 * req.window * self._proven / step + latency
-                if now < self._level_since + hold:
-                    return
-                self._level_since += hold
-            else:
-                self._level_since = now
+                hold = max(hold, 1.1 * req.window * self._proven / step) + latency
+            if now < self._level_since + hold:
+                return
+            self._level_since = now if step <= 0 else self._level_since + hold
             self._proven = self._level
             budget = self.overshoot / latency
             nxt = min(ceiling, self._level + budget, max(budget, self._level + self.overshoot))
             if nxt <= self._level:
                 return
+            # slots already reserved keep their times: the new level spaces the next ones
             self._level = nxt
-            # requests waiting on slots reserved at the lower level take new ones
-            req.tat = min(req.tat, now + self.catch_up + 1.0 / nxt)  # and no catch-up burst
-            self._epoch += 1
 
     def _window_room(self, start: float) -> float:
         """The earliest time from `start` at which one more request keeps what was sent
@@ -330,6 +361,8 @@ class AccountLimiter:
             return
         seconds = max(0.0, now - ticket.started)
         self._latency = seconds if self._latency is None else 0.8 * self._latency + 0.2 * seconds
+        if self._req.learned is None:
+            self._climb(now)
 
     def on_rate_limited(self, retry_after: float | None, ticket: Ticket | None = None) -> None:
         """The server said too many requests: settle below what it accepted, maybe pause."""
@@ -370,6 +403,7 @@ class AccountLimiter:
         if retry_after is not None and retry_after > 0:
             budget.tat = max(budget.tat, now + min(retry_after, self.max_pause))
             self._epoch += 1
+            self._tok_epoch += 1
 
     def _new_event(self, budget: _Budget, started: float, now: float) -> bool:
         """A rejection is a new congestion event when its request left after the last cut
@@ -402,14 +436,23 @@ class AccountLimiter:
             budget.calm_since = now
             budget.tat = now  # requests still waiting take new slots at the new rate
             self._epoch += 1
+            self._tok_epoch += budget is self._tok
         elif (
-            budget.rate / 2 < observed < (budget.learned or budget.rate) - REFINE_BY * budget.window
+            not budget.rate / 2
+            < observed
+            < (budget.learned or budget.rate) - REFINE_BY * (budget.window)
         ):
+            budget.low = None  # a count at the learned ceiling: a lower one was jitter
+        elif budget.low is None:
+            budget.low = observed  # one low count may be jitter; two in a row are a trend
+        else:
+            observed, budget.low = max(observed, budget.low), None
             budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
             budget.tat = now
             self._epoch += 1
+            self._tok_epoch += budget is self._tok
 
     def _confirm(self, now: float, cause: float) -> None:
         """The first rejection during the ramp: until the requests still in flight are
@@ -419,7 +462,10 @@ class AccountLimiter:
         token bucket's rate (its burst was part of it); the answers still in flight tell
         (a bucket's count falls while a window's stays), and refine the estimate.
         """
-        latency = self._latency if self._latency is not None else self._req.window
+        req = self._req
+        if req.rate is not None and self._level >= req.rate * self.ramp_to:
+            return  # refused at the configured rate itself: that is the ceiling, near enough
+        latency = self._latency if self._latency is not None else req.window
         self._confirm_until = now + 1.1 * latency + 0.05
         self._confirm_rate = max(self._req.floor, min(cause, self._proven) * self.settle)
 

@@ -34,8 +34,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field
 
-from connectors.discord_model import decode_message
-from connectors.discord_text import Names, attachment_lines, learn_roles, render_markup
+from connectors.discord_model import Message, as_message, decode_message, decode_messages
+from connectors.discord_text import Names, attachment_lines, render_markup
 from connectors.export_files import ExportFiles
 from connectors.group_chat import (
     Conversations,
@@ -328,6 +328,7 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
     conversations = state.conversations.setdefault(
         channel.id, Conversations(_mode(options), options.session_gap_minutes * 60_000_000)
     )
+    file = _File(label, channel, conversations)
     array: Array | None = None
     try:
         with export.open(channel.name) as fh:
@@ -337,10 +338,10 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
                 array = event
                 full, take = state.rows.__len__, state.rows.take
                 limit = state.rows.rows_per_table
-                for value in event.values(decode_message):
-                    problem = _message(value, event.index, channel, conversations, state, label)
-                    if problem is not None:
-                        yield problem
+                for first, values in event.runs(decode_messages, decode_message):
+                    problems = _stage(values, first, file, state)
+                    if problems:
+                        yield from problems
                     if full() >= limit and (table := take()) is not None:
                         yield table
     except JSONStreamError as exc:
@@ -358,6 +359,23 @@ def _read_file(export: ExportFiles, channel: _Channel, state: _State) -> Iterato
         )
 
 
+@dataclass
+class _File:
+    """What every message of one channel file shares, worked out once per file."""
+
+    label: str
+    channel: _Channel
+    conversations: Conversations
+    conversation: str = ""
+    """`discord:<channel id>`: the conversation id, or its prefix."""
+    keyed: bool = True
+    """Whether conversation ids have a key after the channel's (all but `channel` mode)."""
+
+    def __post_init__(self) -> None:
+        self.conversation = f"{SOURCE}:{self.channel.id}"
+        self.keyed = self.conversations.mode != "chat"
+
+
 def _mode(options: Options) -> Literal["chat", "thread", "session"]:
     return "chat" if options.conversation == "channel" else options.conversation
 
@@ -370,164 +388,216 @@ def _snowflake(value: Any) -> int | None:
     return None
 
 
-def _message(  # noqa: C901 (one pass over the record's fields, in order)
-    msg: Any,
-    index: int,
-    channel: _Channel,
-    conversations: Conversations,
-    state: _State,
-    label: str,
-) -> Quarantined | None:
-    """Stage one message (append a row) or count it as skipped; a quarantine entry if broken."""
+def _stage(  # noqa: C901, PLR0912, PLR0915 (one pass over each record's fields, in order)
+    values: list[Any], first: int, file: _File, state: _State
+) -> list[Quarantined]:
+    """Stage each message of a run (append a row) or count it as skipped; the quarantine
+    entries of broken records. `values[i]` is element `first + i` of the file's array.
+
+    One loop over the run, with everything the messages share read once before it: the
+    per-message code is most of a Discord extract's time.
+    """
+    problems: list[Quarantined] = []
+    skipped = state.skipped
+    seen = state.seen
+    names = state.names
+    users = names.users
+    known_roles = names.roles
+    owners = state.owners
+    per_author = owners.per_author
+    prefix = owners.prefix
+    owner = owners.user_id
+    label = file.label
+    meta_head = file.channel.meta_head
+    conversation = file.conversation
+    session_key = file.conversations.key if file.keyed else None
+    (
+        add_source,
+        add_file,
+        add_position,
+        add_id,
+        add_conversation,
+        add_owner,
+        add_role,
+        add_author_id,
+        add_author,
+        add_content,
+        add_time,
+        add_seq,
+        add_meta,
+    ) = state.add
+    for index, msg in enumerate(values, first):
+        if not isinstance(msg, Message):
+            msg = as_message(msg)
+            if not isinstance(msg, Message):
+                problems.append(_unusable(msg, index, label))
+                continue
+        snowflake = int(msg.id)  # a snowflake: the schema and `as_message` take no other
+        kind = msg.type
+        if kind not in KEPT_TYPES:
+            if kind in SYSTEM_TYPES:
+                skipped["discord:" + kind] += 1
+                continue
+            if kind.isdigit() and kind not in _KEPT_NUMBERS:
+                skipped["discord:system_type"] += 1
+                continue
+        if snowflake in seen:
+            skipped["discord:duplicate"] += 1
+            continue
+
+        # author
+        author = msg.author
+        author_id: str | None = None
+        name = "Unknown"
+        is_bot = False
+        handle = ""
+        if author is not None:
+            aid = author.id
+            author_id = aid if type(aid) is str and aid else None
+            given = author.name
+            handle = given if type(given) is str else ""
+            nickname = author.nickname
+            name = (nickname if type(nickname) is str else "") or handle or author_id or "Unknown"
+            is_bot = author.isBot is True
+            if author_id is not None:
+                users[author_id] = name
+            if author.roles:
+                for role in author.roles:
+                    rid, rname = role.id, role.name
+                    if type(rid) is str and type(rname) is str and rname:
+                        known_roles[rid] = rname
+        if per_author:
+            if is_bot:
+                skipped["discord:bot_author"] += 1
+                continue
+            if author_id is None:
+                skipped["discord:no_author"] += 1
+                continue
+            mapped = owners.author_owner(author_id, handle or name)
+            if mapped is None:
+                skipped["discord:author_unmapped"] += 1
+                continue
+            owner = mapped
+
+        # content
+        extra: dict[str, Any] = {}
+        text = msg.content
+        content = text if type(text) is str else ""
+        if "<" in content:
+            content = render_markup(content, msg.mentions, names)
+        forwarded = msg.forwardedMessage
+        if msg.attachments or msg.stickers or msg.embeds or type(forwarded) is dict:
+            content = _with_attachments(msg, content, forwarded, names, extra)
+        if not content or content.isspace():
+            skipped["discord:empty"] += 1
+            continue
+        seen.add(snowflake)
+
+        micros = micros_from_iso(msg.timestamp)
+        reply_to = None
+        reference = msg.reference
+        if type(reference) is dict and reference.get("type") in (None, "Default"):
+            reply_to = _snowflake(reference.get("messageId"))
+            if reply_to is not None:
+                extra["reply_to_message_id"] = str(reply_to)
+                extra["reply_to"] = f"{SOURCE}:{reply_to}"
+        if (
+            msg.timestampEdited is not None
+            or msg.isPinned is True
+            or is_bot
+            or msg.reactions
+            or msg.interaction is not None
+            or (kind != "Default" and kind != "Reply")
+        ):
+            _more_metadata(msg, kind, extra, is_bot)
+
+        add_source(SOURCE)
+        add_file(label)
+        add_position(f"messages[{index}]")
+        add_id(f"{SOURCE}:{snowflake}")
+        if session_key is None:
+            add_conversation(conversation)
+        else:
+            add_conversation(f"{conversation}:{session_key(snowflake, micros, reply_to)}")
+        add_owner(owner)
+        add_role("assistant" if is_bot else "user")
+        add_author_id(author_id)
+        add_author(name)
+        add_content(f"{name}: {content}" if prefix else content)
+        add_time(micros)
+        add_seq(snowflake)
+        if extra:  # no key of `extra` is in the head: the same text as dumping them merged
+            add_meta(f'{meta_head}{snowflake}",{orjson.dumps(extra, default=str).decode()[1:]}')
+        else:
+            add_meta(f'{meta_head}{snowflake}"}}')
+    return problems
+
+
+def _with_attachments(
+    msg: Message, content: str, forwarded: Any, names: Names, extra: dict[str, Any]
+) -> str:
+    """The message's text followed by its attachments, stickers, embeds and forwarded
+    message (an empty text left out)."""
+    parts = [content] if content.strip() else []
+    if msg.attachments or msg.stickers or msg.embeds:
+        parts.extend(attachment_lines(msg.attachments, msg.stickers, msg.embeds, extra))
+    if type(forwarded) is dict:
+        inner = _text(forwarded.get("content"))
+        if "<" in inner:
+            inner = render_markup(inner, None, names)
+        lines = [inner] if inner.strip() else []
+        lines.extend(
+            attachment_lines(
+                forwarded.get("attachments"), forwarded.get("stickers"), forwarded.get("embeds"), {}
+            )
+        )
+        if lines:
+            parts.append("[forwarded message]\n" + "\n".join(lines))
+            extra["forwarded"] = True
+    return "\n".join(parts)
+
+
+def _unusable(value: Any, index: int, label: str) -> Quarantined:
+    """The quarantine entry of a record that is not an object or has no snowflake `id`."""
     where = f"messages[{index}]"
-    if type(msg) is not dict:
-        kind = "null" if msg is None else type(msg).__name__
+    if type(value) is not dict:
+        kind = "null" if value is None else type(value).__name__
         return Quarantined(
             label,
             where,
             f"discord:not_a_message: message is a JSON {kind}, not an object",
-            excerpt(repr(msg)),
+            excerpt(repr(value)),
         )
-    snowflake = _snowflake(msg.get("id"))
-    if snowflake is None:
-        return Quarantined(
-            label,
-            where,
-            "discord:no_id: message has no snowflake `id`",
-            excerpt(repr(msg)),
-        )
-    skipped = state.skipped
-    kind = msg.get("type", "Default")
-    if type(kind) is not str:  # any JSON value may stand here; lists are not hashable
-        kind = str(kind)
-    if kind not in KEPT_TYPES:
-        if kind in SYSTEM_TYPES:
-            skipped["discord:" + kind] += 1
-            return None
-        if kind.isdigit() and kind not in _KEPT_NUMBERS:
-            skipped["discord:system_type"] += 1
-            return None
-    if snowflake in state.seen:
-        skipped["discord:duplicate"] += 1
-        return None
-
-    # author
-    author = msg.get("author")
-    author_id: str | None = None
-    name = "Unknown"
-    is_bot = False
-    handle = ""
-    if type(author) is dict:
-        aid = author.get("id")
-        author_id = aid if type(aid) is str and aid else None
-        given = author.get("name")
-        handle = given if type(given) is str else ""
-        nickname = author.get("nickname")
-        name = (nickname if type(nickname) is str else "") or handle or author_id or "Unknown"
-        is_bot = author.get("isBot") is True
-        if author_id is not None:
-            state.names.users[author_id] = name
-        learn_roles(author.get("roles"), state.names.roles)
-    owners = state.owners
-    if owners.per_author:
-        if is_bot:
-            skipped["discord:bot_author"] += 1
-            return None
-        if author_id is None:
-            skipped["discord:no_author"] += 1
-            return None
-        owner = owners.author_owner(author_id, handle or name)
-        if owner is None:
-            skipped["discord:author_unmapped"] += 1
-            return None
-    else:
-        owner = owners.user_id
-
-    # content
-    extra: dict[str, Any] = {}
-    text = msg.get("content")
-    content = text if type(text) is str else ""
-    if "<" in content:
-        content = render_markup(content, msg.get("mentions"), state.names)
-    parts = [content] if content.strip() else []
-    if msg.get("attachments") or msg.get("stickers") or msg.get("embeds"):
-        parts.extend(attachment_lines(msg, extra))
-    forwarded = msg.get("forwardedMessage")
-    if type(forwarded) is dict:
-        inner = _text(forwarded.get("content"))
-        if "<" in inner:
-            inner = render_markup(inner, None, state.names)
-        lines = [inner] if inner.strip() else []
-        lines.extend(attachment_lines(forwarded, {}))
-        if lines:
-            parts.append("[forwarded message]\n" + "\n".join(lines))
-            extra["forwarded"] = True
-    content = "\n".join(parts)
-    if not content or content.isspace():
-        skipped["discord:empty"] += 1
-        return None
-    state.seen.add(snowflake)
-
-    micros = micros_from_iso(msg.get("timestamp"))
-    reply_to = None
-    reference = msg.get("reference")
-    if type(reference) is dict and reference.get("type") in (None, "Default"):
-        reply_to = _snowflake(reference.get("messageId"))
-        if reply_to is not None:
-            extra["reply_to_message_id"] = str(reply_to)
-            extra["reply_to"] = f"{SOURCE}:{reply_to}"
-    _more_metadata(msg, kind, extra, is_bot)
-
-    key = conversations.key(snowflake, micros, reply_to)
-    conversation = f"{SOURCE}:{channel.id}" if key is None else f"{SOURCE}:{channel.id}:{key}"
-    if extra:  # no key of `extra` is in the head: the same text as dumping them merged
-        meta = f'{channel.meta_head}{snowflake}",{orjson.dumps(extra, default=str).decode()[1:]}'
-    else:
-        meta = f'{channel.meta_head}{snowflake}"}}'
-    if owners.prefix:
-        content = f"{name}: {content}"
-    add = state.add
-    add[0](SOURCE)
-    add[1](label)
-    add[2](where)
-    add[3](f"{SOURCE}:{snowflake}")
-    add[4](conversation)
-    add[5](owner)
-    add[6]("assistant" if is_bot else "user")
-    add[7](author_id)
-    add[8](name)
-    add[9](content)
-    add[10](micros)
-    add[11](snowflake)
-    add[12](meta)
-    return None
+    return Quarantined(
+        label, where, "discord:no_id: message has no snowflake `id`", excerpt(repr(value))
+    )
 
 
-def _more_metadata(msg: dict[str, Any], kind: Any, extra: dict[str, Any], is_bot: bool) -> None:
-    edited_at = msg.get("timestampEdited")
+def _more_metadata(msg: Message, kind: str, extra: dict[str, Any], is_bot: bool) -> None:
+    edited_at = msg.timestampEdited
     if edited_at is not None and (edited := micros_from_iso(edited_at)) is not None:
         extra["edited"] = iso_from_micros(edited)
-    if msg.get("isPinned") is True:
+    if msg.isPinned is True:
         extra["pinned"] = True
     if kind not in ("Default", "Reply"):
         extra["type"] = kind
     if is_bot:
         extra["bot"] = True
-    interaction = msg.get("interaction")
+    interaction = msg.interaction
     if type(interaction) is dict and _text(interaction.get("name")):
         used: dict[str, Any] = {"name": interaction["name"]}
         user = interaction.get("user")
         if type(user) is dict:
             used["user"] = _text(user.get("nickname")) or _text(user.get("name"))
         extra["interaction"] = used
-    reactions = msg.get("reactions")
-    if type(reactions) is list and reactions:
+    reactions = msg.reactions
+    if reactions:
         kept = []
         for r in reactions:
-            if type(r) is dict and type(r.get("count")) is int:
-                emoji = r.get("emoji")
+            if type(r.count) is int:
+                emoji = r.emoji
                 name = _text(emoji.get("name")) if type(emoji) is dict else ""
                 if name:
-                    kept.append({"emoji": name, "count": r["count"]})
+                    kept.append({"emoji": name, "count": r.count})
         if kept:
             extra["reactions"] = kept

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from connectors.discord_model import Role
 from connectors.group_chat import iso_from_micros
 
 _MARKUP = re.compile(r"<(@[!&]?|#)(\d+)>|<(a?):(\w+):\d+>|<t:(-?\d{1,12})(?::[tTdDfFR])?>")
@@ -26,6 +27,7 @@ def _text(value: Any) -> str:
 
 
 def learn_roles(roles: Any, known: dict[str, str]) -> None:
+    """Learn role names from a JSON `roles` value (of a mentioned user)."""
     if type(roles) is list:
         for role in roles:
             if type(role) is dict:
@@ -34,22 +36,29 @@ def learn_roles(roles: Any, known: dict[str, str]) -> None:
                     known[rid] = rname
 
 
-def attachment_lines(msg: dict[str, Any], extra: dict[str, Any]) -> list[str]:
-    """Text for attachments, stickers and embeds (metadata lists their names)."""
+def learn_author_roles(roles: list[Role], known: dict[str, str]) -> None:
+    """Learn role names from a message author's roles (the same rule as `learn_roles`)."""
+    for role in roles:
+        rid, rname = role.id, role.name
+        if type(rid) is str and type(rname) is str and rname:
+            known[rid] = rname
+
+
+def attachment_lines(
+    attachments: Any, stickers: Any, embeds: Any, extra: dict[str, Any]
+) -> list[str]:
+    """Text for a message's attachments, stickers and embeds (metadata lists their names)."""
     lines: list[str] = []
-    attachments = msg.get("attachments")
     if type(attachments) is list and attachments:
         names = [_text(a.get("fileName")) or "file" for a in attachments if type(a) is dict]
         lines.extend(f"[attachment: {n}]" for n in names)
         if names:
             extra["attachments"] = names
-    stickers = msg.get("stickers")
     if type(stickers) is list and stickers:
         names = [_text(s.get("name")) or "sticker" for s in stickers if type(s) is dict]
         lines.extend(f"[sticker: {n}]" for n in names)
         if names:
             extra["stickers"] = names
-    embeds = msg.get("embeds")
     if type(embeds) is list and embeds:
         count = 0
         for embed in embeds:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors import nested_json
 from connectors.json_stream import JSONStreamError
 from connectors.nested_json import Array, Enter, Exit, Field, Path, array_at, walk
 
@@ -124,3 +125,79 @@ def test_non_finite_numbers_read_as_in_streamed_elements(chunk: int) -> None:
         if isinstance(e, Array)
     ]
     assert streamed == [[float("inf")]]
+
+
+def _streamed(data: bytes, chunk: int, runs: bool, refuse: str = "") -> list[Any]:
+    """Every streamed array's (index, element) pairs, through `runs()` or `values()`; a
+    run holding an object with the key `refuse` is refused by its decoder."""
+
+    def decode_run(text: bytes) -> list[Any] | None:
+        try:
+            values: list[Any] = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        return None if any(type(v) is dict and refuse in v for v in values) else values
+
+    out: list[Any] = []
+    for event in walk(io.BytesIO(data), descend=lambda p: len(p) < 2, stream=bool, chunk=chunk):
+        if isinstance(event, Array):
+            if runs:
+                for first, values in event.runs(decode_run):
+                    out.extend(enumerate(values, first))
+            else:
+                out.extend(enumerate(event.values()))
+            out.append(("end", event.index))
+    return out
+
+
+ELEMENTS = st.lists(
+    st.dictionaries(st.sampled_from(["a", "b", "x"]), JSON, max_size=3)
+    | st.lists(st.dictionaries(st.text(max_size=2), JSON, max_size=2), max_size=2),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays=st.lists(ELEMENTS, min_size=1, max_size=3),
+    chunk=st.sampled_from([1, 5, 64, 1 << 20]),
+    run_bytes=st.sampled_from([1, 20, 200]),
+    refuse=st.sampled_from(["", "x", "none"]),
+)
+def test_runs_give_what_values_give(
+    arrays: list[list[Any]], chunk: int, run_bytes: int, refuse: str
+) -> None:
+    """Any arrays (objects with nested arrays of objects indented like them, other
+    values), any chunk and run size, refused runs or not: the same elements at the same
+    indexes, and the same error at the same place for a cut-off document."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nested_json, "RUN_BYTES", run_bytes)
+        _same_from_runs_and_values(arrays, chunk, refuse)
+
+
+def _same_from_runs_and_values(arrays: list[list[Any]], chunk: int, refuse: str) -> None:
+    doc = {"head": 1, **{f"messages{i}": a for i, a in enumerate(arrays)}, "tail": [{"t": 1}]}
+    data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    assert _streamed(data, chunk, True, refuse) == _streamed(data, chunk, False)
+    cut = data[: len(data) * 2 // 3]
+    errors = []
+    for runs in (True, False):
+        with pytest.raises(JSONStreamError) as caught:
+            _streamed(cut, chunk, runs, refuse)
+        errors.append((caught.value.index, caught.value.offset, str(caught.value)))
+    assert errors[0] == errors[1]
+
+
+def test_runs_decode_many_elements_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nested_json, "RUN_BYTES", 400)
+    elements = [{"id": i, "text": "x" * 20, "list": [{"a": 1}, {"b": 2}]} for i in range(100)]
+    data = orjson.dumps({"messages": elements}, option=orjson.OPT_INDENT_2)
+    sizes = []
+    for event in walk(io.BytesIO(data), descend=lambda p: p == (), stream=bool, chunk=1000):
+        if not isinstance(event, Array):
+            continue
+        for first, values in event.runs(orjson.loads):
+            assert values == elements[first : first + len(values)]
+            sizes.append(len(values))
+    assert sum(sizes) == 100
+    assert max(sizes) >= 2 and len(sizes) < 60

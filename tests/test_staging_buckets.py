@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,3 +148,45 @@ def test_the_incremental_plan_bucket_by_bucket_equals_the_whole_table_plan(
             whole.staged_delivered,
             whole.delivered_total,
         )
+
+
+def test_read_ahead_keeps_order_raises_where_the_items_raise_and_stops_early() -> None:
+    import threading
+
+    from pipeline.core.staging_buckets import _read_ahead
+
+    def items(fail_at: int | None) -> Iterator[int]:
+        for n in range(50):
+            if n == fail_at:
+                raise OSError("part unreadable")
+            yield n
+
+    assert list(_read_ahead(items(None))) == list(range(50))
+    got: list[int] = []
+    with pytest.raises(OSError, match="part unreadable"):
+        for n in _read_ahead(items(7)):
+            got.append(n)
+    assert got == list(range(7))
+    stream = _read_ahead(items(None), ahead=1)
+    assert next(stream) == 0
+    stream.close()  # a consumer that stops early leaves no thread behind
+    assert not any(t.name == "bucket-read-ahead" for t in threading.enumerate())
+
+
+def test_rows_keep_their_staged_order_inside_each_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many small read batches (read ahead in a thread) and buckets written two at a time:
+    each bucket holds its rows in the order they were staged."""
+    import pipeline.core.staging_buckets as sb
+
+    monkeypatch.setattr(sb, "READ_ROWS", 5)
+    messages = [_message(i, f"c{i % 13}") for i in range(400)]
+    _stage(tmp_path, "csv", messages, 8)
+    layout = read_layout(tmp_path / "staging" / "csv")
+    seen = 0
+    for files in layout.files.values():
+        ids = [int(m[1:]) for f in files for m in pq.read_table(f).column("message_id").to_pylist()]
+        assert ids == sorted(ids)
+        seen += len(ids)
+    assert seen == 400

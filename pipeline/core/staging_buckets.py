@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any
 
 import orjson
@@ -41,6 +44,12 @@ ROW_GROUP_BYTES = 16 * 1024 * 1024
 """Arrow bytes of a bucket file's row groups."""
 READ_ROWS = 8192
 """Rows read from the flat parts at a time (their row groups can be tens of MB)."""
+READ_AHEAD = 2
+"""Split batches of `READ_ROWS` rows read ahead of the spool (memory: ~2 × 5 MB)."""
+TAIL_THREADS = 2
+"""Buckets written at once at the end (each holds at most one `ROW_GROUP_BYTES` row
+group): rewriting the parts is serial work after a connector's workers have finished, on
+cores they no longer use."""
 LAYOUT_VERSION = 1
 
 
@@ -122,30 +131,35 @@ class _BucketSpool:
         self.streams = {}
 
     def finish(self, open_writer: Any) -> None:
-        """Write every spooled bucket as `bucket=NNNN/part-00000.parquet`."""
+        """Write every spooled bucket as `bucket=NNNN/part-00000.parquet`, `TAIL_THREADS`
+        buckets at a time (Arrow reads, encodes and compresses without holding the GIL)."""
         buckets = sorted(self.streams)
         self._close_streams()
-        for bucket in buckets:
-            path = self.spool / f"{bucket:04d}.arrow"
-            folder = bucket_dir(self.folder, bucket)
-            folder.mkdir()
-            writer = open_writer(folder / "part-00000.parquet")
-            try:
-                with pa.OSFile(str(path), "rb") as source:
-                    pending: list[pa.RecordBatch] = []
-                    size = 0
-                    for batch in pa.ipc.open_stream(source):
-                        pending.append(batch)
-                        size += batch.nbytes
-                        if size >= ROW_GROUP_BYTES:
-                            writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
-                            pending, size = [], 0
-                    if pending:
-                        writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
-            finally:
-                writer.close()
-            path.unlink()
+        with ThreadPoolExecutor(TAIL_THREADS) as pool:
+            for done in [pool.submit(self._write_bucket, b, open_writer) for b in buckets]:
+                done.result()
         self.spool.rmdir()
+
+    def _write_bucket(self, bucket: int, open_writer: Any) -> None:
+        path = self.spool / f"{bucket:04d}.arrow"
+        folder = bucket_dir(self.folder, bucket)
+        folder.mkdir()
+        writer = open_writer(folder / "part-00000.parquet")
+        try:
+            with pa.OSFile(str(path), "rb") as source:
+                pending: list[pa.RecordBatch] = []
+                size = 0
+                for batch in pa.ipc.open_stream(source):
+                    pending.append(batch)
+                    size += batch.nbytes
+                    if size >= ROW_GROUP_BYTES:
+                        writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
+                        pending, size = [], 0
+                if pending:
+                    writer.write_table(pa.Table.from_batches(pending, STAGING_SCHEMA))
+        finally:
+            writer.close()
+        path.unlink()
 
     def abort(self) -> None:
         """Close and remove the spool (after a failure)."""
@@ -173,6 +187,55 @@ def _split(table: pa.Table, buckets: int) -> Iterator[tuple[int, pa.Table]]:
         start += size
 
 
+def _split_parts(parts: list[Path], count: int) -> Iterator[list[tuple[int, pa.Table]]]:
+    """The rows of the flat `parts`, `READ_ROWS` at a time, split by bucket."""
+    for path in parts:
+        reader = pq.ParquetFile(path)
+        for batch in reader.iter_batches(batch_size=READ_ROWS, use_threads=False):
+            table = pa.Table.from_batches([batch])
+            if not table.schema.equals(STAGING_SCHEMA, check_metadata=False):
+                table = table.cast(STAGING_SCHEMA)
+            yield list(_split(table, count))
+
+
+_DONE = object()
+
+
+def _read_ahead(items: Iterator[Any], ahead: int = READ_AHEAD) -> Iterator[Any]:
+    """`items`, produced in a helper thread up to `ahead` items before they are taken: the
+    flat parts are read and split while the spool writes what came before."""
+    queue: Queue[Any] = Queue(ahead)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(item)
+        except BaseException as exc:  # noqa: BLE001 (handed to the consumer, raised there)
+            queue.put((_DONE, exc))
+            return
+        queue.put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name="bucket-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if type(item) is tuple and len(item) == 2 and item[0] is _DONE:
+                if item[1] is not None:
+                    raise item[1]
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get_nowait()
+            thread.join(0.01)
+
+
 def bucket_parts(folder: Path, open_writer: Any, buckets: int | None = None) -> int:
     """Rewrite the flat parts in `folder` (in name order) as bucket folders; return B.
 
@@ -193,14 +256,9 @@ def bucket_parts(folder: Path, open_writer: Any, buckets: int | None = None) -> 
             )
         parts = []
     try:
-        for path in parts:
-            reader = pq.ParquetFile(path)
-            for batch in reader.iter_batches(batch_size=READ_ROWS, use_threads=False):
-                table = pa.Table.from_batches([batch])
-                if not table.schema.equals(STAGING_SCHEMA, check_metadata=False):
-                    table = table.cast(STAGING_SCHEMA)
-                for bucket, rows in _split(table, count):
-                    writers.add(bucket, rows)
+        for pieces in _read_ahead(_split_parts(parts, count)):
+            for bucket, rows in pieces:
+                writers.add(bucket, rows)
         writers.finish(open_writer)
     except BaseException:
         writers.abort()

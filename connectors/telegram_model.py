@@ -61,6 +61,7 @@ EXTRA_FIELDS = (
 """The fields read into a message's metadata (attribute and JSON key alike)."""
 
 _DECODER = msgspec.json.Decoder(Message)
+_RUN = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def decode_message(data: bytes | bytearray | memoryview) -> Any:
@@ -74,6 +75,20 @@ def decode_message(data: bytes | bytearray | memoryview) -> Any:
         return orjson.loads(data)
     msg.text_entities = UNSET
     return msg
+
+
+def decode_messages(data: bytes | bytearray | memoryview) -> list[Any] | None:
+    """A JSON array of elements (a run, see `nested_json.Array.runs`), each as
+    `decode_message` reads it; None when the run is not JSON or orjson refuses one of its
+    elements (then they are read one at a time, with the same values and errors)."""
+    try:
+        raws = _RUN.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    try:
+        return [decode_message(memoryview(raw)) for raw in raws]
+    except (orjson.JSONDecodeError, RecursionError):
+        return None
 
 
 def extra_fields(msg: Message) -> dict[str, Any]:

@@ -118,7 +118,10 @@ def test_the_schema_stages_what_orjson_dicts_stage(
     options = {"memory_owner": owner, "conversation": conversation}
     with tempfile.TemporaryDirectory() as tmp:
         typed = _stage(Path(tmp) / "e", chat, options)
-        with mock.patch("connectors.telegram.decode_message", orjson.loads):
+        with (
+            mock.patch("connectors.telegram.decode_message", orjson.loads),
+            mock.patch("connectors.telegram.decode_messages", lambda data: None),
+        ):
             plain = _stage(Path(tmp) / "e", chat, options)
     assert typed == plain
 

@@ -286,6 +286,25 @@ class Array:
         separator: re.Pattern[bytes] | None = None
         learn = True
         while True:
+            if separator is not None:
+                # The common case, inline: the learned separator ends the element within
+                # the bytes at hand and `decode` takes it; the next element starts at the
+                # separator's `{`. Anything else goes the general way below.
+                data = buf.data
+                while pos < len(data) and data[pos] == _OPEN_OBJECT:
+                    match = separator.search(data, pos, pos + LEARN_WINDOW)
+                    if match is None:
+                        break
+                    end = match.start() + 1
+                    try:
+                        value = decode(memoryview(data)[pos:end])
+                    except orjson.JSONDecodeError:
+                        break
+                    self.offset = buf.base + pos
+                    yield value
+                    self.index += 1
+                    walker.items += 1
+                    pos = match.end() - 1
             if pos >= len(buf.data):
                 raise walker.error("unexpected end of file (the array is not closed)", pos)
             if separator is not None:

@@ -27,6 +27,7 @@ split of a full export by chat live in telegram_text.py and telegram_split.py.
 from __future__ import annotations
 
 import fnmatch
+import gc
 import re
 import zipfile
 import zlib
@@ -36,10 +37,11 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 from zoneinfo import ZoneInfo
 
 import orjson
+from msgspec import UNSET
 from pydantic import Field, field_validator
 
 from connectors import group_chat_jobs
@@ -57,6 +59,7 @@ from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
+from connectors.telegram_model import Message, decode_message, extra_fields
 from connectors.telegram_split import ChatSpan, SpanScan
 from connectors.telegram_text import flatten_text, media_placeholder
 from pipeline.core.errors import InputError
@@ -357,7 +360,20 @@ class _Context:
 
 def _span_job(job: Job) -> Iterator[Event]:
     """Stage the chats of one job (in a worker process): each chat's messages array is
-    streamed from its offset; a damaged chat loses only its own remaining messages."""
+    streamed from its offset; a damaged chat loses only its own remaining messages.
+
+    The objects that exist when the job starts (mostly imported modules) are left out of
+    the cyclic garbage collector's passes meanwhile (`gc.freeze`): its full passes over
+    them cost about a tenth of the job's time, and none of them becomes garbage here.
+    """
+    gc.freeze()
+    try:
+        yield from _staged_spans(job)
+    finally:
+        gc.unfreeze()
+
+
+def _staged_spans(job: Job) -> Iterator[Event]:
     context: _Context = job.context
     state = _State(context.options, context.owners, ZoneInfo(context.options.timezone))
     with ExportFiles(context.path) as export:
@@ -376,12 +392,7 @@ def _span_job(job: Job) -> Iterator[Event]:
             try:
                 with export.open(span.file) as fh:
                     array = array_at(fh, span.offset)
-                    for value in array.values():
-                        problem = _message(value, array.index, chat, state, label)
-                        if problem is not None:
-                            yield problem
-                        if state.rows.full and (table := state.rows.take()) is not None:
-                            yield table
+                    yield from _staged(array, chat, state, label)
             except JSONStreamError as exc:
                 yield Quarantined(
                     label,
@@ -416,6 +427,7 @@ class _Chat:
     conv_prefix: str = ""
     id_prefix: str = ""
     bot_author: str = ""
+    channel: bool = False
     problem: str | None = None
     problem_count: int = 0
 
@@ -469,14 +481,7 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
                         for _ in event.values():
                             chat.problem_count += 1
                         continue
-                    full, take = state.rows.__len__, state.rows.take
-                    limit = state.rows.rows_per_table
-                    for value in event.values():
-                        problem = _message(value, event.index, chat, state, label)
-                        if problem is not None:
-                            yield problem
-                        if full() >= limit and (table := take()) is not None:
-                            yield table
+                    yield from _staged(event, chat, state, label)
                 elif type(event) is JsonField:
                     if chat is not None and len(event.path) == len(chat.path) + 1:
                         _chat_field(chat, event.path[-1], event.value)
@@ -511,6 +516,21 @@ def _read_file(export: ExportFiles, name: str, state: _State) -> Iterator[Event]
             f"telegram:unreadable_file: {exc}; the rest of this file was not read",
         )
     yield from _flush_skipped(state)
+
+
+def _staged(array: Array, chat: _Chat, state: _State, label: str) -> Iterator[Event]:
+    """Stage every element of a chat's `messages` array: its quarantined records, and a
+    table each time the row buffer is full."""
+    rows = state.rows
+    full, take, limit = rows.__len__, rows.take, rows.rows_per_table
+    typed, general = _typed_message, _message
+    for value in array.values(decode_message):
+        if type(value) is Message:
+            typed(value, array.index, chat, state, label)
+        elif (problem := general(value, array.index, chat, state, label)) is not None:
+            yield problem
+        if full() >= limit and (table := take()) is not None:
+            yield table
 
 
 def _flush_skipped(state: _State) -> Iterator[Event]:
@@ -552,6 +572,7 @@ def _start_messages(chat: _Chat, state: _State) -> None:
     chat.meta_head = orjson.dumps(head).decode()[:-1] + ',"id":'
     if chat.type == "bot_chat":
         chat.bot_author = f"user{chat.id}"
+    chat.channel = chat.type in ("public_channel", "private_channel")
 
 
 def _default_name(chat_type: str | None) -> str:
@@ -580,11 +601,11 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
             excerpt(repr(msg)),
         )
     mid = msg.get("id")
-    if type(mid) is not int:
+    if not _is_int64(mid):
         return Quarantined(
             label,
             f"{chat.where}messages[{index}]",
-            "telegram:no_id: message has no integer `id`",
+            "telegram:no_id: message has no integer `id` (64-bit)",
             excerpt(repr(msg)),
         )
     if not chat.wanted:
@@ -592,16 +613,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         return None
     kind = msg.get("type", "message")
     if kind != "message":
-        if kind == "service":
-            action = msg.get("action")
-            if type(action) is str and action in SERVICE_ACTIONS:
-                skipped["telegram:service:" + action] += 1
-            else:
-                skipped["telegram:service:other"] += 1
-        elif kind == "unsupported":
-            skipped["telegram:unsupported"] += 1
-        else:
-            skipped["telegram:unknown_type"] += 1
+        _skip_kind(kind, msg.get("action"), skipped)
         return None
     if mid in chat.seen:
         skipped["telegram:duplicate"] += 1
@@ -613,7 +625,7 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     author = msg.get("from")
     if type(from_id) is not str or not from_id:
         from_id = None
-        if chat.type in ("public_channel", "private_channel"):
+        if chat.channel:
             from_id = f"channel{chat.id}"
             if "from" not in msg:
                 author = chat.name
@@ -621,15 +633,8 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         author = "Deleted Account" if "from" in msg and author is None else (from_id or "Unknown")
     is_bot = from_id is not None and from_id == chat.bot_author
     if owners.per_author:
-        if is_bot:
-            skipped["telegram:bot_author"] += 1
-            return None
-        if from_id is None:
-            skipped["telegram:no_author"] += 1
-            return None
-        owner = owners.author_owner(from_id, author)
+        owner = _author_owner(owners, is_bot, from_id, author, skipped)
         if owner is None:
-            skipped["telegram:author_unmapped"] += 1
             return None
     else:
         owner = owners.user_id
@@ -661,33 +666,154 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
         micros = _local_micros(msg.get("date"), state.zone)
 
     reply_to = None if plain else msg.get("reply_to_message_id")
-    if type(reply_to) is not int:
+    if not _is_int64(reply_to):
         reply_to = None
     if plain or others.isdisjoint(EXTRA_KEYS):
         extra: dict[str, Any] = {}
     else:
         extra = _extras(msg, chat, reply_to)
-        forwarded = extra.get("forwarded_from")
-        if forwarded is not None:
-            content = f"[forwarded from {forwarded}]\n{content}"
-        via = extra.get("via_bot")
-        if via is not None:
-            content = f"[via {via}] {content}"
+        content = _decorated(content, extra)
     if placeholder:
         extra["media"] = placeholder
     if is_bot:
         extra["bot"] = True
 
+    _stage(state, chat, label, index, mid, micros, reply_to, extra, owner, from_id, author, content)
+    return None
+
+
+def _typed_message(msg: Message, index: int, chat: _Chat, state: _State, label: str) -> None:
+    """`_message` for a record decoded as a `telegram_model.Message` (the common shape:
+    no media, so no placeholder), read by attribute; the same row or skip reason."""
+    if not chat.wanted:
+        state.skipped["telegram:excluded_chat"] += 1
+        return
+    mid = msg.id
+    kind = msg.type
+    if kind != "message":
+        _skip_kind(kind, msg.action, state.skipped)
+        return
+    seen = chat.seen
+    if mid in seen:
+        state.skipped["telegram:duplicate"] += 1
+        return
+
+    # author
+    owners = state.owners
+    from_id = msg.from_id
+    author = msg.from_
+    if type(from_id) is not str or not from_id:
+        from_id = None
+        if chat.channel:
+            from_id = f"channel{chat.id}"
+            if author is UNSET:
+                author = chat.name
+    if type(author) is not str:
+        author = "Deleted Account" if author is None else (from_id or "Unknown")
+    is_bot = from_id is not None and from_id == chat.bot_author
+    if owners.per_author:
+        owner = _author_owner(owners, is_bot, from_id, author, state.skipped)
+        if owner is None:
+            return
+    else:
+        owner = owners.user_id
+
+    text = msg.text
+    content = text if type(text) is str else flatten_text(text)
+    if not content or content.isspace():
+        state.skipped["telegram:empty"] += 1
+        return
+    seen.add(mid)
+
+    stamp = msg.date_unixtime
+    if type(stamp) is str and stamp.isdigit() and stamp.isascii() and len(stamp) < 12:
+        micros: int | None = int(stamp) * 1_000_000
+    else:
+        micros = _local_micros(msg.date, state.zone)
+
+    replied = msg.reply_to_message_id
+    reply_to = None if replied is UNSET else replied
+    if (
+        reply_to is None
+        and msg.edited is UNSET
+        and msg.edited_unixtime is UNSET
+        and msg.forwarded_from is UNSET
+        and msg.saved_from is UNSET
+        and msg.via_bot is UNSET
+        and msg.author is UNSET
+    ):
+        extra: dict[str, Any] = {}
+    else:
+        extra = _extras(extra_fields(msg), chat, reply_to)
+        content = _decorated(content, extra)
+    if is_bot:
+        extra["bot"] = True
+    _stage(state, chat, label, index, mid, micros, reply_to, extra, owner, from_id, author, content)
+
+
+def _skip_kind(kind: Any, action: Any, skipped: Counter[str]) -> None:
+    """Count a record that is not a `message` (service, unsupported, unknown)."""
+    if kind == "service":
+        if type(action) is str and action in SERVICE_ACTIONS:
+            skipped["telegram:service:" + action] += 1
+        else:
+            skipped["telegram:service:other"] += 1
+    elif kind == "unsupported":
+        skipped["telegram:unsupported"] += 1
+    else:
+        skipped["telegram:unknown_type"] += 1
+
+
+def _author_owner(
+    owners: Owners, is_bot: bool, from_id: str | None, author: str, skipped: Counter[str]
+) -> str | None:
+    """The owner of a message under a per-author policy, or None (counted as skipped)."""
+    if is_bot:
+        skipped["telegram:bot_author"] += 1
+        return None
+    if from_id is None:
+        skipped["telegram:no_author"] += 1
+        return None
+    owner = owners.author_owner(from_id, author)
+    if owner is None:
+        skipped["telegram:author_unmapped"] += 1
+    return owner
+
+
+def _decorated(content: str, extra: dict[str, Any]) -> str:
+    """The text with the forward and via-bot notes a reader sees."""
+    forwarded = extra.get("forwarded_from")
+    if forwarded is not None:
+        content = f"[forwarded from {forwarded}]\n{content}"
+    via = extra.get("via_bot")
+    if via is not None:
+        content = f"[via {via}] {content}"
+    return content
+
+
+def _stage(
+    state: _State,
+    chat: _Chat,
+    label: str,
+    index: int,
+    mid: int,
+    micros: int | None,
+    reply_to: int | None,
+    extra: dict[str, Any],
+    owner: str,
+    from_id: str | None,
+    author: str,
+    content: str,
+) -> None:
+    """Append the row of one staged message (its conversation, metadata and columns)."""
     assert chat.conversations is not None
     key = chat.conversations.key(mid, micros, reply_to)
     conversation = chat.conv_prefix if key is None else f"{chat.conv_prefix}:{key}"
-    if extra:
-        head = orjson.loads(chat.meta_head + f"{mid}}}")
-        head.update(extra)
-        meta = orjson.dumps(head, default=str).decode()
+    if extra:  # its keys are never the head's: the head's text, then the extra members
+        meta = f"{chat.meta_head}{mid},{orjson.dumps(extra, default=str).decode()[1:]}"
     else:
         meta = f"{chat.meta_head}{mid}}}"
-    if owners.prefix:
+    if state.owners.prefix:
         content = f"{author}: {content}"
     add = state.add
     add[0](SOURCE)
@@ -696,14 +822,19 @@ def _message(  # noqa: C901 (one pass over the record's fields, in order)
     add[3](f"{chat.id_prefix}{mid}")
     add[4](conversation)
     add[5](owner)
-    add[6]("assistant" if is_bot else "user")
+    add[6]("assistant" if extra.get("bot") else "user")
     add[7](from_id)
     add[8](author)
     add[9](content)
     add[10](micros)
     add[11](mid)
     add[12](meta)
-    return None
+
+
+def _is_int64(value: Any) -> TypeGuard[int]:
+    """An integer that fits the staging table and the metadata JSON (64 bits): the JSON
+    parser that reads an element orjson refuses keeps larger ones as integers."""
+    return type(value) is int and -(2**63) <= value < 2**63
 
 
 def _local_micros(value: Any, zone: ZoneInfo) -> int | None:
@@ -747,7 +878,7 @@ def _extras(msg: dict[str, Any], chat: _Chat, reply_to: int | None) -> dict[str,
     if isinstance(reactions, list):
         kept = []
         for r in reactions:
-            if isinstance(r, dict) and type(r.get("count")) is int:
+            if isinstance(r, dict) and _is_int64(r.get("count")):
                 emoji = r.get("emoji") if isinstance(r.get("emoji"), str) else r.get("type")
                 if isinstance(emoji, str):
                     kept.append({"emoji": emoji, "count": r["count"]})

@@ -3,6 +3,7 @@ order, each account's budget shared by its buckets (no Ray needed)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -12,9 +13,18 @@ from click.testing import CliRunner
 
 import pipeline.engines
 from pipeline.cli import main
+from pipeline.core.destination import Destination
 from pipeline.core.workdir import bucket_ledger_dir
 from pipeline.engines import inprocess
-from pipeline.engines.slices import run_accounts
+from pipeline.engines.slices import (
+    SHARED_CATCH_UP,
+    AccountRun,
+    SliceResults,
+    budget_peaks,
+    run_accounts,
+)
+from pipeline.load.ratelimit import AccountLimiter
+from pipeline.load.stats import LoadStats
 from tests.engine_cases import (
     KEY,
     accounts,
@@ -103,3 +113,65 @@ def test_a_plain_run_after_an_engine_run_resends_nothing(tmp_path: Path) -> None
         status = CliRunner().invoke(main, ["status", "--config", str(config), "--json"])
         dests = orjson.loads(status.stdout)["destinations"]
         assert [d["delivered_messages"] for d in dests] == [40], dests
+
+
+def test_history_shows_each_engine_run_and_a_rerun_counts_what_it_skipped(
+    tmp_path: Path,
+) -> None:
+    """`history` has one line per `run --engine` (it read only plain loads), and a rerun
+    says it found everything already delivered instead of "sent 0, already delivered 0"."""
+    with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
+        config = tmp_path / "solo" / "config.yaml"
+        runner = CliRunner()
+        for _ in range(2):
+            result = runner.invoke(
+                main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
+            )
+            assert result.exit_code == 0, result.output
+        (again,) = orjson.loads(result.stdout)["accounts"]
+        assert again["load"]["sent"]["messages"] == 0
+        assert again["load"]["already_delivered"]["messages"] == 40
+        shown = runner.invoke(main, ["history", "--config", str(config), "--json"])
+        assert shown.exit_code == 0, shown.output
+        newest, first = orjson.loads(shown.stdout)["runs"]
+        assert "--engine inprocess" in first["command"]
+        assert first["sent"] + first["verified"] == 40
+        assert (newest["sent"], newest["already_delivered"]) == (0, 40)
+        assert first["requests"] > 0 and newest["requests"] == 0
+        assert_exactly_once_in_order(accs[0])
+
+
+def test_a_shared_budget_never_bursts_over_the_account_rate_after_falling_behind() -> None:
+    """Tasks that fell behind (all busy, then all asking at once) must not be handed the
+    missed slots at once: that burst measured 56 requests in one second at 50/s."""
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += max(seconds, 0.0)
+
+    async def schedule() -> list[tuple[float, float, float]]:
+        limiter = AccountLimiter(50.0, None, clock=clock, sleep=sleep, catch_up=SHARED_CATCH_UP)
+        granted = []
+        for i in range(600):
+            if i % 100 == 99:
+                now[0] += 0.5  # every task busy: slots go by unused
+            ticket = await limiter.acquire()
+            granted.append((ticket.started, 1.0, 0.0))
+        return granted
+
+    peaks = budget_peaks(asyncio.run(schedule()))
+    assert peaks["requests_per_1s"] <= 50 + 1, peaks
+
+
+def test_an_engine_load_lasts_from_its_first_bucket_s_start_to_its_last_one_s_end() -> None:
+    """With fewer workers than buckets the buckets run a few at a time: the load's duration
+    (and so its requests/s) must span them all, not be the longest bucket's."""
+    two_at_a_time = {
+        b: LoadStats(duration=1.0, started_at=1_000.0 + (b // 2)) for b in range(4)
+    }  # buckets 0-1 from second 0, 2-3 from second 1
+    run = AccountRun("solo", Destination("memos", "http://x", "solo"))
+    run.add(SliceResults(two_at_a_time))
+    assert run.load.duration == 2.0

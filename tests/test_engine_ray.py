@@ -69,3 +69,13 @@ def test_run_engine_ray_through_the_cli(tmp_path: Path) -> None:
         assert account["load"]["complete"] and len(account["buckets"]) == 4
         assert account["budget_peaks"]["requests_per_1s"] > 0
         assert_exactly_once_in_order(accs[0])
+
+
+@pytest.mark.parametrize(("cpus", "tasks"), [(2, 8), (2, 16), (2, 3), (64, 8), (1, 40)])
+def test_a_run_s_tasks_fit_the_cluster_at_once(cpus: int, tasks: int) -> None:
+    """Load tasks wait on the network: reserving a CPU each ran a 2-CPU machine's 8 buckets
+    two at a time (0.64x the in-process engine). Every task of a run must fit at once."""
+    each = ray_engine.task_cpus(cpus, tasks)
+    assert 0 < each <= 1.0
+    assert each * tasks <= cpus or each == ray_engine.MIN_TASK_CPUS
+    assert each * tasks > cpus / 2 or each == 1.0  # no CPU left idle needlessly

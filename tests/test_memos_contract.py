@@ -123,9 +123,7 @@ def test_the_limiter_charges_a_weighted_request_n_slots() -> None:
         slept.append(seconds)
         now[0] += seconds
 
-    limiter = AccountLimiter(
-        10.0, clock=lambda: now[0], sleep=sleep, catch_up=0.0, ramp_seconds=0.0
-    )
+    limiter = AccountLimiter(10.0, clock=lambda: now[0], sleep=sleep, catch_up=0.0, ramp=False)
 
     async def two_requests() -> None:
         await limiter.acquire(requests=20)  # a 20-participant group chat: two seconds of budget

@@ -26,6 +26,7 @@ from pipeline.load.policy import (
     redact,
 )
 from pipeline.load.ratelimit import AccountLimiter, InFlightGate, Ticket
+from tests.limits_sim import VirtualLoop, run_virtual
 from tests.loader_fakes import FakeTime
 
 
@@ -46,7 +47,7 @@ def limiter_at(
     ft: FakeTime, rps: float | None, tpm: float | None = None, **kw: float
 ) -> AccountLimiter:
     """A limiter on the fake clock; without the start ramp unless a test asks for it."""
-    kw.setdefault("ramp_seconds", 0.0)
+    kw.setdefault("ramp", False)
     return AccountLimiter(rps, tpm, clock=ft.clock, sleep=ft.sleep, **kw)
 
 
@@ -169,19 +170,70 @@ def test_after_a_rejection_nothing_is_sent_into_the_still_full_window() -> None:
     )
 
 
-def test_start_ramps_from_half_the_budget_until_the_first_rejection() -> None:
+def test_start_steps_up_from_half_the_budget_until_the_first_rejection() -> None:
+    """Half the budget until an answer shows the latency, then steps of `overshoot` /
+    latency (at most `overshoot` above the last safe level), each held until a token
+    bucket's burst would have drained below it and the answers came back."""
     ft = FakeTime()
-    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
-    times = starts(limiter, ft, 400)
+    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 50)  # workers asking faster than allowed
+    blind = [b.started - a.started for a, b in zip(tickets, tickets[1:], strict=False)]
+    assert all(g == pytest.approx(1 / 50.0) for g in blind)  # half the budget, no answer yet
+    ft.now = tickets[0].started + 1.0
+    limiter.on_success(tickets[0])  # the first answer: 1 s latency
+    stepped = ft.now
+    times = starts(limiter, ft, 600)
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert gaps[0] == pytest.approx(1 / 50.0, rel=0.02)  # half the budget at first
-    assert times[140] - times[0] < 2.0 < times[160] - times[0]  # 75/s on average
-    assert gaps[-1] == pytest.approx(1 / 100.0)  # the whole budget after 2 s
-    fresh = limiter_at(ft, 100.0, catch_up=0.0, ramp_from=0.5, ramp_seconds=2.0)
-    tickets = sent_at(fresh, ft, 100.0, 5)
-    fresh.on_rate_limited(None, tickets[-1])
+    hold = 1.1 * 50 / 12 + 1.0  # 50 requests of burst drain at 12/s, plus one latency
+    assert gaps[1] == pytest.approx(1 / 62.0)  # 50 + 12 / 1 s
+    i = next(i for i, g in enumerate(gaps) if g < 0.99 / 62.0)
+    assert times[i] - stepped == pytest.approx(hold, abs=0.05)  # held that long
+    assert gaps[i] == pytest.approx(1 / 74.0)  # then one more step
+    fresh = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(fresh, ft, 50.0, 60)
+    ft.now += 1.0
+    fresh.on_rate_limited(1.0, tickets[-1])  # rejected at 50/s, the level shown safe
+    assert fresh.learned_rate == pytest.approx(50.0)
     after = starts(fresh, ft, 3)
     assert after[2] - after[1] == pytest.approx(1 / fresh.rate)  # learned: no ramp left
+
+
+def test_short_latency_reaches_the_budget_in_one_step() -> None:
+    """At 0.2 s a step may be 60/s: after one window at half the budget (so a window
+    counting from the start is full before anything steps above it), 98% of it at once."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 10)
+    assert tickets[1].started - tickets[0].started == pytest.approx(1 / 25.0)
+    ft.now = tickets[0].started + 0.2
+    limiter.on_success(tickets[0])
+    times = starts(limiter, ft, 40)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert gaps[0] == pytest.approx(1 / 25.0)  # the first window is not over
+    i = next(i for i, g in enumerate(gaps) if g < 1 / 30.0)
+    # (a start already reserved at 25/s keeps its time: up to two slots of 0.04 s late)
+    assert times[i] == pytest.approx(tickets[0].started + 1.0, abs=0.09)
+    assert gaps[i] == pytest.approx(1 / 49.0)  # then 98% of the budget
+
+
+def test_first_rejection_holds_the_safe_level_while_answers_are_in_flight() -> None:
+    """A token bucket's burst makes the second before the first rejection overstate its
+    rate: until the requests in flight are answered, nothing goes faster than the last
+    level shown safe."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 5)
+    ft.now = tickets[0].started + 1.0
+    limiter.on_success(tickets[0])  # latency 1 s: the level steps from 50 to 62
+    tickets = sent_at(limiter, ft, 1000.0, 200)  # 62/s for about 3 s, all accepted
+    ft.now += 1.0
+    limiter.on_rate_limited(1.0, tickets[-1])
+    assert limiter.learned_rate == pytest.approx(62.0, abs=1)
+    held = starts(limiter, ft, 20)
+    assert held[-1] - held[-2] == pytest.approx(1 / (0.97 * 50.0))  # the safe level
+    ft.now += 1.2
+    later = starts(limiter, ft, 3)
+    assert later[-1] - later[-2] == pytest.approx(1 / limiter.rate)  # then what it learned
 
 
 def test_rejection_at_the_rate_itself_settles_below_it_and_stays() -> None:
@@ -251,10 +303,12 @@ def test_in_flight_follows_rate_times_latency() -> None:
     assert fixed.limit == 8 and fixed.capacity == 8
 
 
-def test_in_flight_grows_one_per_completion() -> None:
+def test_in_flight_follows_the_rate_at_once() -> None:
+    """No slow start: the limiter's ramp keeps an unknown ceiling from being overrun, and
+    a gate growing one per answer would cap a 1 s latency at 16, then 32 requests/s."""
     gate = InFlightGate(None, start=16)
     gate.observe(1.0, 100.0)
-    assert gate.limit == 17  # not straight to 127: slow start
+    assert gate.limit == 127
 
 
 def test_gate_waits_for_room() -> None:
@@ -444,3 +498,59 @@ def test_a_waiting_slot_is_retaken_at_the_lowered_rate() -> None:
     asyncio.run(main())
     assert len(ft.sleeps) >= 2  # the second one slept again for a slot at the new rate
     assert order[1][1] - order[0][1] > 0.01
+
+
+def test_a_step_up_keeps_the_token_slots_already_reserved() -> None:
+    """Requests waiting on the token schedule take new request slots when the ramp steps
+    up, but keep their token slots: reserving tokens again would push every later call
+    back (a token-bound run sent 3 calls/s instead of 9 for its first seconds)."""
+
+    async def main(loop: VirtualLoop) -> list[float]:
+        limiter = AccountLimiter(50.0, 60_000, clock=loop.time, sleep=asyncio.sleep)
+        tickets = [asyncio.ensure_future(limiter.acquire(tokens=100)) for _ in range(30)]
+        await asyncio.sleep(1.05)
+        limiter.on_success(tickets[0].result())  # latency known after a window: a step up
+        return sorted(t.started for t in await asyncio.gather(*tickets))
+
+    starts = run_virtual(main)
+    # 30 calls of 100 tokens at 1,000 tokens/s: 2.9 s from the first to the last
+    assert starts[-1] - starts[0] == pytest.approx(2.9, abs=0.05)
+
+
+def test_one_low_count_is_jitter_two_in_a_row_refine() -> None:
+    """After the first rejection, a later one of the same event whose second held clearly
+    fewer requests lowers the learned ceiling only when the next one agrees: a token
+    bucket's counts fall one after the other, a window's jitter is one count here and
+    there (a single low count in real time halved the margin of a sliding window)."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    tickets = sent_at(limiter, ft, 60.0, 200)  # 60/s for over 3 s, all accepted
+    limiter.on_rate_limited(1.0, tickets[120])
+    assert limiter.learned_rate == pytest.approx(60.0, abs=1)
+    for t in tickets[121:123]:
+        t.rejected = True  # the server refused these too
+    tickets[124].rejected = True
+    tickets[126].rejected = True
+    # one count well below (9 of the second before refused): not yet
+    late = tickets[140]
+    for t in tickets[81:140:5]:
+        t.rejected = True
+    limiter.on_rate_limited(1.0, late)
+    assert limiter.learned_rate == pytest.approx(60.0, abs=1)
+    limiter.on_rate_limited(1.0, tickets[141])  # the next agrees: refined
+    assert limiter.learned_rate is not None and limiter.learned_rate < 55.0
+
+
+def test_refused_at_the_configured_rate_settles_without_a_hold() -> None:
+    """Once the ramp has reached the configured rate, a rejection there says the ceiling
+    is about that rate: the limiter settles at 97% of it at once."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    first = sent_at(limiter, ft, 1000.0, 2)
+    ft.now = first[0].started + 1.0
+    limiter.on_success(Ticket(ft.now - 0.2, 1.0, 0.0))  # 0.2 s: straight to 98%, 49/s
+    tickets = sent_at(limiter, ft, 1000.0, 100)
+    limiter.on_rate_limited(1.0, tickets[-1])
+    times = starts(limiter, ft, 5)
+    assert times[-1] - times[-2] == pytest.approx(1 / limiter.rate)
+    assert limiter.rate == pytest.approx(0.97 * 49.0, abs=0.6)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pipeline.core.config import budget
 from pipeline.engines.slices import (
+    SHARED_CATCH_UP,
     Group,
     RecordingBudget,
     SliceResults,
@@ -39,7 +40,9 @@ def run_slices(groups: Sequence[Group]) -> list[SliceResults]:
             budgets = []
             for pipeline, _ in groups:
                 rps, tpm = budget(pipeline.config.load, pipeline.config.account)
-                limiter = AccountLimiter(rps, tpm, clock=time.monotonic, sleep=asyncio.sleep)
+                limiter = AccountLimiter(
+                    rps, tpm, clock=time.monotonic, sleep=asyncio.sleep, catch_up=SHARED_CATCH_UP
+                )
                 budgets.append(RecordingBudget(limiter))
             per_account = [
                 asyncio.gather(*(load_slice(job, endpoint, shared) for job in jobs))

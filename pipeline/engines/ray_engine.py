@@ -21,6 +21,7 @@ Needs the extra (`pip install 'memos-etl[ray]'`); the only module that imports R
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import deque
@@ -32,6 +33,7 @@ import ray
 
 from pipeline.core.config import budget
 from pipeline.engines.slices import (
+    SHARED_CATCH_UP,
     BucketJob,
     Group,
     SliceResults,
@@ -46,8 +48,11 @@ from pipeline.tenants import AccountPipeline
 
 TASK_RETRIES = 3
 """How often Ray reruns a task whose worker process or node died."""
-TASK_CPUS = 0.5
-"""CPUs Ray reserves per load task: a task mostly waits on the network, so two share a CPU."""
+MIN_TASK_CPUS = 0.05
+"""The least CPU Ray reserves for one load task. A task mostly waits on the network and on
+the shared budget, so a run's tasks share the cluster's CPUs (`task_cpus`): all of them
+load at once, as in the in-process engine. Reserving a whole CPU each would run a 2-CPU
+machine's 8 buckets two at a time, at a fraction of the budget."""
 TICKET_MEMORY = 180.0
 """Seconds the actor remembers a reservation (longer than a token window plus a pause)."""
 
@@ -62,7 +67,11 @@ class AccountBudget:
 
     def __init__(self, requests_per_second: float | None, tokens_per_minute: float | None):
         self.limiter = AccountLimiter(
-            requests_per_second, tokens_per_minute, clock=time.monotonic, sleep=_no_sleep
+            requests_per_second,
+            tokens_per_minute,
+            clock=time.monotonic,
+            sleep=_no_sleep,
+            catch_up=SHARED_CATCH_UP,
         )
         self.tickets: dict[int, Ticket] = {}
         self.order: deque[tuple[float, int]] = deque()
@@ -177,9 +186,7 @@ def _load_task(job: BucketJob, actor: Any) -> LoadStats:
         return asyncio.run(load_slice(job, endpoint, ActorBudget(actor)))
 
 
-_remote_load = ray.remote(num_cpus=TASK_CPUS, max_retries=TASK_RETRIES, retry_exceptions=False)(
-    _load_task
-)
+_remote_load = ray.remote(max_retries=TASK_RETRIES, retry_exceptions=False)(_load_task)
 _RemoteBudget = ray.remote(num_cpus=0)(AccountBudget)
 
 
@@ -196,12 +203,21 @@ def budget_actor(pipeline: AccountPipeline) -> Any:
     return _RemoteBudget.remote(rps, tpm)
 
 
+def task_cpus(cluster_cpus: float, tasks: int) -> float:
+    """CPUs to reserve per task so that `tasks` tasks fit the cluster at once (at most one
+    each, at least `MIN_TASK_CPUS`; Ray accepts four decimals)."""
+    share = cluster_cpus / max(1, tasks)
+    return max(MIN_TASK_CPUS, min(1.0, math.floor(share * 10_000) / 10_000))
+
+
 def run_slices(groups: Sequence[Group]) -> list[SliceResults]:
     """Every account's jobs as Ray tasks at once, one budget actor per account."""
     ensure_ray()
     actors = [budget_actor(pipeline) for pipeline, _ in groups]
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    cpus = task_cpus(resources.get("CPU", 1.0), sum(len(j) for _, j in groups))
     refs = [
-        [_remote_load.remote(job, actor) for job in jobs]
+        [_remote_load.options(num_cpus=cpus).remote(job, actor) for job in jobs]
         for (_, jobs), actor in zip(groups, actors, strict=True)
     ]
     out = []

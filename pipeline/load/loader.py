@@ -74,7 +74,7 @@ from pipeline.load.policy import (
     error_from_exception,
     error_from_response,
 )
-from pipeline.load.ratelimit import AccountLimiter, Clock, InFlightGate, Sleep
+from pipeline.load.ratelimit import RAMP_FROM, AccountLimiter, Clock, InFlightGate, Sleep
 from pipeline.load.split import split_body
 from pipeline.load.stats import LoadStats
 from pipeline.load.targets import Endpoint, Poster
@@ -136,7 +136,7 @@ class _Loader:
         self.limiter: Budget = shared_budget or AccountLimiter(
             requests_per_second, tokens_per_minute, clock=clock, sleep=sleep
         )
-        self.gate = InFlightGate(cfg.max_in_flight)
+        self.gate = InFlightGate(cfg.max_in_flight, start=_blind_in_flight(self.limiter.rate))
         self.stats = LoadStats()
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
@@ -179,7 +179,8 @@ class _Loader:
                 )
             except httpx.HTTPError as exc:
                 raise error_from_exception(exc, secret=self.secret) from None
-            self.gate.observe(self.clock() - sent, self.limiter.rate)
+            # a shared budget without a pace of its own is sized by its rate
+            self.gate.observe(self.clock() - sent, getattr(self.limiter, "pace", self.limiter.rate))
         finally:
             await self.gate.leave()
         error = error_from_response(response, secret=self.secret, server=self.cfg.server)
@@ -478,6 +479,14 @@ class _Loader:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+
+def _blind_in_flight(rate: float | None) -> int:
+    """Requests in flight before the first answer shows the latency: 16, or the limiter's
+    first second of requests (it sends `RAMP_FROM` of the budget until then) when that is
+    more. A fixed 16 capped a 50/s budget at 16/s while the first answers of a 1 s latency
+    were on their way; more would only reserve start times far ahead at the first rate."""
+    return 16 if rate is None else max(16, math.ceil(rate * RAMP_FROM) + 2)
 
 
 def _pool_sizes(max_in_flight: int, *, shared: bool) -> list[int]:

@@ -24,6 +24,10 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   limiter additionally pauses *every* start when the server asks for longer than one
   `window` (a longer pause is a statement about the account, not about one request), capped
   at `max_pause`; for 40309 the token schedule is pushed back by the (capped) Retry-After.
+- **A stepped start.** Until the first rejection the request budget climbs from half the
+  configured rate in steps sized by the observed latency, each held until a token
+  bucket's burst would have drained (`_climb`); right after the first rejection it holds
+  the last level shown safe for one latency (`_confirm`). docs/loader.md has the figures.
 - **Catch-up.** Slots missed while every worker was busy may be caught up within `catch_up`
   seconds, until the first rejection: a server that rejects has shown that it counts
   strictly, so from then on starts stay evenly spaced.
@@ -47,6 +51,9 @@ REQUEST_WINDOW = 1.0
 """Seconds over which a requests-per-second limit is counted (MemOS: per second)."""
 TOKEN_WINDOW = 60.0
 """Seconds over which a tokens-per-minute limit is counted."""
+RAMP_FROM = 0.5
+"""Until the first answer, the share of the configured request rate sent: the server's
+ceiling is assumed to be at least this share of what the user configured."""
 REFINE_BY = 2.5
 """A later rejection of the same event lowers the learned ceiling when the server accepted
 at least this many requests (per second) fewer than learned: counts, not shares, so a
@@ -77,6 +84,8 @@ class _Budget:
     last_cut: float = float("-inf")
     calm_since: float = 0.0
     rejections: int = 0
+    low: float | None = None
+    """A count below the learned ceiling not yet confirmed by the next rejection."""
 
     def interval(self, weight: float, share: float = 1.0) -> float:
         return 0.0 if self.rate is None or weight <= 0 else weight / (self.rate * share)
@@ -99,8 +108,10 @@ class AccountLimiter:
         catch_up: float = 0.1,
         max_pause: float = 60.0,
         cut_every: float = 2.0,
-        ramp_from: float = 0.5,
-        ramp_seconds: float = 2.0,
+        ramp_from: float = RAMP_FROM,
+        overshoot: float = 12.0,
+        ramp_to: float = 0.98,
+        ramp: bool = True,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -123,13 +134,27 @@ class AccountLimiter:
         self.max_pause = max_pause
         self.cut_every = cut_every
         self.ramp_from = ramp_from
-        self.ramp_seconds = ramp_seconds
+        self.overshoot = overshoot
+        self.ramp_to = ramp_to
+        self.ramp = ramp and rps is not None
         self._started = now
+        self._latency: float | None = None
+        """Smoothed seconds from a request's start to its answer (None: no answer yet)."""
+        blind = (rps or 0.0) * ramp_from if self.ramp else (rps or 0.0)
+        self._level = blind
+        """Requests/s the ramp allows now (the whole budget once the ramp is over)."""
+        self._proven = blind
+        """The highest level held long enough to show it is below the server's ceiling."""
+        self._level_since = now
+        self._confirm_until = float("-inf")
+        self._confirm_rate = float("inf")
         self._clock = clock
         self._sleep = sleep
         self._paused_until = float("-inf")
         self._recent: deque[Ticket] = deque()
         self._epoch = 0
+        self._tok_epoch = 0
+        """Bumped whenever the token budget is lowered or its schedule pushed back."""
         """Bumped whenever a budget is lowered or starts are paused."""
 
     # --- what callers and reports read ----------------------------------------------------
@@ -138,6 +163,15 @@ class AccountLimiter:
     def rate(self) -> float | None:
         """Current requests-per-second budget (None: unlimited)."""
         return self._req.rate
+
+    @property
+    def pace(self) -> float | None:
+        """Requests/s allowed now: the ramp's level before the first rejection, the safe
+        level while its answers are in flight, else the budget (None: unlimited). The
+        in-flight gate is sized by it, so no more requests wait for a start than the pace
+        needs (a waiting request holds a start time reserved at the pace it was taken)."""
+        rate = self._req.rate
+        return None if rate is None else rate * self._share(self._clock())
 
     @property
     def tokens_per_minute(self) -> float | None:
@@ -171,15 +205,26 @@ class AccountLimiter:
         """Wait until a request of this weight may start within both budgets; returns its
         ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`)."""
         req, tok = self._req, self._tok
+        tok_slot: float | None = None
+        """This request's token slot once reserved: taking a new request slot (the ramp
+        stepped up, the request budget was cut) keeps it, so tokens are not reserved twice;
+        only a change of the token budget itself takes a new one."""
+        tok_epoch = self._tok_epoch
         while True:
             now = self._clock()
+            if req.learned is None and self.ramp:
+                self._climb(now)
+            if self._tok_epoch != tok_epoch:
+                tok_slot, tok_epoch = None, self._tok_epoch
             early = self.catch_up if req.learned is None else 0.0
-            start = max(now, req.tat - early, tok.tat, self._paused_until)
+            tok_from = tok.tat if tok_slot is None else tok_slot
+            start = max(now, req.tat - early, tok_from, self._paused_until)
             start = max(start, self._window_room(start))
             if req.rate is not None:
-                req.tat = max(req.tat, start) + req.interval(requests, self._ramp(start))
-            if tok.rate is not None:
+                req.tat = max(req.tat, start) + req.interval(requests, self._share(start))
+            if tok.rate is not None and tok_slot is None:
                 tok.tat = max(tok.tat, start) + tok.interval(tokens)
+                tok_slot = start
             if start <= now:
                 break
             epoch = self._epoch
@@ -194,19 +239,58 @@ class AccountLimiter:
         self._remember(ticket)
         return ticket
 
-    def _ramp(self, at: float) -> float:
-        """The share of the request budget usable at `at` before anything is learned.
+    def _share(self, at: float) -> float:
+        """The share of the request budget usable at `at`: the ramp's level before the
+        first rejection, the confirmation rate just after it, else all of it."""
+        req = self._req
+        if req.rate is None:
+            return 1.0
+        if req.learned is None:
+            if not self.ramp:
+                return 1.0
+            return min(1.0, self._level / req.rate)
+        if at < self._confirm_until:
+            return min(1.0, self._confirm_rate / req.rate)
+        return 1.0
+
+    def _climb(self, now: float) -> None:
+        """Step the ramp up while nothing is learned.
 
         The configured rate may be above the server's ceiling (the user does not know it),
-        and the first rejection reaches us one latency after the server's window filled:
-        everything sent meanwhile is refused. Starting at `ramp_from` of the budget and
-        rising linearly over `ramp_seconds` keeps that blind overshoot small; once a
-        rejection taught the ceiling, the ramp is over.
+        and a rejection is heard one latency L after the server began refusing: everything
+        sent meanwhile above the ceiling is refused. The ceiling is assumed to be at least
+        `ramp_from` of the configured rate, so that is where sending starts; each step up
+        from a level shown to be safe is at most `overshoot` / L requests/s (a sliding
+        window then refuses at most `overshoot` requests before we hear), and at most
+        `overshoot` requests/s unless the new level is itself at most `overshoot` / L (a
+        fixed window refuses at most one latency of sends). A level counts as safe once it
+        was held for `window x level / step` seconds plus one latency: long enough for a
+        token bucket's burst (one window of its rate) to drain if its rate were a step
+        below, so a burst cannot hide the ceiling for more than one step.
         """
-        if self._req.learned is not None or self.ramp_seconds <= 0:
-            return 1.0
-        done = (at - self._started) / self.ramp_seconds
-        return min(1.0, self.ramp_from + (1.0 - self.ramp_from) * max(0.0, done))
+        req = self._req
+        ceiling = None if req.rate is None else req.rate * self.ramp_to
+        latency = self._latency
+        if ceiling is None or latency is None:
+            return  # no answer yet: stay at the level assumed safe
+        latency = max(latency, 1e-3)
+        while self._level < ceiling:
+            step = self._level - self._proven
+            # a window must have turned over at this level before a step above it costs
+            # only the step (until then the server's window holds less than the level)
+            hold = req.window
+            if step > 0:
+                hold = max(hold, 1.1 * req.window * self._proven / step) + latency
+            if now < self._level_since + hold:
+                return
+            self._level_since = now if step <= 0 else self._level_since + hold
+            self._proven = self._level
+            budget = self.overshoot / latency
+            nxt = min(ceiling, self._level + budget, max(budget, self._level + self.overshoot))
+            if nxt <= self._level:
+                return
+            # slots already reserved keep their times: the new level spaces the next ones
+            self._level = nxt
 
     def _window_room(self, start: float) -> float:
         """The earliest time from `start` at which one more request keeps what was sent
@@ -263,6 +347,7 @@ class AccountLimiter:
     def on_success(self, ticket: Ticket | None = None) -> None:
         """A confirmed request: after `probe_every` calm seconds, raise each budget a step."""
         now = self._clock()
+        self._observe(ticket, now)
         for budget in (self._req, self._tok):
             if budget.rate is None or budget.ceiling is None or budget.rate >= budget.ceiling:
                 continue
@@ -270,9 +355,19 @@ class AccountLimiter:
                 budget.rate = min(budget.ceiling, budget.rate + self.probe_step * budget.ceiling)
                 budget.calm_since = now
 
+    def _observe(self, ticket: Ticket | None, now: float) -> None:
+        """Learn the latency (start to answer) that the ramp's steps are sized by."""
+        if ticket is None or not self.ramp:
+            return
+        seconds = max(0.0, now - ticket.started)
+        self._latency = seconds if self._latency is None else 0.8 * self._latency + 0.2 * seconds
+        if self._req.learned is None:
+            self._climb(now)
+
     def on_rate_limited(self, retry_after: float | None, ticket: Ticket | None = None) -> None:
         """The server said too many requests: settle below what it accepted, maybe pause."""
         now = self._clock()
+        self._observe(ticket, now)
         started = ticket.started if ticket is not None else now
         if ticket is not None:
             ticket.rejected = True
@@ -308,6 +403,7 @@ class AccountLimiter:
         if retry_after is not None and retry_after > 0:
             budget.tat = max(budget.tat, now + min(retry_after, self.max_pause))
             self._epoch += 1
+            self._tok_epoch += 1
 
     def _new_event(self, budget: _Budget, started: float, now: float) -> bool:
         """A rejection is a new congestion event when its request left after the last cut
@@ -332,20 +428,46 @@ class AccountLimiter:
             cause = (
                 budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
             )
+            if budget is self._req and budget.learned is None and self.ramp:
+                self._confirm(now, cause)
             budget.learned = cause
             budget.rate = max(budget.floor, cause * self.settle)
             budget.last_cut = now
             budget.calm_since = now
             budget.tat = now  # requests still waiting take new slots at the new rate
             self._epoch += 1
+            self._tok_epoch += budget is self._tok
         elif (
-            budget.rate / 2 < observed < (budget.learned or budget.rate) - REFINE_BY * budget.window
+            not budget.rate / 2
+            < observed
+            < (budget.learned or budget.rate) - REFINE_BY * (budget.window)
         ):
+            budget.low = None  # a count at the learned ceiling: a lower one was jitter
+        elif budget.low is None:
+            budget.low = observed  # one low count may be jitter; two in a row are a trend
+        else:
+            observed, budget.low = max(observed, budget.low), None
             budget.learned = observed
             budget.rate = max(budget.floor, observed * self.settle)
             budget.calm_since = now
             budget.tat = now
             self._epoch += 1
+            self._tok_epoch += budget is self._tok
+
+    def _confirm(self, now: float, cause: float) -> None:
+        """The first rejection during the ramp: until the requests still in flight are
+        answered, send no faster than the last level shown safe.
+
+        What the server accepted in the second before the rejected request overstates a
+        token bucket's rate (its burst was part of it); the answers still in flight tell
+        (a bucket's count falls while a window's stays), and refine the estimate.
+        """
+        req = self._req
+        if req.rate is not None and self._level >= req.rate * self.ramp_to:
+            return  # refused at the configured rate itself: that is the ceiling, near enough
+        latency = self._latency if self._latency is not None else req.window
+        self._confirm_until = now + 1.1 * latency + 0.05
+        self._confirm_rate = max(self._req.floor, min(cause, self._proven) * self.settle)
 
 
 class InFlightGate:
@@ -392,11 +514,9 @@ class InFlightGate:
             return
         if rate is None:
             return  # no budget to fill: stay at `start` (a local server gains nothing more)
-        want = min(self.high, max(self.low, int(self.headroom * rate * self.latency) + 2))
-        # grow by at most one per completed request (doubling per round trip, like TCP's
-        # slow start), so a budget above the server's ceiling is found with a small
-        # overshoot instead of a full round trip of rejected requests; shrink at once
-        self.limit = min(want, self.limit + 1)
+        # the limiter's ramp keeps an unknown ceiling from being overrun; the gate only
+        # has to leave room for the rate it allows
+        self.limit = min(self.high, max(self.low, int(self.headroom * rate * self.latency) + 2))
         self._admit()
 
     async def enter(self) -> None:

@@ -31,6 +31,9 @@ class LoadStats:
     pending: int = 0
     blocked: int = 0
     duration: float = 0.0
+    started_at: float = 0.0
+    """Wall-clock (epoch) second the load began; 0 when not recorded. Engines add up
+    bucket loads that overlap only in part, so they need when each ran, not only how long."""
     stopped: str | None = None
     stop_message: str | None = None
     failures: list[dict[str, Any]] = field(default_factory=list)

@@ -148,38 +148,37 @@ def extract_and_chunk(
     log.info("extract: %d source(s) in %.1f s", len(extracted), time.monotonic() - started)
     started = time.monotonic()
     policy = cfg.redact.policy()
-    delivered = incremental.delivered_message_hashes(workdir, dest)
-    delta = (
-        incremental.plan_workdir(
+    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
+    with incremental.DeliveredLedger(workdir, dest) as delivered:
+        # asked bucket by bucket as the chunker reaches them: memory holds one bucket's
+        # deliveries, never the destination's whole record
+        exclude = incremental.BucketPlan(
             workdir, staged_sources(workdir), delivered, cfg.load.resend_changed, policy=policy
         )
-        if delivered
-        else None
-    )
-    changed = delta.changed_ids if delta else []
+        chunked = chunk_workdir(
+            workdir,
+            limits,
+            exclude_ids=exclude if delivered.total else None,
+            since=since,
+            tags=cfg.tags_by_source(),
+            excluded_for=dest.id,
+            group=cfg.group_sources(),
+            policy=policy,
+        )
+        delta = exclude.finish()
+    changed = delta.changed_ids
     if changed and not cfg.load.resend_changed:
         log.warning(
             "%d delivered messages changed since; not resent (resend_changed: true sends them)",
             len(changed),
         )
-    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-    chunked = chunk_workdir(
-        workdir,
-        limits,
-        exclude_ids=delta.exclude if delta else set(),
-        since=since,
-        tags=cfg.tags_by_source(),
-        excluded_for=dest.id,
-        group=cfg.group_sources(),
-        policy=policy,
-    )
     log.info(
         "chunk: %d batches from %d new messages in %.1f s",
         chunked.batches,
         chunked.batched,
         time.monotonic() - started,
     )
-    return extracted, chunked, changed, len(delta.exclude) if delta else 0
+    return extracted, chunked, changed, delta.excluded
 
 
 def _whole_run(resumed: LoadStats, final: LoadStats) -> LoadStats:

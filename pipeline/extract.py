@@ -44,6 +44,7 @@ from pipeline.core.staging import (
     source_dir,
     staged_bucket_count,
 )
+from pipeline.core.staging_buckets import release_freed_memory
 from pipeline.core.workdir import quarantine_path
 
 SUMMARY_FILE = "_extract.json"
@@ -138,6 +139,10 @@ def extract_source(
     previous staging is kept then. (The dry run reports such exports instead.)
     """
     progress = progress or NullProgress()
+    # Arrow's default allocator (mimalloc) keeps what it freed for as long as the process
+    # lives once the system allocator takes over (bucketing, chunk, validate do that): in
+    # `run` 145 MB of huge pages stayed resident through the load. Start with the system one.
+    release_freed_memory()
     source = resolve_auto(source)
     connector = get_connector(source.kind)
     options = connector_options(source, default_user_id)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from pathlib import Path
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -112,39 +113,132 @@ def verify_ledger_file(path: Path) -> None:
         raise LedgerError(f"{path} is another program's database, not a memos-etl ledger; {hint}")
 
 
+def _delivered_scope(
+    conn: sqlite3.Connection, workdir: Path, dest: Destination
+) -> tuple[str, list[str]] | None:
+    """How `dest`'s deliveries are selected in an open ledger: (a `where` clause, its
+    parameters), or None when the ledger holds none for `dest`."""
+    version = conn.execute("pragma user_version").fetchone()[0]
+    if version == 0:
+        return None
+    if version == 1:
+        owner = local_default(workdir)
+        if Path(owner.account).exists() and dest != owner:
+            return None
+        return "1 = 1", []
+    ids = [dest.id]
+    if not conn.execute("select count(*) from destinations").fetchone()[0]:
+        ids.append(LEGACY_DEST)
+    return f"dest_id in ({','.join('?' * len(ids))})", ids
+
+
 def delivered_message_hashes(
     workdir: Path, destination: Destination | None = None
 ) -> dict[str, str]:
     """Message ids already delivered to `destination` (default: the workdir's local store),
-    with the content hash that was sent (read-only)."""
-    dest = destination or local_default(workdir)
-    path = ledger_path(workdir)
-    if not path.exists():
-        return {}
-    verify_ledger_file(path)
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        version = conn.execute("pragma user_version").fetchone()[0]
-        if version == 0:
+    with the content hash that was sent (read-only). Holds every delivery in memory: the
+    stages ask `DeliveredLedger` a bucket or a window at a time instead."""
+    with DeliveredLedger(workdir, destination) as ledger:
+        if ledger.scope is None:
             return {}
-        if version == 1:
-            owner = local_default(workdir)
-            if Path(owner.account).exists() and dest != owner:
-                return {}
-            return dict(conn.execute("select message_id, content_hash from delivered_messages"))
-        ids = [dest.id]
-        if not conn.execute("select count(*) from destinations").fetchone()[0]:
-            ids.append(LEGACY_DEST)
-        marks = ",".join("?" * len(ids))
+        where, params = ledger.scope
         return dict(
-            conn.execute(
-                "select message_id, content_hash from delivered_messages"
-                f" where dest_id in ({marks})",
-                ids,
+            ledger.connection().execute(
+                f"select message_id, content_hash from delivered_messages where {where}",  # noqa: S608
+                params,
             )
         )
-    finally:
-        conn.close()
+
+
+IN_LIST = 500
+"""Message ids asked of the ledger per query (SQLite's default limit is 32,766 variables)."""
+
+
+class DeliveredLedger:
+    """What the ledger says one destination has, asked a few ids at a time (read-only).
+
+    `run` and the dry run ask it one staging bucket at a time (`BucketPlan`, the dry
+    run's loop), so memory holds one bucket's deliveries, never every delivery of the
+    destination (a million delivered messages took ~200 MB as one dict). The ledger file
+    is checked (`verify_ledger_file`) before it is read. Picklable: a copy sent to another
+    process opens its own connection.
+    """
+
+    def __init__(self, workdir: Path, destination: Destination | None = None):
+        self.workdir = workdir
+        self.destination = destination or local_default(workdir)
+        self.path = ledger_path(workdir)
+        self._conn: sqlite3.Connection | None = None
+        self.scope: tuple[str, list[str]] | None = None
+        """The `where` clause selecting this destination's rows; None: it has none."""
+        self.total = 0
+        """Messages the ledger records as delivered to the destination."""
+        if self.path.exists():
+            verify_ledger_file(self.path)
+            self.scope = _delivered_scope(self.connection(), workdir, self.destination)
+        if self.scope is not None:
+            where, params = self.scope
+            self.total = (
+                self.connection()
+                .execute(
+                    f"select count(*) from delivered_messages where {where}",  # noqa: S608
+                    params,
+                )
+                .fetchone()[0]
+            )
+            if not self.total:
+                self.scope = None
+
+    def connection(self) -> sqlite3.Connection:
+        """The read-only connection (opened on first use)."""
+        if self._conn is None:
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+        return self._conn
+
+    def among(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """`{message_id: content_hash}` of those of `message_ids` the destination has."""
+        out: dict[str, str] = {}
+        if self.scope is None:
+            return out
+        where, params = self.scope
+        conn = self.connection()
+        for start in range(0, len(message_ids), IN_LIST):
+            chunk = message_ids[start : start + IN_LIST]
+            out.update(
+                conn.execute(
+                    "select message_id, content_hash from delivered_messages"  # noqa: S608
+                    f" where {where} and message_id in ({','.join('?' * len(chunk))})",
+                    [*params, *chunk],
+                )
+            )
+        return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> DeliveredLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_conn": None}
+
+
+class DeliveredMap:
+    """A `DeliveredLedger` stand-in over an in-memory `{message_id: content_hash}`."""
+
+    def __init__(self, delivered: Mapping[str, str]):
+        self.delivered = delivered
+        self.total = len(delivered)
+
+    def among(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """`{message_id: content_hash}` of those of `message_ids` in the map."""
+        get = self.delivered.get
+        return {m: h for m in message_ids if (h := get(m)) is not None}
 
 
 @dataclass
@@ -157,7 +251,8 @@ class BatchPlan:
     already_messages: int = 0
     """Messages left out because this destination already has them."""
     duplicate_messages: int = 0
-    """Messages left out because an earlier batch of the file carries them."""
+    """Messages left out because an earlier batch of the file (of the same window, when
+    loaded in windows) carries them."""
     changed: list[str] = field(default_factory=list)
     """Delivered messages whose content changed since (sent only with `resend_changed`)."""
 
@@ -206,14 +301,26 @@ def filter_windows(
     """`filter_batches`, one window of the batch file at a time: each window's delivered
     messages are asked of `lookup` (the ledger), so memory grows with the window, not with
     what the destination has. Counts go to `plan` as windows are consumed (its `batches`
-    stays empty)."""
-    seen: set[bytes] = set()
+    stays empty).
+
+    Duplicates are looked for inside a window: the loader delivers a window before it
+    takes the next (`pipeline.load.loader.load_batches`), so by the time a later window
+    is filtered, a message an earlier window sent is in the ledger and left out as
+    delivered. A set of every message seen would grow with the export (~90 bytes a
+    message: 450 MB for 5M messages).
+    """
     changed: set[str] = set()
     dropped_parts: set[str] = set()
     for window in batches:
         delivered = lookup(sorted({mid for b in window for mid in b.message_ids}))
+        seen: set[bytes] = set()
 
-        def verdict(mid: str, digest: str, delivered: Mapping[str, str] = delivered) -> str:
+        def verdict(
+            mid: str,
+            digest: str,
+            delivered: Mapping[str, str] = delivered,
+            seen: set[bytes] = seen,
+        ) -> str:
             """ "send", "already" or "duplicate" for one message."""
             sent = delivered.get(mid)
             if sent is not None and sent != digest and mid not in changed:
@@ -242,6 +349,8 @@ def filter_windows(
                         plan.duplicate_messages += what == "duplicate"
                 if mid not in dropped_parts:
                     kept.append(batch)
+                elif batch.part[0] == batch.part[1]:
+                    dropped_parts.discard(mid)  # its last part: nothing more to drop
                 continue
             keep: list[int] = []
             for i, (mid, digest) in enumerate(
@@ -289,6 +398,12 @@ class Delta:
     """Staged rows (as given to `plan`) whose content differs from what was delivered."""
     exclude: set[str]
     """Message ids to leave out of the next batches."""
+    excluded: int = -1
+    """How many staged messages are left out (`len(exclude)` when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.excluded < 0:
+            self.excluded = len(self.exclude)
 
     @property
     def changed_ids(self) -> list[str]:
@@ -327,30 +442,122 @@ def plan(
     return Delta(len(delivered), hit.num_rows, changed, exclude)
 
 
+class Delivered(Protocol):
+    """Where the rule asks what a destination has: `DeliveredLedger` or `DeliveredMap`."""
+
+    total: int
+
+    def among(self, message_ids: Sequence[str]) -> dict[str, str]: ...
+
+
+class BucketPlan:
+    """`plan` over the staged rows of the sources `labels`, one staging bucket at a time,
+    as the chunker reaches them: the `exclude_ids` of `run`'s chunk step.
+
+    `mid in plan` says whether the chunker leaves a staged message out. The first id of a
+    bucket not seen yet makes the plan read that bucket's ids and contents, ask `delivered`
+    about those ids only, and keep that bucket's answer; the previous bucket's is dropped.
+    Memory holds one bucket (a few MB), never every delivery of the destination. Bucket
+    order is not assumed: an id of another bucket makes the plan look forward from the
+    current bucket (then from the first), so any order is answered right, in-order
+    fastest. `finish` plans the buckets no id was asked of and returns the totals.
+
+    A message id belongs to one bucket because a connector gives a message one
+    conversation, and buckets are by conversation (`pipeline.core.buckets`). An id staged
+    in two buckets (the same export under two sources with different conversation
+    options) is planned in each bucket alone, as the chunker's duplicate check is.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        labels: Iterable[str],
+        delivered: Delivered,
+        resend_changed: bool,
+        *,
+        policy: Policy = DEFAULT_POLICY,
+    ):
+        from pipeline.core.staging import staged_bucket_count
+
+        self.workdir = workdir
+        self.labels = list(labels)
+        self.delivered = delivered
+        self.resend_changed = resend_changed
+        self.policy = policy
+        self.buckets = staged_bucket_count(workdir, self.labels) if delivered.total else 0
+        self.staged_delivered = 0
+        self.excluded = 0
+        """Staged messages left out (each bucket's distinct ids added up)."""
+        self.changed: list[pa.Table] = []
+        self._planned: set[int] = set()
+        self._current = -1
+        self._ids: set[str] = set()
+        self._exclude: set[str] = set()
+
+    def __contains__(self, mid: object) -> bool:
+        if not self.buckets or not isinstance(mid, str):
+            return False
+        if mid not in self._ids:
+            self._find(mid)
+        return mid in self._exclude
+
+    def _find(self, mid: str) -> None:
+        """Move to the bucket that stages `mid` (unchanged if none does)."""
+        start = self._current
+        for step in range(1, self.buckets + 1):
+            bucket = (start + step) % self.buckets
+            self._load(bucket)
+            if mid in self._ids:
+                return
+
+    def _load(self, bucket: int) -> None:
+        """Plan `bucket`: its staged ids and which of them are left out."""
+        from pipeline.core.staging import read_labeled_bucket
+
+        table = read_labeled_bucket(
+            self.workdir, self.labels, ["message_id", "content"], bucket, self.buckets
+        ).drop_columns(["label"])
+        ids = table.column("message_id").to_pylist()
+        delta = plan(
+            table,
+            self.delivered.among(sorted(set(ids))),
+            self.resend_changed,
+            policy=self.policy,
+        )
+        if bucket not in self._planned:
+            self._planned.add(bucket)
+            self.staged_delivered += delta.staged_delivered
+            self.excluded += len(delta.exclude)
+            if delta.changed.num_rows:
+                self.changed.append(delta.changed)
+        self._current, self._ids, self._exclude = bucket, set(ids), delta.exclude
+
+    def finish(self) -> Delta:
+        """Plan the buckets not planned yet; the totals (`exclude`: the last bucket's)."""
+        for bucket in range(self.buckets):
+            if bucket not in self._planned:
+                self._load(bucket)
+        self._ids, self._exclude, self._current = set(), set(), -1
+        empty = pa.schema([("message_id", pa.large_string()), ("content", pa.large_string())])
+        return Delta(
+            self.delivered.total,
+            self.staged_delivered,
+            pa.concat_tables(self.changed) if self.changed else empty.empty_table(),
+            set(),
+            self.excluded,
+        )
+
+
 def plan_workdir(
     workdir: Path,
     labels: Iterable[str],
-    delivered: Mapping[str, str],
+    delivered: Mapping[str, str] | Delivered,
     resend_changed: bool,
     *,
     policy: Policy = DEFAULT_POLICY,
 ) -> Delta:
     """`plan` over the staged rows of the sources `labels`, one staging bucket at a time
-    (memory bounded by the largest bucket, never the whole staging table)."""
-    from pipeline.core.staging import read_labeled_bucket, staged_bucket_count
-
-    names = list(labels)
-    if not delivered:
-        empty = pa.schema([("message_id", pa.large_string()), ("content", pa.large_string())])
-        return Delta(len(delivered), 0, empty.empty_table(), set())
-    buckets = staged_bucket_count(workdir, names)
-    parts: list[Delta] = []
-    for bucket in range(buckets):
-        table = read_labeled_bucket(workdir, names, ["message_id", "content"], bucket, buckets)
-        parts.append(plan(table.drop_columns(["label"]), delivered, resend_changed, policy=policy))
-    return Delta(
-        len(delivered),
-        sum(p.staged_delivered for p in parts),
-        pa.concat_tables([p.changed for p in parts]),
-        set().union(*(p.exclude for p in parts)),
-    )
+    (memory bounded by the largest bucket, never the whole staging table). The returned
+    `exclude` is empty: ask a `BucketPlan` which ids are left out."""
+    view = DeliveredMap(delivered) if isinstance(delivered, Mapping) else delivered
+    return BucketPlan(workdir, labels, view, resend_changed, policy=policy).finish()

@@ -52,9 +52,10 @@ def test_sample_file_stages_every_row(tmp_path: Path) -> None:
 def test_counts_stay_distinct_across_buffer_flushes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Conversation and user counts of message events, flushed and merged in small steps."""
-    monkeypatch.setattr("pipeline.extract._Pairs.MESSAGES_PER_FLUSH", 2)
-    monkeypatch.setattr("pipeline.extract._Pairs.COMPACT_EVERY", 2)
+    """Conversation and user counts of message events, counted bucket by bucket."""
+    monkeypatch.setattr(
+        "pipeline.core.staging_buckets.choose_buckets", lambda files, target_bytes=0: 8
+    )
     stats = extract_source(SourceConfig(kind="csv", path=SAMPLES / "support_chats.csv"), tmp_path)
     table = read_staging(tmp_path)
     users, conversations = table.column("user_id"), table.column("conversation_id")

@@ -53,7 +53,7 @@ from connectors.slack.model import (
     UserInfo,
 )
 from connectors.slack.text import Names, fallback_content, file_names, render_mrkdwn
-from pipeline.core.models import STAGING_SCHEMA, Quarantined
+from pipeline.core.models import STAGING_SCHEMA, Quarantined, StagedPart
 from pipeline.core.staging import PartWriter, large_string_array, replace_surrogates
 
 SOURCE = "slack"
@@ -263,7 +263,10 @@ def run_job(job: Job, ctx: Context, reader: FileReader) -> JobResult:
             rows.flush()
     rows.flush()
     if isinstance(sink, PartWriter):
-        return JobResult(sink.close(), None, dict(skipped), quarantined)
+        part = sink.close()
+        if part is not None:  # the extract counts conversations from the staged buckets,
+            part = StagedPart(part.path, part.rows)  # so the distinct ids stay here
+        return JobResult(part, None, dict(skipped), quarantined)
     return JobResult(None, sink.table(), dict(skipped), quarantined)
 
 

@@ -529,7 +529,7 @@ def _run(
             for i in sorted(range(len(jobs)), key=lambda i: -jobs[i].size)
         }
         for i in range(len(jobs)):
-            yield from merged.add(futures[i].result())
+            yield from merged.add(futures.pop(i).result())  # a result is let go once used
         yield from merged.flush()
 
 

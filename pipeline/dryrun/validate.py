@@ -93,20 +93,24 @@ def _validate(
     log.info("validate: %d staged messages from %d source(s)", staged, len(labels))
 
     policy = cfg.redact.policy()
-    delivered = incremental.delivered_message_hashes(workdir, destination_for(cfg.load, workdir))
+    # asked one bucket's ids at a time: memory never holds the destination's whole record
+    delivered = incremental.DeliveredLedger(workdir, destination_for(cfg.load, workdir))
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
     chunk_stats = ChunkStats()
     owners: set[str] = set()
     checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
     channels = ChannelTally() if any(s.kind == "slack" for s in cfg.sources) else None
-    ledger = LedgerFigures(bool(delivered), len(delivered), 0, 0, set())
+    ledger = LedgerFigures(bool(delivered.total), delivered.total, 0, 0, set())
     rows = merge.AggregateParts(TOP_N)
     per_bucket: dict[str, list[checks.Finding]] = {}
     before_since = 0
     progress.start("validate", total=staged, unit="msg")
     for bucket in range(buckets):  # memory: one bucket's rows at a time
         table = read_labeled_bucket(workdir, labels, columns, bucket, buckets)
-        part = ledger_figures(table, delivered, cfg.load.resend_changed, policy)
+        ids = table.column("message_id").to_pylist() if delivered.total else []
+        part = ledger_figures(
+            table, delivered.among(sorted(set(ids))), cfg.load.resend_changed, policy
+        )
         ledger.add(part)
         with _stage(f"chunk + batch checks, bucket {bucket}"):
             bucket_stats = ChunkStats()
@@ -134,6 +138,7 @@ def _validate(
             for check in ROW_CHECKS:
                 per_bucket.setdefault(check.__name__, []).append(check(table))
     chunk_stats.users = len(owners)
+    delivered.close()
     progress.close()
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
@@ -293,13 +298,13 @@ class LedgerFigures:
     staged_delivered: int
     changed: int
     exclude: set[str]
+    """This bucket's ids left out (a total over buckets keeps none: `add` skips them)."""
     changed_examples: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, part: LedgerFigures) -> None:
         """Add the figures of another staging bucket (same ledger)."""
         self.staged_delivered += part.staged_delivered
         self.changed += part.changed
-        self.exclude |= part.exclude
         room = checks.MAX_EXAMPLES - len(self.changed_examples)
         self.changed_examples += part.changed_examples[: max(room, 0)]
 

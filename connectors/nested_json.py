@@ -268,20 +268,30 @@ class Array:
         self._pos = pos
         self._started = False
 
+    def _first_element(self) -> int | None:
+        """Where the first element starts; None when the array was already iterated (it
+        can be once) or is empty (then `end` is set past its `]`)."""
+        if self._started:
+            return None
+        self._started = True
+        buf = self._walker.buf
+        pos = buf.skip_ws(self._pos + 1)
+        if pos < len(buf.data) and buf.data[pos] == _CLOSE_ARRAY:
+            self.end = pos + 1
+            return None
+        return pos
+
     def values(self, decode: Decode = orjson.loads) -> Iterator[Any]:
         """The elements, in order. `decode` parses an element whose end the learned
         separator found (most elements of an indented array); it must return what
         `orjson.loads` would for every field the caller reads and raise
         `orjson.JSONDecodeError` where orjson does. Others are parsed generically."""
-        if self._started:
+        first = self._first_element()
+        if first is None:
             return
-        self._started = True
         walker = self._walker
         buf = walker.buf
-        pos = buf.skip_ws(self._pos + 1)
-        if pos < len(buf.data) and buf.data[pos] == _CLOSE_ARRAY:
-            self.end = pos + 1
-            return
+        pos = first
         ws = _WS_RUN.match
         separator: re.Pattern[bytes] | None = None
         learn = True
@@ -344,15 +354,12 @@ class Array:
         at a time as `values(decode)` reads them (each a run of one), so errors and values
         are the same as theirs. Can be iterated once, instead of `values()`.
         """
-        if self._started:
+        first = self._first_element()
+        if first is None:
             return
-        self._started = True
         walker = self._walker
         buf = walker.buf
-        pos = buf.skip_ws(self._pos + 1)
-        if pos < len(buf.data) and buf.data[pos] == _CLOSE_ARRAY:
-            self.end = pos + 1
-            return
+        pos = first
         ws = _WS_RUN.match
         separator: re.Pattern[bytes] | None = None
         cut_at = b""

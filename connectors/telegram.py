@@ -59,7 +59,13 @@ from connectors.nested_json import Array, Enter, Exit, array_at, walk
 from connectors.nested_json import Field as JsonField
 from connectors.nested_json import Path as JsonPath
 from connectors.row_buffer import Appenders, RowBuffer
-from connectors.telegram_model import Message, decode_message, decode_messages, extra_fields
+from connectors.telegram_model import (
+    EXTRA_FIELDS,
+    Message,
+    decode_message,
+    decode_messages,
+    extra_fields,
+)
 from connectors.telegram_split import ChatSpan, SpanScan
 from connectors.telegram_text import flatten_text, media_placeholder
 from pipeline.core.errors import InputError
@@ -167,18 +173,8 @@ MEDIA_KEYS = frozenset(
     ]
 )
 _NO_KEYS: frozenset[str] = frozenset()
-EXTRA_KEYS = frozenset(
-    [
-        "reply_to_message_id",
-        "edited",
-        "edited_unixtime",
-        "forwarded_from",
-        "saved_from",
-        "via_bot",
-        "author",
-        "reactions",
-    ]
-)
+EXTRA_KEYS = (frozenset(EXTRA_FIELDS) - {"reply_to_peer_id"}) | {"reactions"}
+"""Keys that give a message metadata of its own (`reply_to_peer_id` only with a reply)."""
 
 
 class Options(GroupChatOptions):

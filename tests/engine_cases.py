@@ -12,7 +12,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import orjson
+from click.testing import CliRunner
+
+from pipeline.cli import main
 from pipeline.core.config import load_config
 from pipeline.engines.slices import AccountRun
 from pipeline.server import LocalServer, ServerConfig, start_server
@@ -140,3 +145,14 @@ def assert_budget_kept(account: Account, run: AccountRun) -> None:
     tokens_per_s = account.tpm / 60
     assert 0 < peaks["tokens_per_10s"] <= tokens_per_s * 10 + peaks["max_call_tokens"]
     assert peaks["tokens_per_60s"] <= account.tpm + peaks["max_call_tokens"]
+
+
+def run_engine_cli(config: Path, engine: str, buckets: int = 4) -> dict[str, Any]:
+    """`memos-etl run CONFIG --engine ENGINE --buckets N --json`, which must succeed; its
+    JSON summary."""
+    result = CliRunner().invoke(
+        main, ["run", str(config), "--engine", engine, "--buckets", str(buckets), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    out: dict[str, Any] = orjson.loads(result.stdout)
+    return out

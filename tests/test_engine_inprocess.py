@@ -30,6 +30,7 @@ from tests.engine_cases import (
     accounts,
     assert_budget_kept,
     assert_exactly_once_in_order,
+    run_engine_cli,
 )
 
 
@@ -62,11 +63,7 @@ def test_two_accounts_by_bucket_exactly_once_within_each_budget(tmp_path: Path) 
 def test_run_engine_inprocess_through_the_cli(tmp_path: Path) -> None:
     with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
         config = tmp_path / "solo" / "config.yaml"
-        result = CliRunner().invoke(
-            main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
-        )
-        assert result.exit_code == 0, result.output
-        out = orjson.loads(result.stdout)
+        out = run_engine_cli(config, "inprocess")
         (account,) = out["accounts"]
         assert out["engine"] == "inprocess"
         assert account["load"]["sent"]["messages"] + account["load"]["verified_messages"] == 40
@@ -122,16 +119,11 @@ def test_history_shows_each_engine_run_and_a_rerun_counts_what_it_skipped(
     says it found everything already delivered instead of "sent 0, already delivered 0"."""
     with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
         config = tmp_path / "solo" / "config.yaml"
-        runner = CliRunner()
-        for _ in range(2):
-            result = runner.invoke(
-                main, ["run", str(config), "--engine", "inprocess", "--buckets", "4", "--json"]
-            )
-            assert result.exit_code == 0, result.output
-        (again,) = orjson.loads(result.stdout)["accounts"]
+        run_engine_cli(config, "inprocess")
+        (again,) = run_engine_cli(config, "inprocess")["accounts"]
         assert again["load"]["sent"]["messages"] == 0
         assert again["load"]["already_delivered"]["messages"] == 40
-        shown = runner.invoke(main, ["history", "--config", str(config), "--json"])
+        shown = CliRunner().invoke(main, ["history", "--config", str(config), "--json"])
         assert shown.exit_code == 0, shown.output
         newest, first = orjson.loads(shown.stdout)["runs"]
         assert "--engine inprocess" in first["command"]

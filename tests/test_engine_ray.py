@@ -8,13 +8,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
-from click.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed: pip install -e '.[ray]'")
 
-from pipeline.cli import main  # noqa: E402
 from pipeline.engines import ray_engine  # noqa: E402
 from pipeline.engines.slices import run_accounts  # noqa: E402
 from tests.engine_cases import (  # noqa: E402
@@ -22,6 +19,7 @@ from tests.engine_cases import (  # noqa: E402
     accounts,
     assert_budget_kept,
     assert_exactly_once_in_order,
+    run_engine_cli,
 )
 
 
@@ -61,11 +59,7 @@ def test_run_engine_ray_through_the_cli(tmp_path: Path) -> None:
     """`memos-etl run --engine ray` joins the running Ray (as it would `RAY_ADDRESS`'s)."""
     with accounts(tmp_path, [("solo", 50.0, 100_000)], conversations=10, per=4) as accs:
         config = tmp_path / "solo" / "config.yaml"
-        result = CliRunner().invoke(
-            main, ["run", str(config), "--engine", "ray", "--buckets", "4", "--json"]
-        )
-        assert result.exit_code == 0, result.output
-        (account,) = orjson.loads(result.stdout)["accounts"]
+        (account,) = run_engine_cli(config, "ray")["accounts"]
         assert account["load"]["complete"] and len(account["buckets"]) == 4
         assert account["budget_peaks"]["requests_per_1s"] > 0
         assert_exactly_once_in_order(accs[0])

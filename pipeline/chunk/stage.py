@@ -131,7 +131,7 @@ def chunk_workdir(
     folder.mkdir(parents=True, exist_ok=True)
     tmp = batches_path(workdir).with_suffix(".jsonl.tmp")
     try:
-        with tmp.open("wb") as out:
+        with tmp.open("wb", buffering=1 << 20) as out:
             if workers <= 1 or job.buckets == 1:
                 for bucket in range(job.buckets):
                     part, owners = chunk_bucket(job, bucket, exclude_ids, out)

@@ -426,7 +426,7 @@ def chunk_table(
     )
     all_kept = len(kept) == n
     bounds = _conversation_starts(table)
-    for start, end in zip(bounds, [*bounds[1:], n], strict=True):
+    for start, end in zip(bounds, [*bounds[1:], n] if bounds else [], strict=True):
         rows = (
             every_row[start:end]
             if all_kept

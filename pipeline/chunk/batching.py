@@ -4,10 +4,11 @@ Batches never mix conversations, keep each conversation's messages in (created_a
 order, and hold at most `max_messages` messages and `max_tokens` tokens. Tokens are counted
 lazily: a cl100k token is at least one UTF-8 byte, so while a batch's bytes (plus framing)
 fit the budget no message in it is tokenized; exact counts are taken only where the cut
-decision needs them, and the cuts are exactly those of counting everything. A batch's
-`tokens` is then its exact count, or (when nothing forced a count) its byte bound, which
-is never above `max_tokens`. A message larger
-than the budget is cut into ordered parts (never truncated); ids longer than the API's
+decision needs them (largest bounds first, and only until the message fits), and the cuts
+are exactly those of counting everything. A batch's `tokens` is then its messages' exact
+counts where they were taken and byte bounds elsewhere: at least its exact count and never
+above `max_tokens` (the loader and the dry run count exactly where tokens matter: a token
+budget, the plan). A message larger than the budget is cut into ordered parts (never truncated); ids longer than the API's
 100 characters get a deterministic short form, the original kept in `info`. A batch
 carries the configured `tags` of the sources its messages were staged by.
 
@@ -277,14 +278,29 @@ def chunk_conversation(
     pending_exact: list[bool] = []
     """Per pending message: is its figure in `pending` an exact count (else a byte bound)?"""
 
-    def count_pending() -> int:
-        """Replace the byte bounds in `pending` by exact counts; the new exact total."""
-        for k, exact in enumerate(pending_exact):
-            if not exact:
-                r, m, _ = pending[k]
-                pending[k] = (r, m, count_tokens(m["content"]) + MESSAGE_OVERHEAD)
-                pending_exact[k] = True
-        return sum(t for _, _, t in pending)
+    def count_pending(room: int) -> int:
+        """Replace byte bounds in `pending` by exact counts, largest bound first, until the
+        total is at most `room` or every figure is exact; the new total.
+
+        Stopping once it fits is enough for the cut: the total is then an upper bound of
+        the exact one, so the message fits whatever the rest count. Only a message that
+        does not fit needs every figure exact. A batch's `tokens` may thus mix exact
+        counts and bounds; it stays between the exact count and the budget.
+        """
+        total = sum([t for _, _, t in pending])
+        bounded = sorted(
+            (k for k, exact in enumerate(pending_exact) if not exact),
+            key=lambda k: -pending[k][2],
+        )
+        for k in bounded:
+            if total <= room:
+                break
+            r, m, bound = pending[k]
+            counted = count_tokens(m["content"]) + MESSAGE_OVERHEAD
+            pending[k] = (r, m, counted)
+            pending_exact[k] = True
+            total += counted - bound
+        return total
 
     for row in rows:
         tokens = row.nbytes + MESSAGE_OVERHEAD
@@ -315,7 +331,7 @@ def chunk_conversation(
             if not exact:  # the bounds say it may not fit: count exactly
                 tokens, exact = count_tokens(row.content) + MESSAGE_OVERHEAD, True
             if pending_tokens + tokens > max_tokens:
-                pending_tokens = count_pending()
+                pending_tokens = count_pending(max_tokens - tokens)
         if pending and (pending_tokens + tokens > max_tokens or len(pending) >= max_messages):
             yield make(pending, None)
             pending, pending_tokens, pending_exact = [], 0, []

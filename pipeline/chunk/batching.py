@@ -8,9 +8,10 @@ decision needs them (largest bounds first, and only until the message fits), and
 are exactly those of counting everything. A batch's `tokens` is then its messages' exact
 counts where they were taken and byte bounds elsewhere: at least its exact count and never
 above `max_tokens` (the loader and the dry run count exactly where tokens matter: a token
-budget, the plan). A message larger than the budget is cut into ordered parts (never truncated); ids longer than the API's
-100 characters get a deterministic short form, the original kept in `info`. A batch
-carries the configured `tags` of the sources its messages were staged by.
+budget, the plan). A message larger than the budget is cut into ordered parts (never
+truncated); ids longer than the API's 100 characters get a deterministic short form, the
+original kept in `info`. A batch carries the configured `tags` of the sources its messages
+were staged by.
 
 Group-chat mode (sources with `memory_owner: group`, `Config.group_sources`): the body's
 `user_id` is the list of the conversation's participants (the speakers of its `user`
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from hashlib import sha256
 from itertools import compress
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -153,8 +154,10 @@ class ChunkStats:
         }
 
 
-@dataclass(slots=True)
-class _Row:
+class _Row(NamedTuple):
+    """One staged message as the chunker uses it (a tuple: a bucket's rows are built from
+    its columns in one C-level pass, `_Row._make` over `zip`)."""
+
     source: str
     message_id: str
     role: str
@@ -425,19 +428,22 @@ def chunk_table(
         masks[i] = counts
     every_row = list(
         map(
-            _Row,
-            cols["source"],
-            cols["message_id"],
-            cols["role"],
-            cols["content"],
-            cols["created_at"],
-            cols["seq"],
-            nbytes,
-            whens,
-            labels,
-            authors,
-            names,
-            masks,
+            _Row._make,
+            zip(
+                cols["source"],
+                cols["message_id"],
+                cols["role"],
+                cols["content"],
+                cols["created_at"],
+                cols["seq"],
+                nbytes,
+                whens,
+                labels,
+                authors,
+                names,
+                masks,
+                strict=True,
+            ),
         )
     )
     all_kept = len(kept) == n

@@ -19,7 +19,7 @@ from pipeline.core.tokens import messages_tokens
 
 COUNT_ALL = 2048
 """Batches counted exactly before sampling starts."""
-SAMPLE_EVERY = 16
+SAMPLE_EVERY = 64
 """Beyond `COUNT_ALL`, one batch in this many is counted (by a checksum of its id)."""
 
 

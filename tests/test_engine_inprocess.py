@@ -4,6 +4,7 @@ order, each account's budget shared by its buckets (no Ray needed)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,9 +14,10 @@ from click.testing import CliRunner
 
 import pipeline.engines
 from pipeline.cli import main
-from pipeline.core.destination import Destination
+from pipeline.core.destination import Destination, local_default
 from pipeline.core.workdir import bucket_ledger_dir
 from pipeline.engines import inprocess
+from pipeline.engines import slices as slices_module
 from pipeline.engines.slices import (
     SHARED_CATCH_UP,
     AccountRun,
@@ -32,6 +34,7 @@ from tests.engine_cases import (
     assert_exactly_once_in_order,
     run_engine_cli,
 )
+from tests.loader_fakes import make_batches
 
 
 @pytest.fixture(autouse=True)
@@ -167,3 +170,32 @@ def test_an_engine_load_lasts_from_its_first_bucket_s_start_to_its_last_one_s_en
     run = AccountRun("solo", Destination("memos", "http://x", "solo"))
     run.add(SliceResults(two_at_a_time))
     assert run.load.duration == 2.0
+
+
+def test_slices_leave_out_a_message_met_again_in_a_later_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slices are written a window at a time and all before any is delivered: the same
+    message (id and content) in two conversations, windows apart, goes out once."""
+    monkeypatch.setattr(slices_module, "WINDOW", 2)
+    batches = make_batches({f"c{i}": 2 for i in range(6)}, per_batch=2)
+    again = batches[-1]  # the first batch's message again, in another conversation
+    copy = dataclasses.replace(
+        again,
+        batch_id="again",
+        message_ids=(batches[0].message_ids[0],),
+        content_hashes=(batches[0].content_hashes[0],),
+        body={**again.body, "messages": [batches[0].body["messages"][0]]},
+    )
+    plan = slices_module.write_slices(
+        tmp_path, local_default(tmp_path), [*batches, copy], 4, resend=False
+    )
+    written = [
+        orjson.loads(line)
+        for path in sorted(bucket_ledger_dir(tmp_path, local_default(tmp_path).id).glob("*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+    ids = [mid for b in written for mid in b["message_ids"]]
+    assert sorted(ids) == sorted(mid for b in batches for mid in b.message_ids)
+    assert sum(plan.counts.values()) == len(batches)
+    assert not list(bucket_ledger_dir(tmp_path, local_default(tmp_path).id).glob(".seen*"))

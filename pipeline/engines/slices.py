@@ -38,6 +38,7 @@ from pipeline.core.workdir import (
     ledger_path,
 )
 from pipeline.load.budget import Budget
+from pipeline.load.entry import WINDOW
 from pipeline.load.ledger import Ledger
 from pipeline.load.loader import load_batches
 from pipeline.load.preflight import preflight
@@ -273,14 +274,26 @@ def existing_slices(workdir: Path, dest: Destination) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in folder.glob("bucket-*.jsonl"))
 
 
-def delivered_everywhere(workdir: Path, dest: Destination) -> dict[str, str]:
-    """What `dest` has confirmed: the workdir ledger's record and every bucket ledger's."""
-    delivered = incremental.delivered_message_hashes(workdir, dest)
-    folder = bucket_ledger_dir(workdir, dest.id)
-    for path in sorted(folder.glob("bucket-*.sqlite")) if folder.is_dir() else []:
-        with Ledger(path, dest) as ledger:
-            delivered.update(ledger.delivered())
-    return delivered
+class DeliveredEverywhere:
+    """What `dest` has confirmed, asked a window of ids at a time: the workdir ledger's
+    record and every bucket ledger's (never every delivery in memory at once)."""
+
+    def __init__(self, workdir: Path, dest: Destination):
+        self.stack = contextlib.ExitStack()
+        self.main = self.stack.enter_context(incremental.DeliveredLedger(workdir, dest))
+        folder = bucket_ledger_dir(workdir, dest.id)
+        paths = sorted(folder.glob("bucket-*.sqlite")) if folder.is_dir() else []
+        self.buckets = [self.stack.enter_context(Ledger(path, dest)) for path in paths]
+
+    def among(self, message_ids: Sequence[str]) -> dict[str, str]:
+        """`{message_id: content_hash}` of those of `message_ids` the destination has."""
+        found = self.main.among(message_ids)
+        for ledger in self.buckets:
+            found.update(ledger.delivered_among(message_ids))
+        return found
+
+    def close(self) -> None:
+        self.stack.close()
 
 
 @dataclass(frozen=True)
@@ -297,26 +310,43 @@ def write_slices(
     workdir: Path, dest: Destination, batches: Iterable[Batch], buckets: int, resend: bool
 ) -> SlicePlan:
     """Split the batches `dest` still needs into one file per bucket (replacing the last
-    run's)."""
-    plan = incremental.filter_batches(batches, delivered_everywhere(workdir, dest), resend)
+    run's).
+
+    The batch file is read a window at a time (`WINDOW` batches): the window's messages are
+    asked of the ledgers, and its batches appended to their bucket's file, so memory holds
+    one window, never the batch file or what the destination has. Every slice is written
+    before any is delivered, so a message met again in a later window (the same id and
+    content in two conversations: two buckets whose tasks run at once) is recognised by
+    the messages kept so far, held on disk beside the slices (`SeenOnDisk`).
+    """
     folder = bucket_ledger_dir(workdir, dest.id)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("bucket-*.jsonl"):
+    for old in [*folder.glob("bucket-*.jsonl"), *folder.glob("bucket-*.jsonl.tmp")]:
         old.unlink()
-    by_bucket: dict[int, list[bytes]] = {}
-    for batch in plan.batches:
-        line = orjson.dumps(batch.to_json()) + b"\n"
-        by_bucket.setdefault(bucket_of(batch.conversation_id, buckets), []).append(line)
-    for bucket, lines in by_bucket.items():
+    plan = incremental.BatchPlan([])
+    counts: dict[int, int] = {}
+    delivered = DeliveredEverywhere(workdir, dest)
+    remembered = incremental.SeenOnDisk(folder / ".seen.sqlite")
+    try:
+        for window in incremental.filter_windows(
+            incremental.windows(batches, WINDOW), delivered.among, resend, plan, remembered
+        ):
+            lines: dict[int, list[bytes]] = {}
+            for batch in window:
+                bucket = bucket_of(batch.conversation_id, buckets)
+                lines.setdefault(bucket, []).append(orjson.dumps(batch.to_json()) + b"\n")
+            for bucket, chunk in lines.items():
+                tmp = bucket_slice_path(workdir, dest.id, bucket).with_suffix(".jsonl.tmp")
+                with tmp.open("ab") as out:
+                    out.write(b"".join(chunk))
+                counts[bucket] = counts.get(bucket, 0) + len(chunk)
+    finally:
+        delivered.close()
+        remembered.close()
+    for bucket in counts:
         path = bucket_slice_path(workdir, dest.id, bucket)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_bytes(b"".join(lines))
-        os.replace(tmp, path)
-    return SlicePlan(
-        {bucket: len(lines) for bucket, lines in sorted(by_bucket.items())},
-        plan.already_batches,
-        plan.already_messages,
-    )
+        os.replace(path.with_suffix(".jsonl.tmp"), path)
+    return SlicePlan(dict(sorted(counts.items())), plan.already_batches, plan.already_messages)
 
 
 def run_accounts(

@@ -32,6 +32,7 @@ from tests.engine_cases import (
     assert_exactly_once_in_order,
     run_engine_cli,
 )
+from tests.limits_sim import VirtualLoop, run_virtual
 
 
 @pytest.fixture(autouse=True)
@@ -167,3 +168,38 @@ def test_an_engine_load_lasts_from_its_first_bucket_s_start_to_its_last_one_s_en
     run = AccountRun("solo", Destination("memos", "http://x", "solo"))
     run.add(SliceResults(two_at_a_time))
     assert run.load.duration == 2.0
+
+
+def test_a_late_wake_does_not_crowd_a_second_of_the_shared_budget() -> None:
+    """A loaded event loop wakes every request due in a busy stretch at its end: sent
+    then, those requests land in the next second on top of its own, which measured 56
+    sends in one second at 50/s. Woken later than half a slot, a request takes a new slot."""
+
+    async def main(loop: VirtualLoop) -> list[tuple[float, float, float]]:
+        busy = [(start, start + 0.15) for start in (2.0, 4.3, 6.61, 8.05)]
+        began = loop.time()
+
+        async def sleep(seconds: float) -> None:
+            due = loop.time() + seconds
+            for start, end in busy:
+                if began + start <= due < began + end:
+                    due = began + end  # the loop was busy: every wake in it comes at its end
+            await asyncio.sleep(due - loop.time())
+
+        limiter = AccountLimiter(
+            50.0, None, clock=loop.time, sleep=sleep, catch_up=SHARED_CATCH_UP, ramp=False
+        )
+        sent: list[tuple[float, float, float]] = []
+
+        async def worker() -> None:
+            while loop.time() < began + 10.0:
+                await limiter.acquire()
+                sent.append((loop.time(), 1.0, 0.0))  # when it actually leaves
+                await asyncio.sleep(1.0)  # its answer
+
+        await asyncio.gather(*(worker() for _ in range(60)))
+        return sent
+
+    sent = run_virtual(main)
+    assert len(sent) >= 0.9 * 50 * 10  # the budget is still used
+    assert budget_peaks(sent)["requests_per_1s"] <= 50 + 1, budget_peaks(sent)

@@ -110,8 +110,9 @@ class AccountLimiter:
         cut_every: float = 2.0,
         ramp_from: float = RAMP_FROM,
         overshoot: float = 12.0,
-        ramp_to: float = 0.98,
+        ramp_to: float = 0.99,
         ramp: bool = True,
+        late: float = 0.5,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -137,9 +138,13 @@ class AccountLimiter:
         self.overshoot = overshoot
         self.ramp_to = ramp_to
         self.ramp = ramp and rps is not None
+        self.late = late
         self._started = now
         self._latency: float | None = None
         """Smoothed seconds from a request's start to its answer (None: no answer yet)."""
+        self._fastest = float("inf")
+        """The shortest start-to-answer seconds seen: the part of a latency that is not delay
+        on the way out (what estimates when a refused request reached the server)."""
         blind = (rps or 0.0) * ramp_from if self.ramp else (rps or 0.0)
         self._level = blind
         """Requests/s the ramp allows now (the whole budget once the ramp is over)."""
@@ -210,6 +215,7 @@ class AccountLimiter:
         stepped up, the request budget was cut) keeps it, so tokens are not reserved twice;
         only a change of the token budget itself takes a new one."""
         tok_epoch = self._tok_epoch
+        retaken = False
         while True:
             now = self._clock()
             if req.learned is None and self.ramp:
@@ -230,14 +236,33 @@ class AccountLimiter:
             epoch = self._epoch
             await self._sleep(start - now)
             if self._epoch == epoch:
-                # when the event loop was busy the request leaves late: count it then
-                start = max(start, self._clock())
-                break
+                woke = self._clock()
+                if retaken or woke - start <= self._tolerance(requests, start):
+                    start = max(start, woke)  # a little late: count it when it leaves
+                    break
+                # woken late (a busy event loop): the requests due meanwhile leave now too,
+                # and together they would crowd one second; this slot has gone by unused,
+                # so take the next free one (once: a loop late on every wake must not
+                # keep a request waiting for ever)
+                retaken = True
+                continue
             # the budget was lowered while this slot waited: a slot reserved at the old
             # rate would only meet the same rejection, so take one at the new rate
         ticket = Ticket(start, requests, tokens)
         self._remember(ticket)
         return ticket
+
+    def _tolerance(self, requests: float, at: float) -> float:
+        """How late after its slot a request may still leave: `late` of its own spacing.
+
+        Slots are one interval apart, so sends at most half an interval late put at most
+        one request more in any window than the rate allows; a request woken later than
+        that takes a new slot. Only the request schedule is spaced this finely (a token
+        minute does not notice a few milliseconds)."""
+        req = self._req
+        if req.rate is None or requests <= 0:
+            return float("inf")
+        return self.late * req.interval(requests, self._share(at))
 
     def _share(self, at: float) -> float:
         """The share of the request budget usable at `at`: the ramp's level before the
@@ -330,6 +355,18 @@ class AccountLimiter:
         while self._recent and self._recent[0].started < horizon:
             self._recent.popleft()
 
+    def _arrival(self, started: float, now: float) -> float:
+        """When a request answered `now` reached the server, estimated: its answer time less
+        the shortest latency seen, never before it started.
+
+        The server counts by arrival, the client by start: a refused request delayed on its
+        way (a busy event loop) was counted by the server after requests that started
+        later, and counting only those started before it undercounts what the server saw
+        (a learned ceiling of 47 or 49 where the server allows 50)."""
+        if self._fastest == float("inf"):
+            return started
+        return max(started, now - self._fastest)
+
     def _sent_before(self, started: float, window: float) -> tuple[float, float]:
         """(requests, tokens) of accepted tickets that started in `[started - window, started)`."""
         requests = tokens = 0.0
@@ -357,9 +394,12 @@ class AccountLimiter:
 
     def _observe(self, ticket: Ticket | None, now: float) -> None:
         """Learn the latency (start to answer) that the ramp's steps are sized by."""
-        if ticket is None or not self.ramp:
+        if ticket is None:
             return
         seconds = max(0.0, now - ticket.started)
+        self._fastest = min(self._fastest, seconds)
+        if not self.ramp:
+            return
         self._latency = seconds if self._latency is None else 0.8 * self._latency + 0.2 * seconds
         if self._req.learned is None:
             self._climb(now)
@@ -374,7 +414,7 @@ class AccountLimiter:
         budget = self._req
         budget.rejections += 1
         if budget.rate is not None:
-            sent, _ = self._sent_before(started, budget.window)
+            sent, _ = self._sent_before(self._arrival(started, now), budget.window)
             self._cut(
                 budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
             )
@@ -428,6 +468,9 @@ class AccountLimiter:
             cause = (
                 budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
             )
+            if budget is self._req and self._at_the_top(observed):
+                cause = budget.rate  # the ceiling is the rate the user gave; a count a little
+                # below it is the jitter that made a send at 99% of it meet a full window
             if budget is self._req and budget.learned is None and self.ramp:
                 self._confirm(now, cause)
             budget.learned = cause
@@ -453,6 +496,18 @@ class AccountLimiter:
             budget.tat = now
             self._epoch += 1
             self._tok_epoch += budget is self._tok
+
+    def _at_the_top(self, observed: float) -> bool:
+        """A first rejection while the climb sends at the top (`ramp_to` of the configured
+        rate), with about that much counted in the second before it."""
+        req = self._req
+        return (
+            self.ramp
+            and req.learned is None
+            and req.rate is not None
+            and self._level >= req.rate * self.ramp_to
+            and observed >= self._level - REFINE_BY / req.window
+        )
 
     def _confirm(self, now: float, cause: float) -> None:
         """The first rejection during the ramp: until the requests still in flight are

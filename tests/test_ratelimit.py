@@ -223,6 +223,19 @@ def test_short_latency_reaches_the_budget_in_one_step() -> None:
     assert gaps[i] == pytest.approx(1 / 49.5)  # then 99% of the budget
 
 
+def test_a_last_step_of_a_few_requests_is_taken_with_the_one_before() -> None:
+    """At 1.07 s latency steps are 11.2/s: 25 -> 36.2 -> 47.4 would leave 2.1/s to the top
+    (99% of 50), a third step held another 4.6 s; the second step goes to the top."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 50.0, catch_up=0.0, ramp=True, overshoot=12.0)
+    tickets = sent_at(limiter, ft, 1000.0, 30)
+    ft.now = tickets[0].started + 1.07
+    limiter.on_success(tickets[0])
+    times = starts(limiter, ft, 300)
+    assert times[-1] - tickets[0].started < 9.0  # before a third step could be taken
+    assert times[-1] - times[-2] == pytest.approx(1 / 49.5)
+
+
 def test_first_rejection_holds_the_safe_level_while_answers_are_in_flight() -> None:
     """A token bucket's burst makes the second before the first rejection overstate its
     rate: until the requests in flight are answered, nothing goes faster than the last

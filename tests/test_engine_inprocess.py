@@ -173,7 +173,7 @@ def test_an_engine_load_lasts_from_its_first_bucket_s_start_to_its_last_one_s_en
 def test_a_late_wake_does_not_crowd_a_second_of_the_shared_budget() -> None:
     """A loaded event loop wakes every request due in a busy stretch at its end: sent
     then, those requests land in the next second on top of its own, which measured 56
-    sends in one second at 50/s. Woken later than half a slot, a request takes a new slot."""
+    sends in one second at 50/s. Woken more than a slot late, a request takes a new slot."""
 
     async def main(loop: VirtualLoop) -> list[tuple[float, float, float]]:
         busy = [(start, start + 0.15) for start in (2.0, 4.3, 6.61, 8.05)]

@@ -11,8 +11,9 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   sliding-window server never sees a burst. `N` is the request's QPS weight (a group-chat
   request naming N users costs N); `T` its input tokens.
 - **Learning the real ceiling.** A rate-limit answer means the server's ceiling is what we
-  sent in the window before that request: for requests, the accepted starts of the second
-  before it; for tokens, the accepted tokens of the minute before it. The limiter settles at
+  sent in the window before that request reached it: for requests, the accepted starts of
+  the second before its estimated arrival (answer time less the fastest latency seen);
+  for tokens, the accepted tokens of the minute before it. The limiter settles at
   `settle` (97%) of that, once per congestion event (answers to requests started before the
   cut are the same event), and then stays there: it probes upward by `probe_step` of the
   configured ceiling only after `probe_every` seconds without a rejection. The old limiter
@@ -26,8 +27,12 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   at `max_pause`; for 40309 the token schedule is pushed back by the (capped) Retry-After.
 - **A stepped start.** Until the first rejection the request budget climbs from half the
   configured rate in steps sized by the observed latency, each held until a token
-  bucket's burst would have drained (`_climb`); right after the first rejection it holds
-  the last level shown safe for one latency (`_confirm`). docs/loader.md has the figures.
+  bucket's burst would have drained (`_climb`), up to 99% of it; right after the first
+  rejection it holds the last level shown safe for one latency (`_confirm`). A first
+  rejection at the top, with about the top counted, learns the configured rate itself.
+  docs/loader.md has the figures.
+- **Late wakes.** A request woken more than one interval after its slot (a busy event
+  loop) takes a new slot instead of leaving with the others woken late.
 - **Catch-up.** Slots missed while every worker was busy may be caught up within `catch_up`
   seconds, until the first rejection: a server that rejects has shown that it counts
   strictly, so from then on starts stay evenly spaced.
@@ -116,7 +121,7 @@ class AccountLimiter:
         overshoot: float = 12.0,
         ramp_to: float = 0.99,
         ramp: bool = True,
-        late: float = 0.5,
+        late: float = 1.0,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -259,10 +264,12 @@ class AccountLimiter:
     def _tolerance(self, requests: float, at: float) -> float:
         """How late after its slot a request may still leave: `late` of its own spacing.
 
-        Slots are one interval apart, so sends at most half an interval late put at most
-        one request more in any window than the rate allows; a request woken later than
-        that takes a new slot. Only the request schedule is spaced this finely (a token
-        minute does not notice a few milliseconds)."""
+        Slots are one interval apart, so sends at most one interval late put at most one
+        request more in any window than the rate allows; a request woken later than that
+        takes a new slot. That costs the slot it missed (a loop blocked for 0.1 s sends
+        0.1 s less), which a strict window would take anyway: requests sent together
+        after a stall are refused, and each refusal lowers the budget. Only the request
+        schedule is spaced this finely (a token minute does not notice a few ms)."""
         req = self._req
         if req.rate is None or requests <= 0:
             return float("inf")

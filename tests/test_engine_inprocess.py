@@ -34,6 +34,7 @@ from tests.engine_cases import (
     assert_exactly_once_in_order,
     run_engine_cli,
 )
+from tests.limits_sim import VirtualLoop, run_virtual
 from tests.loader_fakes import make_batches
 
 
@@ -199,3 +200,38 @@ def test_slices_leave_out_a_message_met_again_in_a_later_window(
     assert sorted(ids) == sorted(mid for b in batches for mid in b.message_ids)
     assert sum(plan.counts.values()) == len(batches)
     assert not list(bucket_ledger_dir(tmp_path, local_default(tmp_path).id).glob(".seen*"))
+
+
+def test_a_late_wake_does_not_crowd_a_second_of_the_shared_budget() -> None:
+    """A loaded event loop wakes every request due in a busy stretch at its end: sent
+    then, those requests land in the next second on top of its own, which measured 56
+    sends in one second at 50/s. Woken more than a slot late, a request takes a new slot."""
+
+    async def main(loop: VirtualLoop) -> list[tuple[float, float, float]]:
+        busy = [(start, start + 0.15) for start in (2.0, 4.3, 6.61, 8.05)]
+        began = loop.time()
+
+        async def sleep(seconds: float) -> None:
+            due = loop.time() + seconds
+            for start, end in busy:
+                if began + start <= due < began + end:
+                    due = began + end  # the loop was busy: every wake in it comes at its end
+            await asyncio.sleep(due - loop.time())
+
+        limiter = AccountLimiter(
+            50.0, None, clock=loop.time, sleep=sleep, catch_up=SHARED_CATCH_UP, ramp=False
+        )
+        sent: list[tuple[float, float, float]] = []
+
+        async def worker() -> None:
+            while loop.time() < began + 10.0:
+                await limiter.acquire()
+                sent.append((loop.time(), 1.0, 0.0))  # when it actually leaves
+                await asyncio.sleep(1.0)  # its answer
+
+        await asyncio.gather(*(worker() for _ in range(60)))
+        return sent
+
+    sent = run_virtual(main)
+    assert len(sent) >= 0.9 * 50 * 10  # the budget is still used
+    assert budget_peaks(sent)["requests_per_1s"] <= 50 + 1, budget_peaks(sent)

@@ -27,6 +27,11 @@ EXPECTED: dict[tuple[LimitMode, float, int], tuple[float, float]] = {
     for latency in (0.2, 1.0)
     for over in (1, 2)
 }
+# The tightest cells: --rate equal to the ceiling at 1 s latency, where the stepped start
+# costs the most. Real time has lost up to 2 points here (a busy machine's late sends), so
+# the simulation must keep a margin above 90%: 90.9% before the climb went to 99% of --rate.
+for _mode in ("sliding", "fixed", "bucket"):
+    EXPECTED[(_mode, 1.0, 1)] = (0.915, 0.01)
 
 
 def _run(mode: LimitMode, latency: float, over: int) -> SimResult:

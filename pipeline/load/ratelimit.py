@@ -11,8 +11,9 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   sliding-window server never sees a burst. `N` is the request's QPS weight (a group-chat
   request naming N users costs N); `T` its input tokens.
 - **Learning the real ceiling.** A rate-limit answer means the server's ceiling is what we
-  sent in the window before that request: for requests, the accepted starts of the second
-  before it; for tokens, the accepted tokens of the minute before it. The limiter settles at
+  sent in the window before that request reached it: for requests, the accepted starts of
+  the second before its estimated arrival (answer time less the fastest latency seen);
+  for tokens, the accepted tokens of the minute before it. The limiter settles at
   `settle` (97%) of that, once per congestion event (answers to requests started before the
   cut are the same event), and then stays there: it probes upward by `probe_step` of the
   configured ceiling only after `probe_every` seconds without a rejection. The old limiter
@@ -26,8 +27,12 @@ minute (answer 40309). `AccountLimiter` hands out request start times that respe
   at `max_pause`; for 40309 the token schedule is pushed back by the (capped) Retry-After.
 - **A stepped start.** Until the first rejection the request budget climbs from half the
   configured rate in steps sized by the observed latency, each held until a token
-  bucket's burst would have drained (`_climb`); right after the first rejection it holds
-  the last level shown safe for one latency (`_confirm`). docs/loader.md has the figures.
+  bucket's burst would have drained (`_climb`), up to 99% of it; right after the first
+  rejection it holds the last level shown safe for one latency (`_confirm`). A first
+  rejection at the top, with about the top counted, learns the configured rate itself.
+  docs/loader.md has the figures.
+- **Late wakes.** A request woken more than one interval after its slot (a busy event
+  loop) takes a new slot instead of leaving with the others woken late.
 - **Catch-up.** Slots missed while every worker was busy may be caught up within `catch_up`
   seconds, until the first rejection: a server that rejects has shown that it counts
   strictly, so from then on starts stay evenly spaced.
@@ -54,6 +59,10 @@ TOKEN_WINDOW = 60.0
 RAMP_FROM = 0.5
 """Until the first answer, the share of the configured request rate sent: the server's
 ceiling is assumed to be at least this share of what the user configured."""
+SNAP = 0.25
+"""A climb's step also takes the rest of the way to the top when that rest is less than this
+share of the step: a latency a little over 1 s (12 requests/s steps of 11.2) otherwise
+left a third step of 1.3/s, held 4 s."""
 REFINE_BY = 2.5
 """A later rejection of the same event lowers the learned ceiling when the server accepted
 at least this many requests (per second) fewer than learned: counts, not shares, so a
@@ -110,8 +119,9 @@ class AccountLimiter:
         cut_every: float = 2.0,
         ramp_from: float = RAMP_FROM,
         overshoot: float = 12.0,
-        ramp_to: float = 0.98,
+        ramp_to: float = 0.99,
         ramp: bool = True,
+        late: float = 1.0,
     ) -> None:
         if requests_per_second is not None and requests_per_second <= 0:
             raise ValueError("requests_per_second must be positive (or None: unlimited)")
@@ -137,9 +147,13 @@ class AccountLimiter:
         self.overshoot = overshoot
         self.ramp_to = ramp_to
         self.ramp = ramp and rps is not None
+        self.late = late
         self._started = now
         self._latency: float | None = None
         """Smoothed seconds from a request's start to its answer (None: no answer yet)."""
+        self._fastest = float("inf")
+        """The shortest start-to-answer seconds seen: the part of a latency that is not delay
+        on the way out (what estimates when a refused request reached the server)."""
         blind = (rps or 0.0) * ramp_from if self.ramp else (rps or 0.0)
         self._level = blind
         """Requests/s the ramp allows now (the whole budget once the ramp is over)."""
@@ -210,6 +224,7 @@ class AccountLimiter:
         stepped up, the request budget was cut) keeps it, so tokens are not reserved twice;
         only a change of the token budget itself takes a new one."""
         tok_epoch = self._tok_epoch
+        retaken = False
         while True:
             now = self._clock()
             if req.learned is None and self.ramp:
@@ -230,14 +245,35 @@ class AccountLimiter:
             epoch = self._epoch
             await self._sleep(start - now)
             if self._epoch == epoch:
-                # when the event loop was busy the request leaves late: count it then
-                start = max(start, self._clock())
-                break
+                woke = self._clock()
+                if retaken or woke - start <= self._tolerance(requests, start):
+                    start = max(start, woke)  # a little late: count it when it leaves
+                    break
+                # woken late (a busy event loop): the requests due meanwhile leave now too,
+                # and together they would crowd one second; this slot has gone by unused,
+                # so take the next free one (once: a loop late on every wake must not
+                # keep a request waiting for ever)
+                retaken = True
+                continue
             # the budget was lowered while this slot waited: a slot reserved at the old
             # rate would only meet the same rejection, so take one at the new rate
         ticket = Ticket(start, requests, tokens)
         self._remember(ticket)
         return ticket
+
+    def _tolerance(self, requests: float, at: float) -> float:
+        """How late after its slot a request may still leave: `late` of its own spacing.
+
+        Slots are one interval apart, so sends at most one interval late put at most one
+        request more in any window than the rate allows; a request woken later than that
+        takes a new slot. That costs the slot it missed (a loop blocked for 0.1 s sends
+        0.1 s less), which a strict window would take anyway: requests sent together
+        after a stall are refused, and each refusal lowers the budget. Only the request
+        schedule is spaced this finely (a token minute does not notice a few ms)."""
+        req = self._req
+        if req.rate is None or requests <= 0:
+            return float("inf")
+        return self.late * req.interval(requests, self._share(at))
 
     def _share(self, at: float) -> float:
         """The share of the request budget usable at `at`: the ramp's level before the
@@ -287,6 +323,10 @@ class AccountLimiter:
             self._proven = self._level
             budget = self.overshoot / latency
             nxt = min(ceiling, self._level + budget, max(budget, self._level + self.overshoot))
+            if ceiling - nxt < SNAP * (nxt - self._level):
+                # a last step of a few requests/s would cost a whole hold (4 s at 1 s
+                # latency) for almost nothing: take it with this one
+                nxt = ceiling
             if nxt <= self._level:
                 return
             # slots already reserved keep their times: the new level spaces the next ones
@@ -330,6 +370,18 @@ class AccountLimiter:
         while self._recent and self._recent[0].started < horizon:
             self._recent.popleft()
 
+    def _arrival(self, started: float, now: float) -> float:
+        """When a request answered `now` reached the server, estimated: its answer time less
+        the shortest latency seen, never before it started.
+
+        The server counts by arrival, the client by start: a refused request delayed on its
+        way (a busy event loop) was counted by the server after requests that started
+        later, and counting only those started before it undercounts what the server saw
+        (a learned ceiling of 47 or 49 where the server allows 50)."""
+        if self._fastest == float("inf"):
+            return started
+        return max(started, now - self._fastest)
+
     def _sent_before(self, started: float, window: float) -> tuple[float, float]:
         """(requests, tokens) of accepted tickets that started in `[started - window, started)`."""
         requests = tokens = 0.0
@@ -357,9 +409,12 @@ class AccountLimiter:
 
     def _observe(self, ticket: Ticket | None, now: float) -> None:
         """Learn the latency (start to answer) that the ramp's steps are sized by."""
-        if ticket is None or not self.ramp:
+        if ticket is None:
             return
         seconds = max(0.0, now - ticket.started)
+        self._fastest = min(self._fastest, seconds)
+        if not self.ramp:
+            return
         self._latency = seconds if self._latency is None else 0.8 * self._latency + 0.2 * seconds
         if self._req.learned is None:
             self._climb(now)
@@ -374,7 +429,7 @@ class AccountLimiter:
         budget = self._req
         budget.rejections += 1
         if budget.rate is not None:
-            sent, _ = self._sent_before(started, budget.window)
+            sent, _ = self._sent_before(self._arrival(started, now), budget.window)
             self._cut(
                 budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
             )
@@ -428,6 +483,9 @@ class AccountLimiter:
             cause = (
                 budget.rate if observed <= 0 else max(min(budget.rate, observed), budget.rate / 2)
             )
+            if budget is self._req and self._at_the_top(observed):
+                cause = budget.rate  # the ceiling is the rate the user gave; a count a little
+                # below it is the jitter that made a send at 99% of it meet a full window
             if budget is self._req and budget.learned is None and self.ramp:
                 self._confirm(now, cause)
             budget.learned = cause
@@ -453,6 +511,18 @@ class AccountLimiter:
             budget.tat = now
             self._epoch += 1
             self._tok_epoch += budget is self._tok
+
+    def _at_the_top(self, observed: float) -> bool:
+        """A first rejection while the climb sends at the top (`ramp_to` of the configured
+        rate), with about that much counted in the second before it."""
+        req = self._req
+        return (
+            self.ramp
+            and req.learned is None
+            and req.rate is not None
+            and self._level >= req.rate * self.ramp_to
+            and observed >= self._level - REFINE_BY / req.window
+        )
 
     def _confirm(self, now: float, cause: float) -> None:
         """The first rejection during the ramp: until the requests still in flight are

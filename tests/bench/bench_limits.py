@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.core.batches import Batch  # noqa: E402
 from pipeline.core.config import AccountConfig, LoadConfig  # noqa: E402
-from pipeline.core.tokens import count_tokens  # noqa: E402
+from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens  # noqa: E402
 from pipeline.load import loader as loader_module  # noqa: E402
 from pipeline.load.ledger import Ledger  # noqa: E402
 from pipeline.load.loader import load_batches  # noqa: E402
@@ -103,8 +103,13 @@ def batches_for(n: int, conversations: int, words: int) -> list[Batch]:
     out = make_batches(
         {f"conv-{i:03d}": per_conv * 2 for i in range(conversations)}, per_batch=2, text=text
     )
+    # what the chunker records when nothing needed counting: the byte bound (here about ten
+    # times the real count); the loader charges a token budget the exact count itself
     return [
-        dataclasses.replace(b, tokens=sum(count_tokens(m["content"]) for m in b.body["messages"]))
+        dataclasses.replace(
+            b,
+            tokens=sum(len(m["content"].encode()) + MESSAGE_OVERHEAD for m in b.body["messages"]),
+        )
         for b in out
     ]
 

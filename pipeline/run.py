@@ -9,8 +9,6 @@ then every source is extracted, only messages the destination has not received
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import time
 from collections.abc import Mapping
@@ -26,6 +24,7 @@ from pipeline.core.destination import Destination, destination_for
 from pipeline.core.lock import workdir_lock
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import staged_sources
+from pipeline.core.staging_buckets import hand_back_memory
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.entry import batch_file_cut_for, load_workdir
@@ -184,15 +183,6 @@ def extract_and_chunk(
         time.monotonic() - started,
     )
     return extracted, chunked, changed, delta.excluded
-
-
-def hand_back_memory() -> None:
-    """Return the C heap's free pages to the system between stages (glibc only).
-
-    One process runs every stage: what the load of a previous batch file or the extract
-    freed stays resident otherwise, under the next stage's own peak."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _whole_run(resumed: LoadStats, final: LoadStats) -> LoadStats:

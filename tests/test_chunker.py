@@ -240,3 +240,50 @@ def test_lazy_counts_cut_where_exact_counts_would() -> None:
     assert len(batches[0].message_ids) > 400 // 228  # more than the bytes would allow
     small = _chunk(messages[:1], limits)  # fits in bytes: not tokenized, bounded by bytes
     assert small[0].tokens == len(messages[0].content.encode()) + MESSAGE_OVERHEAD
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=40),
+    max_messages=st.integers(1, 8),
+)
+def test_rows_with_times_go_by_time_then_seq_then_staging_order(
+    rows: list[tuple[int, int]], max_messages: int
+) -> None:
+    """Every row timed (Arrow sorts them): ties on time and seq keep their staging order."""
+    messages = [
+        Message(
+            source="t",
+            source_file="f",
+            source_position=str(k),
+            message_id=f"m{k}",
+            conversation_id="c",
+            user_id="u",
+            role="user",
+            content=f"message {k}",
+            seq=seq,
+            created_at=T0 + timedelta(minutes=minute),
+        )
+        for k, (minute, seq) in enumerate(rows)
+    ]
+    batches = _chunk(messages, ChunkLimits(max_tokens=4000, max_messages=max_messages))
+    sent = [mid for b in batches for mid in b.message_ids]
+    expected = sorted(range(len(rows)), key=lambda k: rows[k])  # stable: staging order last
+    assert sent == [f"m{k}" for k in expected]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.none(), st.datetimes(timezones=st.just(timezone.utc))),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_chat_times_are_the_apis_chat_time(times: list[datetime | None]) -> None:
+    """The vectorized `chat_time` column is the text `memos_api.chat_time` gives each row."""
+    from pipeline.chunk.batching import _chat_times
+    from pipeline.core.memos_api import chat_time
+
+    column = pa.array(times, pa.timestamp("us", tz="UTC"))
+    assert _chat_times(column) == [chat_time(t) for t in times]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
+from pipeline.core.batches import read_batches
+from pipeline.core.tokens import messages_tokens
 from pipeline.dryrun.plan import ChannelTally, build_plan, slack_channel
+from pipeline.dryrun.tokens import COUNT_ALL, TokenSample
+from tests.loader_fakes import make_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,3 +102,38 @@ def test_validate_reports_the_plan(tmp_path: Path) -> None:
         max(p["calls"] / 10, p["tokens"] / 60000 * 60), abs=0.1
     )
     assert report["totals"]["estimated_seconds"] == p["estimated_seconds"]
+
+
+def test_plan_tokens_are_exact_counts_not_the_batch_files_byte_bounds(tmp_path: Path) -> None:
+    """Most batches record only a byte bound of their tokens (nothing needed counting);
+    the plan's tokens, and so its duration, are the messages' exact counts."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "user_id: team\nsources:\n"
+        f"  - kind: slack\n    path: {REPO / 'data/samples/slack_export'}\n"
+        "account:\n  requests_per_second: 10\n  tokens_per_minute: 60000\n"
+        f"workdir: {tmp_path / 'w'}\n"
+    )
+    result = CliRunner().invoke(main, ["validate", str(cfg), "--json"])
+    assert result.exit_code in (0, 3), result.stderr
+    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    assert CliRunner().invoke(main, ["chunk", "--config", str(cfg)]).exit_code == 0
+    batches = list(read_batches(tmp_path / "w"))
+    exact = [messages_tokens(b.body["messages"]) for b in batches]
+    assert sum(b.tokens for b in batches) > sum(exact)  # the file holds byte bounds
+    assert report["plan"]["tokens"] == report["totals"]["tokens"] == sum(exact)
+    assert report["plan"]["tokens_estimated"] is False
+    assert report["batches"]["tokens"]["max"] == max(exact)
+
+
+def test_token_sample_estimates_the_total_beyond_the_counted_batches() -> None:
+    batches = make_batches({f"c{i}": 30 for i in range(200)}, per_batch=1)  # 6,000 batches
+    bound = [
+        dataclasses.replace(b, tokens=4 * messages_tokens(b.body["messages"])) for b in batches
+    ]
+    sample = TokenSample()
+    for batch in bound:
+        sample.add(batch)
+    exact = sum(messages_tokens(b.body["messages"]) for b in batches)
+    assert not sample.complete and COUNT_ALL < len(sample.exact) < len(batches)
+    assert sample.total() == pytest.approx(exact, rel=0.02)

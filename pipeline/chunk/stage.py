@@ -30,7 +30,7 @@ from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.redact import DEFAULT_POLICY, Policy
 from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
-from pipeline.core.staging_buckets import release_freed_memory
+from pipeline.core.staging_buckets import hand_back_memory, release_freed_memory
 from pipeline.core.workdir import batches_dir, batches_path, manifest_path
 
 
@@ -70,6 +70,8 @@ def chunk_bucket(
     write = out.write
     for batch in batches:
         write(encode_batch(batch))
+    del table, batches
+    hand_back_memory()
     return stats, users
 
 
@@ -131,7 +133,7 @@ def chunk_workdir(
     folder.mkdir(parents=True, exist_ok=True)
     tmp = batches_path(workdir).with_suffix(".jsonl.tmp")
     try:
-        with tmp.open("wb") as out:
+        with tmp.open("wb", buffering=1 << 20) as out:
             if workers <= 1 or job.buckets == 1:
                 for bucket in range(job.buckets):
                     part, owners = chunk_bucket(job, bucket, exclude_ids, out)

@@ -75,7 +75,7 @@ def chunk(
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     lines = [
         f"{stats.batches} batches from {stats.batched} messages in {stats.conversations} "
-        f"conversations ({stats.tokens} tokens; {stats.split_messages} messages split"
+        f"conversations (at most {stats.tokens} tokens; {stats.split_messages} messages split"
         + (f"; {stats.duplicates} duplicates left out" if stats.duplicates else "")
         + ")",
     ]

@@ -18,6 +18,7 @@ files are one bucket (B = 1), still readable.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import threading
@@ -292,3 +293,15 @@ def release_freed_memory() -> None:
     """
     if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         pa.set_memory_pool(pa.system_memory_pool())
+
+
+def hand_back_memory() -> None:
+    """Return the C heap's free pages to the system (glibc only).
+
+    Between stages of one process, and after each staging bucket of chunk and the dry run:
+    the pages a bucket freed otherwise stay resident and fragmented, and the next bucket's
+    peak lands on top of them (a chunk process crept from 200 to 270 MB over 16 buckets,
+    against 190-206 MB with this after each one).
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -9,6 +9,7 @@ API may count slightly differently; the loader splits any batch the API calls to
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,6 +30,11 @@ def count_tokens(text: str) -> int:
     if not text:
         return 0
     return len(_encoding().encode_ordinary(text))
+
+
+def messages_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """Input tokens of a request's messages: each content's exact count plus the framing."""
+    return sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in messages)
 
 
 def count_tokens_many(texts: list[str], threads: int = 2) -> list[int]:

@@ -40,6 +40,7 @@ from pipeline.core.memos_api import (
 )
 from pipeline.core.models import ROLES, excerpt
 from pipeline.core.redact import PERSONAL_PATTERNS, SECRET_PATTERNS, Policy, mask_token
+from pipeline.dryrun.tokens import TokenSample
 
 if TYPE_CHECKING:
     from pipeline.chunk import ChunkStats
@@ -567,7 +568,8 @@ class BatchChecker:
     """Default: our extended `AddMessageRequest`, or `SERVER_ADD_SCHEMA` for memos-server."""
     weights: list[int] = field(default_factory=list)
     """Per request: the ids it lists, i.e. its charge against the QPS limit."""
-    tokens: list[int] = field(default_factory=list)
+    tokens: TokenSample = field(default_factory=TokenSample)
+    """Exact input tokens of a sample of the batches (see `pipeline.dryrun.tokens`)."""
     messages: list[int] = field(default_factory=list)
     invalid: int = 0
     invalid_examples: list[dict[str, Any]] = field(default_factory=list)
@@ -587,7 +589,7 @@ class BatchChecker:
         assert self.validator is not None
         body = self.load.request_body(batch.body, batch.user_id)
         self.weights.append(id_count(body))
-        self.tokens.append(batch.tokens)
+        self.tokens.add(batch)
         self.messages.append(batch.message_count)
         ident = {
             "batch_id": batch.batch_id,

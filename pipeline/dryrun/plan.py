@@ -64,10 +64,15 @@ class ChannelTally:
         tally[1] += messages
         tally[2] += 1
 
-    def packed_calls(self, max_tokens: int, max_messages: int) -> tuple[int, int]:
-        """(calls if each channel were packed into full batches, calls now) for Slack."""
+    def packed_calls(
+        self, max_tokens: int, max_messages: int, token_ratio: float = 1.0
+    ) -> tuple[int, int]:
+        """(calls if each channel were packed into full batches, calls now) for Slack.
+
+        `token_ratio` turns the batches' recorded tokens (some only byte bounds) into
+        exact ones (`TokenSample.ratio`)."""
         packed = sum(
-            max(math.ceil(t / max_tokens), math.ceil(m / max_messages), 1)
+            max(math.ceil(t * token_ratio / max_tokens), math.ceil(m / max_messages), 1)
             for t, m, _ in self.by_channel.values()
         )
         now = sum(n for _, _, n in self.by_channel.values())
@@ -84,6 +89,8 @@ def build_plan(
     calls: int,
     tokens: int,
     batch_tokens: Sequence[int],
+    tokens_estimated: bool = False,
+    token_ratio: float = 1.0,
     requests_per_second: float,
     tokens_per_minute: int | None,
     max_tokens_per_call: int,
@@ -111,6 +118,7 @@ def build_plan(
         "max_tokens_per_call": max_tokens_per_call,
         "calls": calls,
         "tokens": tokens,
+        "tokens_estimated": tokens_estimated,
         "seconds_for_calls": by_calls,
         "seconds_for_tokens": by_tokens,
         "bound_by": "tokens" if by_tokens is not None and by_tokens > by_calls else "requests",
@@ -132,7 +140,7 @@ def build_plan(
             "the request budget binds and most of each call's token budget goes unused"
         )
     if tiny and channels is not None and channels.by_channel and slack_policy == "thread":
-        packed, now = channels.packed_calls(max_tokens, max_messages)
+        packed, now = channels.packed_calls(max_tokens, max_messages, token_ratio)
         others = calls - now
         current = {"conversation": "thread", "calls": calls, "estimated": False}
         packed_calls = others + packed

@@ -20,6 +20,7 @@ from pipeline.core.config import Config, budget
 from pipeline.core.models import ExtractStats
 from pipeline.dryrun.checks import SEVERITY_ORDER, Finding
 from pipeline.dryrun.plan import ChannelTally, build_plan
+from pipeline.dryrun.tokens import TokenSample
 
 REPORT_VERSION = 1
 EXIT_OK = 0
@@ -45,7 +46,8 @@ class ReportInputs:
     timeline_unit: str
     timeline: dict[str, list[tuple[str, int]]]
     chunk: ChunkStats
-    batch_tokens: list[int]
+    batch_tokens: TokenSample
+    """Exact input tokens of the batches, counted on a sample (`pipeline.dryrun.tokens`)."""
     batch_messages: list[int]
     samples: list[dict[str, Any]]
     ledger_present: bool
@@ -165,8 +167,10 @@ def build_report(inp: ReportInputs) -> Report:
     slack = [s for s in cfg.sources if s.kind == "slack"]
     plan = build_plan(
         calls=chunk.batches,
-        tokens=chunk.tokens,
-        batch_tokens=inp.batch_tokens,
+        tokens=inp.batch_tokens.total(),
+        tokens_estimated=not inp.batch_tokens.complete,
+        token_ratio=inp.batch_tokens.ratio,
+        batch_tokens=inp.batch_tokens.exact,
         requests_per_second=rps,
         tokens_per_minute=tpm,
         max_tokens_per_call=cfg.account.max_tokens_per_call,
@@ -209,7 +213,7 @@ def build_report(inp: ReportInputs) -> Report:
             "conversations_to_send": chunk.conversations,
             "batches": chunk.batches,
             "api_calls": chunk.batches,
-            "tokens": chunk.tokens,
+            "tokens": plan["tokens"],
             "estimated_seconds": seconds,
             "estimated_duration": plan["estimated_duration"],
             "split_messages": chunk.split_messages,
@@ -235,9 +239,12 @@ def build_report(inp: ReportInputs) -> Report:
             "count": chunk.batches,
             "limit_tokens": cfg.chunk.max_tokens,
             "limit_messages": cfg.chunk.max_messages,
-            "tokens": summary(inp.batch_tokens),
+            "tokens": summary(inp.batch_tokens.exact),
+            "tokens_counted_batches": len(inp.batch_tokens.exact),
             "messages": summary(inp.batch_messages),
-            "token_histogram": histogram(inp.batch_tokens, log=False, upper=cfg.chunk.max_tokens),
+            "token_histogram": histogram(
+                inp.batch_tokens.exact, log=False, upper=cfg.chunk.max_tokens
+            ),
         },
         "conversations": {
             "count": inp.conversations,

@@ -35,7 +35,7 @@ from pipeline.core.models import STAGING_SCHEMA, ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
 from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
-from pipeline.core.staging_buckets import all_files, release_freed_memory
+from pipeline.core.staging_buckets import all_files, hand_back_memory, release_freed_memory
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
 from pipeline.dryrun.html import write_reports
@@ -142,6 +142,7 @@ def _validate(
             for name, finding in found.items():
                 per_bucket.setdefault(name, []).append(finding)
             del table, row_work
+            hand_back_memory()
     chunk_stats.users = len(owners)
     delivered.close()
     progress.close()

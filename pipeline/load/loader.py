@@ -66,6 +66,7 @@ from pipeline.core.memos_api import (
     id_count,
 )
 from pipeline.core.progress import NullProgress, Progress
+from pipeline.core.tokens import messages_tokens
 from pipeline.load.budget import Budget
 from pipeline.load.ledger import Ledger, Row
 from pipeline.load.policy import (
@@ -103,6 +104,8 @@ class _Unit:
     row: Row
     body: dict[str, Any]
     client: Poster
+    counted: int | None = None
+    """The body's exact input tokens, once counted (see `_Loader._charge`)."""
 
 
 class _Loader:
@@ -196,6 +199,20 @@ class _Loader:
             else:
                 self.limiter.on_rate_limited(error.retry_after, ticket)
         raise error
+
+    def _charge(self, unit: _Unit) -> int:
+        """The input tokens a request costs against a token budget.
+
+        A batch's `tokens` may be only a byte bound (the chunker counts exactly only where a
+        cut depends on it), several times the real count on chat text: a budget charged the
+        bound would use a fraction of the account's tokens per minute. With a token budget
+        the body is counted exactly, once per request; without one nothing is counted.
+        """
+        if self.limiter.tokens_per_minute is None:
+            return unit.row.tokens
+        if unit.counted is None:
+            unit.counted = messages_tokens(unit.body["messages"])
+        return unit.counted
 
     def _capped_retry_after(self, asked: float, path: str) -> float:
         """The server's Retry-After, at most `load.max_retry_after`; the wait is logged
@@ -298,7 +315,7 @@ class _Loader:
                 uncertain[0] = True
                 try:
                     answer = await self._post(
-                        unit.client, self.cfg.add_path, unit.body, unit.row.tokens
+                        unit.client, self.cfg.add_path, unit.body, self._charge(unit)
                     )
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)

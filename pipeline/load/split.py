@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.core.errors import (
     PermanentLoadError,
 )
-from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
+from pipeline.core.tokens import count_tokens, messages_tokens, split_by_tokens
 
 
 def split_body(
@@ -27,8 +27,7 @@ def split_body(
     def piece(
         msgs: list[dict[str, Any]], comp: list[tuple[str, str]]
     ) -> tuple[dict[str, Any], int, list[tuple[str, str]]]:
-        tokens = sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in msgs)
-        return {**body, "messages": msgs}, tokens, comp
+        return {**body, "messages": msgs}, messages_tokens(msgs), comp
 
     if len(messages) > 1:
         mid = len(messages) // 2

@@ -106,17 +106,23 @@ def _validate(
     per_bucket: dict[str, list[checks.Finding]] = {}
     before_since = 0
     progress.start("validate", total=staged, unit="msg")
-    # the row checks are mostly Arrow kernels, which run without the GIL: on a thread they
-    # take the other core while the chunker (Python) batches the same bucket
+    # Reading a bucket and its row checks are mostly Arrow work, which runs without the
+    # GIL: on a thread they take the other core while the chunker (Python) batches the
+    # bucket before. Memory holds the bucket being batched and, at most, the next one.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-rows") as rows_thread:
-        for bucket in range(buckets):  # memory: one bucket's rows at a time
-            table = read_labeled_bucket(workdir, labels, columns, bucket, buckets)
+        reading = rows_thread.submit(read_labeled_bucket, workdir, labels, columns, 0, buckets)
+        for bucket in range(buckets):
+            table = reading.result()
             ids = table.column("message_id").to_pylist() if delivered.total else []
             part = ledger_figures(
                 table, delivered.among(sorted(set(ids))), cfg.load.resend_changed, policy
             )
             ledger.add(part)
             row_work = rows_thread.submit(_row_checks, bucket, table, rows, since, part.exclude)
+            if bucket + 1 < buckets:
+                reading = rows_thread.submit(
+                    read_labeled_bucket, workdir, labels, columns, bucket + 1, buckets
+                )
             with _stage(f"chunk + batch checks, bucket {bucket}"):
                 bucket_stats = ChunkStats()
                 batches = chunk_table(
@@ -137,7 +143,7 @@ def _validate(
                     if batch.part is None or batch.part[0] == 1:
                         progress.advance(len(batch.message_ids))
                 chunk_stats.merge(bucket_stats)
-            found, earlier = row_work.result()  # before the next bucket: one bucket in memory
+            found, earlier = row_work.result()
             before_since += earlier
             for name, finding in found.items():
                 per_bucket.setdefault(name, []).append(finding)

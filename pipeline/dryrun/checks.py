@@ -591,25 +591,19 @@ class BatchChecker:
         self.weights.append(id_count(body))
         self.tokens.add(batch)
         self.messages.append(batch.message_count)
-        ident = {
-            "batch_id": batch.batch_id,
-            "user_id": batch.user_id,
-            "conversation_id": batch.conversation_id,
-            "first_message_id": batch.message_ids[0] if batch.message_ids else None,
-        }
         if not self.validator.is_valid(body):
             self.invalid += 1
             if len(self.invalid_examples) < MAX_EXAMPLES:
                 self.invalid_examples.append(
-                    {**ident, "errors": self.validator.errors(body, clean=mask_text)}
+                    {**_ident(batch), "errors": self.validator.errors(body, clean=mask_text)}
                 )
         if batch.tokens > MAX_CALL_TOKENS:
             self.over_api_limit += 1
             if len(self.over_api_examples) < MAX_EXAMPLES:
-                self.over_api_examples.append({**ident, "tokens": batch.tokens})
+                self.over_api_examples.append({**_ident(batch), "tokens": batch.tokens})
         if batch.part and batch.part[0] == 1 and len(self.split_examples) < MAX_EXAMPLES:
             self.split_examples.append(
-                {**ident, "message_id": batch.message_ids[0], "parts": batch.part[1]}
+                {**_ident(batch), "message_id": batch.message_ids[0], "parts": batch.part[1]}
             )
         if batch.redacted and len(self.redacted_examples) < MAX_EXAMPLES:
             self.redacted_examples.append(redacted_example(batch))
@@ -656,6 +650,17 @@ class BatchChecker:
                 self.split_examples,
             ),
         ]
+
+
+def _ident(batch: Batch) -> dict[str, Any]:
+    """A batch's ids, as every batch example starts (built only for examples: the checker
+    sees every batch)."""
+    return {
+        "batch_id": batch.batch_id,
+        "user_id": batch.user_id,
+        "conversation_id": batch.conversation_id,
+        "first_message_id": batch.message_ids[0] if batch.message_ids else None,
+    }
 
 
 def group_chat(conversations: int, left_out: int, weights: list[int]) -> Finding:

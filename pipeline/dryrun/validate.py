@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,40 +106,49 @@ def _validate(
     per_bucket: dict[str, list[checks.Finding]] = {}
     before_since = 0
     progress.start("validate", total=staged, unit="msg")
-    for bucket in range(buckets):  # memory: one bucket's rows at a time
-        table = read_labeled_bucket(workdir, labels, columns, bucket, buckets)
-        ids = table.column("message_id").to_pylist() if delivered.total else []
-        part = ledger_figures(
-            table, delivered.among(sorted(set(ids))), cfg.load.resend_changed, policy
-        )
-        ledger.add(part)
-        with _stage(f"chunk + batch checks, bucket {bucket}"):
-            bucket_stats = ChunkStats()
-            batches = chunk_table(
-                table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
-                limits,
-                bucket_stats,
-                part.exclude,
-                since=since,
-                tags=cfg.tags_by_source(),
-                group=group,
-                policy=policy,
-                users=owners,
+    # Reading a bucket and its row checks are mostly Arrow work, which runs without the
+    # GIL: on a thread they take the other core while the chunker (Python) batches the
+    # bucket before. Memory holds the bucket being batched and, at most, the next one.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-rows") as rows_thread:
+        reading = rows_thread.submit(read_labeled_bucket, workdir, labels, columns, 0, buckets)
+        for bucket in range(buckets):
+            table = reading.result()
+            ids = table.column("message_id").to_pylist() if delivered.total else []
+            part = ledger_figures(
+                table, delivered.among(sorted(set(ids))), cfg.load.resend_changed, policy
             )
-            for batch in batches:
-                checker.check(batch)
-                if channels is not None:
-                    channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
-                if batch.part is None or batch.part[0] == 1:
-                    progress.advance(len(batch.message_ids))
-            chunk_stats.merge(bucket_stats)
-        before_since += _before_since(table, since, part.exclude)
-        with _stage(f"row checks, bucket {bucket}"):
-            rows.add(table)
-            for check in ROW_CHECKS:
-                per_bucket.setdefault(check.__name__, []).append(check(table))
-        del table
-        hand_back_memory()
+            ledger.add(part)
+            row_work = rows_thread.submit(_row_checks, bucket, table, rows, since, part.exclude)
+            if bucket + 1 < buckets:
+                reading = rows_thread.submit(
+                    read_labeled_bucket, workdir, labels, columns, bucket + 1, buckets
+                )
+            with _stage(f"chunk + batch checks, bucket {bucket}"):
+                bucket_stats = ChunkStats()
+                batches = chunk_table(
+                    table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
+                    limits,
+                    bucket_stats,
+                    part.exclude,
+                    since=since,
+                    tags=cfg.tags_by_source(),
+                    group=group,
+                    policy=policy,
+                    users=owners,
+                )
+                for batch in batches:
+                    checker.check(batch)
+                    if channels is not None:
+                        channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
+                    if batch.part is None or batch.part[0] == 1:
+                        progress.advance(len(batch.message_ids))
+                chunk_stats.merge(bucket_stats)
+            found, earlier = row_work.result()
+            before_since += earlier
+            for name, finding in found.items():
+                per_bucket.setdefault(name, []).append(finding)
+            del table, row_work
+            hand_back_memory()
     chunk_stats.users = len(owners)
     delivered.close()
     progress.close()
@@ -205,6 +215,21 @@ def _validate(
         with _stage("report files"):
             write_reports(report, workdir)
     return report
+
+
+def _row_checks(
+    bucket: int,
+    table: pa.Table,
+    rows: merge.AggregateParts,
+    since: datetime | None,
+    exclude: set[str],
+) -> tuple[dict[str, checks.Finding], int]:
+    """One bucket's row checks and aggregates (added to `rows`), and its rows before
+    `since`: everything the dry run figures from the staged rows rather than the batches."""
+    with _stage(f"row checks, bucket {bucket}"):
+        rows.add(table)
+        found = {check.__name__: check(table) for check in ROW_CHECKS}
+        return found, _before_since(table, since, exclude)
 
 
 def _secrets(table: pa.Table) -> checks.Finding:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -85,7 +86,9 @@ def test_no_policies_when_batches_are_full() -> None:
     assert p["policies"] == [] and p["recommendation"] is None
 
 
-def test_validate_reports_the_plan(tmp_path: Path) -> None:
+def _validate_slack_sample(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """`memos-etl validate` of the Slack sample at 10 req/s and 60,000 tokens/min: the
+    config's path and report.json."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         "user_id: team\nsources:\n"
@@ -96,6 +99,11 @@ def test_validate_reports_the_plan(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", str(cfg), "--json"])
     assert result.exit_code in (0, 3), result.stderr
     report = json.loads((tmp_path / "w" / "report.json").read_text())
+    return cfg, report
+
+
+def test_validate_reports_the_plan(tmp_path: Path) -> None:
+    _, report = _validate_slack_sample(tmp_path)
     p = report["plan"]
     assert p["requests_per_second"] == 10 and p["tokens_per_minute"] == 60000
     assert p["estimated_seconds"] == pytest.approx(
@@ -107,16 +115,7 @@ def test_validate_reports_the_plan(tmp_path: Path) -> None:
 def test_plan_tokens_are_exact_counts_not_the_batch_files_byte_bounds(tmp_path: Path) -> None:
     """Most batches record only a byte bound of their tokens (nothing needed counting);
     the plan's tokens, and so its duration, are the messages' exact counts."""
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "user_id: team\nsources:\n"
-        f"  - kind: slack\n    path: {REPO / 'data/samples/slack_export'}\n"
-        "account:\n  requests_per_second: 10\n  tokens_per_minute: 60000\n"
-        f"workdir: {tmp_path / 'w'}\n"
-    )
-    result = CliRunner().invoke(main, ["validate", str(cfg), "--json"])
-    assert result.exit_code in (0, 3), result.stderr
-    report = json.loads((tmp_path / "w" / "report.json").read_text())
+    cfg, report = _validate_slack_sample(tmp_path)
     assert CliRunner().invoke(main, ["chunk", "--config", str(cfg)]).exit_code == 0
     batches = list(read_batches(tmp_path / "w"))
     exact = [messages_tokens(b.body["messages"]) for b in batches]

@@ -611,3 +611,18 @@ def test_a_refusal_counts_sends_up_to_its_estimated_arrival() -> None:
     ft.now = refused.started + 0.2 + 0.3
     limiter.on_rate_limited(1.0, refused)
     assert limiter.learned_rate == pytest.approx(50.0, abs=1.0)
+
+
+def test_a_refusal_answered_late_after_the_last_sends_keeps_their_count() -> None:
+    """An answer slow for another reason (the server, the way back) puts the estimated
+    arrival after the last sends: that second is emptier than the one the server counted,
+    so the count up to the request's start is kept when it is larger."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 60.0, catch_up=0.0)
+    sent_at(limiter, ft, 50.0, 1)
+    limiter.on_success(Ticket(ft.now - 0.2, 1.0, 0.0))  # the fastest answer: 0.2 s
+    tickets = sent_at(limiter, ft, 50.0, 100)  # 2 s at 50/s, then nothing more to send
+    refused = tickets[-1]
+    ft.now = refused.started + 0.2 + 0.8
+    limiter.on_rate_limited(1.0, refused)
+    assert limiter.learned_rate == pytest.approx(50.0, abs=1.0)  # not the 10 after it

@@ -429,7 +429,13 @@ class AccountLimiter:
         budget = self._req
         budget.rejections += 1
         if budget.rate is not None:
-            sent, _ = self._sent_before(self._arrival(started, now), budget.window)
+            # counted up to its start and up to its estimated arrival, the larger: a window
+            # moved past the last sends (an answer slow for another reason, the end of a
+            # run) must not count the server's second as emptier than it was
+            sent = max(
+                self._sent_before(started, budget.window)[0],
+                self._sent_before(self._arrival(started, now), budget.window)[0],
+            )
             self._cut(
                 budget, sent / budget.window, now, new_event=self._new_event(budget, started, now)
             )

@@ -41,7 +41,7 @@ from pipeline.core.destination import Destination, local_default
 from pipeline.core.errors import LedgerError
 from pipeline.core.models import content_hash, stable_id
 from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
-from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens
+from pipeline.core.tokens import messages_tokens
 from pipeline.core.workdir import ledger_path
 
 SCHEMA_VERSION = 2
@@ -433,10 +433,14 @@ def _subset(batch: Batch, keep: list[int]) -> Batch:
     messages = [batch.body["messages"][i] for i in keep]
     batch_id = stable_id(batch.user_id, batch.conversation_id, "", *ids, *hashes)
     info = {**batch.body.get("info", {}), "batch_id": batch_id, "first_message_id": ids[0][:1000]}
-    tokens = sum(count_tokens(str(m.get("content", ""))) + MESSAGE_OVERHEAD for m in messages)
     body = {**batch.body, "messages": messages, "info": info}
     return replace(
-        batch, batch_id=batch_id, message_ids=ids, content_hashes=hashes, body=body, tokens=tokens
+        batch,
+        batch_id=batch_id,
+        message_ids=ids,
+        content_hashes=hashes,
+        body=body,
+        tokens=messages_tokens(messages),
     )
 
 

@@ -286,4 +286,44 @@ def test_chat_times_are_the_apis_chat_time(times: list[datetime | None]) -> None
     from pipeline.core.memos_api import chat_time
 
     column = pa.array(times, pa.timestamp("us", tz="UTC"))
-    assert _chat_times(column) == [chat_time(t) for t in times]
+    assert _chat_times(column).to_pylist() == [chat_time(t) for t in times]
+
+
+def test_windows_of_one_conversation_give_the_same_batches_and_counts(monkeypatch: Any) -> None:
+    """Python objects are built a window of conversations at a time: with a window of one
+    conversation, left-out, duplicated, masked and dropped rows land as with one window."""
+    import pipeline.chunk.batching as batching
+    from pipeline.core import redact
+
+    messages = []
+    for c in range(12):
+        conv = f"conv{c}"
+        for i in range(7):
+            content = f"message {i} of {conv}"
+            if (c + i) % 5 == 0:
+                content += " mail me at someone@example.com"
+            if (c * 7 + i) % 11 == 0:
+                content += " AKIAABCDEFGHIJKLMNOP"  # an AWS key id: dropped below
+            minutes = None if c % 4 == 0 and i == 3 else c * 10 + i
+            messages.append(_msg(i, conv=conv, user=f"u{c % 3}", content=content, minutes=minutes))
+    messages.append(messages[8])  # the same message staged twice: left out once
+    policy = redact.Policy.build({"email": "mask", "aws_access_key": "drop-message"})
+    excluded = {"conv2:1", "conv7:6", "conv11:0"}
+
+    def run(window: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        monkeypatch.setattr(batching, "WINDOW_ROWS", window)
+        stats = ChunkStats()
+        batches = [
+            b.to_json()
+            for b in chunk_table(
+                _table(messages), ChunkLimits(60, 3), stats, excluded, policy=policy
+            )
+        ]
+        return batches, {**stats.to_json(), "examples": stats.dropped_examples}
+
+    whole = run(10**6)
+    counts = whole[1]
+    assert counts["duplicates"] == 1 and counts["dropped"] > 0 and counts["excluded"] == 4
+    assert counts["redacted"]["masked_messages"] > 0
+    assert run(1) == whole
+    assert run(9) == whole

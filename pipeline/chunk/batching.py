@@ -28,6 +28,7 @@ actually sent.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ import pyarrow.compute as pc
 from pipeline.core.batches import Batch
 from pipeline.core.memos_api import api_id, group_participants
 from pipeline.core.models import content_hash, stable_id
-from pipeline.core.redact import DEFAULT_POLICY, Policy, redact
+from pipeline.core.redact import DEFAULT_POLICY, Policy, Redacted, redact
 from pipeline.core.tokens import MESSAGE_OVERHEAD, count_tokens, split_by_tokens
 
 DROPPED_EXAMPLES = 20
@@ -367,6 +368,10 @@ def chunk_table(
     (the default masks every secret kind): a row the policy drops is counted in
     `stats.dropped`, the others are sent redacted. `users` (when given) collects the owners
     of the batched conversations, for callers adding up several tables.
+
+    The column work (sort, redaction, `chat_time`, byte lengths) is done on the whole table
+    in Arrow; Python objects are built for `WINDOW_ROWS` rows at a time (whole
+    conversations), so memory holds a window's objects, not the table's.
     """
     keys = [("user_id", "ascending"), ("conversation_id", "ascending")]
     timed = table.column("created_at").null_count == 0
@@ -375,57 +380,198 @@ def chunk_table(
         # `_ordered` (created_at, then seq, then staging order), at a fraction of its cost
         keys += [("created_at", "ascending"), ("seq", "ascending")]
     table = table.sort_by(keys)
-    cols: dict[str, list[Any]] = {
-        name: table.column(name).to_pylist()
-        for name in CHUNK_COLUMNS
-        if name not in ("content", "created_at")
-    }
-    created = table.column("created_at")
-    cols["created_at"] = pc.cast(created, pa.int64()).to_pylist()  # microseconds, for order
-    whens = _chat_times(created)
-    redacted = redact(table.column("content"), policy)
-    cols["content"] = redacted.content.to_pylist()
-    nbytes = pc.binary_length(redacted.content).to_pylist()
-    grouping = bool(group) and "label" in table.column_names
-    labels = (
-        table.column("label").to_pylist()
-        if (tags or grouping) and "label" in table.column_names
-        else [None] * table.num_rows
-    )
-    nones: list[str | None] = [None] * table.num_rows
-    authors = table.column("author_id").to_pylist() if grouping else nones
-    names = table.column("author_name").to_pylist() if grouping else nones
-    owners: set[str] = set() if users is None else users
     n = table.num_rows
     stats.messages += n
+    created = table.column("created_at")
+    redacted = redact(table.column("content"), policy)
+    grouping = bool(group) and "label" in table.column_names
+    labelled = (tags or grouping) and "label" in table.column_names
+    columns = _Columns(
+        table=table,
+        micros=pc.cast(created, pa.int64()),
+        whens=_chat_times(created),
+        content=redacted.content,
+        nbytes=pc.binary_length(redacted.content),
+        labelled=bool(labelled),
+        grouping=grouping,
+    )
     floor = None if since is None else _micros(since)
+    left_out = _RowFacts(redacted, _duplicate_rows(columns, exclude_ids, floor, stats))
+    owners: set[str] = set() if users is None else users
+    starts = _conversation_starts(table)
+    for start, end in _windows(starts, n, WINDOW_ROWS):
+        yield from _chunk_window(
+            columns,
+            starts[bisect_left(starts, start) : bisect_left(starts, end)],
+            end,
+            left_out,
+            exclude_ids,
+            floor,
+            limits,
+            stats,
+            owners,
+            timed=timed,
+            tags=tags,
+            group=group,
+        )
+    stats.users = len(owners)
+
+
+WINDOW_ROWS = 4096
+"""Rows (whole conversations) turned into Python objects at a time."""
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A sorted table and the columns computed over it in Arrow, for `_chunk_window`."""
+
+    table: pa.Table
+    micros: pa.ChunkedArray | pa.Array
+    """`created_at` in microseconds since the epoch (the order key)."""
+    whens: pa.ChunkedArray | pa.Array
+    """`chat_time` text per row (null where there is no time)."""
+    content: pa.ChunkedArray | pa.Array
+    """The content as sent (redacted)."""
+    nbytes: pa.ChunkedArray | pa.Array
+    labelled: bool
+    """Read the `label` column (tags or group chats need it)."""
+    grouping: bool
+    """Read the author columns (a source is in group-chat mode)."""
+
+    def pylist(self, name: str, start: int, length: int) -> list[Any]:
+        """Rows `start`..`start+length` of one column as Python values."""
+        column = {
+            "created_at": self.micros,
+            "when": self.whens,
+            "content": self.content,
+            "nbytes": self.nbytes,
+        }.get(name)
+        if column is None:
+            column = self.table.column(name)
+        return column.slice(start, length).to_pylist()  # type: ignore[no-any-return]
+
+
+class _RowFacts:
+    """The few rows redaction masked or dropped, or `_duplicate_rows` left out, by window.
+
+    They are sparse: kept as sorted row numbers, so a window finds its own by bisection
+    instead of scanning every fact once per window.
+    """
+
+    def __init__(self, redacted: Redacted, duplicates: set[int]):
+        self.redacted = redacted
+        self.masked = sorted(redacted.masked_by_row)
+        self.dropped = sorted(redacted.dropped_by_row)
+        self.duplicates = sorted(duplicates)
+
+    @staticmethod
+    def within(rows: list[int], start: int, end: int) -> list[int]:
+        """Those of the sorted `rows` in `start`..`end`."""
+        return rows[bisect_left(rows, start) : bisect_left(rows, end)]
+
+
+def _windows(starts: Sequence[int], n: int, rows: int) -> Iterator[tuple[int, int]]:
+    """(start, end) row ranges of whole conversations, each about `rows` rows (a larger
+    conversation is a window of its own)."""
+    window_start = 0
+    for start in starts:
+        if start - window_start >= rows:
+            yield window_start, start
+            window_start = start
+    if n > window_start:
+        yield window_start, n
+
+
+def _duplicate_rows(
+    columns: _Columns, exclude_ids: Container[str] | None, floor: int | None, stats: ChunkStats
+) -> set[int]:
+    """Rows left out because an earlier kept row has the same message id and content.
+
+    A message is identified by its source kind and native id (the `message_id`), so two
+    source names staging the same export must not deliver it twice. The same id with other
+    content is left alone (the dry run's duplicate-id check counts it). Found over the whole
+    table in Arrow (repeated ids are rare), then checked in row order.
+    """
+    ids = columns.table.column("message_id")
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return set()
+    rows: list[int] = pc.indices_nonzero(pc.is_in(ids, value_set=repeated)).to_pylist()
+    found: set[int] = set()
+    first: set[tuple[str, str]] = set()
+    for i in rows:
+        mid = ids[i].as_py()
+        ts = columns.micros[i].as_py()
+        if (exclude_ids is not None and mid in exclude_ids) or (
+            floor is not None and ts is not None and ts < floor
+        ):
+            continue
+        key = (mid, content_hash(columns.content[i].as_py()))
+        if key in first:
+            found.add(i)
+            stats.duplicates += 1
+        else:
+            first.add(key)
+    return found
+
+
+def _chunk_window(
+    columns: _Columns,
+    starts: list[int],
+    end: int,
+    left_out: _RowFacts,
+    exclude_ids: Container[str] | None,
+    floor: int | None,
+    limits: ChunkLimits,
+    stats: ChunkStats,
+    owners: set[str],
+    *,
+    timed: bool,
+    tags: Mapping[str, Sequence[str]] | None,
+    group: Container[str],
+) -> Iterator[Batch]:
+    """The batches of the conversations starting at `starts` (rows of the sorted table, the
+    last conversation ending at `end`)."""
+    start = starts[0]
+    n = end - start
+    cols = {
+        name: columns.pylist(name, start, n)
+        for name in ("source", "message_id", "user_id", "conversation_id", "role", "seq")
+    }
+    micros = columns.pylist("created_at", start, n)
     keep = [
         (exclude_ids is None or mid not in exclude_ids)
         and (floor is None or ts is None or ts >= floor)
-        for mid, ts in zip(cols["message_id"], cols["created_at"], strict=True)
+        for mid, ts in zip(cols["message_id"], micros, strict=True)
     ]
-    _drop_duplicates(cols["message_id"], cols["content"], keep, stats)
+    for i in left_out.within(left_out.duplicates, start, end):
+        keep[i - start] = False
     stats.excluded += n - sum(keep)
-    for i, kinds in redacted.dropped_by_row.items():
-        if keep[i]:
-            keep[i] = False
+    redacted = left_out.redacted
+    for i in left_out.within(left_out.dropped, start, end):
+        if keep[i - start]:
+            keep[i - start] = False
+            kinds = redacted.dropped_by_row[i]
             stats.dropped += 1
             stats.dropped_by_kind.update(kinds)
             if len(stats.dropped_examples) < DROPPED_EXAMPLES:
                 stats.dropped_examples.append(
                     {
-                        "message_id": cols["message_id"][i],
-                        "user_id": cols["user_id"][i],
-                        "conversation_id": cols["conversation_id"][i],
+                        "message_id": cols["message_id"][i - start],
+                        "user_id": cols["user_id"][i - start],
+                        "conversation_id": cols["conversation_id"][i - start],
                         "kinds": list(kinds),
                     }
                 )
-    kept = [i for i in range(n) if keep[i]]
-    stats.masked.update(redacted.masked_counts(kept))
-    stats.masked_messages += sum(1 for i in kept if redacted.masked_by_row.get(i))
     masks: list[Mapping[str, int] | None] = [None] * n
-    for i, counts in redacted.masked_by_row.items():
-        masks[i] = counts
+    for i in left_out.within(left_out.masked, start, end):
+        if keep[i - start]:
+            masks[i - start] = redacted.masked_by_row[i]
+            stats.masked.update(redacted.masked_by_row[i])
+            stats.masked_messages += 1
+    all_kept = all(keep)
+    nones: list[str | None] = [None] * n
     every_row = list(
         map(
             _Row._make,
@@ -433,44 +579,43 @@ def chunk_table(
                 cols["source"],
                 cols["message_id"],
                 cols["role"],
-                cols["content"],
-                cols["created_at"],
+                columns.pylist("content", start, n),
+                micros,
                 cols["seq"],
-                nbytes,
-                whens,
-                labels,
-                authors,
-                names,
+                columns.pylist("nbytes", start, n),
+                columns.pylist("when", start, n),
+                columns.pylist("label", start, n) if columns.labelled else nones,
+                columns.pylist("author_id", start, n) if columns.grouping else nones,
+                columns.pylist("author_name", start, n) if columns.grouping else nones,
                 masks,
                 strict=True,
             ),
         )
     )
-    all_kept = len(kept) == n
-    bounds = _conversation_starts(table)
-    for start, end in zip(bounds, [*bounds[1:], n] if bounds else [], strict=True):
+    grouping = columns.grouping
+    for first, last in zip(starts, [*starts[1:], end], strict=True):
+        first, last = first - start, last - start
         rows = (
-            every_row[start:end]
+            every_row[first:last]
             if all_kept
-            else list(compress(every_row[start:end], keep[start:end]))
+            else list(compress(every_row[first:last], keep[first:last]))
         )
         if not rows:
             continue
-        user = cols["user_id"][start]
+        user = cols["user_id"][first]
         stats.batched += len(rows)
         stats.conversations += 1
         owners.add(user)
         in_group = grouping and any(r.label in group for r in rows)
         yield from chunk_conversation(
             user,
-            cols["conversation_id"][start],
+            cols["conversation_id"][first],
             rows if timed else _ordered(rows),
             limits,
             stats,
             tags,
             group=in_group,
         )
-    stats.users = len(owners)
 
 
 def _conversation_starts(table: pa.Table) -> list[int]:
@@ -496,7 +641,7 @@ def _micros(ts: datetime) -> int:
     return int(pa.scalar(ts, pa.timestamp("us", tz="UTC")).cast(pa.int64()).as_py())
 
 
-def _chat_times(created: pa.ChunkedArray | pa.Array) -> list[str | None]:
+def _chat_times(created: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
     """`chat_time` of every row, vectorized (the same text as `memos_api.chat_time`).
 
     Arrow's cast of a timestamp to text ("2024-01-02 03:04:05.000006") is about 25 times
@@ -504,35 +649,9 @@ def _chat_times(created: pa.ChunkedArray | pa.Array) -> list[str | None]:
     without their six zeros.
     """
     if len(created) == 0:
-        return []
+        return pa.array([], pa.string())
     text = pc.cast(pc.cast(created, pa.timestamp("us")), pa.string())
     text = pc.replace_substring(text, pattern=" ", replacement="T", max_replacements=1)
     whole = pc.ends_with(text, pattern=".000000")
     text = pc.if_else(whole, pc.utf8_slice_codeunits(text, 0, -7), text)
-    text = pc.binary_join_element_wise(text, "Z", "")
-    return text.to_pylist()  # type: ignore[no-any-return]
-
-
-def _drop_duplicates(
-    ids: Sequence[str], contents: Sequence[str], keep: list[bool], stats: ChunkStats
-) -> None:
-    """Keep only the first of rows with the same message id and content: a message is
-    identified by its source kind and native id (the `message_id`), so two source names
-    staging the same export must not deliver it twice. Same id with other content is left
-    alone (it is counted by the dry run's duplicate-id check)."""
-    seen: set[str] = set()
-    repeated: set[str] = set()
-    for mid in ids:
-        (repeated if mid in seen else seen).add(mid)
-    if not repeated:
-        return
-    first: set[tuple[str, str]] = set()
-    for i, mid in enumerate(ids):
-        if mid not in repeated or not keep[i]:
-            continue
-        key = (mid, content_hash(contents[i]))
-        if key in first:
-            keep[i] = False
-            stats.duplicates += 1
-        else:
-            first.add(key)
+    return pc.binary_join_element_wise(text, "Z", "")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
+import pickle
+import queue
 from collections.abc import Container, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -75,20 +75,54 @@ def chunk_bucket(
     return stats, users
 
 
-_worker: dict[str, Any] = {}
-
-
-def _init_worker(job: BucketJob, exclude_ids: Container[str] | None) -> None:
-    release_freed_memory()
-    _worker["job"], _worker["exclude"] = job, exclude_ids
-
-
-def _bucket_in_worker(bucket: int) -> tuple[ChunkStats, set[str], str]:
-    job: BucketJob = _worker["job"]
+def _bucket_to_file(job: BucketJob, bucket: int, exclude_ids: Container[str] | None) -> BucketDone:
+    """Chunk one bucket into its own temp file (the parallel path)."""
     path = batches_dir(job.workdir) / f".bucket-{bucket:04d}.jsonl.tmp"
-    with path.open("wb") as out:
-        stats, users = chunk_bucket(job, bucket, _worker["exclude"], out)
-    return stats, users, str(path)
+    with path.open("wb", buffering=1 << 20) as out:
+        stats, users = chunk_bucket(job, bucket, exclude_ids, out)
+    return BucketDone(bucket, stats, users, path)
+
+
+@dataclass(frozen=True)
+class BucketDone:
+    """A bucket chunked into a temp file, waiting its turn in the batch file."""
+
+    bucket: int
+    stats: ChunkStats
+    users: set[str]
+    path: Path
+
+
+def _claim(counter: Any, buckets: int) -> int | None:
+    """The next bucket nobody has taken, or None when all are taken."""
+    with counter.get_lock():
+        bucket = int(counter.value)
+        if bucket >= buckets:
+            return None
+        counter.value = bucket + 1
+    return bucket
+
+
+def _worker_loop(
+    job: BucketJob, exclude_ids: Container[str] | None, counter: Any, results: Any
+) -> None:
+    """A worker process: claim buckets until none is left, report each one (or the error)."""
+    release_freed_memory()
+    try:
+        while (bucket := _claim(counter, job.buckets)) is not None:
+            results.put(_bucket_to_file(job, bucket, exclude_ids))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        results.put(_picklable(exc))
+    results.put(None)  # this worker is done
+
+
+def _picklable(exc: Exception) -> Exception:
+    """`exc`, or a `RuntimeError` with its text when it cannot cross to the parent."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:  # noqa: BLE001 - any failure to pickle or unpickle
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 def chunk_workdir(
@@ -101,7 +135,7 @@ def chunk_workdir(
     excluded_for: str | None = None,
     group: Container[str] = frozenset(),
     policy: Policy = DEFAULT_POLICY,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> ChunkStats:
     """Read the staging table bucket by bucket, write `<workdir>/batches/`, return the counts.
 
@@ -111,7 +145,8 @@ def chunk_workdir(
     a load into another destination knows the batch file leaves messages out.
     `policy` is the redaction policy (see `RedactConfig.policy`). The manifest records the
     policy's actions and the redaction counts next to the other counts. `workers` > 1
-    chunks that many buckets at a time in worker processes.
+    chunks that many buckets at a time (this process and `workers - 1` others); None
+    chooses (`default_workers`).
     """
     release_freed_memory()
     labels = tuple(staged_sources(workdir))
@@ -134,6 +169,8 @@ def chunk_workdir(
     tmp = batches_path(workdir).with_suffix(".jsonl.tmp")
     try:
         with tmp.open("wb", buffering=1 << 20) as out:
+            if workers is None:
+                workers = default_workers(job.buckets, exclude_ids)
             if workers <= 1 or job.buckets == 1:
                 for bucket in range(job.buckets):
                     part, owners = chunk_bucket(job, bucket, exclude_ids, out)
@@ -163,6 +200,26 @@ def chunk_workdir(
     return stats
 
 
+PARALLEL_MIN_BUCKETS = 8
+"""Staging buckets (about 16 MB of messages each) from which chunk uses a second process
+by default: below, starting it costs more than it saves."""
+
+
+def default_workers(buckets: int, exclude_ids: Container[str] | None = None) -> int:
+    """Processes chunk uses unless told: two on a machine with two cores or more, for a
+    staging of `PARALLEL_MIN_BUCKETS` buckets or more, else one.
+
+    Never more than two by default: each process holds a bucket and its own tokenizer
+    (about 200 MB), and two keep a chunk within 512 MB; `--workers` asks for more. An
+    `exclude_ids` that plans as it is asked (`run`'s, `incremental.BucketPlan`) keeps its
+    totals in this process, so it is chunked here alone.
+    """
+    if exclude_ids is not None and not isinstance(exclude_ids, (set, frozenset)):
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 if (cpus or 1) >= 2 and buckets >= PARALLEL_MIN_BUCKETS else 1
+
+
 def _parallel(
     job: BucketJob,
     exclude_ids: Container[str] | None,
@@ -171,23 +228,83 @@ def _parallel(
     stats: ChunkStats,
     users: set[str],
 ) -> None:
-    """Buckets on `workers` processes; their files appended to `out` in bucket order."""
+    """Buckets on this process and `workers - 1` others, appended to `out` in bucket order.
+
+    Every process claims the next untaken bucket from a shared counter, so a slow bucket
+    never leaves a core idle, and this process works too (one process fewer to start and
+    to hold in memory). Each bucket goes to its own temp file, appended to `out` as soon
+    as the buckets before it are.
+    """
     context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
-    with ProcessPoolExecutor(
-        max_workers=min(workers, job.buckets),
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(job, exclude_ids),
-    ) as pool:
-        futures = [pool.submit(_bucket_in_worker, b) for b in range(job.buckets)]
-        try:
-            for future in futures:
-                part, owners, path = future.result()
-                with open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, 1024 * 1024)
-                os.unlink(path)
-                stats.merge(part)
-                users |= owners
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # then the caller removes temp files
-            raise
+    counter = context.Value("i", 0)
+    results = context.Queue()
+    helpers = [
+        context.Process(target=_worker_loop, args=(job, exclude_ids, counter, results), daemon=True)
+        for _ in range(min(workers, job.buckets) - 1)
+    ]
+    for process in helpers:
+        process.start()
+    in_order = InBucketOrder(out, stats, users)
+    running = len(helpers)
+
+    def take(done: BucketDone | BaseException | None) -> None:
+        nonlocal running
+        if done is None:
+            running -= 1
+        elif isinstance(done, BaseException):
+            raise done
+        else:
+            in_order.add(done)
+
+    try:
+        while (bucket := _claim(counter, job.buckets)) is not None:
+            take(_bucket_to_file(job, bucket, exclude_ids))
+            while not results.empty():
+                take(results.get())
+        while running:
+            try:
+                take(results.get(timeout=1.0))
+            except queue.Empty:
+                if not any(p.is_alive() for p in helpers) and results.empty():
+                    raise ChildProcessError(
+                        "a chunk worker process ended without finishing its buckets"
+                    ) from None
+        if in_order.written != job.buckets:
+            raise ChildProcessError("a chunk worker process lost a bucket")
+    finally:
+        for process in helpers:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+
+
+class InBucketOrder:
+    """Appends chunked buckets to the batch file in bucket order, whatever order they are
+    finished in (a bucket waits in its temp file until the ones before it are in)."""
+
+    def __init__(self, out: IO[bytes], stats: ChunkStats, users: set[str]):
+        self.out, self.stats, self.users = out, stats, users
+        self.ready: dict[int, BucketDone] = {}
+        self.written = 0
+        """Buckets appended: 0 to `written - 1`."""
+
+    def add(self, done: BucketDone) -> None:
+        """Take a finished bucket; append it and any it was holding up."""
+        self.ready[done.bucket] = done
+        while self.written in self.ready:
+            part = self.ready.pop(self.written)
+            _append(part.path, self.out)
+            self.stats.merge(part.stats)
+            self.users.update(part.users)
+            self.written += 1
+
+
+def _append(path: Path, out: IO[bytes]) -> None:
+    """Append a bucket's temp file to the batch file in the kernel, then remove it."""
+    out.flush()
+    with path.open("rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < size:
+            offset += os.sendfile(out.fileno(), src.fileno(), offset, size - offset)
+    path.unlink()

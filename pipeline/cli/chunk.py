@@ -26,16 +26,16 @@ from pipeline.cli.redaction import apply_redact_flags, redact_options
 @click.option(
     "--workers",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Staging buckets chunked at a time, each in its own process (memory grows with it).",
+    default=None,
+    help="Processes chunking staging buckets at once (default: 2 on a machine with two "
+    "cores or more when the staging has 8 buckets or more, else 1; each holds ~200 MB).",
 )
 @redact_options
 @common_options
 def chunk(
     max_tokens: int | None,
     max_messages: int | None,
-    workers: int,
+    workers: int | None,
     redact_actions: tuple[str, ...],
     redact_patterns: tuple[str, ...],
     config_path: Path | None,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.diskfull import disk_full_error, is_disk_full
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import STAGING_SCHEMA, Distinct, Message, StagedPart
 from pipeline.core.workdir import staging_dir
 
@@ -323,22 +323,54 @@ def _read_sources(
     schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns])
     if with_label:
         schema = schema.append(pa.field("label", pa.string()))
-    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
-
     from pipeline.core.staging_buckets import all_files
 
     parts = []
     for label in labels:
-        files = [str(f) for f in all_files(source_dir(workdir, label))]
+        files = all_files(source_dir(workdir, label))
         if not files:
             continue
-        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=columns)
+        part = read_parquet_files(files, columns)
         if with_label:
             part = part.append_column("label", pa.repeat(label, part.num_rows))
         parts.append(part)
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts).cast(schema)
+
+
+def read_parquet_files(files: Iterable[Path], columns: list[str]) -> pa.Table:
+    """`columns` of staged Parquet files, in `STAGING_SCHEMA` types (a column a file lacks,
+    staged by an older version, is null).
+
+    Read file by file with `pyarrow.parquet` rather than as a `pyarrow.dataset`: importing
+    the dataset module alone adds about 50 MB to every process that reads staging (chunk
+    and the dry run, and each of their worker processes), for no gain on a handful of files.
+    """
+    schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns])
+    parts = []
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+            present = set(parquet.schema_arrow.names)
+            table = parquet.read(columns=[c for c in columns if c in present], use_threads=False)
+        except (OSError, pa.ArrowException) as exc:
+            if isinstance(exc, OSError) and is_disk_full(exc):
+                raise
+            reason = " ".join(str(exc).split())
+            raise InputError(
+                f"{path}: staged file is damaged ({reason}); stage the source again with "
+                "`memos-etl extract`"
+            ) from exc
+        for name in columns:
+            if name not in present:
+                table = table.append_column(
+                    name, pa.nulls(table.num_rows, STAGING_SCHEMA.field(name).type)
+                )
+        parts.append(table.select(columns).cast(schema))
+    if not parts:
+        return schema.empty_table()
+    return pa.concat_tables(parts)
 
 
 def staged_bucket_count(workdir: Path, labels: Iterable[str]) -> int:
@@ -359,7 +391,6 @@ def read_labeled_bucket(
     counts the sources were staged with.
     """
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds  # heavy: connector worker processes import this module
 
     from pipeline.core.buckets import bucket_indices
     from pipeline.core.staging_buckets import read_layout
@@ -371,10 +402,10 @@ def read_labeled_bucket(
     parts = []
     for label in labels:
         layout = read_layout(source_dir(workdir, label))
-        files = [str(f) for f in layout.files_for(bucket, buckets)]
+        files = layout.files_for(bucket, buckets)
         if not files:
             continue
-        part = ds.dataset(files, schema=STAGING_SCHEMA, format="parquet").to_table(columns=wanted)
+        part = read_parquet_files(files, wanted)
         if layout.buckets < buckets:
             mine = bucket_indices(part.column("conversation_id"), buckets)
             part = part.filter(pc.equal(mine, bucket))

@@ -1,0 +1,129 @@
+"""Chunk on several processes: the same batch file as one process, and failures that leave
+the previous batch file and no temp files behind."""
+
+from __future__ import annotations
+
+import queue
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.chunk import ChunkLimits
+from pipeline.core.config import load_config
+from pipeline.core.errors import InputError
+from pipeline.extract import extract_source
+from tests.conftest import REPO
+
+
+def _stage_in_buckets(workdir: Path, buckets: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.core.staging_buckets as sb
+
+    monkeypatch.setattr(sb, "choose_buckets", lambda files, target_bytes=0: buckets)
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", {"workdir": str(workdir)}, env={})
+    for source in cfg.sources:
+        extract_source(source, workdir, default_user_id=cfg.user_id)
+
+
+def _chunk(workdir: Path, *extra: str) -> Any:
+    from pipeline.cli import main
+
+    config = str(REPO / "configs" / "quickstart.yaml")
+    args = ["chunk", "--config", config, "--workdir", str(workdir), "--max-tokens", "120"]
+    return CliRunner().invoke(main, [*args, "--max-messages", "4", *extra])
+
+
+def test_one_two_and_three_processes_write_the_same_batch_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stage_in_buckets(tmp_path, 8, monkeypatch)
+    files = []
+    for workers in ("1", "2", "3"):
+        result = _chunk(tmp_path, "--workers", workers)
+        assert result.exit_code == 0, result.output
+        files.append((tmp_path / "batches" / "batches.jsonl").read_bytes())
+    assert files[0].count(b"\n") > 8
+    assert files[1] == files[0] and files[2] == files[0]
+
+
+def test_a_damaged_staged_file_is_a_one_line_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 3 naming the file; the previous batch file stays and no temp file is left."""
+    _stage_in_buckets(tmp_path, 8, monkeypatch)
+    assert _chunk(tmp_path, "--workers", "1").exit_code == 0
+    before = (tmp_path / "batches" / "batches.jsonl").read_bytes()
+    damaged = sorted((tmp_path / "staging").glob("*/bucket=*/*.parquet"))
+    for path in damaged:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2 : len(data) // 2 + 64] = b"x" * 64
+        path.write_bytes(bytes(data))
+    for workers in ("1", "2"):
+        result = _chunk(tmp_path, "--workers", workers)
+        assert result.exit_code == 3, result.output
+        (line,) = result.output.strip().splitlines()
+        assert "staged file is damaged" in line
+        assert any(str(path) in line for path in damaged)
+        assert (tmp_path / "batches" / "batches.jsonl").read_bytes() == before
+        assert sorted(p.name for p in (tmp_path / "batches").iterdir()) == [
+            "batches.jsonl",
+            "manifest.json",
+        ]
+
+
+def test_a_worker_reports_its_error_and_then_that_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker loop, in this process: the error crosses to the parent as an exception
+    (raised there), followed by the end marker, so the parent never waits forever."""
+    from pipeline.chunk.stage import BucketJob, _worker_loop
+    from pipeline.core.redact import DEFAULT_POLICY
+
+    _stage_in_buckets(tmp_path, 2, monkeypatch)
+    (tmp_path / "batches").mkdir()
+    for path in (tmp_path / "staging").glob("*/bucket=*/*.parquet"):
+        path.write_bytes(b"not parquet")
+    labels = tuple(sorted(p.name for p in (tmp_path / "staging").iterdir()))
+    columns = ("source", "message_id", "conversation_id", "user_id", "role", "content")
+    job = BucketJob(
+        tmp_path,
+        labels,
+        (*columns, "created_at", "seq"),
+        2,
+        ChunkLimits(),
+        None,
+        None,
+        frozenset(),
+        DEFAULT_POLICY,
+    )
+    counter = get_context("spawn").Value("i", 0)
+    results: queue.Queue[Any] = queue.Queue()
+    _worker_loop(job, None, counter, results)
+    error, end = results.get_nowait(), results.get_nowait()
+    assert isinstance(error, InputError) and "staged file is damaged" in str(error)
+    assert end is None and results.empty()
+
+
+def test_buckets_finished_out_of_order_are_appended_in_bucket_order(tmp_path: Path) -> None:
+    from pipeline.chunk import ChunkStats
+    from pipeline.chunk.stage import BucketDone, InBucketOrder
+
+    def done(bucket: int) -> BucketDone:
+        path = tmp_path / f"{bucket}.tmp"
+        path.write_bytes(f"bucket {bucket}\n".encode())
+        return BucketDone(bucket, ChunkStats(batches=1), {f"u{bucket}"}, path)
+
+    out_path = tmp_path / "out"
+    stats, users = ChunkStats(), set[str]()
+    with out_path.open("wb") as out:
+        in_order = InBucketOrder(out, stats, users)
+        for bucket in (2, 0, 3, 1):
+            in_order.add(done(bucket))
+            if bucket == 0:
+                assert in_order.written == 1  # 2 waits for 1
+        assert in_order.written == 4
+    assert out_path.read_text() == "".join(f"bucket {b}\n" for b in range(4))
+    assert stats.batches == 4 and users == {"u0", "u1", "u2", "u3"}
+    assert not list(tmp_path.glob("*.tmp"))

@@ -168,6 +168,10 @@ def extract_and_chunk(
             excluded_for=dest.id,
             group=cfg.group_sources(),
             policy=policy,
+            # one process: `run` holds what extract left and the load to come, and a
+            # second chunk process (~200 MB) would take it past 512 MB at 5M messages for
+            # a few seconds of a run the load dominates
+            workers=1,
         )
         delta = exclude.finish()
     changed = delta.changed_ids

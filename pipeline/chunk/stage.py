@@ -67,10 +67,11 @@ def chunk_bucket(
         policy=job.policy,
         users=users,
     )
+    del table  # the chunker sorts a copy: the unsorted rows go as soon as it has
     write = out.write
     for batch in batches:
         write(encode_batch(batch))
-    del table, batches
+    del batches
     hand_back_memory()
     return stats, users
 

@@ -3,7 +3,14 @@ the previous batch file and no temp files behind."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -127,3 +134,86 @@ def test_buckets_finished_out_of_order_are_appended_in_bucket_order(tmp_path: Pa
     assert out_path.read_text() == "".join(f"bucket {b}\n" for b in range(4))
     assert stats.batches == 4 and users == {"u0", "u1", "u2", "u3"}
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def staged_slack(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30,000 synthetic Slack messages staged in 8 buckets (chunked on two processes)."""
+    import pipeline.core.staging_buckets as sb
+    from pipeline.core.config import SourceConfig
+
+    root = tmp_path_factory.mktemp("slack")
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/bench/gen_slack.py"), str(root / "export")]
+        + ["--messages", "30000", "--channels", "20", "--users", "50"],
+        check=True,
+        capture_output=True,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sb, "choose_buckets", lambda files, target_bytes=0: 8)
+        source = SourceConfig(kind="slack", path=root / "export", user_id="team")
+        extract_source(source, root / "w")
+    return root / "w"
+
+
+@pytest.fixture
+def chunking(
+    staged_slack: Path, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
+    """A running two-process chunk (a tiny token budget keeps it busy for seconds) with
+    its worker up; whatever it leaves behind is ended by pid afterwards."""
+    from tests.test_hostile_processes import MEMOS_ETL, children, wait_until
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("looks up processes in /proc")
+    workdir = tmp_path / "w"
+    shutil.copytree(staged_slack, workdir)
+    command = [str(MEMOS_ETL), "chunk", "--workdir", str(workdir), "--workers", "2"]
+    command += ["--max-tokens", "64", "--no-progress", "-q"]
+    with (tmp_path / "stderr.txt").open("w") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    kids: set[int] = set()
+
+    def worker_up() -> bool:
+        kids.update(children(process.pid))
+        return len(kids) >= 2 and any((workdir / "batches").glob(".bucket-*.tmp"))
+
+    try:
+        assert wait_until(worker_up, 60), "the worker never started"
+        yield process, set(kids), workdir
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for pid in kids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_exits_130_removes_temp_files_and_stops_the_worker(
+    chunking: tuple[subprocess.Popen[str], set[int], Path], tmp_path: Path
+) -> None:
+    from tests.test_hostile_processes import alive, wait_until
+
+    process, kids, workdir = chunking
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert process.returncode == 130, stderr
+    assert stderr.startswith("error: interrupted") and len(stderr.strip().splitlines()) == 1
+    assert not list((workdir / "batches").iterdir())
+    assert wait_until(lambda: not any(alive(pid) for pid in kids), 30), "worker left behind"
+
+
+def test_sigkill_leaves_no_worker_behind(
+    chunking: tuple[subprocess.Popen[str], set[int], Path],
+) -> None:
+    from tests.test_hostile_processes import alive, wait_until
+
+    process, kids, workdir = chunking
+    process.kill()
+    process.wait(timeout=60)
+    at_kill = len(list((workdir / "batches").glob(".bucket-*.tmp")))
+    assert wait_until(lambda: not any(alive(pid) for pid in kids), 30), "worker left behind"
+    # it ended with its parent, not after chunking every bucket left (8 buckets)
+    assert len(list((workdir / "batches").glob(".bucket-*.tmp"))) <= at_kill + 1

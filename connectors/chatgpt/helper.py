@@ -112,7 +112,7 @@ def _helper_main(folder: Path, work: Work, job: Any) -> int:
 
 
 if __name__ == "__main__":
-    from connectors.parent_watch import die_with_parent
+    from pipeline.core.parent_watch import die_with_parent
 
     die_with_parent()
     job_work, job_args = pickle.loads(sys.stdin.buffer.read())

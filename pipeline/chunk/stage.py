@@ -28,6 +28,7 @@ from pipeline.chunk.batching import (
 )
 from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
+from pipeline.core.parent_watch import die_with_parent
 from pipeline.core.redact import DEFAULT_POLICY, Policy
 from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
 from pipeline.core.staging_buckets import hand_back_memory, release_freed_memory
@@ -105,13 +106,25 @@ def _claim(counter: Any, buckets: int) -> int | None:
 
 
 def _worker_loop(
-    job: BucketJob, exclude_ids: Container[str] | None, counter: Any, results: Any
+    job: BucketJob,
+    exclude_ids: Container[str] | None,
+    counter: Any,
+    results: Any,
+    parent: int | None = None,
 ) -> None:
-    """A worker process: claim buckets until none is left, report each one (or the error)."""
+    """A worker process: claim buckets until none is left, report each one (or the error).
+
+    It ends with `parent` (a killed chunk leaves no worker behind). Ctrl-C reaches the
+    whole process group: the worker stops quietly and the parent reports the interruption.
+    """
+    if parent is not None:
+        die_with_parent(parent)
     release_freed_memory()
     try:
         while (bucket := _claim(counter, job.buckets)) is not None:
             results.put(_bucket_to_file(job, bucket, exclude_ids))
+    except KeyboardInterrupt:
+        return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(_picklable(exc))
     results.put(None)  # this worker is done
@@ -240,7 +253,11 @@ def _parallel(
     counter = context.Value("i", 0)
     results = context.Queue()
     helpers = [
-        context.Process(target=_worker_loop, args=(job, exclude_ids, counter, results), daemon=True)
+        context.Process(
+            target=_worker_loop,
+            args=(job, exclude_ids, counter, results, os.getpid()),
+            daemon=True,
+        )
         for _ in range(min(workers, job.buckets) - 1)
     ]
     for process in helpers:

@@ -12,7 +12,13 @@ from pipeline.core.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-from pipeline.cli.common import common_options, emit, load_cli_config, setup
+from pipeline.cli.common import (
+    common_options,
+    emit,
+    load_cli_config,
+    setup,
+    sigterm_as_interrupt,
+)
 from pipeline.cli.redaction import apply_redact_flags, redact_options
 
 
@@ -63,7 +69,7 @@ def chunk(
     cfg = apply_redact_flags(cfg, redact_actions, redact_patterns)
     require_staging(cfg.workdir)
     limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-    with workdir_lock(cfg.workdir):
+    with workdir_lock(cfg.workdir), sigterm_as_interrupt():
         stats = chunk_workdir(
             cfg.workdir,
             limits,

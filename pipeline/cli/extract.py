@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +21,15 @@ from pipeline.core.workdir import quarantine_path
 if TYPE_CHECKING:
     pass
 
-from pipeline.cli.common import common_options, emit, fail, load_cli_config, plural, setup
+from pipeline.cli.common import (
+    common_options,
+    emit,
+    fail,
+    load_cli_config,
+    plural,
+    setup,
+    sigterm_as_interrupt,
+)
 
 
 @click.command()
@@ -108,21 +112,6 @@ def extract(
     if totals["quarantined"]:
         lines.append(f"quarantined records: {quarantine_path(cfg.workdir)}")
     emit(totals, as_json, "\n".join(lines))
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the block like Ctrl-C (a `KeyboardInterrupt`: staging's temp folder
-    is removed, worker processes stop, exit code 130); the old handler comes back after.
-    Only in the main thread, where Python runs signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _pick_sources(

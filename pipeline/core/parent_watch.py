@@ -1,6 +1,6 @@
 """Make a helper or worker process end when the process that started it ends.
 
-A killed `extract` (SIGKILL, or SIGTERM before it can clean up) must not leave its worker
+A killed `extract` or `chunk` (SIGKILL, or SIGTERM before it can clean up) must not leave its worker
 processes behind: they would sit idle, holding their memory, forever. On Linux the kernel
 sends the worker SIGKILL when its parent dies (`PR_SET_PDEATHSIG`); everywhere, and for
 the case where the parent's starting thread ends first, a daemon thread checks once a

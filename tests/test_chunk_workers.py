@@ -217,3 +217,22 @@ def test_sigkill_leaves_no_worker_behind(
     assert wait_until(lambda: not any(alive(pid) for pid in kids), 30), "worker left behind"
     # it ended with its parent, not after chunking every bucket left (8 buckets)
     assert len(list((workdir / "batches").glob(".bucket-*.tmp"))) <= at_kill + 1
+
+
+def test_two_processes_by_default_only_for_a_big_staging_on_two_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.chunk import stage
+
+    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert stage.default_workers(stage.PARALLEL_MIN_BUCKETS) == 2
+    assert stage.default_workers(stage.PARALLEL_MIN_BUCKETS - 1) == 1
+    assert stage.default_workers(64, {"m1", "m2"}) == 2  # a plain set crosses to the worker
+
+    class Planning:  # asked as it goes, keeping totals: must stay in this process
+        def __contains__(self, item: object) -> bool:
+            return False
+
+    assert stage.default_workers(64, Planning()) == 1
+    monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert stage.default_workers(64) == 1

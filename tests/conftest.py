@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -70,3 +72,15 @@ def flat_parts(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, int]]:
 
     monkeypatch.setattr(sb, "bucket_parts", spy)
     return seen
+
+
+def synthetic_slack(folder: Path, messages: int = 30_000) -> Path:
+    """A synthetic Slack export (`tests/bench/gen_slack.py`: 20 channels, 50 users) in
+    `folder`; big enough to keep two processes busy for a few seconds."""
+    subprocess.run(
+        [sys.executable, str(REPO / "tests/bench/gen_slack.py"), str(folder)]
+        + ["--messages", str(messages), "--channels", "20", "--users", "50"],
+        check=True,
+        capture_output=True,
+    )
+    return folder

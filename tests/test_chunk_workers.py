@@ -22,7 +22,7 @@ from pipeline.chunk import ChunkLimits
 from pipeline.core.config import load_config
 from pipeline.core.errors import InputError
 from pipeline.extract import extract_source
-from tests.conftest import REPO
+from tests.conftest import REPO, synthetic_slack
 
 
 def _stage_in_buckets(workdir: Path, buckets: int, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,12 +143,7 @@ def staged_slack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.core.config import SourceConfig
 
     root = tmp_path_factory.mktemp("slack")
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/bench/gen_slack.py"), str(root / "export")]
-        + ["--messages", "30000", "--channels", "20", "--users", "50"],
-        check=True,
-        capture_output=True,
-    )
+    synthetic_slack(root / "export")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sb, "choose_buckets", lambda files, target_bytes=0: 8)
         source = SourceConfig(kind="slack", path=root / "export", user_id="team")

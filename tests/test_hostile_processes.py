@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, synthetic_slack
 
 MEMOS_ETL = Path(sys.executable).parent / "memos-etl"
 RSS_LIMIT_KB = 512 * 1024
@@ -112,12 +112,7 @@ def wait_until(check: object, seconds: float) -> bool:
 def slack_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic Slack export big enough to keep two workers busy for a few seconds."""
     root = tmp_path_factory.mktemp("slack")
-    subprocess.run(
-        [sys.executable, str(REPO / "tests/bench/gen_slack.py"), str(root / "export")]
-        + ["--messages", "30000", "--channels", "20", "--users", "50"],
-        check=True,
-        capture_output=True,
-    )
+    synthetic_slack(root / "export")
     config = root / "c.yaml"
     config.write_text(
         f"sources:\n  - kind: slack\n    path: {root / 'export'}\n    user_id: team\n"

@@ -172,6 +172,7 @@ def extract_and_chunk(
             # second chunk process (~200 MB) would take it past 512 MB at 5M messages for
             # a few seconds of a run the load dominates
             workers=1,
+            progress=progress,
         )
         delta = exclude.finish()
     changed = delta.changed_ids

@@ -231,3 +231,30 @@ def test_two_processes_by_default_only_for_a_big_staging_on_two_cores(
     assert stage.default_workers(64, Planning()) == 1
     monkeypatch.setattr(stage.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert stage.default_workers(64) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_counts_every_staged_message_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    from pipeline.chunk import chunk_workdir
+
+    class Recorded:
+        def __init__(self) -> None:
+            self.total: int | None = None
+            self.done = 0
+
+        def start(self, desc: str, total: int | None = None, unit: str = "it") -> None:
+            self.total = total
+
+        def advance(self, n: int = 1) -> None:
+            self.done += n
+
+        def close(self) -> None:
+            pass
+
+    _stage_in_buckets(tmp_path, 8, monkeypatch)
+    progress = Recorded()
+    stats = chunk_workdir(tmp_path, ChunkLimits(), workers=workers, progress=progress)
+    assert stats.messages > 0
+    assert progress.total == stats.messages == progress.done

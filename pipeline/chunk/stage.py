@@ -29,8 +29,14 @@ from pipeline.chunk.batching import (
 from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.parent_watch import die_with_parent
+from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.redact import DEFAULT_POLICY, Policy
-from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
+from pipeline.core.staging import (
+    read_labeled_bucket,
+    staged_bucket_count,
+    staged_row_count,
+    staged_sources,
+)
 from pipeline.core.staging_buckets import hand_back_memory, release_freed_memory
 from pipeline.core.workdir import batches_dir, batches_path, manifest_path
 
@@ -150,6 +156,7 @@ def chunk_workdir(
     group: Container[str] = frozenset(),
     policy: Policy = DEFAULT_POLICY,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> ChunkStats:
     """Read the staging table bucket by bucket, write `<workdir>/batches/`, return the counts.
 
@@ -160,7 +167,8 @@ def chunk_workdir(
     `policy` is the redaction policy (see `RedactConfig.policy`). The manifest records the
     policy's actions and the redaction counts next to the other counts. `workers` > 1
     chunks that many buckets at a time (this process and `workers - 1` others); None
-    chooses (`default_workers`).
+    chooses (`default_workers`). `progress` advances by a bucket's messages as the
+    bucket lands in the batch file.
     """
     release_freed_memory()
     labels = tuple(staged_sources(workdir))
@@ -178,6 +186,8 @@ def chunk_workdir(
     )
     stats = ChunkStats()
     users: set[str] = set()
+    progress = progress or NullProgress()
+    progress.start("chunk", total=staged_row_count(workdir, labels), unit="msg")
     folder = batches_dir(workdir)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = batches_path(workdir).with_suffix(".jsonl.tmp")
@@ -190,8 +200,10 @@ def chunk_workdir(
                     part, owners = chunk_bucket(job, bucket, exclude_ids, out)
                     stats.merge(part)
                     users |= owners
+                    progress.advance(part.messages)
             else:
-                _parallel(job, exclude_ids, workers, out, stats, users)
+                _parallel(job, exclude_ids, workers, InBucketOrder(out, stats, users, progress))
+        progress.close()
         os.replace(tmp, batches_path(workdir))
         stats.users = len(users)
         manifest: dict[str, object] = {
@@ -238,11 +250,9 @@ def _parallel(
     job: BucketJob,
     exclude_ids: Container[str] | None,
     workers: int,
-    out: IO[bytes],
-    stats: ChunkStats,
-    users: set[str],
+    in_order: InBucketOrder,
 ) -> None:
-    """Buckets on this process and `workers - 1` others, appended to `out` in bucket order.
+    """Buckets on this process and `workers - 1` others, handed to `in_order`.
 
     Every process claims the next untaken bucket from a shared counter, so a slow bucket
     never leaves a core idle, and this process works too (one process fewer to start and
@@ -262,7 +272,6 @@ def _parallel(
     ]
     for process in helpers:
         process.start()
-    in_order = InBucketOrder(out, stats, users)
     running = len(helpers)
 
     def take(done: BucketDone | BaseException | None) -> None:
@@ -300,8 +309,15 @@ class InBucketOrder:
     """Appends chunked buckets to the batch file in bucket order, whatever order they are
     finished in (a bucket waits in its temp file until the ones before it are in)."""
 
-    def __init__(self, out: IO[bytes], stats: ChunkStats, users: set[str]):
+    def __init__(
+        self,
+        out: IO[bytes],
+        stats: ChunkStats,
+        users: set[str],
+        progress: Progress | None = None,
+    ):
         self.out, self.stats, self.users = out, stats, users
+        self.progress = progress or NullProgress()
         self.ready: dict[int, BucketDone] = {}
         self.written = 0
         """Buckets appended: 0 to `written - 1`."""
@@ -314,6 +330,7 @@ class InBucketOrder:
             _append(part.path, self.out)
             self.stats.merge(part.stats)
             self.users.update(part.users)
+            self.progress.advance(part.stats.messages)
             self.written += 1
 
 

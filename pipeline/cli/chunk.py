@@ -61,7 +61,7 @@ def chunk(
     from pipeline.chunk import ChunkLimits, chunk_workdir
     from pipeline.core.lock import workdir_lock
 
-    setup(verbose, quiet, no_progress)
+    progress = setup(verbose, quiet, no_progress)
     cfg = load_cli_config(
         config_path,
         {"workdir": workdir, "chunk": {"max_tokens": max_tokens, "max_messages": max_messages}},
@@ -77,6 +77,7 @@ def chunk(
             group=cfg.group_sources(),
             policy=cfg.redact.policy(),
             workers=workers,
+            progress=progress,
         )
     result = {**stats.to_json(), "workdir": str(cfg.workdir)}
     lines = [

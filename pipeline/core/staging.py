@@ -15,7 +15,7 @@ import contextlib
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -350,18 +350,10 @@ def read_parquet_files(files: Iterable[Path], columns: list[str]) -> pa.Table:
     schema = pa.schema([STAGING_SCHEMA.field(c) for c in columns])
     parts = []
     for path in files:
-        try:
+        with _staged_file(path):
             parquet = pq.ParquetFile(path)
             present = set(parquet.schema_arrow.names)
             table = parquet.read(columns=[c for c in columns if c in present], use_threads=False)
-        except (OSError, pa.ArrowException) as exc:
-            if isinstance(exc, OSError) and is_disk_full(exc):
-                raise
-            reason = " ".join(str(exc).split())
-            raise InputError(
-                f"{path}: staged file is damaged ({reason}); stage the source again with "
-                "`memos-etl extract`"
-            ) from exc
         for name in columns:
             if name not in present:
                 table = table.append_column(
@@ -371,6 +363,34 @@ def read_parquet_files(files: Iterable[Path], columns: list[str]) -> pa.Table:
     if not parts:
         return schema.empty_table()
     return pa.concat_tables(parts)
+
+
+def staged_row_count(workdir: Path, labels: Iterable[str]) -> int:
+    """Rows staged by the named sources, from the Parquet footers (nothing is read)."""
+    from pipeline.core.staging_buckets import all_files
+
+    total = 0
+    for label in labels:
+        for path in all_files(source_dir(workdir, label)):
+            with _staged_file(path):
+                total += pq.ParquetFile(path).metadata.num_rows
+    return total
+
+
+@contextlib.contextmanager
+def _staged_file(path: Path) -> Iterator[None]:
+    """Reading a staged file: a damaged one is an `InputError` naming it (a full disk is
+    left as it is)."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        if isinstance(exc, OSError) and is_disk_full(exc):
+            raise
+        reason = " ".join(str(exc).split())
+        raise InputError(
+            f"{path}: staged file is damaged ({reason}); stage the source again with "
+            "`memos-etl extract`"
+        ) from exc
 
 
 def staged_bucket_count(workdir: Path, labels: Iterable[str]) -> int:

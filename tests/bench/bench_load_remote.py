@@ -12,7 +12,10 @@ target keeps to the default 50/s). Figures go to docs/performance.md ("Remote lo
 bounded memory") with the command and date.
 
     python tests/bench/bench_load_remote.py --workdir w1m [--before /tmp/old] \
-        [--latency-ms 50] [--rounds 2]
+        [--latency-ms 50] [--rounds 2] [--stop-after 300]
+
+With `--run-export EXPORT` it times `memos-etl run` of a Slack export into the embedded
+local target instead (a fresh workdir each time; wall, peak RSS), before and after.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -130,9 +134,29 @@ def one_load(
     )
 
 
+def one_run(export: Path, code: Path | None, scratch: Path) -> tuple[float, int, int]:
+    """(wall s, peak RSS bytes, messages sent) of `memos-etl run` of a Slack export into
+    the embedded local target, in a fresh workdir (every stage)."""
+    work = scratch / "run"
+    shutil.rmtree(work, ignore_errors=True)
+    config = scratch / "run.yaml"
+    config.write_text(
+        f"workdir: {work}\nuser_id: bench\nsources:\n  - kind: slack\n    path: {export}\n"
+    )
+    start = time.perf_counter()
+    _, peak, code_ = measured([*_loader(code), "run", str(config), "-q"], scratch / "run.out", None)
+    wall = time.perf_counter() - start
+    with sqlite3.connect(work / "ledger.sqlite") as conn:
+        (sent,) = conn.execute("select sent from runs order by run_id desc limit 1").fetchone()
+    return wall, peak, int(sent or 0) if code_ == 0 else -1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True, help="a chunked workdir")
+    parser.add_argument("--workdir", type=Path, help="a chunked workdir")
+    parser.add_argument(
+        "--run-export", type=Path, help="instead: `memos-etl run` of this Slack export (embedded)"
+    )
     parser.add_argument("--before", type=Path, help="an older source tree to compare with")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="client rate (the most)")
@@ -143,6 +167,19 @@ def main() -> None:
     variants: list[tuple[str, Path | None]] = [("after", None)]
     if args.before:
         variants.insert(0, ("before", args.before.resolve()))
+    if args.run_export:
+        with tempfile.TemporaryDirectory(prefix="bench-run-embedded-") as tmp:
+            for round_ in range(1, args.rounds + 1):
+                for name, code in variants:
+                    wall, peak, sent = one_run(args.run_export.resolve(), code, Path(tmp))
+                    print(
+                        f"run round {round_} {name:6s}: {wall:8.1f} s  {sent} messages sent"
+                        f"  peak RSS {peak / 2**20:7.0f} MB",
+                        flush=True,
+                    )
+        return
+    if args.workdir is None:
+        parser.error("--workdir or --run-export is required")
     manifest = json.loads((args.workdir / "batches" / "manifest.json").read_text())
     print(
         f"workdir {args.workdir}: {manifest.get('batches')} batches,"

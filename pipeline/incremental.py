@@ -251,8 +251,8 @@ class BatchPlan:
     already_messages: int = 0
     """Messages left out because this destination already has them."""
     duplicate_messages: int = 0
-    """Messages left out because an earlier batch of the file (of the same window, when
-    loaded in windows) carries them."""
+    """Messages left out because an earlier batch of the file carries them and is not
+    delivered yet (once it is, a later copy counts as already delivered)."""
     changed: list[str] = field(default_factory=list)
     """Delivered messages whose content changed since (sent only with `resend_changed`)."""
 
@@ -381,15 +381,14 @@ def filter_windows(
     what the destination has. Counts go to `plan` as windows are consumed (its `batches`
     stays empty).
 
-    Duplicates are looked for inside a window: the loader delivers a window before it
-    takes the next (`pipeline.load.loader.load_batches`), so by the time a later window
-    is filtered, a message an earlier window sent is in the ledger and left out as
-    delivered. A set of every message seen would grow with the export (~90 bytes a
-    message: 450 MB for 5M messages). A caller that delivers nothing between windows
-    passes `remembered`, which carries the kept messages from window to window on disk.
-    A loader that reads a window while earlier ones are still in flight passes
-    `unsettled`: each kept batch's messages are added to it, and a message it holds is a
-    duplicate (the loader settles a batch when it leaves; by then the ledger has it).
+    Duplicates are looked for inside a window, and across windows through what the
+    caller passes; a set of every message seen would grow with the export (~90 bytes a
+    message: 450 MB for 5M messages). The loader (`pipeline.load.loader.load_batches`)
+    reads a window while earlier ones are still being delivered and passes `unsettled`:
+    each kept batch's messages are added to it, a message it holds is a duplicate, and
+    the loader settles a batch when it leaves, by when a delivered one is in the ledger
+    (a later copy is then left out as delivered). A caller that delivers nothing between
+    windows passes `remembered`, which carries the kept messages on disk.
     """
     changed: set[str] = set()
     dropped_parts: set[str] = set()

@@ -7,9 +7,10 @@ server runs in a process of its own and is not counted). With `--before DIR` (a 
 copy of an older tree, e.g. `git archive main | tar -x -C DIR`) the same load runs with
 that code too, alternating, so the two are compared side by side on the same machine.
 `--latency-ms` makes the server answer late, so throughput shows whether conversations
-still overlap; `--rate` defaults to 1000/s, the most allowed (without it a remote
-target keeps to the default 50/s). Figures go to docs/performance.md ("Remote loads in
-bounded memory") with the command and date.
+still overlap; `--rate` defaults to 1000/s, the most allowed, and the account gets no
+token budget (a remote target otherwise keeps to the default account's 50/s and tokens
+per minute). Figures go to docs/performance.md ("Remote loads in bounded memory") with
+the command and date.
 
     python tests/bench/bench_load_remote.py --workdir w1m [--before /tmp/old] \
         [--latency-ms 50] [--rounds 2] [--stop-after 300]
@@ -104,9 +105,14 @@ def one_load(
     server, url = _serve(db, args.latency_ms)
     out = scratch / "load.json"
     try:
+        # no token budget: the default account's tokens per minute would set the pace
+        config = scratch / "load.yaml"
+        config.write_text("account:\n  tokens_per_minute: null\n")
         command = [
             *_loader(code),
             "load",
+            "--config",
+            str(config),
             "--workdir",
             str(work),
             "--target",

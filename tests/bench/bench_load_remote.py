@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import signal
 import sqlite3
@@ -140,9 +141,10 @@ def one_load(
     )
 
 
-def one_run(export: Path, code: Path | None, scratch: Path) -> tuple[float, int, int]:
-    """(wall s, peak RSS bytes, messages sent) of `memos-etl run` of a Slack export into
-    the embedded local target, in a fresh workdir (every stage)."""
+def one_run(export: Path, code: Path | None, scratch: Path) -> tuple[float, float, int, int]:
+    """(wall s, CPU s, peak RSS bytes, messages sent) of `memos-etl run` of a Slack export
+    into the embedded local target, in a fresh workdir (every stage). CPU seconds are the
+    process tree's (user + system): less moved by other work on the machine than wall."""
     work = scratch / "run"
     shutil.rmtree(work, ignore_errors=True)
     config = scratch / "run.yaml"
@@ -150,11 +152,14 @@ def one_run(export: Path, code: Path | None, scratch: Path) -> tuple[float, int,
         f"workdir: {work}\nuser_id: bench\nsources:\n  - kind: slack\n    path: {export}\n"
     )
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     _, peak, code_ = measured([*_loader(code), "run", str(config), "-q"], scratch / "run.out", None)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     with sqlite3.connect(work / "ledger.sqlite") as conn:
         (sent,) = conn.execute("select sent from runs order by run_id desc limit 1").fetchone()
-    return wall, peak, int(sent or 0) if code_ == 0 else -1
+    return wall, cpu, peak, int(sent or 0) if code_ == 0 else -1
 
 
 def main() -> None:
@@ -177,9 +182,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-run-embedded-") as tmp:
             for round_ in range(1, args.rounds + 1):
                 for name, code in variants:
-                    wall, peak, sent = one_run(args.run_export.resolve(), code, Path(tmp))
+                    wall, cpu, peak, sent = one_run(args.run_export.resolve(), code, Path(tmp))
                     print(
-                        f"run round {round_} {name:6s}: {wall:8.1f} s  {sent} messages sent"
+                        f"run round {round_} {name:6s}: {wall:8.1f} s wall  {cpu:6.1f} CPU-s"
+                        f"  {sent} messages sent"
                         f"  peak RSS {peak / 2**20:7.0f} MB",
                         flush=True,
                     )

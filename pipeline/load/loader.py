@@ -557,7 +557,7 @@ class _Loader:
         conversation's batches form one lane and go strictly one after the other, also
         when the conversation spans windows; one blocked by a failure stays blocked.
         Windows a stop leaves unread are recorded in the ledger (`finish`)."""
-        self.source, self.hold = windows, hold
+        self.source, self.hold = windows, max(1, hold)
         self._admit()
         # A conversation goes one batch at a time, so each worker takes the conversation
         # with the most batches left, sends its next batch and puts it back: all

@@ -251,8 +251,8 @@ class BatchPlan:
     already_messages: int = 0
     """Messages left out because this destination already has them."""
     duplicate_messages: int = 0
-    """Messages left out because an earlier batch of the file (of the same window, when
-    loaded in windows) carries them."""
+    """Messages left out because an earlier batch of the file carries them and is not
+    delivered yet (once it is, a later copy counts as already delivered)."""
     changed: list[str] = field(default_factory=list)
     """Delivered messages whose content changed since (sent only with `resend_changed`)."""
 
@@ -334,27 +334,65 @@ class SeenOnDisk:
         self.path.unlink(missing_ok=True)
 
 
+class Unsettled:
+    """The messages (id and content hash) of batches kept and not yet delivered, in memory.
+
+    For a loader that reads the next window of the batch file while earlier windows are
+    still being delivered (`pipeline.load.loader`): a message met again in a later window
+    is neither in the ledger yet nor in that window, but here. Its batch leaves (`settle`,
+    delivered or not) when the loader is done with it; once delivered, the ledger answers
+    for it. Memory follows the batches in flight, never the export.
+    """
+
+    def __init__(self) -> None:
+        self.count: dict[bytes, int] = {}
+        self.by_batch: dict[str, list[bytes]] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.count
+
+    def add(self, batch_id: str, keys: Iterable[bytes]) -> None:
+        """Remember the kept messages of one batch."""
+        held = self.by_batch.setdefault(batch_id, [])
+        for key in keys:
+            held.append(key)
+            self.count[key] = self.count.get(key, 0) + 1
+
+    def settle(self, batch_id: str) -> None:
+        """Forget one batch's messages (unknown ids are ignored)."""
+        for key in self.by_batch.pop(batch_id, ()):
+            left = self.count[key] - 1
+            if left:
+                self.count[key] = left
+            else:
+                del self.count[key]
+
+
 def filter_windows(
     batches: Iterable[Sequence[Batch]],
     lookup: Lookup,
     resend_changed: bool,
     plan: BatchPlan,
     remembered: SeenOnDisk | None = None,
+    unsettled: Unsettled | None = None,
 ) -> Iterator[list[Batch]]:
     """`filter_batches`, one window of the batch file at a time: each window's delivered
     messages are asked of `lookup` (the ledger), so memory grows with the window, not with
     what the destination has. Counts go to `plan` as windows are consumed (its `batches`
     stays empty).
 
-    Duplicates are looked for inside a window: the loader delivers a window before it
-    takes the next (`pipeline.load.loader.load_batches`), so by the time a later window
-    is filtered, a message an earlier window sent is in the ledger and left out as
-    delivered. A set of every message seen would grow with the export (~90 bytes a
-    message: 450 MB for 5M messages). A caller that delivers nothing between windows
-    passes `remembered`, which carries the kept messages from window to window on disk.
+    Duplicates are looked for inside a window, and across windows through what the
+    caller passes; a set of every message seen would grow with the export (~90 bytes a
+    message: 450 MB for 5M messages). The loader (`pipeline.load.loader.load_batches`)
+    reads a window while earlier ones are still being delivered and passes `unsettled`:
+    each kept batch's messages are added to it, a message it holds is a duplicate, and
+    the loader settles a batch when it leaves, by when a delivered one is in the ledger
+    (a later copy is then left out as delivered). A caller that delivers nothing between
+    windows passes `remembered`, which carries the kept messages on disk.
     """
     changed: set[str] = set()
     dropped_parts: set[str] = set()
+    sending: list[bytes] = []  # the keys of one batch's messages kept (`verdict`)
     for window in batches:
         delivered = lookup(sorted({mid for b in window for mid in b.message_ids}))
         seen: set[bytes] = set()
@@ -381,13 +419,15 @@ def filter_windows(
             if sent is not None and (sent == digest or not resend_changed):
                 return "already"
             key = _seen_key(mid, digest)
-            if key in seen:
+            if key in seen or (unsettled is not None and key in unsettled):
                 return "duplicate"
             seen.add(key)
+            sending.append(key)
             return "send"
 
         kept: list[Batch] = []
         for batch in window:
+            sending.clear()
             if batch.part is not None:  # one message in parts: decided by its first part
                 mid = batch.message_ids[0]
                 if batch.part[0] == 1:
@@ -401,6 +441,8 @@ def filter_windows(
                         plan.duplicate_messages += what == "duplicate"
                 if mid not in dropped_parts:
                     kept.append(batch)
+                    if unsettled is not None:  # every part holds it until the last is sent
+                        unsettled.add(batch.batch_id, [_seen_key(mid, batch.content_hashes[0])])
                 elif batch.part[0] == batch.part[1]:
                     dropped_parts.discard(mid)  # its last part: nothing more to drop
                 continue
@@ -421,6 +463,8 @@ def filter_windows(
                 plan.already_batches += 1
             else:
                 kept.append(_subset(batch, keep))
+            if keep and unsettled is not None:
+                unsettled.add(kept[-1].batch_id, sending)
         if remembered is not None:
             remembered.add(seen - earlier)
         yield kept

@@ -16,9 +16,13 @@ the ledger (which keeps only its fingerprint).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from pipeline import incremental
@@ -26,7 +30,7 @@ from pipeline.core.config import API_KEY_ENV, Config
 from pipeline.core.destination import Destination, destination_for
 from pipeline.core.errors import ConfigError, MemosError
 from pipeline.core.progress import Progress
-from pipeline.core.staging import read_labeled
+from pipeline.core.staging import read_labeled_bucket, staged_bucket_count
 from pipeline.load.targets import SERVE_TOKEN_ENV
 from pipeline.run import RunResult, run_pipeline
 
@@ -159,40 +163,96 @@ def run_account(
     with account_errors(pipeline):
         account_env = pipeline.environment(env)
         dest = destination_for(cfg.load, cfg.workdir, env=account_env)
-        before = set(incremental.delivered_message_hashes(cfg.workdir, dest))
-        result = run_pipeline(
-            cfg,
-            since=since,
-            progress=progress,
-            handle_signals=handle_signals,
-            heartbeat=heartbeat,
-            env=account_env,
-            command=command,
-            settings=settings,
-        )
-        after = set(incremental.delivered_message_hashes(cfg.workdir, dest))
-    counts = _source_counts(pipeline, result, before, after)
+        with _DeliveredBefore(cfg.workdir, dest) as before:
+            result = run_pipeline(
+                cfg,
+                since=since,
+                progress=progress,
+                handle_signals=handle_signals,
+                heartbeat=heartbeat,
+                env=account_env,
+                command=command,
+                settings=settings,
+            )
+            counts = _source_counts(pipeline, result, before, dest)
     return AccountRun(pipeline, dest, result, counts)
 
 
+class _DeliveredBefore:
+    """The ids `dest` had before a run, copied from the ledger into a scratch SQLite file
+    (removed on exit), so that the counts after the run can tell which deliveries are
+    new without holding every delivered id in memory (~100 bytes each in a set)."""
+
+    def __init__(self, workdir: Path, dest: Destination):
+        handle, name = tempfile.mkstemp(prefix="memos-etl-delivered-", suffix=".sqlite")
+        os.close(handle)
+        self.path = Path(name)
+        self.conn = sqlite3.connect(self.path)
+        try:
+            self.conn.execute("pragma journal_mode = off")
+            self.conn.execute("pragma synchronous = off")
+            self.conn.execute("create table ids (message_id text primary key) without rowid")
+            with incremental.DeliveredLedger(workdir, dest) as ledger:
+                if ledger.scope is not None:
+                    where, params = ledger.scope
+                    rows = ledger.connection().execute(
+                        f"select message_id from delivered_messages where {where}",  # noqa: S608
+                        params,
+                    )
+                    while chunk := rows.fetchmany(10_000):
+                        self.conn.executemany("insert or ignore into ids values (?)", chunk)
+            self.conn.commit()
+        except BaseException:
+            self.close()
+            raise
+
+    def among(self, message_ids: Sequence[str]) -> set[str]:
+        """Those of `message_ids` the destination had before the run."""
+        found: set[str] = set()
+        for start in range(0, len(message_ids), incremental.IN_LIST):
+            chunk = message_ids[start : start + incremental.IN_LIST]
+            marks = ",".join("?" * len(chunk))
+            query = f"select message_id from ids where message_id in ({marks})"  # noqa: S608
+            found.update(m for (m,) in self.conn.execute(query, chunk))
+        return found
+
+    def close(self) -> None:
+        self.conn.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> _DeliveredBefore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _source_counts(
-    pipeline: AccountPipeline, result: RunResult, before: set[str], after: set[str]
+    pipeline: AccountPipeline, result: RunResult, before: _DeliveredBefore, dest: Destination
 ) -> list[SourceCounts]:
     """Per source: staged messages, how many the destination holds, and how many of those
-    this run delivered (read from the staging table and the ledger, read-only)."""
+    this run delivered (read from the staging table and the ledger, read-only), one staging
+    bucket at a time: memory holds a bucket's ids, never every delivery."""
     cfg = pipeline.config
     labels = [s.label for s in cfg.sources]
     counts = {label: SourceCounts(label, pipeline.account) for label in labels}
     for stats in result.extract:
         if stats["source"] in counts:
             counts[str(stats["source"])].quarantined = int(stats["quarantined"])
-    staged = read_labeled(cfg.workdir, labels, ["message_id"]).to_pydict()
-    new = after - before
-    for message_id, label in zip(staged["message_id"], staged["label"], strict=True):
-        row = counts[label]
-        row.staged += 1
-        if message_id in after:
-            row.delivered += 1
-            if message_id in new:
-                row.sent += 1
+    buckets = staged_bucket_count(cfg.workdir, labels)
+    with incremental.DeliveredLedger(cfg.workdir, dest) as delivered:
+        for bucket in range(buckets):
+            staged = read_labeled_bucket(
+                cfg.workdir, labels, ["message_id"], bucket, buckets
+            ).to_pydict()
+            ids = sorted(set(staged["message_id"]))
+            after = delivered.among(ids)
+            had = before.among(ids)
+            for message_id, label in zip(staged["message_id"], staged["label"], strict=True):
+                row = counts[label]
+                row.staged += 1
+                if message_id in after:
+                    row.delivered += 1
+                    if message_id not in had:
+                        row.sent += 1
     return [counts[label] for label in labels]

@@ -35,7 +35,8 @@ from pipeline.load.targets import Endpoint, open_target
 log = logging.getLogger("memos_etl.loader")
 
 WINDOW = 2000
-"""Batches of the batch file the embedded target loads at a time (bounded memory)."""
+"""Batches of the batch file read at a time; a load holds about two windows (bounded
+memory whatever the target: `load_batches`'s `hold`)."""
 
 
 def load_workdir(
@@ -76,19 +77,22 @@ def load_workdir(
         if settings is not None:
             ledger.remember_settings(settings)
         plan = incremental.BatchPlan([])
-        # the embedded target answers in this process at CPU speed: the batch file goes in
-        # windows, so memory holds one window, never the export (a remote target gets the
-        # whole file at once, so its slow conversations all overlap)
-        size = WINDOW if endpoint.in_process is not None and transport is None else None
-        batches = read_batches(workdir)
-        windows = incremental.windows(batches, size) if size else iter([list(batches)])
-        kept = incremental.filter_windows(windows, ledger.delivered_among, cfg.resend_changed, plan)
+        # the batch file goes in windows, read as the load goes (`load_batches`): memory
+        # holds a few windows' batches, never the export, and slow conversations overlap
+        unsettled = incremental.Unsettled()
+        kept = incremental.filter_windows(
+            incremental.windows(read_batches(workdir), WINDOW),
+            ledger.delivered_among,
+            cfg.resend_changed,
+            plan,
+            unsettled=unsettled,
+        )
         run_id = ledger.start_run(command)
         stats = LoadStats()
         try:
             stats = asyncio.run(
                 load_batches(
-                    kept if size else next(kept, []),
+                    kept,
                     ledger,
                     endpoint,
                     cfg,
@@ -98,6 +102,8 @@ def load_workdir(
                     heartbeat=heartbeat,
                     transport=transport,
                     account=account,
+                    hold=WINDOW,
+                    on_settled=unsettled.settle,
                 )
             )
         finally:

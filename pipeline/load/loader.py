@@ -34,8 +34,8 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -87,6 +87,10 @@ POOL_SHARD = 8
 """Connections per httpx client; more in flight are spread over several clients."""
 SHUTDOWN_GRACE = 5.0
 """Seconds in-flight requests get to finish after the first Ctrl-C."""
+HOLD = 2000
+"""Batches read and not yet delivered before the next window of the batch file is read."""
+SUMMARIZE_EVERY = 500
+"""Settled batches whose end state is read back from the ledger at once (`_summarize`)."""
 LONG_WAIT = 60.0
 """A server-imposed wait at least this long is logged as a warning (shorter ones at -v)."""
 
@@ -106,6 +110,15 @@ class _Unit:
     client: Poster
     counted: int | None = None
     """The body's exact input tokens, once counted (see `_Loader._charge`)."""
+
+
+@dataclass
+class _Lane:
+    """One conversation's batches read and not yet delivered, in order (`_Loader.run`)."""
+
+    order: int
+    """When the lane was opened: ties on the heap go to the conversation met first."""
+    batches: deque[tuple[Batch, Row]] = field(default_factory=deque)
 
 
 class _Loader:
@@ -149,8 +162,24 @@ class _Loader:
         self.blocked: set[tuple[str, str]] = set()
         """Conversations a failed or stopped batch holds back (kept across windows)."""
         self.windowed = False
-        """Windows of the batch file come one after the other: one progress bar for all."""
-        self._progress_started = False
+        """The batch file comes in windows read as the load goes: no total up front."""
+        self.on_settled: Callable[[str], None] | None = None
+        """Told each batch id that leaves the run (`pipeline.incremental.Unsettled`)."""
+        # the rolling scheduler (`run`): lanes by conversation, the heap of waiting lanes
+        self.lanes: dict[tuple[str, str], _Lane] = {}
+        self.flying: dict[tuple[str, str], Batch] = {}
+        """Each lane's batch in flight (a stop that abandons it leaves it pending)."""
+        self.heap: list[tuple[int, int, tuple[str, str]]] = []
+        self.source: Iterator[Sequence[Batch]] = iter(())
+        self.hold = 0
+        self.held = 0
+        """Batches read and not yet delivered (waiting in lanes or in flight)."""
+        self.position = 0
+        self._order = 0
+        self._exhausted = False
+        self._settled: list[Batch] = []
+        self._wake = asyncio.Event()
+        self._waiting = 0
 
     # --- stopping -------------------------------------------------------------------
 
@@ -159,6 +188,7 @@ class _Loader:
         if self.stats.stopped is None:
             self.stats.stopped, self.stats.stop_message = reason, message
         self.stopping.set()
+        self._wake.set()  # workers waiting for room leave
         if now:
             for task in self.workers:
                 if task is not asyncio.current_task():
@@ -440,62 +470,176 @@ class _Loader:
             "latency_s": rounded(self.gate.latency),
         }
 
-    async def run(self, batches: Sequence[Batch], rows: dict[str, Row]) -> None:
-        """Deliver every conversation's batches in order with `max_in_flight` workers (one
-        window of the batch file; windows run one after the other, so a conversation's
-        order holds across them, and one blocked in a window stays blocked)."""
-        lanes: dict[tuple[str, str], list[tuple[Batch, Row]]] = {}
-        for batch in batches:
-            row = rows[batch.batch_id]
+    # --- scheduling -----------------------------------------------------------------
+
+    def _admit(self) -> bool:
+        """Read windows of the batch file into lanes while fewer than `hold` batches are
+        waiting or in flight; False when nothing more can come (the source is exhausted).
+
+        Synchronous, so it runs between two awaits of one worker: lanes and the heap never
+        change under it. A conversation already in a lane (waiting or in flight) gets its
+        new batches appended to that lane, so its order holds across windows."""
+        while self.held < self.hold and not self._exhausted and not self.stopping.is_set():
+            window = next(self.source, None)
+            if window is None:
+                self._exhausted = True
+                break
+            self._take(window, deliver=True)
+        return not self._exhausted
+
+    def _take(self, window: Sequence[Batch], *, deliver: bool) -> None:
+        """Record one window in the ledger (positions continue the previous window's) and
+        queue its batches on their conversations' lanes (with `deliver`; after a stop the
+        rest of the batch file is only recorded, pending, for the next run)."""
+        self.ledger.sync(window, self.position)
+        self.position += len(window)
+        self.stats.batches += len(window)
+        self.stats.messages += sum(b.message_count for b in window)
+        rows = self.ledger.rows(b.batch_id for b in window) if deliver else {}
+        new: list[tuple[str, str]] = []
+        for batch in window:
+            row = rows.get(batch.batch_id)
+            key = (batch.user_id, batch.conversation_id)
+            if row is None or key in self.blocked:
+                # after a stop, or an earlier batch of the conversation failed: keep order
+                self._settle(batch)
+                continue
             if row.status == "done":
                 self.stats.already_batches += 1
                 self.stats.already_messages += batch.message_count
+                self._settle(batch)
                 continue
-            key = (batch.user_id, batch.conversation_id)
-            if key in self.blocked:
-                continue  # an earlier batch of the conversation failed: keep order
             self._messages_todo += batch.message_count
-            lanes.setdefault(key, []).append((batch, row))
+            self.held += 1
+            lane = self.lanes.get(key)
+            if lane is None:
+                self._order += 1
+                lane = self.lanes[key] = _Lane(self._order)
+                new.append(key)
+            lane.batches.append((batch, row))
+        for key in new:  # on the heap once whole: the longest go first
+            self._push(key)
+
+    def _push(self, key: tuple[str, str]) -> None:
+        """Put a lane (back) on the heap: the one with the most batches waiting goes first
+        (then the one met first in the batch file)."""
+        lane = self.lanes[key]
+        heapq.heappush(self.heap, (-len(lane.batches), lane.order, key))
+
+    def _settle(self, batch: Batch) -> None:
+        """A batch leaves the run (delivered, failed, held back or never sent): its end
+        state is counted from the ledger a few hundred at a time (`_summarize`)."""
+        self._settled.append(batch)
+        if self.on_settled is not None:
+            self.on_settled(batch.batch_id)
+        if len(self._settled) >= SUMMARIZE_EVERY:
+            self.flush_summary()
+
+    def flush_summary(self) -> None:
+        """Count the settled batches' end states (see `_settle`)."""
+        if self._settled:
+            _summarize(self.stats, self.ledger, self._settled, self.blocked)
+            self._settled = []
+
+    def _wake_all(self) -> None:
+        """Wake the workers waiting for room (a lane came back, batches left, or a stop)."""
+        if self._waiting:
+            self._wake.set()
+            self._wake = asyncio.Event()
+
+    async def run(self, windows: Iterator[Sequence[Batch]], hold: int) -> None:
+        """Deliver every conversation's batches in order with `max_in_flight` workers.
+
+        The batch file comes in windows; at most about `hold` batches (plus one window) are
+        read and not yet delivered at any time. Admission rolls: whenever fewer than `hold`
+        are waiting, the next window is read (`_admit`), so new conversations join while
+        slow ones are still going, and no window waits for the previous one to finish. A
+        conversation's batches form one lane and go strictly one after the other, also
+        when the conversation spans windows; one blocked by a failure stays blocked.
+        Windows a stop leaves unread are recorded in the ledger (`finish`)."""
+        self.source, self.hold = windows, max(1, hold)
+        self._admit()
         # A conversation goes one batch at a time, so each worker takes the conversation
         # with the most batches left, sends its next batch and puts it back: all
         # conversations drain together instead of the last few trickling out one by one.
         # A conversation is out of the heap while its batch is in flight, so it never has
-        # two; a worker leaves only when every remaining conversation is held by another.
-        heap = [(-len(lane), i, deque(lane)) for i, lane in enumerate(lanes.values())]
-        heapq.heapify(heap)
+        # two. A worker with nothing to take reads the next window, or waits when memory
+        # holds `hold` batches already; it leaves once the batch file is read and every
+        # remaining conversation is held by another worker.
         if not self.windowed:
-            n_batches = sum(len(lane) for lane in lanes.values())
             self.progress.start(
-                f"load {n_batches} batches of {len(heap)} conversations",
+                f"load {self.held} batches of {len(self.lanes)} conversations",
                 total=self._messages_todo,
                 unit="msg",
             )
-        elif not self._progress_started:
-            self._progress_started = True
+        else:
             self.progress.start("load", total=None, unit="msg")  # the file is not read ahead
 
         async def worker(client: Poster) -> None:
             try:
-                while heap and not self.stopping.is_set():
-                    _, i, lane = heapq.heappop(heap)
-                    if await self.deliver_next(lane, client) and lane:
-                        heapq.heappush(heap, (-len(lane), i, lane))
+                while not self.stopping.is_set():
+                    if not self.heap:
+                        more = self._admit()
+                        if self.heap:
+                            continue
+                        if not more:
+                            return  # every remaining conversation is held by another worker
+                        self._waiting += 1  # memory holds `hold` batches: wait for room
+                        try:
+                            await self._wake.wait()
+                        finally:
+                            self._waiting -= 1
+                        continue
+                    _, _, key = heapq.heappop(self.heap)
+                    lane = self.lanes[key].batches
+                    batch = self.flying[key] = lane[0][0]
+                    ok = await self.deliver_next(lane, client)
+                    del self.flying[key]
+                    self.held -= 1
+                    self._settle(batch)
+                    if not ok:  # held back: the rest of its conversation waits too
+                        for rest, _ in lane:
+                            self._settle(rest)
+                        self.held -= len(lane)
+                        lane.clear()
+                    if lane:
+                        self._push(key)
+                    else:
+                        del self.lanes[key]
+                    self._admit()
+                    self._wake_all()
             except Exception as exc:
                 # e.g. the ledger cannot be written (disk full): stop every worker now;
                 # the error is raised below, never left for a misleading "N pending"
                 self.stop("error", f"{type(exc).__name__}: {exc}", now=True)
                 raise
 
-        n = min(self.gate.capacity, len(heap))
+        n = self.gate.capacity if not self._exhausted else min(self.gate.capacity, len(self.heap))
         self.workers = [
             asyncio.create_task(worker(self.clients[i % len(self.clients)])) for i in range(n)
         ]
         results = await asyncio.gather(*self.workers, return_exceptions=True)
-        if not self.windowed:
-            self.progress.close()
+        self.progress.close()
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    def finish(self) -> None:
+        """After the workers: what a stop left in lanes stays pending, and the windows not
+        read yet are recorded in the ledger (pending) for the next run; every batch is
+        counted."""
+        for batch in self.flying.values():
+            self._settle(batch)
+        for lane in self.lanes.values():
+            for batch, _ in lane.batches:
+                self._settle(batch)
+        self.flying.clear()
+        self.lanes.clear()
+        self.heap.clear()
+        self.held = 0
+        for window in self.source:
+            self._take(window, deliver=False)
+        self.flush_summary()
 
 
 def _blind_in_flight(rate: float | None) -> int:
@@ -608,11 +752,16 @@ async def load_batches(
     heartbeat: float | None = None,
     account: AccountConfig | None = None,
     shared_budget: Budget | None = None,
+    hold: int = HOLD,
+    on_settled: Callable[[str], None] | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
     `batches` is a list, or an iterable of windows (lists) of the batch file: windows are
-    delivered one after the other, so memory holds one window at a time. Never raises
+    read as the load goes, the next one whenever fewer than `hold` batches are waiting or
+    in flight, so memory holds about `hold` batches plus a window, never the file, while
+    conversations keep overlapping (`_Loader.run`). `on_settled` is told every batch id
+    that leaves the run (delivered, failed, held back or left pending). Never raises
     for API errors: failures, auth and quota stops are in the returned stats (`stopped`
     is "auth", "quota" or "interrupted"); the ledger records every batch, also those of
     windows a stop left unsent.
@@ -654,25 +803,16 @@ async def load_batches(
             shared_budget=shared_budget,
         )
         loader.windowed = not isinstance(batches, Sequence)
-        position = 0
+        loader.on_settled = on_settled
         # in-process, a ledger commit costs as much as storing the batch: one per request
         ledger.defer_done = endpoint.in_process is not None and transport is None
         try:
             with _signals(loader, enabled=handle_signals):
-                for window in windows:
-                    ledger.sync(window, position)
-                    position += len(window)
-                    loader.stats.batches += len(window)
-                    loader.stats.messages += sum(b.message_count for b in window)
-                    if not loader.stopping.is_set():
-                        await loader.run(window, ledger.rows(b.batch_id for b in window))
-                    await asyncio.sleep(0)  # let a signal in between windows
-                    _summarize(loader.stats, ledger, window, loader.blocked)
+                await loader.run(iter(windows), hold)
+                loader.finish()
         finally:
             ledger.defer_done = False
             ledger.flush()
-        if loader.windowed:
-            loader.progress.close()
     stats = loader.stats
     stats.duration = clock() - started
     stats.peak_in_flight = loader.gate.peak

@@ -417,7 +417,7 @@ def chunk_table(
     stats.users = len(owners)
 
 
-WINDOW_ROWS = 4096
+WINDOW_ROWS = 1024
 """Rows (whole conversations) turned into Python objects at a time."""
 
 

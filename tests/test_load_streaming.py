@@ -23,8 +23,9 @@ from pipeline.core.batches import Batch, write_batches
 from pipeline.core.models import stable_id
 from pipeline.load import entry
 from pipeline.load.ledger import Ledger
-from pipeline.server.store import conversation_messages, message_counts
 from tests.loader_fakes import make_batches
+from tests.test_loader_crash import stored
+from tests.test_localapi_cli import serve as serve_process
 
 MEMOS_ETL = str(Path(sys.executable).with_name("memos-etl"))
 WINDOW = 3
@@ -37,21 +38,9 @@ LOAD = [
 
 @contextmanager
 def serve(db: Path, *faults: str) -> Iterator[str]:
-    """`memos-etl serve --port 0` in its own process; yields its URL."""
-    proc = subprocess.Popen(
-        [MEMOS_ETL, "serve", "--port", "0", "--db", str(db), *faults],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on http://127.0.0.1:"), line
-        yield line.split()[2]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
+    """`memos-etl serve --port 0` on `db` in its own process; yields its URL."""
+    with serve_process("--db", str(db), *faults) as (_, url):
+        yield url
 
 
 def sample() -> list[Batch]:
@@ -86,14 +75,6 @@ def expected() -> dict[tuple[str, str], list[str]]:
     for i in range(8):
         want[("u1", f"c{i}")] = [f"msg c{i} {k}" for k in range(6)]
     return want
-
-
-def stored(db: Path) -> dict[tuple[str, str], list[str]]:
-    if not db.exists():
-        return {}
-    return {
-        key: [m["content"] for m in conversation_messages(db, *key)] for key in message_counts(db)
-    }
 
 
 def load_args(workdir: Path, url: str) -> list[str]:

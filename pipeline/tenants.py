@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -179,19 +178,16 @@ def run_account(
 
 
 class _DeliveredBefore:
-    """The ids `dest` had before a run, copied from the ledger into a scratch SQLite file
-    (removed on exit), so that the counts after the run can tell which deliveries are
-    new without holding every delivered id in memory (~100 bytes each in a set)."""
+    """The ids `dest` had before a run, copied from the ledger into a scratch
+    `incremental.SeenOnDisk` (removed on exit), so that the counts after the run can tell
+    which deliveries are new without holding every delivered id in memory (~100 bytes
+    each in a set)."""
 
     def __init__(self, workdir: Path, dest: Destination):
         handle, name = tempfile.mkstemp(prefix="memos-etl-delivered-", suffix=".sqlite")
         os.close(handle)
-        self.path = Path(name)
-        self.conn = sqlite3.connect(self.path)
+        self.seen = incremental.SeenOnDisk(Path(name))
         try:
-            self.conn.execute("pragma journal_mode = off")
-            self.conn.execute("pragma synchronous = off")
-            self.conn.execute("create table ids (message_id text primary key) without rowid")
             with incremental.DeliveredLedger(workdir, dest) as ledger:
                 if ledger.scope is not None:
                     where, params = ledger.scope
@@ -200,25 +196,17 @@ class _DeliveredBefore:
                         params,
                     )
                     while chunk := rows.fetchmany(10_000):
-                        self.conn.executemany("insert or ignore into ids values (?)", chunk)
-            self.conn.commit()
+                        self.seen.add(m.encode() for (m,) in chunk)
         except BaseException:
             self.close()
             raise
 
     def among(self, message_ids: Sequence[str]) -> set[str]:
         """Those of `message_ids` the destination had before the run."""
-        found: set[str] = set()
-        for start in range(0, len(message_ids), incremental.IN_LIST):
-            chunk = message_ids[start : start + incremental.IN_LIST]
-            marks = ",".join("?" * len(chunk))
-            query = f"select message_id from ids where message_id in ({marks})"  # noqa: S608
-            found.update(m for (m,) in self.conn.execute(query, chunk))
-        return found
+        return {k.decode() for k in self.seen.among([m.encode() for m in message_ids])}
 
     def close(self) -> None:
-        self.conn.close()
-        self.path.unlink(missing_ok=True)
+        self.seen.close()
 
     def __enter__(self) -> _DeliveredBefore:
         return self

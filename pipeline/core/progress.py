@@ -17,6 +17,9 @@ class Progress(Protocol):
     def advance(self, n: int = 1) -> None:
         """Move the current bar forward by `n`."""
 
+    def set_total(self, total: int | None) -> None:
+        """Change the current bar's total (a stage that learns what is left as it goes)."""
+
     def close(self) -> None:
         """Finish the current bar."""
 
@@ -28,6 +31,9 @@ class NullProgress:
         """Ignore."""
 
     def advance(self, n: int = 1) -> None:
+        """Ignore."""
+
+    def set_total(self, total: int | None) -> None:
         """Ignore."""
 
     def close(self) -> None:
@@ -58,6 +64,12 @@ class TqdmProgress:
         """Advance the open bar."""
         if self._bar is not None:
             self._bar.update(n)
+
+    def set_total(self, total: int | None) -> None:
+        """Change the open bar's total and redraw it."""
+        if self._bar is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
 
     def close(self) -> None:
         """Close the open bar."""

@@ -104,6 +104,8 @@ def load_workdir(
                     account=account,
                     hold=WINDOW,
                     on_settled=unsettled.settle,
+                    expected_messages=_manifest_count(workdir, "batched"),
+                    left_out=lambda: plan.already_messages + plan.duplicate_messages,
                 )
             )
         finally:
@@ -138,13 +140,25 @@ def _did_work(stats: LoadStats) -> bool:
     )
 
 
-def batch_file_cut_for(workdir: Path) -> str | None:
-    """The destination id `run` cut the batch file for (leaving out what it had), if any."""
+def _manifest(workdir: Path) -> dict[str, Any]:
+    """The batch file's manifest (empty when missing or unreadable: it only informs)."""
     try:
         manifest = orjson.loads(manifest_path(workdir).read_bytes())
     except (OSError, orjson.JSONDecodeError):
-        return None
-    cut_for = manifest.get("excluded_for") if isinstance(manifest, dict) else None
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _manifest_count(workdir: Path, name: str) -> int | None:
+    """A count the manifest records for the batch file (`batched`: its messages, each once;
+    `batches`: its lines), or None."""
+    value = _manifest(workdir).get(name)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def batch_file_cut_for(workdir: Path) -> str | None:
+    """The destination id `run` cut the batch file for (leaving out what it had), if any."""
+    cut_for = _manifest(workdir).get("excluded_for")
     return str(cut_for) if cut_for else None
 
 

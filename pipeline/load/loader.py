@@ -162,7 +162,13 @@ class _Loader:
         self.blocked: set[tuple[str, str]] = set()
         """Conversations a failed or stopped batch holds back (kept across windows)."""
         self.windowed = False
-        """The batch file comes in windows read as the load goes: no total up front."""
+        """The batch file comes in windows read as the load goes (`expected` gives the
+        bar its total before the file is read)."""
+        self.expected: int | None = None
+        """Messages the batch file carries (its manifest's count), when known."""
+        self.left_out: Callable[[], int] = lambda: 0
+        """Messages of the windows read so far that the filter left out (delivered or
+        duplicates; `pipeline.incremental.filter_windows`)."""
         self.on_settled: Callable[[str], None] | None = None
         """Told each batch id that leaves the run (`pipeline.incremental.Unsettled`)."""
         # the rolling scheduler (`run`): lanes by conversation, the heap of waiting lanes
@@ -180,6 +186,10 @@ class _Loader:
         self._settled: list[Batch] = []
         self._wake = asyncio.Event()
         self._waiting = 0
+        self._passed = 0
+        """Messages of batches read that this run will not send (done or held back)."""
+        self._shown_total: int | None = None
+        self._bar_open = False
 
     # --- stopping -------------------------------------------------------------------
 
@@ -430,7 +440,7 @@ class _Loader:
                 self.stats.sent_batches += 1
                 self.stats.sent_messages += batch.message_count
                 self.stats.redacted.update(batch.redacted)
-            self.progress.advance(batch.message_count)
+            self.progress.advance(_finishes(batch))
             self._beat()
         return True
 
@@ -444,8 +454,8 @@ class _Loader:
             progress_log.info(
                 "sent %d/%s messages (%d batches), %d requests, rate limit %s, %d in flight",
                 self.stats.sent_messages,
-                # windows: the batch file is read as it goes, so the total is not known yet
-                f"{self._messages_todo}+" if self.windowed else self._messages_todo,
+                # without a manifest, windows give no total until the file is read
+                "?" if (total := self._total()) is None else total,
                 self.stats.sent_batches,
                 self.stats.requests,
                 "none" if rate is None else f"{rate:.1f}/s",
@@ -483,6 +493,8 @@ class _Loader:
             window = next(self.source, None)
             if window is None:
                 self._exhausted = True
+                if self._bar_open:
+                    self._show_total()
                 break
             self._take(window, deliver=True)
         return not self._exhausted
@@ -502,14 +514,16 @@ class _Loader:
             key = (batch.user_id, batch.conversation_id)
             if row is None or key in self.blocked:
                 # after a stop, or an earlier batch of the conversation failed: keep order
+                self._passed += _finishes(batch)
                 self._settle(batch)
                 continue
             if row.status == "done":
                 self.stats.already_batches += 1
                 self.stats.already_messages += batch.message_count
+                self._passed += _finishes(batch)
                 self._settle(batch)
                 continue
-            self._messages_todo += batch.message_count
+            self._messages_todo += _finishes(batch)
             self.held += 1
             lane = self.lanes.get(key)
             if lane is None:
@@ -519,6 +533,25 @@ class _Loader:
             lane.batches.append((batch, row))
         for key in new:  # on the heap once whole: the longest go first
             self._push(key)
+        if self._bar_open:
+            self._show_total()
+
+    def _total(self) -> int | None:
+        """The messages this run delivers if nothing fails: exact once the batch file is
+        read; before, the manifest's count less what the windows read so far showed is
+        delivered, duplicated or held back (None without a manifest)."""
+        if not self.windowed or self._exhausted:
+            return self._messages_todo
+        if self.expected is None:
+            return None
+        return max(self._messages_todo, self.expected - self.left_out() - self._passed)
+
+    def _show_total(self) -> None:
+        """Give the bar the current `_total` (when it changed)."""
+        total = self._total()
+        if total != self._shown_total:
+            self._shown_total = total
+            self.progress.set_total(total)
 
     def _push(self, key: tuple[str, str]) -> None:
         """Put a lane (back) on the heap: the one with the most batches waiting goes first
@@ -566,14 +599,14 @@ class _Loader:
         # two. A worker with nothing to take reads the next window, or waits when memory
         # holds `hold` batches already; it leaves once the batch file is read and every
         # remaining conversation is held by another worker.
-        if not self.windowed:
-            self.progress.start(
-                f"load {self.held} batches of {len(self.lanes)} conversations",
-                total=self._messages_todo,
-                unit="msg",
-            )
-        else:
-            self.progress.start("load", total=None, unit="msg")  # the file is not read ahead
+        self._shown_total = self._total()
+        desc = (
+            "load"
+            if self.windowed
+            else f"load {self.held} batches of {len(self.lanes)} conversations"
+        )
+        self.progress.start(desc, total=self._shown_total, unit="msg")
+        self._bar_open = True
 
         async def worker(client: Poster) -> None:
             try:
@@ -620,6 +653,7 @@ class _Loader:
         ]
         results = await asyncio.gather(*self.workers, return_exceptions=True)
         self.progress.close()
+        self._bar_open = False
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
@@ -640,6 +674,14 @@ class _Loader:
         for window in self.source:
             self._take(window, deliver=False)
         self.flush_summary()
+
+
+def _finishes(batch: Batch) -> int:
+    """The messages whose delivery `batch` completes: all of its own, except a part of a
+    split message before its last (the message counts once, with its last part)."""
+    if batch.part is not None and batch.part[0] != batch.part[1]:
+        return 0
+    return batch.message_count
 
 
 def _blind_in_flight(rate: float | None) -> int:
@@ -754,6 +796,8 @@ async def load_batches(
     shared_budget: Budget | None = None,
     hold: int = HOLD,
     on_settled: Callable[[str], None] | None = None,
+    expected_messages: int | None = None,
+    left_out: Callable[[], int] | None = None,
 ) -> LoadStats:
     """Deliver `batches` (in the batch file's order) and return what happened.
 
@@ -761,7 +805,10 @@ async def load_batches(
     read as the load goes, the next one whenever fewer than `hold` batches are waiting or
     in flight, so memory holds about `hold` batches plus a window, never the file, while
     conversations keep overlapping (`_Loader.run`). `on_settled` is told every batch id
-    that leaves the run (delivered, failed, held back or left pending). Never raises
+    that leaves the run (delivered, failed, held back or left pending).
+    `expected_messages` (the batch file's count, from its manifest) gives windows a
+    progress total before the file is read; `left_out` tells how many messages of the
+    windows read so far were filtered out before they reached the loader. Never raises
     for API errors: failures, auth and quota stops are in the returned stats (`stopped`
     is "auth", "quota" or "interrupted"); the ledger records every batch, also those of
     windows a stop left unsent.
@@ -804,6 +851,9 @@ async def load_batches(
         )
         loader.windowed = not isinstance(batches, Sequence)
         loader.on_settled = on_settled
+        loader.expected = expected_messages
+        if left_out is not None:
+            loader.left_out = left_out
         # in-process, a ledger commit costs as much as storing the batch: one per request
         ledger.defer_done = endpoint.in_process is not None and transport is None
         try:

@@ -5,7 +5,9 @@ batch folder is linked, never written), and prints wall seconds, requests per se
 the peak resident memory of the loading process (sampled from /proc every 20 ms; the
 server runs in a process of its own and is not counted). With `--before DIR` (a plain
 copy of an older tree, e.g. `git archive main | tar -x -C DIR`) the same load runs with
-that code too, alternating, so the two are compared side by side on the same machine.
+that code too, alternating, so the two are compared side by side on the same machine;
+`--after DIR` runs "after" from such a copy too instead of the installed code (a fixed
+tree, so that edits during a long run do not change what is measured).
 `--latency-ms` makes the server answer late, so throughput shows whether conversations
 still overlap; `--rate` defaults to 1000/s, the most allowed, and the account gets no
 token budget (a remote target otherwise keeps to the default account's 50/s and tokens
@@ -13,7 +15,7 @@ per minute). Figures go to docs/performance.md ("Remote loads in bounded memory"
 the command and date.
 
     python tests/bench/bench_load_remote.py --workdir w1m [--before /tmp/old] \
-        [--latency-ms 50] [--rounds 2] [--stop-after 300]
+        [--after /tmp/new] [--latency-ms 50] [--rounds 2] [--stop-after 300]
 
 With `--run-export EXPORT` it times `memos-etl run` of a Slack export into the embedded
 local target instead (a fresh workdir each time; wall, peak RSS), before and after.
@@ -170,13 +172,14 @@ def main() -> None:
         "--run-export", type=Path, help="instead: `memos-etl run` of this Slack export (embedded)"
     )
     parser.add_argument("--before", type=Path, help="an older source tree to compare with")
+    parser.add_argument("--after", type=Path, help="a source tree instead of the installed code")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="client rate (the most)")
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--stop-after", type=float, help="Ctrl-C each load after this many seconds")
     args = parser.parse_args()
-    variants: list[tuple[str, Path | None]] = [("after", None)]
+    variants: list[tuple[str, Path | None]] = [("after", args.after and args.after.resolve())]
     if args.before:
         variants.insert(0, ("before", args.before.resolve()))
     if args.run_export:

@@ -75,7 +75,8 @@ def load_summary(stats: LoadStatsT) -> str:
         f"load: {load_line(stats)} (blocked behind a failure {stats.blocked}); "
         f"split {stats.split}"
         + (f"; duplicates skipped {stats.duplicate_messages}" if stats.duplicate_messages else "")
-        + (f"; changed since delivery, not resent {len(stats.changed)}" if stats.changed else ""),
+        + (f"; changed since delivery, not resent {len(stats.changed)}" if stats.changed else "")
+        + (f"; not read after the stop {stats.unread} batches" if stats.unread else ""),
         f"retries: {retries}",
         f"requests: {stats.requests} in {data['duration_s']:.1f} s "
         f"({data['requests_per_s']:.1f}/s)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import httpx
 import orjson
 
 from pipeline import incremental
-from pipeline.core.batches import read_batches
+from pipeline.core.batches import Batch, read_batches
 from pipeline.core.config import AccountConfig, Config, LoadConfig
 from pipeline.core.destination import EMBEDDED, Destination, destination_for
 from pipeline.core.errors import (
@@ -80,8 +80,9 @@ def load_workdir(
         # the batch file goes in windows, read as the load goes (`load_batches`): memory
         # holds a few windows' batches, never the export, and slow conversations overlap
         unsettled = incremental.Unsettled()
+        reader = _CountingReader(workdir)
         kept = incremental.filter_windows(
-            incremental.windows(read_batches(workdir), WINDOW),
+            incremental.windows(reader, WINDOW),
             ledger.delivered_among,
             cfg.resend_changed,
             plan,
@@ -108,6 +109,8 @@ def load_workdir(
                     left_out=lambda: plan.already_messages + plan.duplicate_messages,
                 )
             )
+            if stats.stopped:
+                stats.unread = reader.unread()
         finally:
             if plan.changed and not cfg.resend_changed:
                 log.warning(
@@ -126,6 +129,29 @@ def load_workdir(
             else:
                 ledger.drop_run(run_id)
         return stats
+
+
+class _CountingReader:
+    """The batch file's batches, counted as they are read: after a stop, `unread` tells
+    how many the load left for the next run (`LoadStats.unread`)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.read = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in read_batches(self.workdir):
+            self.read += 1
+            yield batch
+
+    def unread(self) -> int:
+        """Batches not read yet: the manifest's count less those read (without a manifest,
+        the rest of the file's lines are counted, not decoded)."""
+        total = _manifest_count(self.workdir, "batches")
+        if total is None:
+            with batches_path(self.workdir).open("rb") as fh:
+                total = sum(1 for line in fh if line.strip())
+        return max(0, total - self.read)
 
 
 def _did_work(stats: LoadStats) -> bool:

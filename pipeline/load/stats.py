@@ -10,7 +10,8 @@ from typing import Any
 
 @dataclass
 class LoadStats:
-    """What a load did; `batches == done + failed + pending` over the batch file."""
+    """What a load did; `batches == done + failed + pending` over the batches read (all of
+    the batch file, unless a stop left `unread` ones)."""
 
     batches: int = 0
     messages: int = 0
@@ -30,6 +31,9 @@ class LoadStats:
     failed: int = 0
     pending: int = 0
     blocked: int = 0
+    unread: int = 0
+    """Batches of the batch file a stop left unread (not counted above, not in the ledger
+    yet: the next run reads them)."""
     duration: float = 0.0
     started_at: float = 0.0
     """Wall-clock (epoch) second the load began; 0 when not recorded. Engines add up
@@ -65,6 +69,7 @@ class LoadStats:
             "failed": self.failed,
             "pending": self.pending,
             "blocked": self.blocked,
+            "unread": self.unread,
             "split": self.split,
             "requests": self.requests,
             "peak_in_flight": self.peak_in_flight,

@@ -41,11 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_slack import RSS_EVERY, _tree_pids, _tree_rss  # noqa: E402
 from bench_stages import CLI  # noqa: E402
 
+STOPS: list[float] = []
+"""Seconds from each Ctrl-C (`--stop-after`) to the end of the process, in order."""
+
 
 def measured(args: list[str], out: Path, stop_after: float | None) -> tuple[float, int, int]:
     """Run a command (stdout to `out`): (wall seconds, peak tree RSS in bytes, exit code).
-    With `stop_after`, Ctrl-C (SIGINT) it after that many seconds: a clean stop."""
+    With `stop_after`, Ctrl-C (SIGINT) it after that many seconds: a clean stop; the
+    seconds it then took to exit go to `STOPS`."""
     start = time.perf_counter()
+    signalled = [0.0]
     with out.open("w") as sink:
         proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.PIPE, text=True)
         peak = [0]
@@ -58,6 +63,7 @@ def measured(args: list[str], out: Path, stop_after: float | None) -> tuple[floa
                 late = stop_after is not None and time.perf_counter() - start > stop_after
                 if late and not interrupted.is_set():
                     interrupted.set()
+                    signalled[0] = time.perf_counter()
                     proc.send_signal(signal.SIGINT)
                 time.sleep(RSS_EVERY)
 
@@ -67,6 +73,8 @@ def measured(args: list[str], out: Path, stop_after: float | None) -> tuple[floa
         wall = time.perf_counter() - start
         done.set()
         sampler.join()
+    if interrupted.is_set():
+        STOPS.append(start + wall - signalled[0])
     if proc.returncode not in (0, 130):
         print(f"  load exited {proc.returncode}: {err.strip()[-300:]}")
     return wall, peak[0], proc.returncode
@@ -205,10 +213,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-load-remote-") as tmp:
         for round_ in range(1, args.rounds + 1):
             for name, code in variants:
+                stops = len(STOPS)
                 wall, peak, requests, sent = one_load(args.workdir.resolve(), code, args, Path(tmp))
+                stop = f"  exit {STOPS[-1]:.1f} s after Ctrl-C" if len(STOPS) > stops else ""
                 print(
                     f"round {round_} {name:6s}: {wall:8.1f} s  {requests / wall:8.1f} req/s"
-                    f"  {sent} messages sent  peak RSS {peak / 2**20:7.0f} MB",
+                    f"  {sent} messages sent  peak RSS {peak / 2**20:7.0f} MB{stop}",
                     flush=True,
                 )
 

@@ -610,6 +610,23 @@ class BatchChecker:
         if len(self.sample_bodies) < self.samples:
             self.sample_bodies.append(masked_body(body))
 
+    def merge(self, part: BatchChecker) -> None:
+        """Add the figures of the next part of the same run (the next staging bucket,
+        checked on any process): what checking its batches here would have added."""
+        self.weights += part.weights
+        self.tokens.merge(part.tokens)
+        self.messages += part.messages
+        self.invalid += part.invalid
+        self.over_api_limit += part.over_api_limit
+        for mine, theirs, limit in (
+            (self.invalid_examples, part.invalid_examples, MAX_EXAMPLES),
+            (self.over_api_examples, part.over_api_examples, MAX_EXAMPLES),
+            (self.split_examples, part.split_examples, MAX_EXAMPLES),
+            (self.redacted_examples, part.redacted_examples, MAX_EXAMPLES),
+            (self.sample_bodies, part.sample_bodies, self.samples),
+        ):
+            mine += theirs[: max(limit - len(mine), 0)]
+
     def findings(self, split_messages: int) -> list[Finding]:
         """The batch-level findings, once every batch was checked."""
         return [

@@ -143,3 +143,11 @@ def test_a_stop_that_leaves_nothing_read_unsent_records_the_next_window(
         rows = ledger.rows(b.batch_id for b in batches)
     assert sorted(rows) == sorted(b.batch_id for b in batches[:2])
     assert next(windows) == [batches[2]]  # the rest is left unread
+
+
+def test_the_summary_names_the_batches_a_stop_left_unread() -> None:
+    from pipeline.cli.load import load_summary
+    from pipeline.load.stats import LoadStats
+
+    assert "not read after the stop" not in load_summary(LoadStats())
+    assert "not read after the stop 5 batches" in load_summary(LoadStats(unread=5))

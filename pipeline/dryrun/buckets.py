@@ -145,10 +145,19 @@ class DryRunJob:
 
     def __call__(self, bucket: int) -> BucketPart:
         """Read, plan against the ledger, chunk and check one bucket."""
-        start = time.perf_counter()
-        table = read_labeled_bucket(
+        part = self.check(bucket, self.read(bucket))
+        hand_back_memory()  # the bucket's rows are gone now
+        return part
+
+    def read(self, bucket: int) -> pa.Table:
+        """One bucket's staged rows (the columns the dry run needs)."""
+        return read_labeled_bucket(
             self.workdir, self.labels, list(self.columns), bucket, self.buckets
         )
+
+    def check(self, bucket: int, table: pa.Table) -> BucketPart:
+        """Plan `table` (bucket `bucket`, as `read`) against the ledger, chunk and check it."""
+        start = time.perf_counter()
         ids = table.column("message_id").to_pylist() if self.delivered.total else []
         ledger = ledger_figures(
             table,
@@ -167,8 +176,6 @@ class DryRunJob:
         else:
             found, before_since = _row_checks(table, rows, self.since, exclude)
             part = self._batches(table, exclude)
-        del table
-        hand_back_memory()
         stats, owners, checker, channels, sent = part
         return BucketPart(
             stats,

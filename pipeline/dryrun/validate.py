@@ -13,7 +13,8 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,8 +124,7 @@ def _validate(
     progress.start("validate", total=staged, unit="msg")
     with _stage(f"buckets on {workers} process(es)"):
         if workers <= 1:
-            for bucket in range(buckets):
-                total.add(job(bucket))
+            _one_process(job, total.add)
         else:
             in_parallel(job, buckets, workers, InOrder(total.add), what="validate")
     delivered.close()
@@ -208,6 +208,21 @@ def _largest(r: dict[str, Any]) -> dict[str, Any]:
         "first": _iso(r["created_at_min"]),
         "last": _iso(r["created_at_max"]),
     }
+
+
+def _one_process(job: DryRunJob, take: Callable[[BucketPart], None]) -> None:
+    """Every bucket on this process, the next one read on a thread meanwhile (reading is
+    Arrow work, off the GIL: it takes the other core while this one chunks). Memory holds
+    the bucket being checked and, at most, the next one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-read") as reader:
+        reading = reader.submit(job.read, 0)
+        for bucket in range(job.buckets):
+            table = reading.result()
+            if bucket + 1 < job.buckets:
+                reading = reader.submit(job.read, bucket + 1)
+            take(job.check(bucket, table))
+            del table
+            hand_back_memory()
 
 
 @contextmanager

@@ -45,6 +45,8 @@ from pipeline.extract import extract_source
 log = logging.getLogger(__name__)
 
 TOP_N = 10
+SCANS = ("_secrets", "_personal_data")
+"""Row checks found without the redaction policy, restated under it once (`merge_scans`)."""
 TIMELINE_MAX_DAYS = 120
 TIMELINE_MAX_WEEKS = 104
 
@@ -130,7 +132,7 @@ def _validate(
     delivered.close()
     progress.close()
     chunk_stats, checker, ledger, rows = total.stats, total.checker, total.ledger, total.rows
-    per_bucket, before_since, channels = total.per_bucket, total.before_since, total.channels
+    found, before_since, channels = total.found, total.before_since, total.channels
     policy = job.policy
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
@@ -144,21 +146,20 @@ def _validate(
             timeline_unit=unit,
             timeline=timeline,
         )
-        merged = {name: merge.merge_findings(parts) for name, parts in per_bucket.items()}
         findings = [
             checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
-            merged["unknown_roles"],
+            found["unknown_roles"],
             *checker.findings(chunk_stats.split_messages),
             checks.group_chat(
                 chunk_stats.group_conversations, chunk_stats.group_left_out, checker.weights
             ),
             checks.long_ids(chunk_stats.shortened_ids),
-            merged["empty_content"],
-            merged["missing_timestamps"],
-            merged["duplicate_ids"],
-            merged["out_of_order"],
-            merge.merge_scans(per_bucket["_secrets"], policy),
-            merge.merge_scans(per_bucket["_personal_data"], policy),
+            found["empty_content"],
+            found["missing_timestamps"],
+            found["duplicate_ids"],
+            found["out_of_order"],
+            merge.merge_scans([found["_secrets"]], policy),
+            merge.merge_scans([found["_personal_data"]], policy),
             checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
@@ -289,7 +290,9 @@ class Totals:
         self.channels = ChannelTally() if job.slack else None
         self.ledger = LedgerFigures(bool(job.delivered.total), job.delivered.total, 0, 0, set())
         self.rows = merge.AggregateParts(job.top_n)
-        self.per_bucket: dict[str, list[checks.Finding]] = {}
+        self.found: dict[str, checks.Finding] = {}
+        """The row checks' findings so far (examples capped: memory does not grow with the
+        bucket count)."""
         self.before_since = 0
         self.added = 0
 
@@ -306,7 +309,13 @@ class Totals:
         self.ledger.add(part.ledger)
         self.rows.merge(part.rows)
         for name, finding in part.found.items():
-            self.per_bucket.setdefault(name, []).append(finding)
+            so_far = self.found.get(name)
+            if so_far is None:
+                self.found[name] = finding
+            elif name in SCANS:
+                self.found[name] = merge.merge_scans([so_far, finding], None)
+            else:
+                self.found[name] = merge.merge_findings([so_far, finding])
         self.before_since += part.before_since
         self.progress.advance(part.sent)
         self.added += 1

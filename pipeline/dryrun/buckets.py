@@ -200,7 +200,7 @@ class DryRunJob:
         checker = checks.BatchChecker(
             load=self.load,
             max_tokens=self.limits.max_tokens,
-            validator=_validator(self.load.server),
+            validator=request_validator(self.load.server),
             tokens=TokenSample.part(max(0, COUNT_ALL - int(self.counted.value))),
         )
         channels = ChannelTally() if self.slack else None
@@ -227,7 +227,7 @@ class DryRunJob:
 
 
 @functools.cache
-def _validator(server: bool) -> RequestValidator:
+def request_validator(server: bool) -> RequestValidator:
     """The request schema, compiled once per process (it memoizes bodies by shape)."""
     return RequestValidator(SERVER_ADD_SCHEMA if server else None)
 

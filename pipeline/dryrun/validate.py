@@ -37,7 +37,13 @@ from pipeline.core.staging import staged_bucket_count, staged_sources
 from pipeline.core.staging_buckets import all_files, hand_back_memory, release_freed_memory
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
-from pipeline.dryrun.buckets import READ_COLUMNS, BucketPart, DryRunJob, LedgerFigures
+from pipeline.dryrun.buckets import (
+    READ_COLUMNS,
+    BucketPart,
+    DryRunJob,
+    LedgerFigures,
+    request_validator,
+)
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
@@ -286,7 +292,11 @@ class Totals:
         self.job, self.progress = job, progress
         self.stats = ChunkStats()
         self.owners: set[str] = set()
-        self.checker = checks.BatchChecker(load=job.load, max_tokens=job.limits.max_tokens)
+        self.checker = checks.BatchChecker(
+            load=job.load,
+            max_tokens=job.limits.max_tokens,
+            validator=request_validator(job.load.server),
+        )
         self.channels = ChannelTally() if job.slack else None
         self.ledger = LedgerFigures(bool(job.delivered.total), job.delivered.total, 0, 0, set())
         self.rows = merge.AggregateParts(job.top_n)

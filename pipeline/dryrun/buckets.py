@@ -37,6 +37,8 @@ from pipeline.dryrun import checks, merge
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.tokens import COUNT_ALL, TokenSample
 
+READ_WAIT = 10.0
+"""Seconds a process waits for another's bucket read to end before it reads anyway."""
 READ_COLUMNS = list(dict.fromkeys([*CHUNK_COLUMNS, *checks.EXAMPLE_COLUMNS]))
 """Staged columns the checks and the chunker need (metadata and author columns are not)."""
 
@@ -142,6 +144,10 @@ class DryRunJob:
     """A shared integer (`multiprocessing.Value`): batches already added up in bucket
     order. A bucket counts exactly as many of its first batches as may still be among the
     run's first `tokens.COUNT_ALL` (see `TokenSample.merge`)."""
+    reading: Any = None
+    """A lock shared by the processes (`multiprocessing.Lock`), held while one reads a
+    bucket: a Parquet read peaks at about three times the bucket's size, and two at once
+    would stack those peaks. None on one process."""
 
     def __call__(self, bucket: int) -> BucketPart:
         """Read, plan against the ledger, chunk and check one bucket."""
@@ -150,10 +156,17 @@ class DryRunJob:
         return part
 
     def read(self, bucket: int) -> pa.Table:
-        """One bucket's staged rows (the columns the dry run needs)."""
-        return read_labeled_bucket(
-            self.workdir, self.labels, list(self.columns), bucket, self.buckets
-        )
+        """One bucket's staged rows (the columns the dry run needs), read while no other
+        process reads (waiting `READ_WAIT` seconds at most: a killed process may hold the
+        lock)."""
+        held = self.reading is not None and self.reading.acquire(timeout=READ_WAIT)
+        try:
+            return read_labeled_bucket(
+                self.workdir, self.labels, list(self.columns), bucket, self.buckets
+            )
+        finally:
+            if held:
+                self.reading.release()
 
     def check(self, bucket: int, table: pa.Table) -> BucketPart:
         """Plan `table` (bucket `bucket`, as `read`) against the ledger, chunk and check it."""

@@ -111,6 +111,7 @@ def _validate(
     if workers is None:
         workers = default_workers(buckets)
     workers = min(workers, buckets)
+    context = multiprocessing.get_context("spawn")
     job = DryRunJob(
         workdir=workdir,
         labels=tuple(labels),
@@ -126,7 +127,8 @@ def _validate(
         slack=any(s.kind == "slack" for s in cfg.sources),
         top_n=TOP_N,
         rows_on_thread=workers <= 1,
-        counted=multiprocessing.get_context("spawn").Value("q", 0, lock=False),
+        counted=context.Value("q", 0, lock=False),
+        reading=context.Lock() if workers > 1 else None,
     )
     total = Totals(job, progress)
     progress.start("validate", total=staged, unit="msg")

@@ -280,3 +280,31 @@ def test_sigkill_leaves_no_worker_behind(
     process.kill()
     process.wait(timeout=60)
     assert wait_until(lambda: not any(alive(pid) for pid in kids), 30), "worker left behind"
+
+
+def test_a_read_lock_left_held_only_delays_a_read(
+    tmp_path: Path, export: Path, in_buckets: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The processes take turns reading buckets; a process killed while reading leaves the
+    lock held, and the other reads anyway after `READ_WAIT` instead of waiting forever."""
+    import threading
+
+    import pipeline.dryrun.buckets as buckets
+    import pipeline.dryrun.validate as dry
+
+    jobs: list[DryRunJob] = []
+
+    def capture(job: DryRunJob, *args: Any, **kwargs: Any) -> None:
+        jobs.append(job)
+        raise InputError("captured")
+
+    monkeypatch.setattr(dry, "in_parallel", capture)
+    assert "captured" in _validate(_config(tmp_path, export), "--workers", "2").output
+    (job,) = jobs
+    monkeypatch.setattr(buckets, "READ_WAIT", 0.2)
+    assert job.reading.acquire(timeout=1)  # as if a killed worker held it
+    rows: list[int] = []
+    reader = threading.Thread(target=lambda: rows.append(job.read(1).num_rows), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert rows and rows[0] > 0

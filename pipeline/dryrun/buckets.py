@@ -37,6 +37,8 @@ from pipeline.dryrun import checks, merge
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.tokens import COUNT_ALL, TokenSample
 
+READ_WAIT = 10.0
+"""Seconds a process waits for another's bucket read to end before it reads anyway."""
 READ_COLUMNS = list(dict.fromkeys([*CHUNK_COLUMNS, *checks.EXAMPLE_COLUMNS]))
 """Staged columns the checks and the chunker need (metadata and author columns are not)."""
 
@@ -142,13 +144,33 @@ class DryRunJob:
     """A shared integer (`multiprocessing.Value`): batches already added up in bucket
     order. A bucket counts exactly as many of its first batches as may still be among the
     run's first `tokens.COUNT_ALL` (see `TokenSample.merge`)."""
+    reading: Any = None
+    """A lock shared by the processes (`multiprocessing.Lock`), held while one reads a
+    bucket: a Parquet read peaks at about three times the bucket's size, and two at once
+    would stack those peaks. None on one process."""
 
     def __call__(self, bucket: int) -> BucketPart:
         """Read, plan against the ledger, chunk and check one bucket."""
+        part = self.check(bucket, self.read(bucket))
+        hand_back_memory()  # the bucket's rows are gone now
+        return part
+
+    def read(self, bucket: int) -> pa.Table:
+        """One bucket's staged rows (the columns the dry run needs), read while no other
+        process reads (waiting `READ_WAIT` seconds at most: a killed process may hold the
+        lock)."""
+        held = self.reading is not None and self.reading.acquire(timeout=READ_WAIT)
+        try:
+            return read_labeled_bucket(
+                self.workdir, self.labels, list(self.columns), bucket, self.buckets
+            )
+        finally:
+            if held:
+                self.reading.release()
+
+    def check(self, bucket: int, table: pa.Table) -> BucketPart:
+        """Plan `table` (bucket `bucket`, as `read`) against the ledger, chunk and check it."""
         start = time.perf_counter()
-        table = read_labeled_bucket(
-            self.workdir, self.labels, list(self.columns), bucket, self.buckets
-        )
         ids = table.column("message_id").to_pylist() if self.delivered.total else []
         ledger = ledger_figures(
             table,
@@ -167,8 +189,6 @@ class DryRunJob:
         else:
             found, before_since = _row_checks(table, rows, self.since, exclude)
             part = self._batches(table, exclude)
-        del table
-        hand_back_memory()
         stats, owners, checker, channels, sent = part
         return BucketPart(
             stats,
@@ -193,7 +213,7 @@ class DryRunJob:
         checker = checks.BatchChecker(
             load=self.load,
             max_tokens=self.limits.max_tokens,
-            validator=_validator(self.load.server),
+            validator=request_validator(self.load.server),
             tokens=TokenSample.part(max(0, COUNT_ALL - int(self.counted.value))),
         )
         channels = ChannelTally() if self.slack else None
@@ -220,7 +240,7 @@ class DryRunJob:
 
 
 @functools.cache
-def _validator(server: bool) -> RequestValidator:
+def request_validator(server: bool) -> RequestValidator:
     """The request schema, compiled once per process (it memoizes bodies by shape)."""
     return RequestValidator(SERVER_ADD_SCHEMA if server else None)
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -566,11 +567,13 @@ class BatchChecker:
     samples: int = 3
     validator: RequestValidator | None = None
     """Default: our extended `AddMessageRequest`, or `SERVER_ADD_SCHEMA` for memos-server."""
-    weights: list[int] = field(default_factory=list)
-    """Per request: the ids it lists, i.e. its charge against the QPS limit."""
+    weights: array[int] = field(default_factory=lambda: array("I"))
+    """Per request: the ids it lists, i.e. its charge against the QPS limit (an array: one
+    machine int per batch, not an object)."""
     tokens: TokenSample = field(default_factory=TokenSample)
     """Exact input tokens of a sample of the batches (see `pipeline.dryrun.tokens`)."""
-    messages: list[int] = field(default_factory=list)
+    messages: array[int] = field(default_factory=lambda: array("I"))
+    """Per request: its messages."""
     invalid: int = 0
     invalid_examples: list[dict[str, Any]] = field(default_factory=list)
     over_api_limit: int = 0
@@ -680,7 +683,7 @@ def _ident(batch: Batch) -> dict[str, Any]:
     }
 
 
-def group_chat(conversations: int, left_out: int, weights: list[int]) -> Finding:
+def group_chat(conversations: int, left_out: int, weights: Sequence[int]) -> Finding:
     """What group-chat mode costs: each request is charged one QPS unit per listed user id
     (group chat page), against one per request with `memory_owner: workspace` or `author`."""
     requests = len(weights)

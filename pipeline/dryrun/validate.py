@@ -13,7 +13,8 @@ import contextlib
 import logging
 import multiprocessing
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +37,13 @@ from pipeline.core.staging import staged_bucket_count, staged_sources
 from pipeline.core.staging_buckets import all_files, hand_back_memory, release_freed_memory
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
-from pipeline.dryrun.buckets import READ_COLUMNS, BucketPart, DryRunJob, LedgerFigures
+from pipeline.dryrun.buckets import (
+    READ_COLUMNS,
+    BucketPart,
+    DryRunJob,
+    LedgerFigures,
+    request_validator,
+)
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
@@ -44,6 +51,8 @@ from pipeline.extract import extract_source
 log = logging.getLogger(__name__)
 
 TOP_N = 10
+SCANS = ("_secrets", "_personal_data")
+"""Row checks found without the redaction policy, restated under it once (`merge_scans`)."""
 TIMELINE_MAX_DAYS = 120
 TIMELINE_MAX_WEEKS = 104
 
@@ -102,6 +111,7 @@ def _validate(
     if workers is None:
         workers = default_workers(buckets)
     workers = min(workers, buckets)
+    context = multiprocessing.get_context("spawn")
     job = DryRunJob(
         workdir=workdir,
         labels=tuple(labels),
@@ -117,20 +127,20 @@ def _validate(
         slack=any(s.kind == "slack" for s in cfg.sources),
         top_n=TOP_N,
         rows_on_thread=workers <= 1,
-        counted=multiprocessing.get_context("spawn").Value("q", 0, lock=False),
+        counted=context.Value("q", 0, lock=False),
+        reading=context.Lock() if workers > 1 else None,
     )
     total = Totals(job, progress)
     progress.start("validate", total=staged, unit="msg")
     with _stage(f"buckets on {workers} process(es)"):
         if workers <= 1:
-            for bucket in range(buckets):
-                total.add(job(bucket))
+            _one_process(job, total.add)
         else:
             in_parallel(job, buckets, workers, InOrder(total.add), what="validate")
     delivered.close()
     progress.close()
     chunk_stats, checker, ledger, rows = total.stats, total.checker, total.ledger, total.rows
-    per_bucket, before_since, channels = total.per_bucket, total.before_since, total.channels
+    found, before_since, channels = total.found, total.before_since, total.channels
     policy = job.policy
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
@@ -144,21 +154,20 @@ def _validate(
             timeline_unit=unit,
             timeline=timeline,
         )
-        merged = {name: merge.merge_findings(parts) for name, parts in per_bucket.items()}
         findings = [
             checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
-            merged["unknown_roles"],
+            found["unknown_roles"],
             *checker.findings(chunk_stats.split_messages),
             checks.group_chat(
                 chunk_stats.group_conversations, chunk_stats.group_left_out, checker.weights
             ),
             checks.long_ids(chunk_stats.shortened_ids),
-            merged["empty_content"],
-            merged["missing_timestamps"],
-            merged["duplicate_ids"],
-            merged["out_of_order"],
-            merge.merge_scans(per_bucket["_secrets"], policy),
-            merge.merge_scans(per_bucket["_personal_data"], policy),
+            found["empty_content"],
+            found["missing_timestamps"],
+            found["duplicate_ids"],
+            found["out_of_order"],
+            merge.merge_scans([found["_secrets"]], policy),
+            merge.merge_scans([found["_personal_data"]], policy),
             checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
@@ -208,6 +217,21 @@ def _largest(r: dict[str, Any]) -> dict[str, Any]:
         "first": _iso(r["created_at_min"]),
         "last": _iso(r["created_at_max"]),
     }
+
+
+def _one_process(job: DryRunJob, take: Callable[[BucketPart], None]) -> None:
+    """Every bucket on this process, the next one read on a thread meanwhile (reading is
+    Arrow work, off the GIL: it takes the other core while this one chunks). Memory holds
+    the bucket being checked and, at most, the next one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-read") as reader:
+        reading = reader.submit(job.read, 0)
+        for bucket in range(job.buckets):
+            table = reading.result()
+            if bucket + 1 < job.buckets:
+                reading = reader.submit(job.read, bucket + 1)
+            take(job.check(bucket, table))
+            del table
+            hand_back_memory()
 
 
 @contextmanager
@@ -270,11 +294,17 @@ class Totals:
         self.job, self.progress = job, progress
         self.stats = ChunkStats()
         self.owners: set[str] = set()
-        self.checker = checks.BatchChecker(load=job.load, max_tokens=job.limits.max_tokens)
+        self.checker = checks.BatchChecker(
+            load=job.load,
+            max_tokens=job.limits.max_tokens,
+            validator=request_validator(job.load.server),
+        )
         self.channels = ChannelTally() if job.slack else None
         self.ledger = LedgerFigures(bool(job.delivered.total), job.delivered.total, 0, 0, set())
         self.rows = merge.AggregateParts(job.top_n)
-        self.per_bucket: dict[str, list[checks.Finding]] = {}
+        self.found: dict[str, checks.Finding] = {}
+        """The row checks' findings so far (examples capped: memory does not grow with the
+        bucket count)."""
         self.before_since = 0
         self.added = 0
 
@@ -291,7 +321,13 @@ class Totals:
         self.ledger.add(part.ledger)
         self.rows.merge(part.rows)
         for name, finding in part.found.items():
-            self.per_bucket.setdefault(name, []).append(finding)
+            so_far = self.found.get(name)
+            if so_far is None:
+                self.found[name] = finding
+            elif name in SCANS:
+                self.found[name] = merge.merge_scans([so_far, finding], None)
+            else:
+                self.found[name] = merge.merge_findings([so_far, finding])
         self.before_since += part.before_since
         self.progress.advance(part.sent)
         self.added += 1

@@ -4,6 +4,7 @@ the previous batch file and no temp files behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -85,7 +86,7 @@ def test_a_worker_reports_its_error_and_then_that_it_is_done(
 ) -> None:
     """The worker loop, in this process: the error crosses to the parent as an exception
     (raised there), followed by the end marker, so the parent never waits forever."""
-    from pipeline.chunk.stage import BucketJob, _worker_loop
+    from pipeline.chunk.stage import BucketJob, _bucket_to_file, _worker_loop
     from pipeline.core.redact import DEFAULT_POLICY
 
     _stage_in_buckets(tmp_path, 2, monkeypatch)
@@ -107,7 +108,7 @@ def test_a_worker_reports_its_error_and_then_that_it_is_done(
     )
     counter = get_context("spawn").Value("i", 0)
     results: queue.Queue[Any] = queue.Queue()
-    _worker_loop(job, None, counter, results)
+    _worker_loop(functools.partial(_bucket_to_file, job, None), 2, counter, results)
     error, end = results.get_nowait(), results.get_nowait()
     assert isinstance(error, InputError) and "staged file is damaged" in str(error)
     assert end is None and results.empty()
@@ -127,7 +128,7 @@ def test_buckets_finished_out_of_order_are_appended_in_bucket_order(tmp_path: Pa
     with out_path.open("wb") as out:
         in_order = InBucketOrder(out, stats, users)
         for bucket in (2, 0, 3, 1):
-            in_order.add(done(bucket))
+            in_order.add(bucket, done(bucket))
             if bucket == 0:
                 assert in_order.written == 1  # 2 waits for 1
         assert in_order.written == 4

@@ -9,15 +9,16 @@ the batches themselves and their ids do not depend on the bucket count or the wo
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import pickle
 import queue
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 from pipeline.chunk.batching import (
     AUTHOR_COLUMNS,
@@ -39,6 +40,8 @@ from pipeline.core.staging import (
 )
 from pipeline.core.staging_buckets import hand_back_memory, release_freed_memory
 from pipeline.core.workdir import batches_dir, batches_path, manifest_path
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,8 @@ def chunk_bucket(
     return stats, users
 
 
-def _bucket_to_file(job: BucketJob, bucket: int, exclude_ids: Container[str] | None) -> BucketDone:
-    """Chunk one bucket into its own temp file (the parallel path)."""
+def _bucket_to_file(job: BucketJob, exclude_ids: Container[str] | None, bucket: int) -> BucketDone:
+    """Chunk one bucket into its own temp file (the parallel path's per-bucket work)."""
     path = batches_dir(job.workdir) / f".bucket-{bucket:04d}.jsonl.tmp"
     with path.open("wb", buffering=1 << 20) as out:
         stats, users = chunk_bucket(job, bucket, exclude_ids, out)
@@ -112,23 +115,24 @@ def _claim(counter: Any, buckets: int) -> int | None:
 
 
 def _worker_loop(
-    job: BucketJob,
-    exclude_ids: Container[str] | None,
+    work: Callable[[int], object],
+    buckets: int,
     counter: Any,
     results: Any,
     parent: int | None = None,
 ) -> None:
-    """A worker process: claim buckets until none is left, report each one (or the error).
+    """A worker process: claim buckets until none is left, report each one's
+    `(bucket, work(bucket))` (or the error), then `None`.
 
-    It ends with `parent` (a killed chunk leaves no worker behind). Ctrl-C reaches the
+    It ends with `parent` (a killed parent leaves no worker behind). Ctrl-C reaches the
     whole process group: the worker stops quietly and the parent reports the interruption.
     """
     if parent is not None:
         die_with_parent(parent)
     release_freed_memory()
     try:
-        while (bucket := _claim(counter, job.buckets)) is not None:
-            results.put(_bucket_to_file(job, bucket, exclude_ids))
+        while (bucket := _claim(counter, buckets)) is not None:
+            results.put((bucket, work(bucket)))
     except KeyboardInterrupt:
         return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
@@ -202,7 +206,9 @@ def chunk_workdir(
                     users |= owners
                     progress.advance(part.messages)
             else:
-                _parallel(job, exclude_ids, workers, InBucketOrder(out, stats, users, progress))
+                in_order = InBucketOrder(out, stats, users, progress)
+                work = functools.partial(_bucket_to_file, job, exclude_ids)
+                in_parallel(work, job.buckets, workers, in_order, what="chunk")
         progress.close()
         os.replace(tmp, batches_path(workdir))
         stats.users = len(users)
@@ -246,18 +252,42 @@ def default_workers(buckets: int, exclude_ids: Container[str] | None = None) -> 
     return 2 if (cpus or 1) >= 2 and buckets >= PARALLEL_MIN_BUCKETS else 1
 
 
-def _parallel(
-    job: BucketJob,
-    exclude_ids: Container[str] | None,
-    workers: int,
-    in_order: InBucketOrder,
-) -> None:
-    """Buckets on this process and `workers - 1` others, handed to `in_order`.
+class InOrder(Generic[R]):
+    """Takes per-bucket results in whatever order they are finished and hands them on
+    (`take`) in bucket order: a result waits until the ones before it are in. What is
+    merged in order is the same whatever the number of processes."""
 
-    Every process claims the next untaken bucket from a shared counter, so a slow bucket
-    never leaves a core idle, and this process works too (one process fewer to start and
-    to hold in memory). Each bucket goes to its own temp file, appended to `out` as soon
-    as the buckets before it are.
+    def __init__(self, take: Callable[[R], None]):
+        self._take = take
+        self.ready: dict[int, R] = {}
+        self.written = 0
+        """Buckets handed on: 0 to `written - 1`."""
+
+    def add(self, bucket: int, result: R) -> None:
+        """Take a finished bucket; hand it on with any it was holding up."""
+        self.ready[bucket] = result
+        while self.written in self.ready:
+            self._take(self.ready.pop(self.written))
+            self.written += 1
+
+
+def in_parallel(
+    work: Callable[[int], R],
+    buckets: int,
+    workers: int,
+    in_order: InOrder[R],
+    *,
+    what: str = "chunk",
+) -> None:
+    """`work(bucket)` for every bucket, on this process and `workers - 1` others, each
+    result handed to `in_order` (so to its consumer in bucket order).
+
+    `work` must be picklable (a module-level function, or a `functools.partial` of one
+    over picklable arguments): each worker gets a copy. Every process claims the next
+    untaken bucket from a shared counter, so a slow bucket never leaves a core idle, and
+    this process works too (one process fewer to start and to hold in memory). A worker's
+    exception is raised here; Ctrl-C or SIGTERM here stops the workers. `what` names the
+    stage in the errors.
     """
     context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
     counter = context.Value("i", 0)
@@ -265,27 +295,27 @@ def _parallel(
     helpers = [
         context.Process(
             target=_worker_loop,
-            args=(job, exclude_ids, counter, results, os.getpid()),
+            args=(work, buckets, counter, results, os.getpid()),
             daemon=True,
         )
-        for _ in range(min(workers, job.buckets) - 1)
+        for _ in range(min(workers, buckets) - 1)
     ]
     for process in helpers:
         process.start()
     running = len(helpers)
 
-    def take(done: BucketDone | BaseException | None) -> None:
+    def take(done: tuple[int, R] | BaseException | None) -> None:
         nonlocal running
         if done is None:
             running -= 1
         elif isinstance(done, BaseException):
             raise done
         else:
-            in_order.add(done)
+            in_order.add(*done)
 
     try:
-        while (bucket := _claim(counter, job.buckets)) is not None:
-            take(_bucket_to_file(job, bucket, exclude_ids))
+        while (bucket := _claim(counter, buckets)) is not None:
+            in_order.add(bucket, work(bucket))
             while not results.empty():
                 take(results.get())
         while running:
@@ -294,10 +324,10 @@ def _parallel(
             except queue.Empty:
                 if not any(p.is_alive() for p in helpers) and results.empty():
                     raise ChildProcessError(
-                        "a chunk worker process ended without finishing its buckets"
+                        f"a {what} worker process ended without finishing its buckets"
                     ) from None
-        if in_order.written != job.buckets:
-            raise ChildProcessError("a chunk worker process lost a bucket")
+        if in_order.written != buckets:
+            raise ChildProcessError(f"a {what} worker process lost a bucket")
     finally:
         for process in helpers:
             if process.is_alive():
@@ -305,7 +335,7 @@ def _parallel(
             process.join()
 
 
-class InBucketOrder:
+class InBucketOrder(InOrder[BucketDone]):
     """Appends chunked buckets to the batch file in bucket order, whatever order they are
     finished in (a bucket waits in its temp file until the ones before it are in)."""
 
@@ -316,22 +346,15 @@ class InBucketOrder:
         users: set[str],
         progress: Progress | None = None,
     ):
+        super().__init__(self._append)
         self.out, self.stats, self.users = out, stats, users
         self.progress = progress or NullProgress()
-        self.ready: dict[int, BucketDone] = {}
-        self.written = 0
-        """Buckets appended: 0 to `written - 1`."""
 
-    def add(self, done: BucketDone) -> None:
-        """Take a finished bucket; append it and any it was holding up."""
-        self.ready[done.bucket] = done
-        while self.written in self.ready:
-            part = self.ready.pop(self.written)
-            _append(part.path, self.out)
-            self.stats.merge(part.stats)
-            self.users.update(part.users)
-            self.progress.advance(part.stats.messages)
-            self.written += 1
+    def _append(self, part: BucketDone) -> None:
+        _append(part.path, self.out)
+        self.stats.merge(part.stats)
+        self.users.update(part.users)
+        self.progress.advance(part.stats.messages)
 
 
 def _append(path: Path, out: IO[bytes]) -> None:

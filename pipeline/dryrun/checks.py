@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -566,11 +567,13 @@ class BatchChecker:
     samples: int = 3
     validator: RequestValidator | None = None
     """Default: our extended `AddMessageRequest`, or `SERVER_ADD_SCHEMA` for memos-server."""
-    weights: list[int] = field(default_factory=list)
-    """Per request: the ids it lists, i.e. its charge against the QPS limit."""
+    weights: array[int] = field(default_factory=lambda: array("I"))
+    """Per request: the ids it lists, i.e. its charge against the QPS limit (an array: one
+    machine int per batch, not an object)."""
     tokens: TokenSample = field(default_factory=TokenSample)
     """Exact input tokens of a sample of the batches (see `pipeline.dryrun.tokens`)."""
-    messages: list[int] = field(default_factory=list)
+    messages: array[int] = field(default_factory=lambda: array("I"))
+    """Per request: its messages."""
     invalid: int = 0
     invalid_examples: list[dict[str, Any]] = field(default_factory=list)
     over_api_limit: int = 0
@@ -609,6 +612,23 @@ class BatchChecker:
             self.redacted_examples.append(redacted_example(batch))
         if len(self.sample_bodies) < self.samples:
             self.sample_bodies.append(masked_body(body))
+
+    def merge(self, part: BatchChecker) -> None:
+        """Add the figures of the next part of the same run (the next staging bucket,
+        checked on any process): what checking its batches here would have added."""
+        self.weights += part.weights
+        self.tokens.merge(part.tokens)
+        self.messages += part.messages
+        self.invalid += part.invalid
+        self.over_api_limit += part.over_api_limit
+        for mine, theirs, limit in (
+            (self.invalid_examples, part.invalid_examples, MAX_EXAMPLES),
+            (self.over_api_examples, part.over_api_examples, MAX_EXAMPLES),
+            (self.split_examples, part.split_examples, MAX_EXAMPLES),
+            (self.redacted_examples, part.redacted_examples, MAX_EXAMPLES),
+            (self.sample_bodies, part.sample_bodies, self.samples),
+        ):
+            mine += theirs[: max(limit - len(mine), 0)]
 
     def findings(self, split_messages: int) -> list[Finding]:
         """The batch-level findings, once every batch was checked."""
@@ -663,7 +683,7 @@ def _ident(batch: Batch) -> dict[str, Any]:
     }
 
 
-def group_chat(conversations: int, left_out: int, weights: list[int]) -> Finding:
+def group_chat(conversations: int, left_out: int, weights: Sequence[int]) -> Finding:
     """What group-chat mode costs: each request is charged one QPS unit per listed user id
     (group chat page), against one per request with `memory_owner: workspace` or `author`."""
     requests = len(weights)

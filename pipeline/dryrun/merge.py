@@ -110,6 +110,19 @@ class AggregateParts:
         for r in grouped.to_pylist():
             self.days[(r["source"], r["day"].date())] += r["day_count"]
 
+    def merge(self, part: AggregateParts) -> None:
+        """Add the figures of the next bucket, figured apart (`add` on a fresh instance):
+        the same as `add`ing that bucket's rows here."""
+        self.conversation_sizes += part.conversation_sizes
+        self.largest += part.largest
+        self.user_counts.update(part.user_counts)
+        self.user_conversations.update(part.user_conversations)
+        self.days.update(part.days)
+        if part.first is not None:
+            self.first = part.first if self.first is None else min(self.first, part.first)
+        if part.last is not None:
+            self.last = part.last if self.last is None else max(self.last, part.last)
+
     def largest_conversations(self) -> list[dict[str, Any]]:
         """The `top_n` largest conversations (most messages; then by user and conversation)."""
         rows = sorted(

@@ -64,6 +64,14 @@ class ChannelTally:
         tally[1] += messages
         tally[2] += 1
 
+    def merge(self, part: ChannelTally) -> None:
+        """Add the tallies of another part of the same run (another staging bucket)."""
+        for channel, (tokens, messages, batches) in part.by_channel.items():
+            tally = self.by_channel.setdefault(channel, [0, 0, 0])
+            tally[0] += tokens
+            tally[1] += messages
+            tally[2] += batches
+
     def packed_calls(
         self, max_tokens: int, max_messages: int, token_ratio: float = 1.0
     ) -> tuple[int, int]:

@@ -48,7 +48,7 @@ class ReportInputs:
     chunk: ChunkStats
     batch_tokens: TokenSample
     """Exact input tokens of the batches, counted on a sample (`pipeline.dryrun.tokens`)."""
-    batch_messages: list[int]
+    batch_messages: Sequence[int]
     samples: list[dict[str, Any]]
     ledger_present: bool
     ledger_delivered: int

@@ -7,6 +7,11 @@ does. Counting every batch again would cost about as much as chunking, so the dr
 the first `COUNT_ALL` batches exactly and then one in `SAMPLE_EVERY` (chosen by batch id,
 so the same batches every run), and scales the recorded total by the sample's ratio of exact
 to recorded tokens. With fewer than `COUNT_ALL` batches every figure is exact.
+
+Buckets can be checked on several processes, each not knowing how many batches the buckets
+before it hold: a bucket's `part` counts exactly as many of its first batches as may still
+be among the run's first `COUNT_ALL`, and `merge` (in bucket order) keeps the figures of
+exactly the batches the one-process rule would have counted.
 """
 
 from __future__ import annotations
@@ -47,22 +52,70 @@ class TokenSample:
     """Characters and content tokens (framing apart) of the batches drawn beyond the first
     `COUNT_ALL`. The ratio comes from these alone: the first batches (the first
     conversations of the first bucket) are no random sample."""
+    count_first: int = COUNT_ALL
+    """Batches counted exactly before sampling starts (0 in a bucket's `part`)."""
+    head: int = 0
+    """A `part`'s first batches kept aside in `heads`, counted exactly."""
+    heads: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
+    """(recorded tokens, exact tokens, characters, messages, drawn) of each batch kept
+    aside, in batch order: `merge` decides whether each is among the run's first."""
+
+    @classmethod
+    def part(cls, head: int) -> TokenSample:
+        """One bucket's share of the sample, when at most `head` of its batches can be
+        among the run's first `COUNT_ALL` (the batches before the bucket are not known)."""
+        return cls(count_first=0, head=head)
 
     def add(self, batch: Batch) -> None:
         """Record one batch; count it exactly when it is in the sample."""
-        self.batches += 1
-        self.recorded += batch.tokens
         messages = batch.body["messages"]
-        first = self.batches <= COUNT_ALL
-        if first or zlib.crc32(batch.batch_id.encode()) % SAMPLE_EVERY == 0:
+        drawn = zlib.crc32(batch.batch_id.encode()) % SAMPLE_EVERY == 0
+        if len(self.heads) < self.head:
             counted = messages_tokens(messages)
-            self.exact.append(counted)
-            if not first:
-                self.drawn_chars += _chars(messages)
-                self.drawn_content_tokens += counted - MESSAGE_OVERHEAD * len(messages)
+            self.heads.append((batch.tokens, counted, _chars(messages), len(messages), drawn))
+            return
+        first = self.batches < self.count_first
+        self.recorded += batch.tokens
+        if first:
+            self._counted(messages_tokens(messages), True, 0, len(messages))
+        elif drawn:
+            self._counted(messages_tokens(messages), False, _chars(messages), len(messages))
         else:
-            self.uncounted_chars += _chars(messages)
-            self.uncounted_messages += len(messages)
+            self._uncounted(_chars(messages), len(messages))
+
+    def _uncounted(self, chars: int, messages: int) -> None:
+        self.batches += 1
+        self.uncounted_chars += chars
+        self.uncounted_messages += messages
+
+    def _counted(self, exact: int, first: bool, chars: int, messages: int) -> None:
+        """One more batch counted exactly; beyond the first ones it feeds the ratio."""
+        self.batches += 1
+        self.exact.append(exact)
+        if not first:
+            self.drawn_chars += chars
+            self.drawn_content_tokens += exact - MESSAGE_OVERHEAD * messages
+
+    def merge(self, part: TokenSample) -> None:
+        """Add the next bucket's `part` (parts in bucket order): its batches kept aside
+        count as first or drawn or not counted as this sample's rule says; its other
+        batches are all past the first `COUNT_ALL` (the part's `head` saw to that)."""
+        for tokens, exact, chars, messages, drawn in part.heads:
+            first = self.batches < self.count_first
+            self.recorded += tokens
+            if first or drawn:
+                self._counted(exact, first, chars, messages)
+            else:
+                self._uncounted(chars, messages)
+        if part.batches and self.batches < self.count_first:
+            raise ValueError("a token sample part merged out of bucket order")
+        self.batches += part.batches
+        self.recorded += part.recorded
+        self.exact += part.exact
+        self.uncounted_chars += part.uncounted_chars
+        self.uncounted_messages += part.uncounted_messages
+        self.drawn_chars += part.drawn_chars
+        self.drawn_content_tokens += part.drawn_content_tokens
 
     @property
     def complete(self) -> bool:

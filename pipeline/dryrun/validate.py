@@ -11,34 +11,39 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import incremental
-from pipeline.chunk import AUTHOR_COLUMNS, CHUNK_COLUMNS, ChunkLimits, ChunkStats, chunk_table
-from pipeline.core import redact
+from pipeline.chunk import AUTHOR_COLUMNS, ChunkLimits, ChunkStats
+from pipeline.chunk.stage import InOrder, default_workers, in_parallel
 from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
 from pipeline.core.lock import workdir_lock
-from pipeline.core.models import STAGING_SCHEMA, ExtractStats
+from pipeline.core.models import ExtractStats
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
-from pipeline.core.staging import read_labeled_bucket, staged_bucket_count, staged_sources
+from pipeline.core.staging import staged_bucket_count, staged_sources
 from pipeline.core.staging_buckets import all_files, hand_back_memory, release_freed_memory
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
-from pipeline.dryrun.html import write_reports
+from pipeline.dryrun.buckets import (
+    READ_COLUMNS,
+    BucketPart,
+    DryRunJob,
+    LedgerFigures,
+    request_validator,
+)
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.report import Report, ReportInputs, build_report
 from pipeline.extract import extract_source
@@ -46,8 +51,8 @@ from pipeline.extract import extract_source
 log = logging.getLogger(__name__)
 
 TOP_N = 10
-READ_COLUMNS = list(dict.fromkeys([*CHUNK_COLUMNS, *checks.EXAMPLE_COLUMNS]))
-"""Staged columns the checks and the chunker need (metadata and author columns are not)."""
+SCANS = ("_secrets", "_personal_data")
+"""Row checks found without the redaction policy, restated under it once (`merge_scans`)."""
 TIMELINE_MAX_DAYS = 120
 TIMELINE_MAX_WEEKS = 104
 
@@ -59,6 +64,7 @@ def validate(
     since: datetime | None = None,
     write: bool = True,
     lock: bool = True,
+    workers: int | None = None,
 ) -> Report:
     """Extract + chunk every configured source without sending; return the full report.
 
@@ -68,15 +74,22 @@ def validate(
     `<workdir>/report.html`. Counts add up: read = staged + skipped + quarantined, and
     staged = messages to send + already delivered + before `since`. Holds the workdir lock
     (`LockError` if a run is using the workdir) unless `lock=False` (the caller holds it).
+    `workers` > 1 checks that many staging buckets at a time (this process and
+    `workers - 1` others); None chooses as chunk does (`default_workers`). The report is
+    the same whatever the number.
     """
     if not cfg.sources:
         raise ConfigError("no sources configured; add at least one under `sources:`")
     with workdir_lock(cfg.workdir) if lock else contextlib.nullcontext():
-        return _validate(cfg, progress, since, write)
+        return _validate(cfg, progress, since, write, workers)
 
 
 def _validate(
-    cfg: Config, progress: Progress | None, since: datetime | None, write: bool
+    cfg: Config,
+    progress: Progress | None,
+    since: datetime | None,
+    write: bool,
+    workers: int | None,
 ) -> Report:
     progress = progress or NullProgress()
     workdir = cfg.workdir
@@ -87,71 +100,48 @@ def _validate(
         ]
     labels = [s.label for s in cfg.sources]
     group = cfg.group_sources()
-    columns = READ_COLUMNS + AUTHOR_COLUMNS if group else READ_COLUMNS
     release_freed_memory()
+    hand_back_memory()  # what extract freed, before a worker starts beside this process
     buckets = staged_bucket_count(workdir, labels)
     staged = sum(e.staged for e in extracted)
     log.info("validate: %d staged messages from %d source(s)", staged, len(labels))
 
-    policy = cfg.redact.policy()
     # asked one bucket's ids at a time: memory never holds the destination's whole record
     delivered = incremental.DeliveredLedger(workdir, destination_for(cfg.load, workdir))
-    limits = ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages)
-    chunk_stats = ChunkStats()
-    owners: set[str] = set()
-    checker = checks.BatchChecker(load=cfg.load, max_tokens=limits.max_tokens)
-    channels = ChannelTally() if any(s.kind == "slack" for s in cfg.sources) else None
-    ledger = LedgerFigures(bool(delivered.total), delivered.total, 0, 0, set())
-    rows = merge.AggregateParts(TOP_N)
-    per_bucket: dict[str, list[checks.Finding]] = {}
-    before_since = 0
+    if workers is None:
+        workers = default_workers(buckets)
+    workers = min(workers, buckets)
+    context = multiprocessing.get_context("spawn")
+    job = DryRunJob(
+        workdir=workdir,
+        labels=tuple(labels),
+        columns=tuple(READ_COLUMNS + AUTHOR_COLUMNS if group else READ_COLUMNS),
+        buckets=buckets,
+        limits=ChunkLimits(cfg.chunk.max_tokens, cfg.chunk.max_messages),
+        since=since,
+        tags=cfg.tags_by_source(),
+        group=frozenset(group),
+        policy=cfg.redact.policy(),
+        load=cfg.load,
+        delivered=delivered,
+        slack=any(s.kind == "slack" for s in cfg.sources),
+        top_n=TOP_N,
+        rows_on_thread=workers <= 1,
+        counted=context.Value("q", 0, lock=False),
+        reading=context.Lock() if workers > 1 else None,
+    )
+    total = Totals(job, progress)
     progress.start("validate", total=staged, unit="msg")
-    # Reading a bucket and its row checks are mostly Arrow work, which runs without the
-    # GIL: on a thread they take the other core while the chunker (Python) batches the
-    # bucket before. Memory holds the bucket being batched and, at most, the next one.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-rows") as rows_thread:
-        reading = rows_thread.submit(read_labeled_bucket, workdir, labels, columns, 0, buckets)
-        for bucket in range(buckets):
-            table = reading.result()
-            ids = table.column("message_id").to_pylist() if delivered.total else []
-            part = ledger_figures(
-                table, delivered.among(sorted(set(ids))), cfg.load.resend_changed, policy
-            )
-            ledger.add(part)
-            row_work = rows_thread.submit(_row_checks, bucket, table, rows, since, part.exclude)
-            if bucket + 1 < buckets:
-                reading = rows_thread.submit(
-                    read_labeled_bucket, workdir, labels, columns, bucket + 1, buckets
-                )
-            with _stage(f"chunk + batch checks, bucket {bucket}"):
-                bucket_stats = ChunkStats()
-                batches = chunk_table(
-                    table.select([*CHUNK_COLUMNS, *(AUTHOR_COLUMNS if group else []), "label"]),
-                    limits,
-                    bucket_stats,
-                    part.exclude,
-                    since=since,
-                    tags=cfg.tags_by_source(),
-                    group=group,
-                    policy=policy,
-                    users=owners,
-                )
-                for batch in batches:
-                    checker.check(batch)
-                    if channels is not None:
-                        channels.add(batch.conversation_id, batch.tokens, len(batch.message_ids))
-                    if batch.part is None or batch.part[0] == 1:
-                        progress.advance(len(batch.message_ids))
-                chunk_stats.merge(bucket_stats)
-            found, earlier = row_work.result()
-            before_since += earlier
-            for name, finding in found.items():
-                per_bucket.setdefault(name, []).append(finding)
-            del table, row_work
-            hand_back_memory()
-    chunk_stats.users = len(owners)
+    with _stage(f"buckets on {workers} process(es)"):
+        if workers <= 1:
+            _one_process(job, total.add)
+        else:
+            in_parallel(job, buckets, workers, InOrder(total.add), what="validate")
     delivered.close()
     progress.close()
+    chunk_stats, checker, ledger, rows = total.stats, total.checker, total.ledger, total.rows
+    found, before_since, channels = total.found, total.before_since, total.channels
+    policy = job.policy
 
     entries = [e for e in read_quarantine(workdir) if e.get("source") in set(labels)]
     with _stage("row checks"):
@@ -164,21 +154,20 @@ def _validate(
             timeline_unit=unit,
             timeline=timeline,
         )
-        merged = {name: merge.merge_findings(parts) for name, parts in per_bucket.items()}
         findings = [
             checks.quarantined(entries[: checks.MAX_EXAMPLES * 5], len(entries)),
-            merged["unknown_roles"],
+            found["unknown_roles"],
             *checker.findings(chunk_stats.split_messages),
             checks.group_chat(
                 chunk_stats.group_conversations, chunk_stats.group_left_out, checker.weights
             ),
             checks.long_ids(chunk_stats.shortened_ids),
-            merged["empty_content"],
-            merged["missing_timestamps"],
-            merged["duplicate_ids"],
-            merged["out_of_order"],
-            merge.merge_scans(per_bucket["_secrets"], policy),
-            merge.merge_scans(per_bucket["_personal_data"], policy),
+            found["empty_content"],
+            found["missing_timestamps"],
+            found["duplicate_ids"],
+            found["out_of_order"],
+            merge.merge_scans([found["_secrets"]], policy),
+            merge.merge_scans([found["_personal_data"]], policy),
             checks.redaction(chunk_stats, policy, checker.redacted_examples),
             checks.user_volumes(aggregates.user_counts),
             ledger.finding(),
@@ -212,45 +201,11 @@ def _validate(
         )
     )
     if write:
+        from pipeline.dryrun.html import write_reports  # charts: only once the buckets are done
+
         with _stage("report files"):
             write_reports(report, workdir)
     return report
-
-
-def _row_checks(
-    bucket: int,
-    table: pa.Table,
-    rows: merge.AggregateParts,
-    since: datetime | None,
-    exclude: set[str],
-) -> tuple[dict[str, checks.Finding], int]:
-    """One bucket's row checks and aggregates (added to `rows`), and its rows before
-    `since`: everything the dry run figures from the staged rows rather than the batches."""
-    with _stage(f"row checks, bucket {bucket}"):
-        rows.add(table)
-        found = {check.__name__: check(table) for check in ROW_CHECKS}
-        return found, _before_since(table, since, exclude)
-
-
-def _secrets(table: pa.Table) -> checks.Finding:
-    return checks.secrets(table)
-
-
-def _personal_data(table: pa.Table) -> checks.Finding:
-    return checks.personal_data(table)
-
-
-ROW_CHECKS = (
-    checks.unknown_roles,
-    checks.empty_content,
-    checks.missing_timestamps,
-    checks.duplicate_ids,
-    checks.out_of_order,
-    _secrets,
-    _personal_data,
-)
-"""Checks over one bucket's staged rows, added up with `merge` (secrets and personal data
-are found without the policy per bucket and restated under it once)."""
 
 
 def _largest(r: dict[str, Any]) -> dict[str, Any]:
@@ -264,28 +219,27 @@ def _largest(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _one_process(job: DryRunJob, take: Callable[[BucketPart], None]) -> None:
+    """Every bucket on this process, the next one read on a thread meanwhile (reading is
+    Arrow work, off the GIL: it takes the other core while this one chunks). Memory holds
+    the bucket being checked and, at most, the next one."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="validate-read") as reader:
+        reading = reader.submit(job.read, 0)
+        for bucket in range(job.buckets):
+            table = reading.result()
+            if bucket + 1 < job.buckets:
+                reading = reader.submit(job.read, bucket + 1)
+            take(job.check(bucket, table))
+            del table
+            hand_back_memory()
+
+
 @contextmanager
 def _stage(name: str) -> Iterator[None]:
     """Log how long one stage of a validation took (INFO, shown with -v)."""
     start = time.perf_counter()
     yield
     log.info("validate: %s took %.2fs", name, time.perf_counter() - start)
-
-
-def _before_since(table: pa.Table, since: datetime | None, exclude: set[str]) -> int:
-    """Staged rows the `since` filter leaves out (rows already delivered not counted)."""
-    if since is None or table.num_rows == 0:
-        return 0
-    old = pc.fill_null(
-        pc.less(
-            table.column("created_at"), pa.scalar(since, STAGING_SCHEMA.field("created_at").type)
-        ),
-        False,
-    )
-    if exclude:
-        delivered = pc.is_in(table.column("message_id"), value_set=pa.array(list(exclude)))
-        old = pc.and_(old, pc.invert(delivered))
-    return int(pc.sum(pc.cast(old, pa.int64())).as_py() or 0)
 
 
 def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding:
@@ -317,59 +271,6 @@ def other_staged_sources(workdir: Path, labels: Iterable[str]) -> checks.Finding
 
 
 @dataclass
-class LedgerFigures:
-    """What the delivery ledger says about the staged rows."""
-
-    present: bool
-    delivered_total: int
-    staged_delivered: int
-    changed: int
-    exclude: set[str]
-    """This bucket's ids left out (a total over buckets keeps none: `add` skips them)."""
-    changed_examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, part: LedgerFigures) -> None:
-        """Add the figures of another staging bucket (same ledger)."""
-        self.staged_delivered += part.staged_delivered
-        self.changed += part.changed
-        room = checks.MAX_EXAMPLES - len(self.changed_examples)
-        self.changed_examples += part.changed_examples[: max(room, 0)]
-
-    def finding(self) -> checks.Finding:
-        """Delivered messages whose content changed since they were sent."""
-        return checks.Finding(
-            "changed_since_delivery",
-            "Delivered messages whose content changed",
-            "info",
-            self.changed,
-            "messages",
-            "Already in MemOS with older content; sent again only with load.resend_changed.",
-            self.changed_examples,
-        )
-
-
-def ledger_figures(
-    table: pa.Table,
-    delivered: dict[str, str],
-    resend_changed: bool,
-    policy: redact.Policy = redact.DEFAULT_POLICY,
-) -> LedgerFigures:
-    """Which staged rows are already delivered, and which of those changed since: the
-    incremental rule (`pipeline.incremental.plan`, content as sent under the redaction
-    `policy`), with examples for the report."""
-    delta = incremental.plan(table, delivered, resend_changed, policy=policy)
-    examples = checks.example_rows(delta.changed.slice(0, checks.MAX_EXAMPLES))
-    return LedgerFigures(
-        bool(delivered),
-        delta.delivered_total,
-        delta.staged_delivered,
-        delta.changed.num_rows,
-        delta.exclude,
-        examples,
-    )
-
-
-@dataclass
 class Aggregates:
     """Per-conversation, per-user and per-time figures of the staged rows."""
 
@@ -383,3 +284,50 @@ class Aggregates:
 
 def _iso(value: Any) -> str | None:
     return None if value is None else str(value.isoformat())
+
+
+class Totals:
+    """The dry run's figures, added up bucket by bucket in bucket order (`add`), so they
+    are the same whichever process checked which bucket."""
+
+    def __init__(self, job: DryRunJob, progress: Progress):
+        self.job, self.progress = job, progress
+        self.stats = ChunkStats()
+        self.owners: set[str] = set()
+        self.checker = checks.BatchChecker(
+            load=job.load,
+            max_tokens=job.limits.max_tokens,
+            validator=request_validator(job.load.server),
+        )
+        self.channels = ChannelTally() if job.slack else None
+        self.ledger = LedgerFigures(bool(job.delivered.total), job.delivered.total, 0, 0, set())
+        self.rows = merge.AggregateParts(job.top_n)
+        self.found: dict[str, checks.Finding] = {}
+        """The row checks' findings so far (examples capped: memory does not grow with the
+        bucket count)."""
+        self.before_since = 0
+        self.added = 0
+
+    def add(self, part: BucketPart) -> None:
+        """Add the next bucket's figures."""
+        log.info("validate: bucket %d took %.2fs", self.added, part.seconds)
+        self.stats.merge(part.stats)
+        self.owners |= part.owners
+        self.stats.users = len(self.owners)
+        self.checker.merge(part.batches)
+        self.job.counted.value = self.checker.tokens.batches
+        if self.channels is not None and part.channels is not None:
+            self.channels.merge(part.channels)
+        self.ledger.add(part.ledger)
+        self.rows.merge(part.rows)
+        for name, finding in part.found.items():
+            so_far = self.found.get(name)
+            if so_far is None:
+                self.found[name] = finding
+            elif name in SCANS:
+                self.found[name] = merge.merge_scans([so_far, finding], None)
+            else:
+                self.found[name] = merge.merge_findings([so_far, finding])
+        self.before_since += part.before_since
+        self.progress.advance(part.sent)
+        self.added += 1

@@ -9,17 +9,23 @@ resident memory of its whole process tree is sampled (/proc, every 20 ms):
 3. `memos-etl validate` (the dry run: extract + chunk + checks + report)
 4. `memos-etl run` into the embedded local target (fresh workdir; skipped with --no-run)
 
-(with `--chunk-workers N`, also `memos-etl chunk --workers N` after step 2)
+(with `--chunk-workers N`, also `memos-etl chunk --workers N` after step 2; with
+`--validate-workers N`, also `memos-etl validate --workers N` before step 3)
 
-and prints, per stage, wall seconds, messages per second and peak RSS of the process tree.
+and prints, per stage, wall seconds, messages per second and peak RSS of the process tree,
+then validate / (extract + chunk). With `--rounds R` the stages run R times in turn (the
+same order each round), so the figures of a noisy machine are side by side.
 Figures go to docs/performance.md with the command and the date.
 
     python tests/bench/bench_stages.py --messages 200000
+    python tests/bench/bench_stages.py --messages 1000000 --data /tmp/slack-1m --no-run \
+        --validate-workers 1 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -36,10 +42,14 @@ from gen_slack import generate  # noqa: E402
 CLI = str(Path(sys.executable).with_name("memos-etl"))
 
 
-def measured(args: list[str], timeout: float) -> tuple[float, int, int]:
+def measured(
+    args: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[float, int, int]:
     """Run a command: (wall seconds, peak tree RSS in bytes, exit code)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     peak = [0]
     done = threading.Event()
 
@@ -74,6 +84,18 @@ def main() -> None:
         type=int,
         default=0,
         help="Also time `chunk --workers N` (staging buckets on N processes).",
+    )
+    parser.add_argument(
+        "--validate-workers",
+        type=int,
+        default=0,
+        help="Also time `validate --workers N` (before the default validate).",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="Times to run every stage.")
+    parser.add_argument(
+        "--old",
+        type=Path,
+        help="A checkout of older code: also time its `validate` (run with PYTHONPATH=OLD).",
     )
     args = parser.parse_args()
 
@@ -111,19 +133,36 @@ def main() -> None:
         if args.chunk_workers:
             n = str(args.chunk_workers)
             stages.append((f"chunk -w{n}", [CLI, "chunk", "--workdir", work, "--workers", n, "-q"]))
+        if args.validate_workers:
+            n = str(args.validate_workers)
+            stages.append((f"validate -w{n}", [CLI, "validate", str(config), "--workers", n, "-q"]))
         stages.append(("validate", [CLI, "validate", str(config), "-q"]))
+        old_env = {**os.environ, "PYTHONPATH": str(args.old)} if args.old else None
+        if args.old:
+            stages.append(("validate old", [CLI, "validate", str(config), "-q"]))
         if not args.no_run:
             run_config = tmp / "run.yaml"
             run_config.write_text(
                 config.read_text().replace(str(tmp / "validate"), str(tmp / "run"))
             )
             stages.append(("run", [CLI, "run", str(run_config), "-q"]))
-        print(f"{'stage':<10} {'wall s':>8} {'msg/s':>10} {'peak RSS MB':>12}")
-        for name, command in stages:
-            wall, peak, code = measured(command, args.timeout)
-            rate = args.messages / wall if wall else 0.0
-            status = "" if code == 0 else f"  (exit {code})"
-            print(f"{name:<10} {wall:>8.1f} {rate:>10,.0f} {peak / 2**20:>12,.0f}{status}")
+        print(f"{'stage':<12} {'wall s':>8} {'msg/s':>10} {'peak RSS MB':>12}")
+        for round_ in range(args.rounds):
+            walls: dict[str, float] = {}
+            for name, command in stages:
+                env = old_env if name.endswith(" old") else None
+                wall, peak, code = measured(command, args.timeout, env)
+                walls[name] = wall
+                rate = args.messages / wall if wall else 0.0
+                status = "" if code == 0 else f"  (exit {code})"
+                print(f"{name:<12} {wall:>8.1f} {rate:>10,.0f} {peak / 2**20:>12,.0f}{status}")
+            base = walls["extract"] + walls["chunk"]
+            ratios = ", ".join(
+                f"{name} {wall / base:.2f}x"
+                for name, wall in walls.items()
+                if name.startswith("validate")
+            )
+            print(f"round {round_ + 1}: / (extract + chunk): {ratios}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

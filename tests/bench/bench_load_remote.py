@@ -103,10 +103,12 @@ def _loader(code: Path | None) -> list[str]:
 
 def one_load(
     source: Path, code: Path | None, args: argparse.Namespace, scratch: Path
-) -> tuple[float, int, int, int]:
-    """(wall s, peak RSS bytes, requests, messages sent) of one load into a fresh store. The
-    process's wall time, not the loader's `duration_s`: before the rolling window, a remote
-    load read and filtered the whole batch file before that clock started."""
+) -> tuple[float, float, int, int, int]:
+    """(wall s, CPU s, peak RSS bytes, requests, messages sent) of one load into a fresh
+    store. The process's wall time, not the loader's `duration_s`: before the rolling
+    window, a remote load read and filtered the whole batch file before that clock
+    started. CPU seconds (user + system) are the loading process's alone: on a busy
+    machine they move less than wall time."""
     work = scratch / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -137,15 +139,19 @@ def one_load(
             "--no-progress",
             "--json",
         ]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         wall, peak, code_ = measured(command, out, args.stop_after)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the server is reaped later
+        cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     finally:
         server.terminate()
         server.communicate(timeout=60)
     if code_ not in (0, 130):
-        return wall, peak, 0, 0
+        return wall, cpu, peak, 0, 0
     report = json.loads(out.read_text())
     return (
         wall,
+        cpu,
         peak,
         int(report["requests"]),
         int(report["sent"]["messages"]),
@@ -214,10 +220,13 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             for name, code in variants:
                 stops = len(STOPS)
-                wall, peak, requests, sent = one_load(args.workdir.resolve(), code, args, Path(tmp))
+                wall, cpu, peak, requests, sent = one_load(
+                    args.workdir.resolve(), code, args, Path(tmp)
+                )
                 stop = f"  exit {STOPS[-1]:.1f} s after Ctrl-C" if len(STOPS) > stops else ""
                 print(
-                    f"round {round_} {name:6s}: {wall:8.1f} s  {requests / wall:8.1f} req/s"
+                    f"round {round_} {name:6s}: {wall:8.1f} s  {cpu:6.1f} CPU-s"
+                    f"  {requests / wall:8.1f} req/s"
                     f"  {sent} messages sent  peak RSS {peak / 2**20:7.0f} MB{stop}",
                     flush=True,
                 )

@@ -86,7 +86,8 @@ def test_a_worker_reports_its_error_and_then_that_it_is_done(
 ) -> None:
     """The worker loop, in this process: the error crosses to the parent as an exception
     (raised there), followed by the end marker, so the parent never waits forever."""
-    from pipeline.chunk.stage import BucketJob, _bucket_to_file, _worker_loop
+    from pipeline.chunk.stage import BucketJob, _bucket_to_file
+    from pipeline.core.bucket_workers import _worker_loop
     from pipeline.core.redact import DEFAULT_POLICY
 
     _stage_in_buckets(tmp_path, 2, monkeypatch)

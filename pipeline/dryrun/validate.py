@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from pipeline import incremental
 from pipeline.chunk import AUTHOR_COLUMNS, ChunkLimits, ChunkStats
-from pipeline.chunk.stage import InOrder, default_workers, in_parallel
+from pipeline.chunk.stage import default_workers
+from pipeline.core.bucket_workers import InOrder, in_parallel
 from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError

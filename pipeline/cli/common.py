@@ -21,6 +21,7 @@ from pipeline.core.config import DEFAULT_WORKDIR, Config, load_config
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import MemosError
 from pipeline.core.progress import NullProgress, Progress, TqdmProgress
+from pipeline.core.staging_buckets import limit_malloc_arenas
 
 if TYPE_CHECKING:
     pass
@@ -60,6 +61,7 @@ class ErrorMappingGroup(click.Group):
     """Maps every error to one stderr line and an exit code (see pipeline.core.errors)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        limit_malloc_arenas()  # before any thread starts, and inherited by workers
         try:
             return super().invoke(ctx)
         except MemosError as exc:

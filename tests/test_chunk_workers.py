@@ -3,14 +3,11 @@ the previous batch file and no temp files behind."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
 import queue
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -158,33 +155,21 @@ def chunking(
     staged_slack: Path, tmp_path: Path
 ) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
     """A running two-process chunk (a tiny token budget keeps it busy for seconds) with
-    its worker up; whatever it leaves behind is ended by pid afterwards."""
-    from tests.test_hostile_processes import MEMOS_ETL, children, wait_until
+    its worker up."""
+    from tests.test_hostile_processes import MEMOS_ETL, running
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("looks up processes in /proc")
     workdir = tmp_path / "w"
     shutil.copytree(staged_slack, workdir)
     command = [str(MEMOS_ETL), "chunk", "--workdir", str(workdir), "--workers", "2"]
     command += ["--max-tokens", "64", "--no-progress", "-q"]
-    with (tmp_path / "stderr.txt").open("w") as err:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    kids: set[int] = set()
-
-    def worker_up() -> bool:
-        kids.update(children(process.pid))
-        return len(kids) >= 2 and any((workdir / "batches").glob(".bucket-*.tmp"))
-
-    try:
-        assert wait_until(worker_up, 60), "the worker never started"
-        yield process, set(kids), workdir
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for pid in kids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    with running(
+        command,
+        tmp_path / "stderr.txt",
+        lambda _, kids: len(kids) >= 2 and any((workdir / "batches").glob(".bucket-*.tmp")),
+        60,
+        "the worker never started",
+    ) as (process, kids):
+        yield process, kids, workdir
 
 
 def test_sigterm_exits_130_removes_temp_files_and_stops_the_worker(

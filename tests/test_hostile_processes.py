@@ -7,13 +7,14 @@ processes are looked up in /proc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -121,25 +122,30 @@ def slack_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return config
 
 
-@pytest.fixture
-def started(slack_config: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], set[int]]]:
-    """A running Slack extract with its worker processes (and the resource tracker) up;
-    whatever it leaves behind is ended by pid afterwards."""
+@contextlib.contextmanager
+def running(
+    command: list[str],
+    stderr: Path,
+    ready: Callable[[subprocess.Popen[str], set[int]], bool],
+    seconds: float,
+    what: str,
+) -> Iterator[tuple[subprocess.Popen[str], set[int]]]:
+    """`command` started in the background until `ready(process, kids)` (kids: the pids of
+    its children seen so far), then the process and its children; whatever it leaves
+    behind is ended by pid afterwards. Output goes to the file `stderr`, not a pipe: a
+    leftover worker would hold a pipe open."""
     if not sys.platform.startswith("linux"):
         pytest.skip("looks up processes in /proc")
-    command = [str(MEMOS_ETL), "extract", "--config", str(slack_config)]
-    command += ["--workdir", str(tmp_path / "w"), "--no-progress", "-q"]
-    # Output goes to a file, not a pipe: a leftover worker would hold a pipe open.
-    with (tmp_path / "stderr.txt").open("w") as err:
+    with stderr.open("w") as err:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
     kids: set[int] = set()
 
-    def workers_up() -> bool:
+    def up() -> bool:
         kids.update(children(process.pid))
-        return len(kids) >= 3
+        return ready(process, kids)
 
     try:
-        assert wait_until(workers_up, 60), "the workers never started"
+        assert wait_until(up, seconds), what
         yield process, set(kids)
     finally:
         if process.poll() is None:
@@ -148,6 +154,21 @@ def started(slack_config: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pop
         for pid in kids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def started(slack_config: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], set[int]]]:
+    """A running Slack extract with its worker processes (and the resource tracker) up."""
+    command = [str(MEMOS_ETL), "extract", "--config", str(slack_config)]
+    command += ["--workdir", str(tmp_path / "w"), "--no-progress", "-q"]
+    with running(
+        command,
+        tmp_path / "stderr.txt",
+        lambda _, kids: len(kids) >= 3,
+        60,
+        "the workers never started",
+    ) as started:
+        yield started
 
 
 def test_sigterm_exits_130_and_stops_the_workers(

@@ -3,10 +3,8 @@ that end it the way they end a one-process run (one line, no worker left)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
-import os
 import random
 import signal
 import subprocess
@@ -214,36 +212,26 @@ def big_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def validating(
     tmp_path: Path, big_export: Path
 ) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
-    """A two-process validate in its bucket phase, its worker up; whatever it leaves
-    behind is ended by pid afterwards."""
-    from tests.test_hostile_processes import children, wait_until
+    """A two-process validate in its bucket phase, its worker up."""
+    from tests.test_hostile_processes import children, running
 
-    if not sys.platform.startswith("linux"):
-        pytest.skip("looks up processes in /proc")
     config = _config(tmp_path, big_export, max_tokens=64)
     command = [sys.executable, "-c", STAGE_IN_BUCKETS, "validate", str(config)]
     command += ["--workers", "2", "--no-progress", "-q"]
-    with (tmp_path / "stderr.txt").open("w") as err:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    kids: set[int] = set()
 
-    def checking() -> bool:
+    def checking(process: subprocess.Popen[str], _: set[int]) -> bool:
         """Extract is done (its buckets written) and a worker process checks buckets."""
-        kids.update(children(process.pid))
         staged = (tmp_path / "work" / "staging" / "slack" / "_buckets.json").exists()
         return staged and any(b"spawn_main" in _cmdline(pid) for pid in children(process.pid))
 
-    try:
-        assert wait_until(checking, 120), "the bucket phase never started on two processes"
-        kids.update(children(process.pid))
+    with running(
+        command,
+        tmp_path / "stderr.txt",
+        checking,
+        120,
+        "the bucket phase never started on two processes",
+    ) as (process, kids):
         yield process, kids, tmp_path
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        for pid in kids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def _cmdline(pid: int) -> bytes:

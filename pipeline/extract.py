@@ -36,6 +36,7 @@ from pipeline.core.models import (
     Skipped,
     StagedPart,
 )
+from pipeline.core.process_memory import release_freed_memory
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import entry, replace_source_entries
 from pipeline.core.staging import (
@@ -44,7 +45,6 @@ from pipeline.core.staging import (
     source_dir,
     staged_bucket_count,
 )
-from pipeline.core.staging_buckets import release_freed_memory
 from pipeline.core.workdir import quarantine_path
 
 SUMMARY_FILE = "_extract.json"

@@ -22,9 +22,9 @@ from pipeline.chunk import ChunkLimits, ChunkStats, chunk_workdir
 from pipeline.core.config import Config
 from pipeline.core.destination import Destination, destination_for
 from pipeline.core.lock import workdir_lock
+from pipeline.core.process_memory import hand_back_memory
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.staging import staged_sources
-from pipeline.core.staging_buckets import hand_back_memory
 from pipeline.core.workdir import batches_path, ledger_path
 from pipeline.extract import extract_source, stats_dict
 from pipeline.load.entry import batch_file_cut_for, load_workdir

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -198,29 +195,3 @@ def test_rows_keep_their_staged_order_inside_each_bucket(
         assert ids == sorted(ids)
         seen += len(ids)
     assert seen == 400
-
-
-def test_malloc_arenas_are_capped_for_this_process_and_its_children(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The cap reaches the processes a stage starts (they read it from the environment)."""
-    from pipeline.core import staging_buckets
-
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    staging_buckets.limit_malloc_arenas()
-    assert os.environ["MALLOC_ARENA_MAX"] == str(staging_buckets.MALLOC_ARENAS)
-    child = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.environ.get('MALLOC_ARENA_MAX'))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert child.stdout.strip() == str(staging_buckets.MALLOC_ARENAS)
-
-
-def test_a_users_malloc_arena_setting_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.core import staging_buckets
-
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
-    staging_buckets.limit_malloc_arenas()
-    assert os.environ["MALLOC_ARENA_MAX"] == "4"

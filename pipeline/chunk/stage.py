@@ -27,6 +27,7 @@ from pipeline.chunk.batching import (
 from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.bucket_workers import InOrder, in_parallel
 from pipeline.core.diskfull import disk_full_error, is_disk_full
+from pipeline.core.process_memory import hand_back_memory, release_freed_memory
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.redact import DEFAULT_POLICY, Policy
 from pipeline.core.staging import (
@@ -35,7 +36,6 @@ from pipeline.core.staging import (
     staged_row_count,
     staged_sources,
 )
-from pipeline.core.staging_buckets import hand_back_memory, release_freed_memory
 from pipeline.core.workdir import batches_dir, batches_path, manifest_path
 
 

@@ -20,8 +20,8 @@ import orjson
 from pipeline.core.config import DEFAULT_WORKDIR, Config, load_config
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import MemosError
+from pipeline.core.process_memory import limit_malloc_arenas
 from pipeline.core.progress import NullProgress, Progress, TqdmProgress
-from pipeline.core.staging_buckets import limit_malloc_arenas
 
 if TYPE_CHECKING:
     pass

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from pipeline.core.parent_watch import die_with_parent
-from pipeline.core.staging_buckets import release_freed_memory
+from pipeline.core.process_memory import release_freed_memory
 
 R = TypeVar("R")
 

@@ -31,8 +31,8 @@ from pipeline.core import redact
 from pipeline.core.config import LoadConfig
 from pipeline.core.memos_api import SERVER_ADD_SCHEMA, RequestValidator
 from pipeline.core.models import STAGING_SCHEMA
+from pipeline.core.process_memory import hand_back_memory
 from pipeline.core.staging import read_labeled_bucket
-from pipeline.core.staging_buckets import hand_back_memory
 from pipeline.dryrun import checks, merge
 from pipeline.dryrun.plan import ChannelTally
 from pipeline.dryrun.tokens import COUNT_ALL, TokenSample

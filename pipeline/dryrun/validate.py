@@ -32,10 +32,11 @@ from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
 from pipeline.core.lock import workdir_lock
 from pipeline.core.models import ExtractStats
+from pipeline.core.process_memory import hand_back_memory, release_freed_memory
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.quarantine import read_quarantine
 from pipeline.core.staging import staged_bucket_count, staged_sources
-from pipeline.core.staging_buckets import all_files, hand_back_memory, release_freed_memory
+from pipeline.core.staging_buckets import all_files
 from pipeline.core.workdir import staging_dir
 from pipeline.dryrun import checks, merge
 from pipeline.dryrun.buckets import (

@@ -91,6 +91,13 @@ class AccountBudget:
         self.granted.append((ticket.started, requests, tokens))
         return self.next_id, max(0.0, ticket.started - now), self.state()
 
+    async def release(self, reservation: tuple[int, float, dict[str, Any]]) -> None:
+        """A reservation (as `reserve` answered it) given up before its request left: the
+        limiter no longer counts it as sent (`AccountLimiter.forget`)."""
+        ticket = self.tickets.pop(reservation[0], None)
+        if ticket is not None:
+            self.limiter.forget(ticket)
+
     async def success(self, ticket_id: int) -> None:
         self.limiter.on_success(self.tickets.get(ticket_id))
 
@@ -129,9 +136,16 @@ class ActorBudget:
         self._state: dict[str, Any] = {}
 
     async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> Ticket:
-        ticket_id, wait, self._state = await self.actor.reserve.remote(requests, tokens)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        reservation = self.actor.reserve.remote(requests, tokens)
+        try:
+            ticket_id, wait, self._state = await reservation
+            if wait > 0:
+                await asyncio.sleep(wait)
+        except asyncio.CancelledError:
+            # the load stopped before the request left: the actor forgets the reservation
+            # (Ray hands `release` the answer, also when it has not arrived here yet)
+            self.actor.release.remote(reservation)
+            raise
         return _RemoteTicket(time.monotonic(), requests, tokens, ticket_id=ticket_id)
 
     def _id(self, ticket: Ticket | None) -> int:

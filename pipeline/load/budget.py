@@ -18,7 +18,11 @@ class Budget(Protocol):
     """Admission and feedback of one account's request and token budgets."""
 
     async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> Ticket:
-        """Wait until a request of this weight may start; its ticket goes to the feedback."""
+        """Wait until a request of this weight may start; its ticket goes to the feedback.
+
+        The loader cancels the wait when the load stops before the request left: what the
+        budget reserved for it must then not count as sent (a slot may stay unused, never
+        be handed out twice), since a rejection's count would otherwise include it."""
         ...
 
     def on_success(self, ticket: Ticket | None = None) -> None:

@@ -13,7 +13,8 @@ The loader owns the rest. One row per batch moves `pending -> sending -> done | 
 rows of their own with `parent_id` set and their body stored). A batch becomes `done`
 only after the API confirmed it (code 0), in the same transaction that records its
 messages in `delivered_messages`; a message split into parts is recorded with its last
-part. `sending` means "maybe delivered": the loader checks the service before resending.
+part. `sending` means "maybe delivered": a batch is marked so right before its request
+leaves (`mark_sending`), and the loader checks the service before resending it.
 Every state change is one committed transaction, so a crash at any moment leaves a
 consistent file. The schema is versioned with `PRAGMA user_version` and marked with
 `PRAGMA application_id`; an empty, damaged, foreign or newer file is refused
@@ -487,6 +488,18 @@ class Ledger:
                 "update batches set error_code = ?, error_message = ?, uncertain = ?,"
                 " updated_at = ? where dest_id = ? and batch_id = ?",
                 (code, message, int(uncertain), _now(), self.dest, batch_id),
+            )
+
+    def mark_unsent(self, batch_id: str) -> None:
+        """A `sending` batch known not to have landed (its last request was refused, or a
+        read-back did not find it) whose next request a stop kept from leaving: back to
+        `pending`, not uncertain, so the next run sends it without reading it back. Its
+        last error is kept."""
+        with self._tx():
+            self.conn.execute(
+                "update batches set status = 'pending', uncertain = 0, updated_at = ?"
+                " where dest_id = ? and batch_id = ? and status = 'sending'",
+                (_now(), self.dest, batch_id),
             )
 
     def mark_done(

@@ -8,10 +8,16 @@ Guarantees:
   go concurrently, within the account's budget (`pipeline.load.ratelimit`: requests per
   second and input tokens per minute, learned down to what the server accepts) and with
   as many requests in flight as rate x latency needs (or `max_in_flight`).
-- A batch is `done` in the ledger only after the API answered code 0. Before every send
-  it is marked `sending`; a batch found `sending` (a crash, a lost answer) is checked with
-  `POST /get/message` — its messages are then the newest of the conversation — and only
-  resent when they are not there. So a crash or kill at any moment costs only a re-run.
+- A batch is `done` in the ledger only after the API answered code 0. It is marked
+  `sending` when its request is about to leave (admitted by the in-flight gate and the
+  budget, never before its bytes can reach the server); a batch found `sending` (a crash,
+  a lost answer) is checked with `POST /get/message` — its messages are then the newest of
+  the conversation — and only resent when they are not there. So a crash or kill at any
+  moment costs only a re-run.
+- A stop (Ctrl-C, SIGTERM, auth, quota, a fatal error) sends nothing more: a request still
+  waiting for the gate, the budget or a retry's backoff gives up at once and its batch is
+  left as it was before (pending; `sending` only when an earlier request of it may have
+  landed). Requests already sent are awaited (`_Loader.stop`).
 - Errors follow `pipeline.load.policy.ERROR_TABLE`: transient ones are retried with
   exponential backoff and full jitter, too-large batches are split in two (a single
   message into token parts), invalid batches fail and block the rest of their
@@ -95,6 +101,10 @@ LONG_WAIT = 60.0
 """A server-imposed wait at least this long is logged as a warning (shorter ones at -v)."""
 
 
+class _Unsent(Exception):
+    """A request given up before it left because the run is stopping (`_Loader._queued`)."""
+
+
 class _Outcome(Enum):
     DONE = "done"
     FAILED = "failed"
@@ -110,6 +120,8 @@ class _Unit:
     client: Poster
     counted: int | None = None
     """The body's exact input tokens, once counted (see `_Loader._charge`)."""
+    marked: bool = False
+    """This run marked the batch `sending` (a request of it left)."""
 
 
 @dataclass
@@ -156,6 +168,10 @@ class _Loader:
         self.stats = LoadStats()
         self.stopping = asyncio.Event()
         self.workers: list[asyncio.Task[None]] = []
+        self._waiting_to_send: set[asyncio.Task[Any]] = set()
+        """Workers whose request has not left yet (in the gate, the budget or a backoff)."""
+        self._given_up: set[asyncio.Task[Any]] = set()
+        """Of those, the ones a stop cancelled (their cancellation becomes `_Unsent`)."""
         self._last_beat = clock()
         self._messages_todo = 0
         self._verified: set[str] = set()
@@ -194,26 +210,82 @@ class _Loader:
     # --- stopping -------------------------------------------------------------------
 
     def stop(self, reason: str, message: str | None = None, *, now: bool = False) -> None:
-        """Take no new batches; with `now`, also abandon in-flight ones (ledger stays valid)."""
+        """Take no new batches and send no request that has not left yet; with `now`, also
+        abandon the requests in flight (the ledger stays valid either way).
+
+        A worker waiting for the in-flight gate, the budget or a retry's backoff is
+        cancelled there (`_queued`): at a low rate a queued request may be seconds from its
+        start, and letting it leave after a Ctrl-C sent requests for seconds more. Its batch
+        was not marked `sending` yet, so it stays as it was (`deliver`)."""
         if self.stats.stopped is None:
             self.stats.stopped, self.stats.stop_message = reason, message
         self.stopping.set()
         self._wake.set()  # workers waiting for room leave
+        current = asyncio.current_task()
+        for task in self._waiting_to_send - self._given_up:
+            if task is not current:
+                self._given_up.add(task)
+                task.cancel()
         if now:
             for task in self.workers:
                 if task is not asyncio.current_task():
                     task.cancel()
 
+    @contextlib.contextmanager
+    def _queued(self) -> Iterator[None]:
+        """Around a wait before a request leaves: a stop cancels the wait (`stop`), which
+        raises `_Unsent` here; after a stop nothing is waited for at all.
+
+        The budget's `acquire` gives back what a cancelled wait reserved (`Budget`); the
+        gate hands its room on. Nothing awaits between the end of this block and the send,
+        so a request admitted before the stop leaves and one not admitted never does."""
+        if self.stopping.is_set():
+            raise _Unsent
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting_to_send.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if task not in self._given_up:
+                raise  # cancelled for another reason (`stop(now=True)` alone, the loop closing)
+            if hasattr(task, "uncancel"):  # Python >= 3.11: the cancel was handled here
+                task.uncancel()
+            raise _Unsent from None
+        finally:
+            self._waiting_to_send.discard(task)
+            self._given_up.discard(task)
+        if self.stopping.is_set():  # a budget that swallowed the cancel: still not sent
+            raise _Unsent
+
+    async def _backoff(self, seconds: float) -> None:
+        """The wait before a retry: given up on a stop, like a wait for the budget."""
+        with self._queued():
+            await self.sleep(seconds)
+
     # --- HTTP -----------------------------------------------------------------------
 
     async def _post(
-        self, client: Poster, path: str, body: dict[str, Any], tokens: int = 0
+        self,
+        client: Poster,
+        path: str,
+        body: dict[str, Any],
+        tokens: int = 0,
+        leaving: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """One request within the budget (`tokens` input tokens); returns the JSON answer
-        or raises a LoadError."""
-        await self.gate.enter()
+        or raises a LoadError (`_Unsent` when a stop came before it left). `leaving` is
+        called once the gate and the budget admitted it, right before it is sent."""
+        with self._queued():
+            await self.gate.enter()
+            try:
+                ticket = await self.limiter.acquire(requests=id_count(body), tokens=tokens)
+            except BaseException:
+                await self.gate.leave()
+                raise
         try:
-            ticket = await self.limiter.acquire(requests=id_count(body), tokens=tokens)
+            if leaving is not None:
+                leaving()
             self.stats.requests += 1
             sent = self.clock()
             try:
@@ -340,7 +412,7 @@ class _Loader:
             stop=stop_after_attempt(self.cfg.max_attempts),
             wait=self._wait,
             retry=retry_if_exception_type(TransientLoadError),
-            sleep=self.sleep,
+            sleep=self._backoff,
             before_sleep=self._before_sleep,
             reraise=True,
         )
@@ -351,11 +423,14 @@ class _Loader:
                     if await self._landed(unit):
                         return True, None
                     uncertain[0] = False
-                self.ledger.mark_sending(batch_id)
-                uncertain[0] = True
+
+                def leaving() -> None:  # committed before the request can reach the server
+                    self.ledger.mark_sending(batch_id)
+                    unit.marked = uncertain[0] = True
+
                 try:
                     answer = await self._post(
-                        unit.client, self.cfg.add_path, unit.body, self._charge(unit)
+                        unit.client, self.cfg.add_path, unit.body, self._charge(unit), leaving
                     )
                 except AmbiguousDeliveryError as exc:
                     self.ledger.note_error(batch_id, exc.code, str(exc), True)
@@ -407,6 +482,12 @@ class _Loader:
             return _Outcome.STOPPED
         except LoadError as exc:
             return self._fail(row, exc, uncertain=uncertain[0])
+        except _Unsent:
+            # stopped before this request left: the ledger keeps what an earlier request
+            # left (`sending`: maybe landed); one that certainly did not land is pending
+            if not uncertain[0] and (unit.marked or row.status == "sending"):
+                self.ledger.mark_unsent(row.batch_id)
+            return _Outcome.STOPPED
         if landed:
             self.stats.verified_landed += 1
             self._verified.add(row.batch_id)

@@ -217,7 +217,10 @@ class AccountLimiter:
 
     async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> Ticket:
         """Wait until a request of this weight may start within both budgets; returns its
-        ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`)."""
+        ticket (pass it to `on_success` / `on_rate_limited` / `on_token_limited`).
+
+        Cancelled while waiting, it hands out no ticket: the request is not counted as
+        sent, and its slot stays spent (later requests keep their spacing)."""
         req, tok = self._req, self._tok
         tok_slot: float | None = None
         """This request's token slot once reserved: taking a new request slot (the ramp
@@ -360,6 +363,17 @@ class AccountLimiter:
         # sent is newest first: the oldest `excess` must leave the window first
         excess = len(sent) + 1 - cap
         return sent[-excess] + req.window + 1e-6
+
+    def forget(self, ticket: Ticket) -> None:
+        """A start handed out and then not used (its load stopped before the request left):
+        no longer counted as sent, neither by a rejection's count nor by the window's room.
+        Its slot stays spent, so the schedule never runs ahead of the budget. Only needed
+        when `acquire` returned without waiting for the start (the Ray budget actor): a
+        wait cancelled inside `acquire` reserves no ticket at all."""
+        for i, t in enumerate(self._recent):
+            if t is ticket:
+                del self._recent[i]
+                return
 
     def _remember(self, ticket: Ticket) -> None:
         """Keep the tickets of the last token window (what a rejection is measured against)."""

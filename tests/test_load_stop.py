@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -27,12 +28,13 @@ from pipeline.load.targets import Endpoint
 from tests.loader_fakes import Fake, make_batches
 from tests.test_load_streaming import LOAD, load_args, serve
 from tests.test_loader_crash import stored
+from tests.test_localapi_cli import serve as serve_process
 
 CONVERSATIONS = {f"c{i:02d}": 20 for i in range(30)}
 
 
-def expected() -> dict[tuple[str, str], list[str]]:
-    return {("u1", c): [f"msg {c} {k}" for k in range(n)] for c, n in CONVERSATIONS.items()}
+def expected(conversations: dict[str, int] = CONVERSATIONS) -> dict[tuple[str, str], list[str]]:
+    return {("u1", c): [f"msg {c} {k}" for k in range(n)] for c, n in conversations.items()}
 
 
 def ledger_rows(workdir: Path) -> int:
@@ -151,3 +153,80 @@ def test_the_summary_names_the_batches_a_stop_left_unread() -> None:
 
     assert "not read after the stop" not in load_summary(LoadStats())
     assert "not read after the stop 5 batches" in load_summary(LoadStats(unread=5))
+
+
+def left(workdir: Path) -> int:
+    """Batches whose request left: `done`, or `sending` (marked right before it leaves)."""
+    with sqlite3.connect(workdir / "ledger.sqlite") as conn:
+        query = "select count(*) from batches where status in ('done', 'sending')"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def sending(workdir: Path) -> int:
+    with sqlite3.connect(workdir / "ledger.sqlite") as conn:
+        query = "select count(*) from batches where status = 'sending'"
+        return int(conn.execute(query).fetchone()[0])
+
+
+def test_ctrl_c_at_a_low_rate_sends_none_of_the_queued_requests(tmp_path: Path) -> None:
+    """At `--rate 2` most workers wait for the budget (a start a second or more away).
+
+    The loader is frozen (SIGSTOP) after its first requests: then nothing can leave it,
+    and `serve` must receive every batch the ledger shows `done` or `sending` (a batch is
+    marked `sending` only once its request leaves). A Ctrl-C and SIGCONT follow: none of
+    the queued requests is sent (the server's count and store do not move), every request
+    that left is answered and `done`, nothing is left `sending` to be read back, and a
+    resume delivers every message once without reading anything back."""
+    conversations = {f"q{i:02d}": 4 for i in range(12)}
+    batches = make_batches(conversations, per_batch=2)
+    write_batches(tmp_path, batches)
+    db = tmp_path / "served.sqlite"
+
+    def received() -> int:  # batches stored by the server (2 messages each)
+        return sum(map(len, stored(db).values())) // 2
+
+    with serve_process("--db", str(db), "--latency-ms", "100") as (server, url):
+        slow = load_args(tmp_path, url)
+        slow[slow.index("--rate") + 1] = "2"
+        proc = subprocess.Popen(
+            [*LOAD, *slow], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while received() < 2 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the loader made no progress"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGSTOP)
+        at_stop = left(tmp_path)
+        deadline = time.monotonic() + 30
+        while received() < at_stop:  # the requests in flight are answered meanwhile
+            assert time.monotonic() < deadline, (
+                f"{at_stop - received()} batches marked sending never reached the server"
+            )
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        report = json.loads(out)
+        assert report["stopped"] == "interrupted"
+        assert received() == at_stop  # nothing was sent after the stop
+        assert sending(tmp_path) == 0  # every request that left was answered
+        assert left(tmp_path) == at_stop == report["requests"]
+
+        resume = subprocess.run(
+            [*LOAD, *load_args(tmp_path, url)], capture_output=True, text=True, timeout=120
+        )
+        assert resume.returncode == 0, resume.stderr
+        again = json.loads(resume.stdout)
+        assert again["complete"] and again["verified_messages"] == 0
+        assert again["sent"]["messages"] + again["already_delivered"]["messages"] == sum(
+            conversations.values()
+        )
+        server.send_signal(signal.SIGTERM)
+        closing, _ = server.communicate(timeout=30)
+    counted = re.search(r"stopped: requests (\d+) \(add (\d+);", closing)
+    assert counted is not None, closing
+    received, added = map(int, counted.groups())
+    assert received == added + 2  # each run's preflight; no read-back in either run
+    assert added == at_stop + again["requests"]
+    assert stored(db) == expected(conversations)

@@ -158,6 +158,18 @@ def test_rejection_settles_below_what_the_server_accepted_once_per_event() -> No
     assert limiter.rate_limited == 20
 
 
+def test_a_start_handed_out_and_given_up_is_not_counted_as_sent() -> None:
+    """Five of the starts before a rejection were given up (their load stopped before the
+    requests left): the server saw 55 in its second, not 60."""
+    ft = FakeTime()
+    limiter = limiter_at(ft, 100.0, catch_up=0.0)
+    tickets = sent_at(limiter, ft, 100.0, 70)
+    for t in tickets[20:25]:
+        limiter.forget(t)
+    limiter.on_rate_limited(None, tickets[60])
+    assert limiter.learned_rate == pytest.approx(55.0)
+
+
 def test_after_a_rejection_nothing_is_sent_into_the_still_full_window() -> None:
     """A burst filled the server's second; the budget is lowered, but the next start also
     waits until the burst's oldest requests have left the window (counted, not guessed)."""

@@ -184,3 +184,23 @@ def test_a_batch_left_sending_by_an_earlier_run_stays_uncertain_when_its_check_i
     assert got[batches[0].batch_id].status == "done"
     b = got[batches[1].batch_id]
     assert (b.status, b.uncertain, b.attempts) == ("sending", True, 1)
+
+
+def test_a_batch_read_back_as_not_landed_goes_back_to_pending_when_its_send_is_given_up(
+    tmp_path: Path,
+) -> None:
+    """`a` was `sending` when an earlier run died; the read-back finds it did not land, and
+    a Ctrl-C keeps its request from leaving: it is pending again, no longer uncertain, so
+    the next run sends it without reading it back."""
+    fake = Fake()
+    held = Held()
+    batches = make_batches({"a": 2}, per_batch=2)
+    with Ledger.open(tmp_path) as ledger:
+        ledger.sync(batches)
+        ledger.mark_sending(batches[0].batch_id)
+    transport = interrupting(fake, held, first=ctrl_c)
+    stats = asyncio.run(load(tmp_path, batches, transport, held, rate=1.0))
+    assert stats.stopped == "interrupted"
+    assert fake.calls == [("get/message", "a")]
+    row = rows(tmp_path, batches)[batches[0].batch_id]
+    assert (row.status, row.uncertain, row.attempts) == ("pending", False, 1)

@@ -255,8 +255,6 @@ class _Loader:
         finally:
             self._waiting_to_send.discard(task)
             self._given_up.discard(task)
-        if self.stopping.is_set():  # a budget that swallowed the cancel: still not sent
-            raise _Unsent
 
     async def _backoff(self, seconds: float) -> None:
         """The wait before a retry: given up on a stop, like a wait for the budget."""
@@ -280,6 +278,8 @@ class _Loader:
             await self.gate.enter()
             try:
                 ticket = await self.limiter.acquire(requests=id_count(body), tokens=tokens)
+                if self.stopping.is_set():  # a budget that swallowed the cancel: not sent
+                    raise _Unsent
             except BaseException:
                 await self.gate.leave()
                 raise

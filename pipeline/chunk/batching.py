@@ -536,15 +536,21 @@ def _chunk_window(
     start = starts[0]
     n = end - start
     cols = {
-        name: columns.pylist(name, start, n)
-        for name in ("source", "message_id", "user_id", "conversation_id", "role", "seq")
+        name: columns.pylist(name, start, n) for name in ("source", "message_id", "role", "seq")
     }
+    # owner and conversation are the same on every row of a conversation: read at its start
+    heads = pa.array([first - start for first in starts], pa.int64())
+    users = columns.table.column("user_id").slice(start, n).take(heads).to_pylist()
+    conversations = columns.table.column("conversation_id").slice(start, n).take(heads).to_pylist()
     micros = columns.pylist("created_at", start, n)
-    keep = [
-        (exclude_ids is None or mid not in exclude_ids)
-        and (floor is None or ts is None or ts >= floor)
-        for mid, ts in zip(cols["message_id"], micros, strict=True)
-    ]
+    if exclude_ids is None and floor is None:
+        keep = [True] * n
+    else:
+        keep = [
+            (exclude_ids is None or mid not in exclude_ids)
+            and (floor is None or ts is None or ts >= floor)
+            for mid, ts in zip(cols["message_id"], micros, strict=True)
+        ]
     for i in left_out.within(left_out.duplicates, start, end):
         keep[i - start] = False
     stats.excluded += n - sum(keep)
@@ -559,8 +565,8 @@ def _chunk_window(
                 stats.dropped_examples.append(
                     {
                         "message_id": cols["message_id"][i - start],
-                        "user_id": cols["user_id"][i - start],
-                        "conversation_id": cols["conversation_id"][i - start],
+                        "user_id": columns.table.column("user_id")[i].as_py(),
+                        "conversation_id": columns.table.column("conversation_id")[i].as_py(),
                         "kinds": list(kinds),
                     }
                 )
@@ -593,7 +599,8 @@ def _chunk_window(
         )
     )
     grouping = columns.grouping
-    for first, last in zip(starts, [*starts[1:], end], strict=True):
+    bounds = zip(starts, [*starts[1:], end], users, conversations, strict=True)
+    for first, last, user, conversation in bounds:
         first, last = first - start, last - start
         rows = (
             every_row[first:last]
@@ -602,14 +609,13 @@ def _chunk_window(
         )
         if not rows:
             continue
-        user = cols["user_id"][first]
         stats.batched += len(rows)
         stats.conversations += 1
         owners.add(user)
         in_group = grouping and any(r.label in group for r in rows)
         yield from chunk_conversation(
             user,
-            cols["conversation_id"][first],
+            conversation,
             rows if timed else _ordered(rows),
             limits,
             stats,

@@ -28,6 +28,7 @@ actually sent.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
@@ -157,7 +158,7 @@ class ChunkStats:
 
 class _Row(NamedTuple):
     """One staged message as the chunker uses it (a tuple: a bucket's rows are built from
-    its columns in one C-level pass, `_Row._make` over `zip`)."""
+    its columns in one C-level pass, `_new_row` over `zip`)."""
 
     source: str
     message_id: str
@@ -176,6 +177,11 @@ class _Row(NamedTuple):
     author_name: str | None = None
     masked: Mapping[str, int] | None = None
     """Matches masked in `content`, per kind (None when nothing was masked)."""
+
+
+_new_row = functools.partial(tuple.__new__, _Row)
+"""`_Row._make` without its Python frame (it only adds a length check, which `zip(strict=True)`
+over the columns already makes): a row is built in C."""
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -257,9 +263,8 @@ def chunk_conversation(
                 body["tags"] = batch_tags
         redacted: Counter[str] = Counter()
         if part is None or part[0] == 1:
-            for r in members:
-                if r.masked:
-                    redacted.update(r.masked)
+            for masked in [r.masked for r in members if r.masked]:
+                redacted.update(masked)
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -580,7 +585,7 @@ def _chunk_window(
     nones: list[str | None] = [None] * n
     every_row = list(
         map(
-            _Row._make,
+            _new_row,
             zip(
                 cols["source"],
                 cols["message_id"],

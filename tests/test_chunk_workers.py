@@ -8,6 +8,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,9 +41,16 @@ def _chunk(workdir: Path, *extra: str) -> Any:
     return CliRunner().invoke(main, [*args, "--max-messages", "4", *extra])
 
 
+@pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_one_two_and_three_processes_write_the_same_batch_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Forked workers (Linux) and spawned ones (elsewhere, or beside a thread) alike."""
+    import pipeline.core.bucket_workers as bw
+
+    if start == "fork" and not sys.platform.startswith("linux"):
+        pytest.skip("workers are forked on Linux only")
+    monkeypatch.setattr(bw, "worker_context", lambda: get_context(start))
     _stage_in_buckets(tmp_path, 8, monkeypatch)
     files = []
     for workers in ("1", "2", "3"):
@@ -51,6 +59,39 @@ def test_one_two_and_three_processes_write_the_same_batch_file(
         files.append((tmp_path / "batches" / "batches.jsonl").read_bytes())
     assert files[0].count(b"\n") > 8
     assert files[1] == files[0] and files[2] == files[0]
+
+
+def test_workers_are_forked_on_linux_unless_a_thread_of_ours_runs() -> None:
+    """A fork beside a Python thread could inherit a lock it holds: then workers spawn."""
+    script = (
+        "import threading, time\n"
+        "from pipeline.core.bucket_workers import worker_context\n"
+        "print(worker_context().get_start_method())\n"
+        "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
+        "print(worker_context().get_start_method())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    alone = "fork" if sys.platform.startswith("linux") else "spawn"
+    assert done.stdout.split() == [alone, "spawn"]
+
+
+def test_a_progress_bar_starts_no_thread() -> None:
+    """tqdm's monitor thread would make every chunk with a progress bar spawn its workers."""
+    script = (
+        "import io, threading\n"
+        "from pipeline.core.progress import TqdmProgress\n"
+        "bar = TqdmProgress(disable=False)\n"
+        "bar.start('chunk', total=10)\n"
+        "bar.advance(5)\n"
+        "print(threading.active_count())\n"
+        "bar.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert done.stdout.split() == ["1"]
 
 
 def test_a_damaged_staged_file_is_a_one_line_error_naming_it(
@@ -156,7 +197,7 @@ def chunking(
 ) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
     """A running two-process chunk (a tiny token budget keeps it busy for seconds) with
     its worker up."""
-    from tests.test_hostile_processes import MEMOS_ETL, running
+    from tests.test_hostile_processes import MEMOS_ETL, running, worker_children
 
     workdir = tmp_path / "w"
     shutil.copytree(staged_slack, workdir)
@@ -165,7 +206,9 @@ def chunking(
     with running(
         command,
         tmp_path / "stderr.txt",
-        lambda _, kids: len(kids) >= 2 and any((workdir / "batches").glob(".bucket-*.tmp")),
+        lambda process, _: (
+            bool(worker_children(process.pid)) and any((workdir / "batches").glob(".bucket-*.tmp"))
+        ),
         60,
         "the worker never started",
     ) as (process, kids):

@@ -92,6 +92,20 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def worker_children(pid: int) -> set[int]:
+    """Pids of the live children of `pid` that work (forked or spawned), leaving out
+    multiprocessing's resource tracker (spawn starts one beside its workers)."""
+    found = set()
+    for child in children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            found.add(child)
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,30 +66,49 @@ def _held(tmp_path: Path) -> Counter[str]:
     return held
 
 
+class Asked:
+    """Every list of ids the ledger is asked about, by any process of the run: a forked
+    dry-run worker inherits the spy and appends to the same file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def calls(self) -> list[list[str]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @pytest.fixture
-def asked(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Asked:
     """Eight staging buckets; every list of ids the ledger is asked about, recorded."""
     import pipeline.core.staging_buckets as sb
 
+    if not sys.platform.startswith("linux"):
+        pytest.skip("a spawned dry-run worker would not inherit the spy")
     monkeypatch.setattr(sb, "choose_buckets", lambda files, target_bytes=0: BUCKETS)
-    calls: list[list[str]] = []
+    record = Asked(tmp_path / "asked.jsonl")
     among = incremental.DeliveredLedger.among
 
     def spy(self: incremental.DeliveredLedger, message_ids: Sequence[str]) -> dict[str, str]:
-        calls.append(list(message_ids))
+        with record.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps(list(message_ids)) + "\n")
         return among(self, message_ids)
 
     monkeypatch.setattr(incremental.DeliveredLedger, "among", spy)
-    return calls
+    return record
 
 
-def _one_bucket_per_query(tmp_path: Path, calls: list[list[str]]) -> None:
+def _one_bucket_per_query(tmp_path: Path, asked: Asked) -> None:
     staged = read_staging(tmp_path / "work", ["message_id", "conversation_id"]).to_pydict()
     bucket = {
         m: bucket_of(c, BUCKETS)
         for m, c in zip(staged["message_id"], staged["conversation_id"], strict=True)
     }
-    queried = [call for call in calls if call]
+    queried = [call for call in asked.calls() if call]
     assert len(queried) >= BUCKETS // 2  # the ledger was asked bucket by bucket
     for call in queried:
         assert len({bucket[m] for m in call}) == 1, "one query mixed two buckets' ids"
@@ -96,13 +116,13 @@ def _one_bucket_per_query(tmp_path: Path, calls: list[list[str]]) -> None:
 
 
 def test_rerun_after_a_partial_delivery_sends_exactly_the_missing_messages(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: list[list[str]]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked: Asked
 ) -> None:
     monkeypatch.chdir(tmp_path)
     config = _write(tmp_path, _rows())
     first = _cli("run", str(config), "--since", "2025-03-03")  # the last two days only
     assert first["load"]["sent"]["messages"] == 80  # type: ignore[index]
-    assert not asked  # nothing delivered yet: the ledger is not asked
+    assert not asked.calls()  # nothing delivered yet: the ledger is not asked
 
     config = _write(tmp_path, _rows(edit=150))  # a delivered message edited since
     preview = _cli("validate", str(config))

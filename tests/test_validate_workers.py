@@ -213,7 +213,7 @@ def validating(
     tmp_path: Path, big_export: Path
 ) -> Iterator[tuple[subprocess.Popen[str], set[int], Path]]:
     """A two-process validate in its bucket phase, its worker up."""
-    from tests.test_hostile_processes import children, running
+    from tests.test_hostile_processes import running, worker_children
 
     config = _config(tmp_path, big_export, max_tokens=64)
     command = [sys.executable, "-c", STAGE_IN_BUCKETS, "validate", str(config)]
@@ -222,7 +222,7 @@ def validating(
     def checking(process: subprocess.Popen[str], _: set[int]) -> bool:
         """Extract is done (its buckets written) and a worker process checks buckets."""
         staged = (tmp_path / "work" / "staging" / "slack" / "_buckets.json").exists()
-        return staged and any(b"spawn_main" in _cmdline(pid) for pid in children(process.pid))
+        return staged and bool(worker_children(process.pid))
 
     with running(
         command,
@@ -232,13 +232,6 @@ def validating(
         "the bucket phase never started on two processes",
     ) as (process, kids):
         yield process, kids, tmp_path
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def test_sigterm_exits_130_with_one_line_and_no_worker_left(

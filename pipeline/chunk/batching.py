@@ -28,6 +28,7 @@ actually sent.
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Container, Iterator, Mapping, Sequence
@@ -157,7 +158,7 @@ class ChunkStats:
 
 class _Row(NamedTuple):
     """One staged message as the chunker uses it (a tuple: a bucket's rows are built from
-    its columns in one C-level pass, `_Row._make` over `zip`)."""
+    its columns in one C-level pass, `_new_row` over `zip`)."""
 
     source: str
     message_id: str
@@ -176,6 +177,11 @@ class _Row(NamedTuple):
     author_name: str | None = None
     masked: Mapping[str, int] | None = None
     """Matches masked in `content`, per kind (None when nothing was masked)."""
+
+
+_new_row = functools.partial(tuple.__new__, _Row)
+"""`_Row._make` without its Python frame (it only adds a length check, which `zip(strict=True)`
+over the columns already makes): a row is built in C."""
 
 
 def _ordered(rows: list[_Row]) -> list[_Row]:
@@ -257,9 +263,8 @@ def chunk_conversation(
                 body["tags"] = batch_tags
         redacted: Counter[str] = Counter()
         if part is None or part[0] == 1:
-            for r in members:
-                if r.masked:
-                    redacted.update(r.masked)
+            for masked in [r.masked for r in members if r.masked]:
+                redacted.update(masked)
         batch = Batch(
             batch_id=batch_id,
             user_id=api_user,
@@ -536,15 +541,21 @@ def _chunk_window(
     start = starts[0]
     n = end - start
     cols = {
-        name: columns.pylist(name, start, n)
-        for name in ("source", "message_id", "user_id", "conversation_id", "role", "seq")
+        name: columns.pylist(name, start, n) for name in ("source", "message_id", "role", "seq")
     }
+    # owner and conversation are the same on every row of a conversation: read at its start
+    heads = pa.array([first - start for first in starts], pa.int64())
+    users = columns.table.column("user_id").slice(start, n).take(heads).to_pylist()
+    conversations = columns.table.column("conversation_id").slice(start, n).take(heads).to_pylist()
     micros = columns.pylist("created_at", start, n)
-    keep = [
-        (exclude_ids is None or mid not in exclude_ids)
-        and (floor is None or ts is None or ts >= floor)
-        for mid, ts in zip(cols["message_id"], micros, strict=True)
-    ]
+    if exclude_ids is None and floor is None:
+        keep = [True] * n
+    else:
+        keep = [
+            (exclude_ids is None or mid not in exclude_ids)
+            and (floor is None or ts is None or ts >= floor)
+            for mid, ts in zip(cols["message_id"], micros, strict=True)
+        ]
     for i in left_out.within(left_out.duplicates, start, end):
         keep[i - start] = False
     stats.excluded += n - sum(keep)
@@ -559,8 +570,8 @@ def _chunk_window(
                 stats.dropped_examples.append(
                     {
                         "message_id": cols["message_id"][i - start],
-                        "user_id": cols["user_id"][i - start],
-                        "conversation_id": cols["conversation_id"][i - start],
+                        "user_id": columns.table.column("user_id")[i].as_py(),
+                        "conversation_id": columns.table.column("conversation_id")[i].as_py(),
                         "kinds": list(kinds),
                     }
                 )
@@ -574,7 +585,7 @@ def _chunk_window(
     nones: list[str | None] = [None] * n
     every_row = list(
         map(
-            _Row._make,
+            _new_row,
             zip(
                 cols["source"],
                 cols["message_id"],
@@ -593,7 +604,8 @@ def _chunk_window(
         )
     )
     grouping = columns.grouping
-    for first, last in zip(starts, [*starts[1:], end], strict=True):
+    bounds = zip(starts, [*starts[1:], end], users, conversations, strict=True)
+    for first, last, user, conversation in bounds:
         first, last = first - start, last - start
         rows = (
             every_row[first:last]
@@ -602,14 +614,13 @@ def _chunk_window(
         )
         if not rows:
             continue
-        user = cols["user_id"][first]
         stats.batched += len(rows)
         stats.conversations += 1
         owners.add(user)
         in_group = grouping and any(r.label in group for r in rows)
         yield from chunk_conversation(
             user,
-            cols["conversation_id"][first],
+            conversation,
             rows if timed else _ordered(rows),
             limits,
             stats,

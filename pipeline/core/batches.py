@@ -80,7 +80,7 @@ class Batch:
 
 def encode_batch(batch: Batch) -> bytes:
     """One line of the batch file (with its newline)."""
-    return orjson.dumps(batch.to_json()) + b"\n"
+    return orjson.dumps(batch.to_json(), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def write_batches(workdir: Path, batches: Iterable[Batch]) -> int:

@@ -1,10 +1,16 @@
-"""Per-bucket work on this process and a few spawned others, results taken in bucket order.
+"""Per-bucket work on this process and a few others, results taken in bucket order.
 
 Staging is bucketed by conversation (`pipeline.core.staging_buckets`), so a stage that works
 bucket by bucket (`chunk`, the dry run) can spread its buckets over processes: each process
 claims the next untaken bucket from a shared counter, and the results are handed on in
 bucket order, so what is merged is the same whatever the number of processes. The stages
 decide what a bucket's work is and how many processes to use; this module only runs them.
+
+On Linux the other processes are forked (`worker_context`): a forked worker starts working
+at once, where a spawned one first spends about a second of CPU importing pyarrow, the
+tokenizer and pandas again (a tenth of a 1M-message chunk on two cores). A forked worker
+inherits the work as it is, so the work must hold nothing open that two processes cannot
+share (a ledger connection is opened by each process on first use).
 """
 
 from __future__ import annotations
@@ -13,13 +19,19 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
+import sys
+import threading
+import warnings
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from pipeline.core.parent_watch import die_with_parent
 from pipeline.core.process_memory import release_freed_memory
 
 R = TypeVar("R")
+Context: TypeAlias = "multiprocessing.context.ForkContext | multiprocessing.context.SpawnContext"
+"""The two ways `in_parallel` starts workers (a string: Windows has no fork context)."""
 
 
 def _claim(counter: Any, buckets: int) -> int | None:
@@ -30,6 +42,20 @@ def _claim(counter: Any, buckets: int) -> int | None:
             return None
         counter.value = bucket + 1
     return bucket
+
+
+def worker_context() -> Context:
+    """How `in_parallel` starts its workers: forked on Linux while this process runs no
+    Python thread but its main one, else spawned.
+
+    A thread of ours could hold a lock (a progress bar's, logging's) at the moment of the
+    fork and leave it held for ever in the child, so a threaded caller spawns. The native
+    threads every pyarrow process has (jemalloc's background thread, OpenBLAS's workers)
+    reset themselves in a forked child. Elsewhere (macOS, Windows) fork is unsafe or absent.
+    """
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _worker_loop(
@@ -45,6 +71,7 @@ def _worker_loop(
     It ends with `parent` (a killed parent leaves no worker behind). Ctrl-C reaches the
     whole process group: the worker stops quietly and the parent reports the interruption.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the caller's
     if parent is not None:
         die_with_parent(parent)
     release_freed_memory()
@@ -93,18 +120,21 @@ def in_parallel(
     in_order: InOrder[R],
     *,
     what: str = "chunk",
+    context: Context | None = None,
 ) -> None:
     """`work(bucket)` for every bucket, on this process and `workers - 1` others, each
     result handed to `in_order` (so to its consumer in bucket order).
 
     `work` must be picklable (a module-level function, or a `functools.partial` of one
-    over picklable arguments): each worker gets a copy. Every process claims the next
+    over picklable arguments) and hold no open connection or file: each worker gets a
+    copy, pickled or forked. Every process claims the next
     untaken bucket from a shared counter, so a slow bucket never leaves a core idle, and
     this process works too (one process fewer to start and to hold in memory). A worker's
     exception is raised here; Ctrl-C or SIGTERM here stops the workers. `what` names the
-    stage in the errors.
+    stage in the errors. `context` starts the workers (default `worker_context()`); a
+    caller that made shared objects for `work` (a lock) passes the context it made them in.
     """
-    context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+    context = context or worker_context()
     counter = context.Value("i", 0)
     results = context.Queue()
     helpers = [
@@ -115,8 +145,11 @@ def in_parallel(
         )
         for _ in range(min(workers, buckets) - 1)
     ]
-    for process in helpers:
-        process.start()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns of any fork beside native threads; see `worker_context`
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        for process in helpers:
+            process.start()
     running = len(helpers)
 
     def take(done: tuple[int, R] | BaseException | None) -> None:

@@ -24,13 +24,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import fastjsonschema
 import orjson
-from jsonschema import Draft202012Validator
 
 from pipeline.core.models import excerpt, stable_id
+
+if TYPE_CHECKING:  # imported where validators are built: commands that send nothing skip it
+    from jsonschema import Draft202012Validator
 
 MAX_ID_CHARS = 100
 """`user_id` / `conversation_id` length the API accepts (codes 40010 / 40011 beyond it)."""
@@ -363,11 +364,15 @@ def request_schema(schema_name: str, *, official: bool = False) -> dict[str, Any
 
 def schema_validator(schema_name: str, *, official: bool = False) -> Draft202012Validator:
     """A jsonschema validator of one request schema (extended unless `official`)."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(request_schema(schema_name, official=official))
 
 
 def server_validator() -> Draft202012Validator:
     """A jsonschema validator of `SERVER_ADD_SCHEMA` (what we send to `/product/add`)."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(SERVER_ADD_SCHEMA)
 
 
@@ -375,6 +380,8 @@ def fast_check(schema: Mapping[str, Any]) -> Callable[[Any], Any]:
     """A compiled yes/no check of an inlined request schema (fastjsonschema: about four times
     faster than jsonschema on a 4 KB addMessage body). The request schemas use only keywords
     that mean the same in draft 7 and 2020-12; any rejection is re-checked by jsonschema."""
+    import fastjsonschema
+
     return fastjsonschema.compile({**schema, "$schema": "http://json-schema.org/draft-07/schema#"})
 
 

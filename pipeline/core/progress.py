@@ -40,6 +40,14 @@ class NullProgress:
         """Ignore."""
 
 
+class _Bar(tqdm):  # type: ignore[misc]
+    """A tqdm bar without tqdm's monitor thread (it only tunes how often a stalled bar
+    redraws): a process with a thread of its own could not fork its bucket workers
+    (`pipeline.core.bucket_workers.worker_context`)."""
+
+    monitor_interval = 0
+
+
 class TqdmProgress:
     """tqdm bars on stderr; invisible when stderr is not a terminal (`disable=None`)."""
 
@@ -50,7 +58,7 @@ class TqdmProgress:
     def start(self, desc: str, total: int | None = None, unit: str = "it") -> None:
         """Open a bar on stderr."""
         self.close()
-        self._bar = tqdm(
+        self._bar = _Bar(
             total=total,
             desc=desc,
             unit=unit,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline import incremental
 from pipeline.chunk import AUTHOR_COLUMNS, ChunkLimits, ChunkStats
 from pipeline.chunk.stage import default_workers
-from pipeline.core.bucket_workers import InOrder, in_parallel
+from pipeline.core.bucket_workers import InOrder, in_parallel, worker_context
 from pipeline.core.config import Config
 from pipeline.core.destination import destination_for
 from pipeline.core.errors import ConfigError
@@ -113,7 +112,7 @@ def _validate(
     if workers is None:
         workers = default_workers(buckets)
     workers = min(workers, buckets)
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     job = DryRunJob(
         workdir=workdir,
         labels=tuple(labels),
@@ -138,7 +137,8 @@ def _validate(
         if workers <= 1:
             _one_process(job, total.add)
         else:
-            in_parallel(job, buckets, workers, InOrder(total.add), what="validate")
+            delivered.close()  # each process opens its own connection (a fork would share it)
+            in_parallel(job, buckets, workers, InOrder(total.add), what="validate", context=context)
     delivered.close()
     progress.close()
     chunk_stats, checker, ledger, rows = total.stats, total.checker, total.ledger, total.rows

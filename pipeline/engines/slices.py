@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from pipeline import incremental
-from pipeline.core.batches import Batch
+from pipeline.core.batches import Batch, encode_batch
 from pipeline.core.buckets import bucket_of
 from pipeline.core.destination import Destination, destination_for
 from pipeline.core.errors import ConfigError
@@ -334,7 +334,7 @@ def write_slices(
             lines: dict[int, list[bytes]] = {}
             for batch in window:
                 bucket = bucket_of(batch.conversation_id, buckets)
-                lines.setdefault(bucket, []).append(orjson.dumps(batch.to_json()) + b"\n")
+                lines.setdefault(bucket, []).append(encode_batch(batch))
             for bucket, chunk in lines.items():
                 tmp = bucket_slice_path(workdir, dest.id, bucket).with_suffix(".jsonl.tmp")
                 with tmp.open("ab") as out:

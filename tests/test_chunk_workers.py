@@ -61,6 +61,14 @@ def test_one_two_and_three_processes_write_the_same_batch_file(
     assert files[1] == files[0] and files[2] == files[0]
 
 
+def _printed(script: str) -> list[str]:
+    """The words `script` prints, run by a fresh Python (no thread of pytest's around)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    return done.stdout.split()
+
+
 def test_workers_are_forked_on_linux_unless_a_thread_of_ours_runs() -> None:
     """A fork beside a Python thread could inherit a lock it holds: then workers spawn."""
     script = (
@@ -70,11 +78,8 @@ def test_workers_are_forked_on_linux_unless_a_thread_of_ours_runs() -> None:
         "threading.Thread(target=time.sleep, args=(2,), daemon=True).start()\n"
         "print(worker_context().get_start_method())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
-    )
     alone = "fork" if sys.platform.startswith("linux") else "spawn"
-    assert done.stdout.split() == [alone, "spawn"]
+    assert _printed(script) == [alone, "spawn"]
 
 
 def test_a_progress_bar_starts_no_thread() -> None:
@@ -88,10 +93,7 @@ def test_a_progress_bar_starts_no_thread() -> None:
         "print(threading.active_count())\n"
         "bar.close()\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True
-    )
-    assert done.stdout.split() == ["1"]
+    assert _printed(script) == ["1"]
 
 
 def test_a_damaged_staged_file_is_a_one_line_error_naming_it(

@@ -164,20 +164,27 @@ def test_a_stop_during_a_retrys_backoff_sends_no_retry_and_leaves_the_batch_pend
     assert row.error_message == "HTTP 500: rejected"
 
 
+def _ctrl_c_with_one_sending(
+    tmp_path: Path, batches: list[Batch], sending: Batch
+) -> tuple[Fake, LoadStats]:
+    """A load at 1 request/s, stopped by Ctrl-C once its first request is held, of
+    `batches` of which `sending` was left `sending` by an earlier run."""
+    fake, held = Fake(), Held()
+    with Ledger.open(tmp_path) as ledger:
+        ledger.sync(batches)
+        ledger.mark_sending(sending.batch_id)
+    transport = interrupting(fake, held, first=ctrl_c)
+    return fake, asyncio.run(load(tmp_path, batches, transport, held, rate=1.0))
+
+
 def test_a_batch_left_sending_by_an_earlier_run_stays_uncertain_when_its_check_is_given_up(
     tmp_path: Path,
 ) -> None:
     """`b` was `sending` when an earlier run died: its read-back waits for the budget
     behind `a`'s request, and a Ctrl-C gives it up. `b` may still have landed, so it stays
     `sending` (the next run reads it back); `a`, never sent before, is delivered."""
-    fake = Fake()
-    held = Held()
     batches = make_batches({"a": 2, "b": 2}, per_batch=2)
-    with Ledger.open(tmp_path) as ledger:
-        ledger.sync(batches)
-        ledger.mark_sending(batches[1].batch_id)
-    transport = interrupting(fake, held, first=ctrl_c)
-    stats = asyncio.run(load(tmp_path, batches, transport, held, rate=1.0))
+    fake, stats = _ctrl_c_with_one_sending(tmp_path, batches, batches[1])
     assert stats.stopped == "interrupted"
     assert fake.calls == [("add/message", "a")]
     got = rows(tmp_path, batches)
@@ -192,14 +199,8 @@ def test_a_batch_read_back_as_not_landed_goes_back_to_pending_when_its_send_is_g
     """`a` was `sending` when an earlier run died; the read-back finds it did not land, and
     a Ctrl-C keeps its request from leaving: it is pending again, no longer uncertain, so
     the next run sends it without reading it back."""
-    fake = Fake()
-    held = Held()
     batches = make_batches({"a": 2}, per_batch=2)
-    with Ledger.open(tmp_path) as ledger:
-        ledger.sync(batches)
-        ledger.mark_sending(batches[0].batch_id)
-    transport = interrupting(fake, held, first=ctrl_c)
-    stats = asyncio.run(load(tmp_path, batches, transport, held, rate=1.0))
+    fake, stats = _ctrl_c_with_one_sending(tmp_path, batches, batches[0])
     assert stats.stopped == "interrupted"
     assert fake.calls == [("get/message", "a")]
     row = rows(tmp_path, batches)[batches[0].batch_id]

@@ -8,7 +8,7 @@ decide what a bucket's work is and how many processes to use; this module only r
 
 On Linux the other processes are forked (`worker_context`): a forked worker starts working
 at once, where a spawned one first spends about a second of CPU importing pyarrow, the
-tokenizer and pandas again (a tenth of a 1M-message chunk on two cores). A forked worker
+tokenizer and pandas again (about 7% of the CPU of a 1M-message chunk). A forked worker
 inherits the work as it is, so the work must hold nothing open that two processes cannot
 share (a ledger connection is opened by each process on first use).
 """
@@ -127,12 +127,12 @@ def in_parallel(
 
     `work` must be picklable (a module-level function, or a `functools.partial` of one
     over picklable arguments) and hold no open connection or file: each worker gets a
-    copy, pickled or forked. Every process claims the next
-    untaken bucket from a shared counter, so a slow bucket never leaves a core idle, and
-    this process works too (one process fewer to start and to hold in memory). A worker's
-    exception is raised here; Ctrl-C or SIGTERM here stops the workers. `what` names the
-    stage in the errors. `context` starts the workers (default `worker_context()`); a
-    caller that made shared objects for `work` (a lock) passes the context it made them in.
+    copy, pickled or forked. Every process claims the next untaken bucket from a shared
+    counter, so a slow bucket never leaves a core idle, and this process works too (one
+    process fewer to start and to hold in memory). A worker's exception is raised here;
+    Ctrl-C or SIGTERM here stops the workers. `what` names the stage in the errors.
+    `context` starts the workers (default `worker_context()`); a caller that made shared
+    objects for `work` (a lock) passes the context it made them in.
     """
     context = context or worker_context()
     counter = context.Value("i", 0)

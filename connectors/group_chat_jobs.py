@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from connectors.group_chat_workers import init_group_chat_worker
-from connectors.process_start import main_module_hidden
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped, StagedPart
+from pipeline.core.process_start import main_module_hidden
 from pipeline.core.staging import PartWriter
 
 PARALLEL_MIN_BYTES = 16 << 20

@@ -6,7 +6,7 @@ runs before pyarrow is loaded and can keep numpy and pandas out of the worker.
 
 from __future__ import annotations
 
-from connectors.process_start import refused_imports
+from pipeline.core.process_start import refused_imports
 
 
 def init_group_chat_worker() -> None:

@@ -4,6 +4,7 @@ the previous batch file and no temp files behind."""
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import shutil
 import signal
@@ -290,3 +291,41 @@ def test_progress_counts_every_staged_message_once(
     stats = chunk_workdir(tmp_path, ChunkLimits(), workers=workers, progress=progress)
     assert stats.messages > 0
     assert progress.total == stats.messages == progress.done
+
+
+def test_chunk_on_two_processes_never_imports_pandas(staged_slack: Path, tmp_path: Path) -> None:
+    """pyarrow imports pandas (0.3 s, 48 MB a process) on its first conversion of a Python
+    value unless told it is absent; no command needs it. `PYTHONPROFILEIMPORTTIME` lists
+    every module each process imports."""
+    from tests.test_hostile_processes import MEMOS_ETL
+
+    workdir = tmp_path / "w"
+    shutil.copytree(staged_slack, workdir)
+    command = [str(MEMOS_ETL), "chunk", "--workdir", str(workdir), "--workers", "2", "-q"]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "pyarrow.compute" in imported  # the listing works
+    # a refused attempt is listed as `pandas` alone; pandas itself loads `pandas.core`
+    assert not any(name.startswith("pandas.") for name in imported)
+    assert (workdir / "batches" / "batches.jsonl").stat().st_size > 0
+
+
+def test_pandas_still_loads_where_pyarrow_really_needs_it() -> None:
+    script = (
+        "import sys\n"
+        "import pyarrow as pa\n"
+        "from pipeline.core.process_start import pyarrow_without_pandas\n"
+        "pyarrow_without_pandas()\n"
+        "pa.scalar('x'); pa.array([1, 2])\n"
+        "print('pandas' in sys.modules)\n"
+        "print(type(pa.table({'a': [1]}).to_pandas()).__name__)\n"
+    )
+    assert _printed(script) == ["False", "DataFrame"]

@@ -39,7 +39,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.json_stream import BadElement, JSONStreamError, iter_array
-from connectors.process_start import refused_imports
 from connectors.slack.export import FileReader
 from connectors.slack.model import (
     DAY_DECODER,
@@ -54,6 +53,7 @@ from connectors.slack.model import (
 )
 from connectors.slack.text import Names, fallback_content, file_names, render_mrkdwn
 from pipeline.core.models import STAGING_SCHEMA, Quarantined, StagedPart
+from pipeline.core.process_start import refused_imports
 from pipeline.core.staging import PartWriter, large_string_array, replace_surrogates
 
 SOURCE = "slack"

@@ -37,7 +37,6 @@ from pydantic import Field, field_validator, model_validator
 from connectors.base import ConnectorOptions, known_time_zone, user_id_template
 from connectors.export_files import Limits, dropped_events
 from connectors.group_chat import load_user_map
-from connectors.process_start import main_module_hidden
 from connectors.slack.export import (
     ExportListing,
     FileReader,
@@ -55,6 +54,7 @@ from connectors.slack.normalize import (
 from connectors.slack.workers import init_slack_worker
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped
+from pipeline.core.process_start import main_module_hidden
 from pipeline.core.staging import part_path
 
 log = logging.getLogger(__name__)

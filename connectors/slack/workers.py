@@ -6,8 +6,8 @@ the standard library loaded (unless `spawn` re-imported a main module that loads
 
 from __future__ import annotations
 
-from connectors.process_start import refused_imports
 from pipeline.core.parent_watch import die_with_parent
+from pipeline.core.process_start import refused_imports
 
 
 def init_slack_worker() -> None:

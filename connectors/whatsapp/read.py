@@ -32,13 +32,13 @@ from multiprocessing import get_context
 from pathlib import Path, PurePosixPath
 
 from connectors.export_files import ExportFiles
-from connectors.process_start import main_module_hidden
 from connectors.row_buffer import RowBuffer
 from connectors.whatsapp.lines import Clock, Order, detect_family
 from connectors.whatsapp.options import Options
 from connectors.whatsapp.stage import ChatFile
 from pipeline.core.errors import ConfigError, InputError
 from pipeline.core.models import Event, MessageTable, Quarantined, Skipped, StagedPart
+from pipeline.core.process_start import main_module_hidden
 from pipeline.core.staging import PartWriter, part_path
 
 __all__ = ["Options", "looks_like", "read", "WRITES_PARTS"]

@@ -28,6 +28,7 @@ from pipeline.core.batches import encode_batch, write_json_atomic
 from pipeline.core.bucket_workers import InOrder, in_parallel
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.process_memory import hand_back_memory, release_freed_memory
+from pipeline.core.process_start import pyarrow_without_pandas
 from pipeline.core.progress import NullProgress, Progress
 from pipeline.core.redact import DEFAULT_POLICY, Policy
 from pipeline.core.staging import (
@@ -125,6 +126,7 @@ def chunk_workdir(
     bucket lands in the batch file.
     """
     release_freed_memory()
+    pyarrow_without_pandas()  # before a worker is forked: it inherits the answer
     labels = tuple(staged_sources(workdir))
     columns = CHUNK_COLUMNS + AUTHOR_COLUMNS if group else CHUNK_COLUMNS
     job = BucketJob(

